@@ -1,0 +1,12 @@
+"""torchpalm: PaddlePALM's NLP fine-tuning, pretraining and multi-task learning framework on PyTorch.
+
+`import torchpalm as palm` gives PALM's public surface: `palm.reader`, `palm.backbone`, `palm.head`,
+`palm.optimizer`, `palm.lr_sched`, `palm.Trainer`. Importing has no side effects.
+"""
+
+from . import backbone, head, lr_sched, metrics, optimizer, reader
+from .trainer import Trainer
+
+__version__ = "0.1.0"
+
+__all__ = ["Trainer", "backbone", "head", "lr_sched", "metrics", "optimizer", "reader"]

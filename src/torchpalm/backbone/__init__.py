@@ -1,0 +1,6 @@
+"""Backbones: BERT and ERNIE encoders (`nn.Module`s returning PALM's named outputs)."""
+
+from .bert import BERT
+from .ernie import ERNIE
+
+__all__ = ["BERT", "ERNIE"]

@@ -1,0 +1,160 @@
+"""Reading weights safely and writing checkpoints atomically.
+
+Weights are safetensors; anything else loads with `torch.load(weights_only=True)`, so no file can run code.
+A checkpoint directory `ckpt.step<N>/` holds:
+    model.safetensors   backbone parameters as `backbone.<name>`, each head's as `<task name>.<name>`
+    optimizer.pt        the torch optimizer state (tensors and numbers only)
+    rng.pt              torch CPU/CUDA RNG states
+    trainer_state.json  step, epoch, reader positions, configs of the backbone and heads
+It is written to a temporary sibling directory, fsynced, and renamed into place, so a crash never leaves a
+half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+
+import torch
+from safetensors.torch import load_file, save_file
+
+logger = logging.getLogger("torchpalm")
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.bin", "model.pt")
+
+
+def find_weights_file(path: str | os.PathLike) -> str:
+    """The weights file of a model directory (or `path` itself if it is a file)."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no such model file or directory: {path}")
+    for name in WEIGHT_FILES:
+        candidate = os.path.join(path, name)
+        if os.path.isfile(candidate):
+            return candidate
+    bins = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin")))
+    if len(bins) == 1:
+        return os.path.join(path, bins[0])
+    raise FileNotFoundError(f"{path}: no weights file found (looked for {', '.join(WEIGHT_FILES)})")
+
+
+def load_state_file(path: str) -> dict[str, torch.Tensor]:
+    """Loads a tensor dict from safetensors, or from a torch file without executing any pickled code."""
+    if path.endswith(".safetensors"):
+        return load_file(path, device="cpu")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refused to load: the file holds pickled objects other than tensors, which "
+                         f"could run code ({str(e).splitlines()[0]}). Convert it to safetensors.") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def assign_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Copies matching tensors into `module`; a shape mismatch is an error naming the tensor and file.
+
+    Returns the names of the module's parameters that `state` lacks.
+    """
+    own = module.state_dict()
+    for name, value in state.items():
+        if name in own and own[name].shape != value.shape:
+            raise ValueError(f"{source}: parameter '{name}' has shape {tuple(value.shape)} in the file but "
+                             f"{tuple(own[name].shape)} in the model (is the config right for this checkpoint?)")
+    usable = {k: v for k, v in state.items() if k in own}
+    module.load_state_dict(usable, strict=False)
+    return [k for k in own if k not in usable]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(directory: str, model_state: dict[str, torch.Tensor], trainer_state: dict,
+                    optimizer_state: dict | None = None, rng_state: dict | None = None) -> str:
+    """Writes a checkpoint directory atomically (temporary directory, fsync, rename)."""
+    directory = os.path.abspath(directory)
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
+    try:
+        # safetensors needs contiguous, unshared tensors
+        save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()},
+                  os.path.join(tmp, "model.safetensors"))
+        if optimizer_state is not None:
+            torch.save(optimizer_state, os.path.join(tmp, "optimizer.pt"))
+        if rng_state is not None:
+            torch.save(rng_state, os.path.join(tmp, "rng.pt"))
+        with open(os.path.join(tmp, "trainer_state.json"), "w", encoding="utf-8") as f:
+            json.dump(trainer_state, f, indent=1)
+        for name in os.listdir(tmp):
+            _fsync_file(os.path.join(tmp, name))
+        if os.path.exists(directory):
+            # Re-saving the same step: move the old one aside first so the name is never empty-handed long.
+            old = directory + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_checkpoint_dir(directory: str) -> tuple[dict[str, torch.Tensor], dict, dict | None, dict | None]:
+    """Reads a checkpoint directory: (model state, trainer state, optimizer state or None, rng or None)."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"checkpoint directory not found: {directory}")
+    weights = os.path.join(directory, "model.safetensors")
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"{directory}: not a torchpalm checkpoint (no model.safetensors)")
+    model_state = load_file(weights, device="cpu")
+    trainer_state: dict = {}
+    state_path = os.path.join(directory, "trainer_state.json")
+    if os.path.isfile(state_path):
+        with open(state_path, encoding="utf-8") as f:
+            trainer_state = json.load(f)
+    opt_path, rng_path = os.path.join(directory, "optimizer.pt"), os.path.join(directory, "rng.pt")
+    optimizer_state = torch.load(opt_path, map_location="cpu", weights_only=True) if os.path.isfile(opt_path) else None
+    rng_state = torch.load(rng_path, map_location="cpu", weights_only=True) if os.path.isfile(rng_path) else None
+    return model_state, trainer_state, optimizer_state, rng_state
+
+
+def load_backbone_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
+    """Backbone tensors in torchpalm names from an HF model directory/file or a torchpalm checkpoint."""
+    from .convert import hf_to_torchpalm
+
+    file = find_weights_file(path)
+    state = load_state_file(file)
+    if any(k.startswith("backbone.") for k in state):
+        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, file
+    if any(k.startswith(("layers.", "word_embeddings.")) for k in state):
+        return state, file
+    converted, unused = hf_to_torchpalm(state)
+    if not converted:
+        raise ValueError(f"{file}: no BERT/ERNIE backbone parameters recognised (first keys: {list(state)[:5]})")
+    if unused:
+        logger.info("%s: %d tensors not used by the backbone (e.g. %s)", file, len(unused), unused[:3])
+    return converted, file

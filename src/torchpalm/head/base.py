@@ -1,0 +1,84 @@
+"""Head base class: a plain `nn.Module` from backbone outputs (+ reader fields) to logits and a loss."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+from torch import nn
+
+logger = logging.getLogger("torchpalm")
+
+
+class Head(nn.Module):
+    """A task head.
+
+    `forward(backbone_outputs, batch)` returns a dict of tensors: the predictions, plus `loss` (a scalar)
+    when the batch carries labels. After each predict batch the trainer calls `batch_postprocess(outputs)`
+    with numpy arrays, and `epoch_postprocess(post_inputs, output_dir)` at the end, which writes
+    `output_dir/predictions.json` and returns the results. Heads never print; they log.
+    """
+
+    def __init__(self, phase: str = "train"):
+        super().__init__()
+        if phase not in ("train", "predict"):
+            raise ValueError(f"phase must be 'train' or 'predict', got {phase!r}")
+        self._phase = phase
+        self._results: list = []
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @property
+    def inputs_attrs(self) -> dict:
+        """{'reader': {name: attr}, 'backbone': {name: attr}} this head reads (checked by `fit_reader`)."""
+        return {"reader": {}, "backbone": {}}
+
+    @property
+    def outputs_attr(self) -> dict:
+        return {}
+
+    @property
+    def epoch_inputs_attrs(self) -> dict:
+        return {}
+
+    def config(self) -> dict:
+        """Constructor arguments, JSON-serialisable, to rebuild this head without the training script."""
+        return {}
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters (relative to this head) that must not be weight-decayed."""
+        return set()
+
+    def check_reader(self, reader) -> None:
+        """Validates the reader's data against this head (e.g. label range) before training starts."""
+
+    def reset(self) -> None:
+        self._results = []
+
+    def batch_postprocess(self, outputs: dict) -> None:
+        """Turns one batch of numpy outputs into per-example results (kept until `epoch_postprocess`)."""
+
+    def epoch_postprocess(self, post_inputs: dict | None, output_dir: str | None = None):
+        results, self._results = self._results, []
+        if output_dir is not None:
+            write_json_lines(results, output_dir)
+        return results
+
+
+def write_json_lines(results: list, output_dir: str, ensure_ascii: bool = True) -> str:
+    """Writes one JSON object per line to `output_dir/predictions.json`."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "predictions.json")
+    with open(path, "w", encoding="utf-8") as f:
+        for r in results:
+            f.write(json.dumps(r, ensure_ascii=ensure_ascii) + "\n")
+    logger.info("Predictions saved at %s", path)
+    return path
+
+
+def truncated_normal_(weight: torch.Tensor, std: float) -> torch.Tensor:
+    return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)

@@ -1,0 +1,70 @@
+"""Optimizers (spec §9.1-9.2): Adam with PALM's decoupled weight decay, on `torch.optim.AdamW`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .lr_sched import Schedualer
+
+
+class Optimizer:
+    """Holds the base learning rate, the schedule and the update rule; the trainer builds the torch optimizer.
+
+    Args:
+        loss_var: what `Trainer.build_forward` returned (kept for PALM's signature; the trainer supplies the
+            parameters).
+        lr: base learning rate.
+        lr_schedualer: a schedule from `torchpalm.lr_sched`, or None for a constant rate.
+    """
+
+    def __init__(self, loss_var, lr: float, lr_schedualer: Schedualer | None = None):
+        if lr <= 0:
+            raise ValueError(f"learning rate must be positive, got {lr}")
+        self._loss_var = loss_var
+        self._lr = float(lr)
+        self._sched = lr_schedualer
+
+    def lr_at(self, t: int) -> float:
+        """The learning rate of update number `t` (0-based)."""
+        return self._lr * (self._sched(t) if self._sched is not None else 1.0)
+
+    def get_cur_learning_rate(self, t: int = 0) -> float:
+        return self.lr_at(t)
+
+    def _build(self, param_groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+
+class Adam(Optimizer):
+    """Adam (beta1 0.9, beta2 0.999, eps 1e-8) with decoupled weight decay `p <- p(1 - wd * lr_t)`.
+
+    Weight decay is set by `Trainer.build_backward(optimizer, weight_decay)` and skips biases and LayerNorm
+    parameters (PALM's rule) and anything a head lists in `no_weight_decay()`. PALM applied the decay to the
+    post-Adam value, AdamW to the pre-update value (the ERNIE original); the difference is O(lr^2).
+    """
+
+    def __init__(self, loss_var, lr: float, lr_schedualer: Schedualer | None = None,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(loss_var, lr, lr_schedualer)
+        self.betas, self.eps = betas, eps
+
+    def _build(self, param_groups, device):
+        # The fused kernel is one launch per step on CUDA; CPU uses the default (foreach) path.
+        fused = device.type == "cuda"
+        return torch.optim.AdamW(param_groups, lr=self._lr, betas=self.betas, eps=self.eps, fused=fused)
+
+
+def param_groups(model: nn.Module, weight_decay: float | None, no_decay: set[str] = frozenset()) -> list[dict]:
+    """Splits parameters into decayed and not decayed (biases, norms, 1-D tensors, `no_decay` names)."""
+    decay, keep = [], []
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        skip = p.ndim < 2 or "norm" in name.lower() or name.endswith("bias") or name in no_decay
+        (keep if skip else decay).append(p)
+    wd = weight_decay or 0.0
+    groups = [{"params": decay, "weight_decay": wd}, {"params": keep, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]

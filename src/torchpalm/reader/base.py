@@ -1,0 +1,351 @@
+"""What every reader shares: file parsing with precise errors, one-time encoding, and resumable batching.
+
+A reader turns a file into a list of encoded examples ONCE (`load_data`), then yields padded batches, each a
+`dict[str, torch.Tensor]`. Everything that decides the next batch is a function of `(seed, epoch, position)`:
+the shuffle order of epoch e comes from `default_rng([seed, e])` and any per-batch randomness (masking) from
+`default_rng([seed, e, position])`, so `state_dict()` is three integers and resuming is exact.
+
+Batch layout (PALM names, PyTorch shapes):
+    token_ids     [B, L] int64   padded with the [PAD] id
+    position_ids  [B, L] int64   0..len-1, padded with the [PAD] id
+    segment_ids   [B, L] int64   0 for the first text, 1 for the second
+    input_mask    [B, L] int64   1 for real tokens, 0 for padding (PALM used float [B, L, 1])
+    task_ids      [B, L] int64   zeros (ERNIE task embedding)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..tokenizer import WordPieceTokenizer
+
+logger = logging.getLogger("torchpalm")
+
+# name -> (shape, dtype), with -1 for variable dimensions, as PALM's `outputs_attr` declares them.
+COMMON_OUTPUTS = {
+    "token_ids": ([-1, -1], "int64"),
+    "position_ids": ([-1, -1], "int64"),
+    "segment_ids": ([-1, -1], "int64"),
+    "input_mask": ([-1, -1], "int64"),
+    "task_ids": ([-1, -1], "int64"),
+}
+
+# GLUE-style headers mapped to PALM's column names, so GLUE files load without rewriting.
+COLUMN_ALIASES = {
+    "sentence": "text_a",
+    "sentence1": "text_a",
+    "sentence2": "text_b",
+    "question1": "text_a",
+    "question2": "text_b",
+    "#1 String": "text_a",
+    "#2 String": "text_b",
+    "Quality": "label",
+    "is_duplicate": "label",
+}
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the line and the problem."""
+
+
+def read_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """Reads a UTF-8 text file as (1-based line number, line without the newline) pairs; blank lines dropped."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    lines = []
+    for line_no, raw_line in enumerate(raw.split(b"\n"), 1):
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{path}:{line_no}: invalid UTF-8 byte {raw_line[e.start:e.start + 1]!r} at column {e.start + 1}"
+            ) from None
+        line = line.rstrip("\r")
+        if line.startswith("\ufeff") and line_no == 1:
+            line = line[1:]
+        if line.strip():
+            lines.append((line_no, line))
+    if not lines:
+        raise DataError(f"{path}: the file is empty")
+    return lines
+
+
+def read_tsv(
+    path: str | os.PathLike, required: Sequence[str], optional: Sequence[str] = ()
+) -> list[tuple[int, dict[str, str]]]:
+    """Parses a TSV with a header line into (line number, {column: value}) rows.
+
+    Only `required` and `optional` columns are kept; extra columns are allowed (as in PALM). No quoting:
+    fields are split on tabs exactly as PALM did, so quote characters are plain text.
+    """
+    path = os.fspath(path)
+    lines = read_lines(path)
+    header_no, header_line = lines[0]
+    header = [COLUMN_ALIASES.get(h.strip(), h.strip()) for h in header_line.split("\t")]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(
+            f"{path}:{header_no}: header {header_line.split(chr(9))} lacks the required column(s) {missing} "
+            f"(expected columns {list(required)}{' and optionally ' + str(list(optional)) if optional else ''})"
+        )
+    wanted = {c: header.index(c) for c in (*required, *optional) if c in header}
+    rows = []
+    for line_no, line in lines[1:]:
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise DataError(
+                f"{path}:{line_no}: expected {len(header)} tab-separated fields (header: {header}), got {len(fields)}"
+            )
+        rows.append((line_no, {c: fields[i] for c, i in wanted.items()}))
+    if not rows:
+        raise DataError(f"{path}: no examples after the header line")
+    return rows
+
+
+def parse_int(value: str, path: str, line_no: int, column: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise DataError(f"{path}:{line_no}: column '{column}' must be an integer, got {value!r}") from None
+
+
+def pad_2d(seqs: Sequence[np.ndarray], pad_value: int, length: int | None = None) -> torch.Tensor:
+    """Stacks 1-D int arrays into a `[B, L]` int64 tensor, right-padded to the longest (or `length`)."""
+    max_len = length if length is not None else max(len(s) for s in seqs)
+    out = np.full((len(seqs), max_len), pad_value, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return torch.from_numpy(out)
+
+
+def collate_common(token_seqs: Sequence[np.ndarray], segment_seqs: Sequence[np.ndarray], pad_id: int) -> dict:
+    """The common backbone inputs of one batch (PALM §5.1): padded ids, positions, segments, mask, task ids."""
+    token_ids = pad_2d(token_seqs, pad_id)
+    lengths = torch.tensor([len(s) for s in token_seqs])
+    input_mask = (torch.arange(token_ids.shape[1])[None, :] < lengths[:, None]).long()
+    # PALM pads all three id tensors with the [PAD] id; padding positions are masked out anyway.
+    position_ids = torch.where(input_mask.bool(), torch.arange(token_ids.shape[1])[None, :], pad_id)
+    return {
+        "token_ids": token_ids,
+        "position_ids": position_ids,
+        "segment_ids": pad_2d(segment_seqs, pad_id),
+        "input_mask": input_mask,
+        "task_ids": torch.zeros_like(token_ids),
+    }
+
+
+class Reader:
+    """Base reader: PALM's register protocol, `load_data`, and resumable, shardable batch iteration.
+
+    Subclasses implement `_task_outputs()` (their own yielded names -> attrs), `_load_examples(path)` (parse
+    and encode a file into a list of per-example dicts) and `_collate(examples, rng)` (one batch).
+
+    Args:
+        vocab_path: vocabulary file.
+        max_len: maximum sequence length including [CLS]/[SEP].
+        tokenizer: only 'wordpiece' exists (kept for PALM's signature).
+        lang: 'en'/'english' or 'cn'/'chinese'; Chinese deletes ASCII spaces from text columns (PALM's for_cn).
+        seed: seed of this reader's own RNG (shuffling, masking); None draws one from OS entropy.
+        do_lower_case: lower-case and strip accents (True for uncased vocabularies).
+        phase: 'train' (labels, shuffle, drop last partial batch) or 'predict' (one ordered pass, all rows).
+    """
+
+    def __init__(
+        self,
+        vocab_path: str | os.PathLike,
+        max_len: int,
+        tokenizer: str = "wordpiece",
+        lang: str = "en",
+        seed: int | None = None,
+        do_lower_case: bool = False,
+        phase: str = "train",
+    ):
+        if phase not in ("train", "predict"):
+            raise ValueError(f"phase must be 'train' or 'predict', got {phase!r}")
+        if lang.lower() not in ("en", "english", "cn", "chinese"):
+            raise ValueError(f"lang must be one of 'en', 'english', 'cn', 'chinese', got {lang!r}")
+        if tokenizer != "wordpiece":
+            raise ValueError(f"only the 'wordpiece' tokenizer is available, got {tokenizer!r}")
+        if max_len < 3:
+            raise ValueError(f"max_len must be at least 3 ([CLS] x [SEP]), got {max_len}")
+        self._vocab_path = os.fspath(vocab_path)
+        self._tokenizer = WordPieceTokenizer(vocab_path, do_lower_case=do_lower_case)
+        self._max_len = max_len
+        self._for_cn = lang.lower() in ("cn", "chinese")
+        self._phase = phase
+        self._seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**63))
+        self._register: set[str] = set(self._task_outputs())
+        self._backbone = None
+        self._examples: list[dict] | None = None
+        self._input_file: str | None = None
+        self._batch_size: int | None = None
+        self._num_epochs: int | None = None
+        self._shuffle = True
+        self._epoch = 0
+        self._position = 0
+        self._rank, self._world_size = 0, 1
+
+    # ---- PALM's register protocol (spec §2.4) ----
+    def _task_outputs(self) -> dict[str, tuple]:
+        raise NotImplementedError
+
+    def _all_outputs(self) -> dict[str, tuple]:
+        return {**COMMON_OUTPUTS, **self._task_outputs()}
+
+    def register_with(self, backbone) -> None:
+        """Adds the backbone's inputs to what this reader yields and remembers the backbone."""
+        for name in backbone.inputs_attr:
+            self._register.add(name)
+        self._backbone = backbone
+
+    def require_attr(self, name: str) -> None:
+        self._register.add(name)
+
+    def get_registered_backbone(self):
+        return self._backbone
+
+    @property
+    def outputs_attr(self) -> dict[str, tuple]:
+        available = self._all_outputs()
+        unknown = sorted(self._register - set(available))
+        if unknown:
+            raise NotImplementedError(f"{type(self).__name__} cannot produce {unknown}; it yields {sorted(available)}")
+        return {k: available[k] for k in sorted(self._register)}
+
+    def clone(self, phase: str = "train") -> Reader:
+        import copy
+
+        new = copy.copy(self)
+        new._phase = phase
+        return new
+
+    # ---- data ----
+    def load_data(
+        self,
+        input_file: str | os.PathLike,
+        batch_size: int,
+        num_epochs: int | None = None,
+        file_format: str = "tsv",
+        shuffle_train: bool = True,
+    ) -> None:
+        """Reads, validates and encodes the whole file once.
+
+        Args:
+            input_file: the data file.
+            batch_size: the global batch size (split across ranks under distributed training).
+            num_epochs: train epochs; None means "one epoch" for `Trainer.train` and "forever" for the iterator
+                (PALM's convention, used by multi-task sampling).
+            file_format: kept for PALM's signature; the format is given by the reader.
+            shuffle_train: shuffle every training epoch.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if num_epochs is not None and num_epochs < 1:
+            raise ValueError(f"num_epochs must be None or >= 1, got {num_epochs!r}")
+        self._input_file = os.fspath(input_file)
+        self._batch_size = batch_size
+        self._num_epochs = num_epochs
+        self._shuffle = shuffle_train
+        self._examples = self._load_examples(self._input_file)
+        if not self._examples:
+            raise DataError(f"{self._input_file}: no examples")
+        self._epoch, self._position = 0, 0
+        logger.debug("%s: %d examples from %s", type(self).__name__, len(self._examples), self._input_file)
+
+    def _load_examples(self, path: str) -> list[dict]:
+        raise NotImplementedError
+
+    def _collate(self, examples: list[dict], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _text(self, value: str) -> str:
+        return value.replace(" ", "") if self._for_cn else value
+
+    @property
+    def num_examples(self) -> int:
+        return len(self._examples) if self._examples is not None else 0
+
+    @property
+    def batch_size(self) -> int | None:
+        return self._batch_size
+
+    @property
+    def num_epochs(self) -> int | None:
+        return self._num_epochs
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @property
+    def tokenizer(self) -> WordPieceTokenizer:
+        return self._tokenizer
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches per epoch: drop-last in train (but never zero batches), ceil in predict."""
+        n, b = self.num_examples, self._batch_size
+        if self._phase == "train":
+            return max(n // b, 1)
+        return -(-n // b)
+
+    # ---- iteration ----
+    def shard(self, rank: int, world_size: int) -> None:
+        """Makes this reader yield rank `rank`'s slice of every global batch (for distributed training)."""
+        if self._batch_size is not None and self._batch_size % world_size:
+            raise ValueError(f"batch_size {self._batch_size} is not divisible by the world size {world_size}")
+        self._rank, self._world_size = rank, world_size
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        n = self.num_examples
+        if self._phase == "train" and self._shuffle:
+            return np.random.default_rng([self._seed, epoch]).permutation(n)
+        return np.arange(n)
+
+    def _batches_of_epoch(self, epoch: int) -> list[np.ndarray]:
+        order, b = self._epoch_order(epoch), self._batch_size
+        return [order[i * b : (i + 1) * b] for i in range(self.steps_per_epoch)]
+
+    def _total_epochs(self) -> float:
+        if self._phase == "predict":
+            return 1
+        return self._num_epochs if self._num_epochs is not None else float("inf")
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self._examples is None:
+            raise RuntimeError(f"{type(self).__name__}: call load_data() before iterating")
+        while self._epoch < self._total_epochs():
+            batches = self._batches_of_epoch(self._epoch)
+            while self._position < len(batches):
+                indices = batches[self._position]
+                if self._world_size > 1:
+                    per_rank = len(indices) // self._world_size
+                    indices = indices[self._rank * per_rank : (self._rank + 1) * per_rank]
+                rng = np.random.default_rng([self._seed, self._epoch, self._position])
+                self._position += 1
+                yield self._select(self._collate([self._examples[i] for i in indices], rng))
+            self._epoch += 1
+            self._position = 0
+
+    def _select(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Keeps only the registered names (spec §2.4)."""
+        return {k: v for k, v in batch.items() if k in self._register}
+
+    def reset(self) -> None:
+        """Starts iteration again from the first batch of epoch 0."""
+        self._epoch, self._position = 0, 0
+
+    def state_dict(self) -> dict:
+        """Everything that decides the next batch."""
+        return {"seed": self._seed, "epoch": self._epoch, "position": self._position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._seed, self._epoch, self._position = int(state["seed"]), int(state["epoch"]), int(state["position"])
