@@ -55,16 +55,22 @@ class Adam(Optimizer):
         return torch.optim.AdamW(param_groups, lr=self._lr, betas=self.betas, eps=self.eps, fused=fused)
 
 
-def param_groups(model: nn.Module, weight_decay: float | None, no_decay: set[str] = frozenset()) -> list[dict]:
-    """Splits parameters into decayed and not decayed (biases, norms, 1-D tensors, `no_decay` names)."""
-    decay, keep = [], []
+def param_groups(model: nn.Module, weight_decay: float | None, no_decay: set[str] = frozenset(),
+                 lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """Groups parameters by (decayed or not, learning-rate scale).
+
+    Not decayed: biases, norms, 1-D tensors and the `no_decay` names. `lr_scales` maps parameter names to a
+    factor on the scheduled rate (e.g. a CRF's transitions); the trainer applies it as the group's `lr_scale`.
+    """
+    lr_scales = lr_scales or {}
+    groups: dict[tuple[bool, float], list] = {}
     seen: set[int] = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
         skip = p.ndim < 2 or "norm" in name.lower() or name.endswith("bias") or name in no_decay
-        (keep if skip else decay).append(p)
+        groups.setdefault((not skip, float(lr_scales.get(name, 1.0))), []).append(p)
     wd = weight_decay or 0.0
-    groups = [{"params": decay, "weight_decay": wd}, {"params": keep, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+    return [{"params": params, "weight_decay": wd if decayed else 0.0, "lr_scale": scale}
+            for (decayed, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]

@@ -28,10 +28,22 @@ from .optimizer import Optimizer, param_groups
 logger = logging.getLogger("torchpalm")
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is at the time (so redirection and capture keep working)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _ensure_console_logging() -> None:
     """PALM printed its progress lines; show ours on stdout unless the user configured logging."""
     if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -208,7 +220,9 @@ class Trainer:
             raise RuntimeError("call build_forward(backbone, head) before build_backward")
         self._optimizer = optimizer
         no_decay = {f"head.{n}" for n in self._head.no_weight_decay()}
-        self._torch_optimizer = optimizer._build(param_groups(self._model, weight_decay, no_decay), self.device)
+        lr_scales = {f"head.{n}": s for n, s in self._head.param_lr_scales().items()}
+        groups = param_groups(self._model, weight_decay, no_decay, lr_scales)
+        self._torch_optimizer = optimizer._build(groups, self.device)
         if use_ema:
             self._ema_decay = 0.9999 if ema_decay is None else float(ema_decay)
             self._ema = {k: v.detach().clone() for k, v in self._model.state_dict().items()

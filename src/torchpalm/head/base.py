@@ -53,6 +53,10 @@ class Head(nn.Module):
         """Names of parameters (relative to this head) that must not be weight-decayed."""
         return set()
 
+    def param_lr_scales(self) -> dict[str, float]:
+        """Learning-rate factors for some of this head's parameters (relative names), e.g. CRF transitions."""
+        return {}
+
     def check_reader(self, reader) -> None:
         """Validates the reader's data against this head (e.g. label range) before training starts."""
 

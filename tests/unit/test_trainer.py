@@ -1,0 +1,217 @@
+"""Trainer end to end on a tiny BERT: training, prediction with the trained weights, checkpoints, exact resume,
+safe loading, and PALM's API details (spec §3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import torchpalm as palm
+from torchpalm.reader import DataError
+
+
+def write_data(tmp_path, n=48, name="train.tsv"):
+    # learnable: label 1 iff the sentence mentions "good"
+    words = ["good", "bad", "movie", "plot", "actor", "film", "story", "great", "awful", "scene"]
+    rng = np.random.default_rng(0)
+    lines = ["label\ttext_a"]
+    for i in range(n):
+        sent = list(rng.choice(words[1:], size=int(rng.integers(2, 6))))
+        label = i % 2
+        if label:
+            sent.insert(int(rng.integers(0, len(sent) + 1)), "good")
+        else:
+            sent = [w for w in sent if w != "good"]
+        lines.append(f"{label}\t{' '.join(sent)}")
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def build(tmp_path, vocab, config, name="cls", epochs=2, batch=8, lr=3e-3, seed=0, backbone_cls=None,
+          dropout=0.1):
+    torch.manual_seed(seed)
+    backbone_cls = backbone_cls or palm.backbone.BERT
+    reader = palm.reader.ClassifyReader(vocab, 32, seed=seed, do_lower_case=True)
+    reader.load_data(write_data(tmp_path), batch, num_epochs=epochs)
+    backbone = backbone_cls.from_config(config)
+    reader.register_with(backbone)
+    head = palm.head.Classify(2, config["hidden_size"], dropout)
+    trainer = palm.Trainer(name, device="cpu")
+    loss = trainer.build_forward(backbone, head)
+    steps = reader.num_examples * (epochs or 1) // batch
+    adam = palm.optimizer.Adam(loss, lr, palm.lr_sched.TriangularSchedualer(2, steps))
+    trainer.build_backward(adam, weight_decay=0.01)
+    trainer.fit_reader(reader)
+    return trainer, reader
+
+
+def predict_setup(trainer, vocab, config, path, backbone_cls=None):
+    backbone_cls = backbone_cls or palm.backbone.BERT
+    reader = palm.reader.ClassifyReader(vocab, 32, do_lower_case=True, phase="predict")
+    reader.load_data(path, 5)
+    backbone = backbone_cls.from_config(config, phase="predict")
+    reader.register_with(backbone)
+    trainer.build_predict_forward(backbone, palm.head.Classify(2, config["hidden_size"], phase="predict"))
+    trainer.fit_reader(reader, phase="predict")
+    return reader
+
+
+def step_losses(trainer, n):
+    return [float(trainer.train_one_step(trainer.get_one_batch())["cls.loss"]) for _ in range(n)]
+
+
+def test_trains_and_predicts_with_trained_weights(tmp_path, uncased_vocab, tiny_config, caplog):
+    trainer, reader = build(tmp_path, uncased_vocab, tiny_config, epochs=8)
+    with caplog.at_level("INFO", logger="torchpalm"):
+        trainer.train(print_steps=6)
+    out = caplog.text
+    assert "step 6/6 (epoch 0), loss:" in out and "step 6/6 (epoch 7)" in out and "steps/s" in out
+    assert trainer.cur_train_step == 48 and trainer.cur_train_epoch == 7 and trainer.steps_pur_epoch == 6
+    test_file = write_data(tmp_path, 20, "test.tsv")
+    predict_setup(trainer, uncased_vocab, tiny_config, test_file)
+    results = trainer.predict(output_dir=str(tmp_path / "pred"))
+    lines = [json.loads(x) for x in open(tmp_path / "pred" / "predictions.json")]
+    assert len(results) == len(lines) == 20 and [r["index"] for r in lines] == list(range(20))
+    assert set(lines[0]) == {"index", "label", "logits", "probs"} and abs(sum(lines[0]["probs"]) - 1) < 1e-5
+    gold = [int(x.split("\t")[0]) for x in open(test_file).read().splitlines()[1:]]
+    accuracy = np.mean([r["label"] == g for r, g in zip(lines, gold)])
+    assert accuracy >= 0.9, accuracy  # the predict modules see the trained weights (PALM re-initialised them)
+    # the predict backbone is the trained one, parameter for parameter
+    assert trainer._pred_backbone.layers[0].qkv.weight is trainer._backbone.layers[0].qkv.weight
+
+
+def test_one_epoch_when_num_epochs_is_none(tmp_path, uncased_vocab, tiny_config):
+    trainer, reader = build(tmp_path, uncased_vocab, tiny_config, epochs=None)
+    trainer.train(print_steps=0)
+    assert trainer.cur_train_step == reader.num_examples // 8
+
+
+def test_resume_from_checkpoint_is_bit_exact(tmp_path, uncased_vocab, tiny_config):
+    straight, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3)
+    expected = step_losses(straight, 14)
+
+    first, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3)
+    got = step_losses(first, 8)  # crosses into epoch 1 (6 steps per epoch)
+    path = first.save(str(tmp_path / "ckpt"))
+    torch.manual_seed(1234)  # disturb the global RNG: the checkpoint must restore it
+    resumed, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3, seed=77)
+    resumed.load_ckpt(path)
+    assert resumed.cur_train_step == 8 and resumed.cur_train_epoch == 1
+    got += step_losses(resumed, 6)
+    assert got == expected
+
+
+def test_saver_writes_atomic_checkpoints_and_final(tmp_path, uncased_vocab, tiny_config, caplog):
+    trainer, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=2)
+    save_dir = tmp_path / "out"
+    trainer.set_saver(5, str(save_dir))  # PALM's README order (save_steps, save_path) also works
+    with caplog.at_level("INFO", logger="torchpalm"):
+        trainer.train(print_steps=0)
+    assert sorted(os.listdir(save_dir)) == ["ckpt.step10", "ckpt.step12", "ckpt.step5"]
+    assert "checkpoint has been saved at" in caplog.text
+    files = sorted(os.listdir(save_dir / "ckpt.step12"))
+    assert files == ["model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json"]
+    state = json.load(open(save_dir / "ckpt.step12" / "trainer_state.json"))
+    assert state["step"] == 12 and state["heads"]["cls"]["config"]["num_classes"] == 2
+    from safetensors.torch import load_file
+
+    keys = load_file(str(save_dir / "ckpt.step12" / "model.safetensors")).keys()
+    assert "backbone.layers.0.qkv.weight" in keys and "cls.classifier.weight" in keys
+
+
+def test_load_ckpt_into_fresh_predict_trainer(tmp_path, uncased_vocab, tiny_config):
+    trainer, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=4)
+    trainer.train(print_steps=0)
+    path = trainer.save(str(tmp_path / "final"))
+    test_file = write_data(tmp_path, 10, "test.tsv")
+    predict_setup(trainer, uncased_vocab, tiny_config, test_file)
+    expected = [r["logits"] for r in trainer.predict()]
+
+    fresh = palm.Trainer("cls", device="cpu")
+    predict_setup(fresh, uncased_vocab, tiny_config, test_file)
+    fresh.load_ckpt(path)
+    fresh.fit_reader(fresh._pred_reader, phase="predict")
+    got = [r["logits"] for r in fresh.predict()]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    wrong = palm.Trainer("other_task", device="cpu")
+    predict_setup(wrong, uncased_vocab, tiny_config, test_file)
+    with pytest.raises(KeyError, match=r"no parameters for task 'other_task'.*\['cls'\]"):
+        wrong.load_ckpt(path)
+
+
+def test_shape_mismatch_and_pickle_payload_are_refused(tmp_path, uncased_vocab, tiny_config):
+    trainer, _ = build(tmp_path, uncased_vocab, tiny_config)
+    path = trainer.save(str(tmp_path / "ckpt"))
+    bigger = dict(tiny_config, hidden_size=64, intermediate_size=128)
+    other, _ = build(tmp_path, uncased_vocab, bigger)
+    with pytest.raises(ValueError, match=r"parameter '.*' has shape .* in the file but .* in the model"):
+        other.load_ckpt(path)
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil_model"
+    evil.mkdir()
+    with open(evil / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"embeddings.word_embeddings.weight": Payload()}, f)
+    with pytest.raises(ValueError, match="refused to load"):
+        trainer.load_pretrain(str(evil))
+    assert not marker.exists()
+
+
+def test_label_out_of_range_fails_before_training(tmp_path, uncased_vocab, tiny_config):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("label\ttext_a\n0\ta\n1\tb\n2\tc\n", encoding="utf-8")
+    reader = palm.reader.ClassifyReader(uncased_vocab, 16)
+    reader.load_data(str(bad), 2)
+    backbone = palm.backbone.BERT.from_config(tiny_config)
+    reader.register_with(backbone)
+    trainer = palm.Trainer("t", device="cpu")
+    trainer.build_forward(backbone, palm.head.Classify(2, 32))
+    with pytest.raises(DataError, match=r"bad.tsv:4: label 2 is out of range for 2 classes"):
+        trainer.fit_reader(reader)
+
+
+def test_dropout_applied_in_train_only(tiny_config):
+    head = palm.head.Classify(2, 32, dropout_prob=0.5)
+    feats = {"sentence_embedding": torch.randn(4, 32)}
+    a, b = head(feats, {})["logits"], head(feats, {})["logits"]
+    assert not torch.allclose(a, b)  # PALM computed the dropout and never used it
+    head.eval()
+    assert torch.equal(head(feats, {})["logits"], head(feats, {})["logits"])
+
+
+def test_ernie_task_embedding_starts_neutral(tiny_config):
+    torch.manual_seed(0)
+    ernie = palm.backbone.ERNIE.from_config(dict(tiny_config, task_type_vocab_size=3), phase="predict")
+    bert = palm.backbone.BERT.from_config(tiny_config, phase="predict")
+    bert.load_state_dict({k: v for k, v in ernie.state_dict().items() if not k.startswith("task_")})
+    batch = {"token_ids": torch.tensor([[101, 7592, 102]]), "position_ids": torch.arange(3)[None],
+             "segment_ids": torch.zeros(1, 3, dtype=torch.long), "input_mask": torch.ones(1, 3, dtype=torch.long),
+             "task_ids": torch.zeros(1, 3, dtype=torch.long)}
+    assert "task_ids" in ernie.inputs_attr and "task_ids" not in bert.inputs_attr
+    torch.testing.assert_close(ernie(batch)["encoder_outputs"], bert(batch)["encoder_outputs"])
+    with torch.no_grad():
+        ernie.task_embeddings.weight[0] += 1.0
+    assert not torch.allclose(ernie(batch)["encoder_outputs"], bert(batch)["encoder_outputs"])
+
+
+def test_api_guards(tmp_path, uncased_vocab, tiny_config):
+    trainer = palm.Trainer("t", device="cpu")
+    with pytest.raises(RuntimeError, match="build_forward"):
+        trainer.build_backward(palm.optimizer.Adam(None, 1e-3))
+    with pytest.raises(ValueError, match="without '.'"):
+        palm.Trainer("a.b")
+    with pytest.raises(KeyError, match="num_hidden_layers"):
+        palm.backbone.BERT.from_config({k: v for k, v in tiny_config.items() if k != "num_hidden_layers"})
+    with pytest.raises(RuntimeError, match="get_one_batch|fit_reader"):
+        trainer.get_one_batch()
