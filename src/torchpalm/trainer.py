@@ -239,7 +239,8 @@ class Trainer:
             raise RuntimeError(f"call {'build_forward' if phase == 'train' else 'build_predict_forward'} "
                                f"before fit_reader(phase={phase!r})")
         provided = reader.outputs_attr
-        _check_io(provided, backbone.inputs_attr, f"backbone {type(backbone).__name__} needs reader outputs")
+        _check_io(provided, backbone.inputs_attr, f"backbone {type(backbone).__name__} needs reader outputs "
+                  f"(did you call reader.register_with(backbone)?)")
         _check_io(provided, head.inputs_attrs["reader"], f"head {type(head).__name__} needs reader outputs")
         head.check_reader(reader)
         reader.reset()

@@ -215,3 +215,39 @@ def test_api_guards(tmp_path, uncased_vocab, tiny_config):
         palm.backbone.BERT.from_config({k: v for k, v in tiny_config.items() if k != "num_hidden_layers"})
     with pytest.raises(RuntimeError, match="get_one_batch|fit_reader"):
         trainer.get_one_batch()
+
+
+def test_config_files_and_missing_weights(tmp_path, tiny_config):
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config), encoding="utf-8")
+    assert palm.backbone.BERT.from_config(str(tmp_path / "config.json")).config["hidden_size"] == 32
+    assert palm.backbone.ERNIE.from_config(str(tmp_path)).use_task_emb
+    with pytest.raises(FileNotFoundError, match="backbone config file not found: .*nope.json"):
+        palm.backbone.BERT.from_config(str(tmp_path / "nope.json"))
+    (tmp_path / "bad.json").write_text('{"hidden_size": 32,\n  oops}', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.json:2: invalid JSON"):
+        palm.backbone.BERT.from_config(str(tmp_path / "bad.json"))
+    trainer = palm.Trainer("t", device="cpu")
+    trainer.build_forward(palm.backbone.BERT.from_config(tiny_config), palm.head.Classify(2, 32))
+    with pytest.raises(FileNotFoundError, match="no weights file found"):
+        trainer.load_pretrain(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no such model file or directory"):
+        trainer.load_pretrain(str(tmp_path / "missing_dir"))
+
+
+def test_predict_export_and_bf16_autocast(tmp_path, uncased_vocab, tiny_config):
+    trainer, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=1)
+    trainer._precision = "bf16"  # the GPU default; autocast also runs on CPU, so the path is exercised here
+    test_file = write_data(tmp_path, 10, "test.tsv")
+    predict_setup(trainer, uncased_vocab, tiny_config, test_file)
+    trainer.set_saver(str(tmp_path / "out"), 3, "ckpt,predict")
+    trainer.train(print_steps=0)
+    assert {"pred.step3", "ckpt.step3", "pred.step6"} <= set(os.listdir(tmp_path / "out"))
+    state = json.load(open(tmp_path / "out" / "pred.step6" / "trainer_state.json"))
+    assert state["backbone"]["config"]["hidden_size"] == 32 and state["heads"]["cls"]["class"] == "Classify"
+    fresh = palm.Trainer("cls", device="cpu")
+    predict_setup(fresh, uncased_vocab, tiny_config, test_file)
+    fresh.load_ckpt(str(tmp_path / "out" / "pred.step6"))
+    fresh.fit_reader(fresh._pred_reader, phase="predict")
+    trainer.fit_reader(trainer._pred_reader, phase="predict")
+    np.testing.assert_allclose([r["probs"] for r in fresh.predict()], [r["probs"] for r in trainer.predict()],
+                               atol=2e-2)  # bf16 vs fp32

@@ -8,6 +8,8 @@ of three); `torchpalm.convert` maps HF's separate q/k/v weights onto it.
 from __future__ import annotations
 
 import copy
+import json
+import os
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,22 @@ BACKBONE_OUTPUTS = {
     "sentence_embedding": ([-1, -1], "float32"),
     "sentence_pair_embedding": ([-1, -1], "float32"),
 }
+
+
+def load_config(config: dict | str | os.PathLike) -> dict:
+    """A config dict, or the parsed JSON file it names (with a clear error for a missing or broken file)."""
+    if isinstance(config, dict):
+        return config
+    path = os.fspath(config)
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"backbone config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: invalid JSON in backbone config: {e.msg}") from None
 
 
 def _require(config: dict, key: str, alternatives: tuple[str, ...] = ()):
@@ -147,7 +165,8 @@ class BERT(nn.Module):
         self.train(phase == "train")
 
     @classmethod
-    def _kwargs_from_config(cls, config: dict) -> dict:
+    def _kwargs_from_config(cls, config: dict | str | os.PathLike) -> dict:
+        config = load_config(config)
         return {
             "hidden_size": _require(config, "hidden_size"),
             "num_hidden_layers": _require(config, "num_hidden_layers"),
@@ -166,8 +185,8 @@ class BERT(nn.Module):
         }
 
     @classmethod
-    def from_config(cls, config: dict, phase: str = "train") -> BERT:
-        """Builds the backbone from a parsed `bert_config.json` / HF `config.json` dict."""
+    def from_config(cls, config: dict | str | os.PathLike, phase: str = "train") -> BERT:
+        """Builds the backbone from a parsed `bert_config.json` / HF `config.json` (or its path)."""
         return cls(**cls._kwargs_from_config(config), phase=phase)
 
     def reset_parameters(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .bert import BACKBONE_INPUTS, BERT
+from .bert import BACKBONE_INPUTS, BERT, load_config
 
 
 class ERNIE(BERT):
@@ -41,7 +41,9 @@ class ERNIE(BERT):
             nn.init.zeros_(self.task_embeddings.weight)
 
     @classmethod
-    def from_config(cls, config: dict, phase: str = "train") -> ERNIE:
+    def from_config(cls, config, phase: str = "train") -> ERNIE:
+        """Builds ERNIE from a parsed `ernie_config.json` (or its path)."""
+        config = load_config(config)
         kwargs = cls._kwargs_from_config(config)
         kwargs["sent_type_vocab_size"] = kwargs.pop("type_vocab_size")
         if "task_type_vocab_size" in config:

@@ -235,6 +235,7 @@ class Reader:
         num_epochs: int | None = None,
         file_format: str = "tsv",
         shuffle_train: bool = True,
+        shuffle: bool | None = None,
     ) -> None:
         """Reads, validates and encodes the whole file once.
 
@@ -244,7 +245,7 @@ class Reader:
             num_epochs: train epochs; None means "one epoch" for `Trainer.train` and "forever" for the iterator
                 (PALM's convention, used by multi-task sampling).
             file_format: kept for PALM's signature; the format is given by the reader.
-            shuffle_train: shuffle every training epoch.
+            shuffle_train: shuffle every training epoch (`shuffle` is the same switch).
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -253,7 +254,7 @@ class Reader:
         self._input_file = os.fspath(input_file)
         self._batch_size = batch_size
         self._num_epochs = num_epochs
-        self._shuffle = shuffle_train
+        self._shuffle = shuffle_train if shuffle is None else shuffle
         self._examples = self._load_examples(self._input_file)
         if not self._examples:
             raise DataError(f"{self._input_file}: no examples")
