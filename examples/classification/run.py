@@ -134,11 +134,18 @@ def main(argv=None):
     pred_dir = os.path.join(args.save_path, "predict")
     trainer.predict(output_dir=pred_dir, print_steps=0)
 
-    from evaluate import evaluate  # the example's evaluate step (same folder)
+    return load_evaluate().evaluate(os.path.join(pred_dir, "predictions.json"), args.predict_file)
 
-    return evaluate(os.path.join(pred_dir, "predictions.json"), args.predict_file)
+
+def load_evaluate():
+    """This folder's evaluate.py, by path (an installed `evaluate` package must not shadow it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("classification_evaluate", os.path.join(HERE, "evaluate.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, HERE)
     main()

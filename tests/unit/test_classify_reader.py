@@ -162,3 +162,13 @@ def test_label_out_of_range_and_missing_files(tmp_path, uncased_vocab):
         ClassifyReader(str(tmp_path / "no_vocab.txt"), 32)
     with pytest.raises(ValueError, match="phase"):
         ClassifyReader(uncased_vocab, 32, phase="eval")
+
+
+def test_clone_switches_phase_outputs(tmp_path, uncased_vocab, tiny_config):
+    import torchpalm as palm
+
+    train = ClassifyReader(uncased_vocab, 32)
+    train.register_with(palm.backbone.BERT.from_config(tiny_config))
+    pred = train.clone("predict")
+    assert "label_ids" in train.outputs_attr and "label_ids" not in pred.outputs_attr
+    assert "input_mask" in pred.outputs_attr and pred.phase == "predict" and train.phase == "train"

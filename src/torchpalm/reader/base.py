@@ -221,10 +221,17 @@ class Reader:
         return {k: available[k] for k in sorted(self._register)}
 
     def clone(self, phase: str = "train") -> Reader:
+        """A copy of this reader for another phase (same vocabulary and data; that phase's outputs)."""
         import copy
 
+        if phase not in ("train", "predict"):
+            raise ValueError(f"phase must be 'train' or 'predict', got {phase!r}")
         new = copy.copy(self)
         new._phase = phase
+        new._register = set(new._task_outputs())
+        if self._backbone is not None:
+            new._register |= set(self._backbone.inputs_attr)
+        new.reset()
         return new
 
     # ---- data ----

@@ -1,0 +1,389 @@
+"""SequenceLabelReader: word-level tagging (NER, slot filling) from PALM TSV or CoNLL column files (spec §5.4).
+
+Two input formats:
+
+* PALM's TSV: a header `text_a<TAB>label`; in each row the words of `text_a` and the tags of `label` are joined
+  by `\\x02` (a trailing `\\x02` is allowed; empty words are dropped together with their tags). Files that use
+  no `\\x02` at all are split on single spaces instead (the UER copy of PALM's MSRA split is written that way).
+  In predict the `label` column may be left out.
+* CoNLL-style columns: one word per line, the word in the first column and its tag in the LAST column
+  (tab-separated when the line has a tab, else whitespace-separated), a blank line between sentences,
+  `-DOCSTART-` lines skipped. This covers CoNLL-2003 (`word POS chunk NER`) and MSRA's `char<TAB>TAG`.
+  In predict the file may have the word column only.
+
+Unlike PALM, labels are per WORD, not per sub-token (spec §17.10): every word is WordPiece-tokenised and the
+head scores the hidden state of its first sub-token. Batch layout (beside the common backbone inputs):
+
+    word_starts  [B, W] int64  position of each word's first sub-token in `token_ids` (padded with 0)
+    seq_lens     [B]    int64  number of words kept (PALM: sub-tokens incl. [CLS]/[SEP])
+    label_ids    [B, W] int64  word tag ids, padded with -100 (train)
+
+Sentences longer than `max_len - 2` sub-tokens keep whole words only; the cut words are counted so that
+the head can still emit one label (the no-entity label) per input word.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .base import DataError, Reader, collate_common, pad_2d, read_lines, read_tsv
+
+logger = logging.getLogger("torchpalm")
+
+IGNORE_INDEX = -100
+FORMATS = ("tsv", "conll")
+
+
+@dataclass
+class TaggedSentence:
+    """One sentence of a tagging file.
+
+    Attributes:
+        line: 1-based line of the sentence (its TSV row, or its first CoNLL line).
+        words: the words (never empty strings).
+        tags: one tag per word, or None when the file has no tag column (predict files).
+        word_lines: the line each word came from (all equal to `line` for TSV).
+    """
+
+    line: int
+    words: list[str]
+    tags: list[str] | None
+    word_lines: list[int]
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """'tsv' when the first non-blank line is a header with a `text_a` column, else 'conll'."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    # Only the first line matters; decoding errors are reported with their line by the full parse.
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                return "tsv" if "text_a" in [c.strip() for c in line.split("\t")] else "conll"
+    return "conll"
+
+
+def read_tagged_file(
+    path: str | os.PathLike, file_format: str | None = None, require_tags: bool = True
+) -> tuple[str, list[TaggedSentence]]:
+    """Parses a PALM TSV or CoNLL tagging file into sentences of words and tags.
+
+    Args:
+        path: the file.
+        file_format: 'tsv', 'conll', or None to detect it from the first line.
+        require_tags: raise when the tag column is missing (train files).
+
+    Returns:
+        (the format used, the sentences in file order).
+
+    Raises:
+        DataError: naming `path:line` for a malformed line, a word/tag count mismatch or a missing tag column.
+    """
+    path = os.fspath(path)
+    detected = detect_format(path)
+    if file_format is None:
+        file_format = detected
+    elif file_format not in FORMATS:
+        raise ValueError(f"file_format must be one of {FORMATS} or None (detect), got {file_format!r}")
+    if file_format == "tsv" and detected != "tsv":
+        raise DataError(f"{path}:1: file_format='tsv' needs a header line with a 'text_a' column (PALM's "
+                        f"'text_a<TAB>label'); this looks like a CoNLL column file: pass file_format='conll'")
+    if file_format == "conll" and detected == "tsv":
+        raise DataError(f"{path}:1: file_format='conll' but the first line is a TSV header with 'text_a'; "
+                        f"pass file_format='tsv' (or None to detect)")
+    parse = _read_tsv_sentences if file_format == "tsv" else _read_conll_sentences
+    return file_format, parse(path, require_tags)
+
+
+def _split_field(value: str, sep: str) -> list[str]:
+    parts = value.split(sep)
+    if len(parts) > 1 and parts[-1] == "":  # PALM's ATIS files end every field with the separator
+        parts.pop()
+    return parts
+
+
+def _read_tsv_sentences(path: str, require_tags: bool) -> list[TaggedSentence]:
+    rows = read_tsv(path, required=("text_a", "label") if require_tags else ("text_a",),
+                    optional=() if require_tags else ("label",))
+    has_tags = "label" in rows[0][1]
+    sep = "\x02" if any("\x02" in r["text_a"] or "\x02" in r.get("label", "") for _, r in rows) else " "
+    sentences = []
+    for line_no, row in rows:
+        words = _split_field(row["text_a"], sep)
+        tags = None
+        if has_tags:
+            tags = [t.strip() for t in _split_field(row["label"], sep)]
+            if len(tags) != len(words):
+                raise DataError(f"{path}:{line_no}: {len(words)} words but {len(tags)} tags "
+                                f"(separated by {sep!r}); every word needs exactly one tag")
+            tags = [t for w, t in zip(words, tags, strict=True) if w != ""]
+        words = [w for w in words if w != ""]
+        sentences.append(TaggedSentence(line_no, words, tags, [line_no] * len(words)))
+    return sentences
+
+
+def _read_conll_sentences(path: str, require_tags: bool) -> list[TaggedSentence]:
+    sentences: list[TaggedSentence] = []
+    ncols = first_line = None
+    words: list[str] = []
+    tags: list[str] = []
+    lines: list[int] = []
+    prev_no = 0
+
+    def flush():
+        if words:
+            sentences.append(TaggedSentence(lines[0], list(words), list(tags) if ncols > 1 else None, list(lines)))
+        words.clear()
+        tags.clear()
+        lines.clear()
+
+    # read_lines drops blank lines but keeps the line numbers: a gap in the numbering is a sentence break.
+    for line_no, line in read_lines(path):
+        if line_no != prev_no + 1:
+            flush()
+        prev_no = line_no
+        if line.startswith("-DOCSTART-"):
+            flush()
+            continue
+        # A tab-separated line keeps spaces inside its fields (MSRA has a few space "characters").
+        fields = line.split("\t") if "\t" in line else line.split()
+        if ncols is None:
+            ncols, first_line = len(fields), line_no
+            if require_tags and ncols < 2:
+                raise DataError(f"{path}:{line_no}: expected a word and a tag (at least 2 columns), got 1 "
+                                f"column {line!r}")
+        if len(fields) != ncols:
+            raise DataError(f"{path}:{line_no}: {len(fields)} columns but line {first_line} has {ncols}; every "
+                            f"word line needs the same columns (word first, tag last) in {line!r}")
+        if fields[0] == "" or (ncols > 1 and fields[-1].strip() == ""):
+            raise DataError(f"{path}:{line_no}: empty word or tag column in {line!r}")
+        words.append(fields[0])
+        if ncols > 1:
+            tags.append(fields[-1].strip())
+        lines.append(line_no)
+    flush()
+    if not sentences:
+        raise DataError(f"{path}: no sentences (only -DOCSTART- lines?)")
+    return sentences
+
+
+def load_label_map(label_map_config: str | os.PathLike | Mapping[str, int]) -> tuple[dict[str, int], str]:
+    """Reads and validates a `{tag: id}` map (a JSON file path or a dict); returns (map, where it came from)."""
+    if isinstance(label_map_config, Mapping):
+        source, label_map = "the label_map_config dict", dict(label_map_config)
+    else:
+        source = os.fspath(label_map_config)
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"label map file not found: {source}")
+        try:
+            with open(source, encoding="utf-8") as f:
+                label_map = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{source}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(label_map, dict):
+            raise ValueError(f"{source}: expected a JSON object {{tag: id}}, got {type(label_map).__name__}")
+    if not label_map:
+        raise ValueError(f"{source}: the label map is empty")
+    for tag, i in label_map.items():
+        if not isinstance(tag, str) or isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise ValueError(f"{source}: label map entries must be tag -> non-negative integer id, got {tag!r}: {i!r}")
+    if len(set(label_map.values())) != len(label_map):
+        dup = sorted(i for i in set(label_map.values()) if list(label_map.values()).count(i) > 1)
+        raise ValueError(f"{source}: ids {dup} are used by more than one tag")
+    return label_map, source
+
+
+class SequenceLabelReader(Reader):
+    """Reads word-tagged sentences and yields sub-token inputs with word-level labels.
+
+    Args:
+        vocab_path: vocabulary file.
+        max_len: maximum sub-tokens per sequence including [CLS]/[SEP].
+        label_map_config: path to a JSON `{tag: id}` or a dict; None builds the map from the training file's
+            tags (sorted, so it is deterministic; see `label_map`). Required in predict.
+        tokenizer, lang, seed, do_lower_case, phase: as for every reader (spec §5.1); `lang` changes nothing
+            here (words come pre-split, and CJK characters are split by the tokenizer anyway).
+        dev_count, print_prefix: kept for PALM's signature (unused, as in PALM).
+        no_entity_label: the tag of "no entity"; must be in the label map. Words cut by truncation are
+            predicted as this tag (PALM hard-coded id `len(label_map) - 1`, spec §17.28).
+        file_format: 'tsv', 'conll' or None (detect from the first line); `load_data(file_format=...)`
+            overrides it.
+    """
+
+    def __init__(
+        self,
+        vocab_path: str | os.PathLike,
+        max_len: int,
+        label_map_config: str | os.PathLike | Mapping[str, int] | None,
+        tokenizer: str = "wordpiece",
+        lang: str = "en",
+        seed: int | None = None,
+        do_lower_case: bool = False,
+        phase: str = "train",
+        dev_count: int = 1,
+        print_prefix: str = "",
+        no_entity_label: str = "O",
+        file_format: str | None = None,
+    ):
+        super().__init__(vocab_path, max_len, tokenizer, lang, seed, do_lower_case, phase)
+        if file_format is not None and file_format not in FORMATS:
+            raise ValueError(f"file_format must be one of {FORMATS} or None (detect), got {file_format!r}")
+        self._dev_count, self._print_prefix = dev_count, print_prefix
+        self._no_entity_label = no_entity_label
+        self._file_format = self._load_format = file_format
+        self._used_format: str | None = None
+        self._label_map: dict[str, int] | None = None
+        self._label_map_source = "the training tags"
+        if label_map_config is not None:
+            self._label_map, self._label_map_source = load_label_map(label_map_config)
+            self._check_no_entity()
+        elif phase == "predict":
+            raise ValueError("label_map_config is required in predict: pass the training reader's label_map "
+                             "(a dict) or the JSON file it was built from")
+
+    def _check_no_entity(self) -> None:
+        if self._no_entity_label not in self._label_map:
+            raise ValueError(f"no_entity_label {self._no_entity_label!r} is not in the label map "
+                             f"({self._label_map_source}); tags: {_preview(sorted(self._label_map))}")
+
+    # ---- register protocol ----
+    def _task_outputs(self):
+        outs = {"token_ids": ([-1, -1], "int64"), "seq_lens": ([-1], "int64"), "word_starts": ([-1, -1], "int64")}
+        if self._phase == "train":
+            outs["label_ids"] = ([-1, -1], "int64")
+        return outs
+
+    def _all_outputs(self):
+        return {**super()._all_outputs(), "label_ids": ([-1, -1], "int64")}
+
+    # ---- label map ----
+    @property
+    def label_map(self) -> dict[str, int] | None:
+        """The `{tag: id}` map (built from the training tags when none was given), or None before load_data."""
+        return dict(self._label_map) if self._label_map is not None else None
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return {i: t for t, i in (self._label_map or {}).items()}
+
+    @property
+    def no_entity_label(self) -> str:
+        return self._no_entity_label
+
+    @property
+    def no_entity_id(self) -> int | None:
+        return self._label_map[self._no_entity_label] if self._label_map is not None else None
+
+    @property
+    def file_format(self) -> str | None:
+        """The format of the loaded file ('tsv' or 'conll'), None before load_data."""
+        return self._used_format
+
+    def check_num_classes(self, num_classes: int) -> None:
+        """Raises if a tag id does not fit a head with `num_classes` classes."""
+        if self._label_map is None:
+            raise RuntimeError("SequenceLabelReader: call load_data() before checking the number of classes")
+        top = max(self._label_map.values())
+        if top >= num_classes:
+            raise ValueError(f"the label map ({self._label_map_source}) has tag id {top} but the head has "
+                             f"{num_classes} classes; use num_classes >= {top + 1}")
+
+    # ---- data ----
+    def load_data(
+        self,
+        input_file: str | os.PathLike,
+        batch_size: int,
+        num_epochs: int | None = None,
+        file_format: str | None = None,
+        shuffle_train: bool = True,
+    ) -> None:
+        """Reads, validates and encodes the whole file once (see `Reader.load_data`).
+
+        Args:
+            file_format: 'tsv', 'conll', or None for the constructor's choice (detected when that is None too).
+        """
+        if file_format is not None and file_format not in FORMATS:
+            raise ValueError(f"file_format must be one of {FORMATS} or None (detect), got {file_format!r}")
+        self._load_format = file_format or self._file_format
+        super().load_data(input_file, batch_size, num_epochs, shuffle_train=shuffle_train)
+
+    def _load_examples(self, path):
+        self._used_format, sentences = read_tagged_file(path, self._load_format, self._phase == "train")
+        has_tags = sentences[0].tags is not None
+        if self._label_map is None:
+            tags = sorted({t for s in sentences for t in s.tags})
+            self._label_map = {t: i for i, t in enumerate(tags)}
+            self._label_map_source = f"built from the tags of {path}"
+            self._check_no_entity()
+            logger.info("label map built from %s: %s", path, self._label_map)
+        if self._phase == "train":
+            for s in sentences:
+                if not s.words:
+                    raise DataError(f"{path}:{s.line}: the sentence has no words")
+
+        # Encode each distinct word once, all in one batched call (MSRA: 2.2M characters, ~5k distinct).
+        distinct = list(dict.fromkeys(w for s in sentences for w in s.words))
+        unk = [self._tokenizer.unk_id]
+        pieces_of = {w: (ids or unk) for w, ids in zip(distinct, self._tokenizer.encode_words(distinct), strict=True)}
+
+        budget, cls_id, sep_id = self._max_len - 2, self._tokenizer.cls_id, self._tokenizer.sep_id
+        examples, n_truncated = [], 0
+        for s in sentences:
+            pieces = [pieces_of[w] for w in s.words]
+            ends = np.cumsum([len(p) for p in pieces], dtype=np.int64)
+            kept = int(np.searchsorted(ends, budget, side="right"))  # whole words that fit
+            flat = [i for p in pieces[:kept] for i in p]
+            if kept == 0 and pieces:  # a single word longer than the budget: keep its first pieces
+                kept, flat = 1, pieces[0][:budget]
+            n_truncated += kept < len(s.words)
+            starts = np.concatenate([[0], ends[: kept - 1]]) + 1 if kept else np.zeros(0, dtype=np.int64)
+            ex = {"token_ids": np.asarray([cls_id, *flat, sep_id], dtype=np.int64),
+                  "word_starts": starts.astype(np.int64), "n_words": len(s.words), "line": s.line}
+            if has_tags:
+                ex["label_ids"] = np.asarray(self._tag_ids(path, s)[:kept], dtype=np.int64)
+            examples.append(ex)
+        if n_truncated:
+            logger.info("%s: %d of %d sentences have more than %d sub-tokens (max_len %d minus [CLS]/[SEP]); their "
+                        "last words are cut (and predicted as %r)", path, n_truncated, len(sentences), budget,
+                        self._max_len, self._no_entity_label)
+        return examples
+
+    def _tag_ids(self, path: str, s: TaggedSentence) -> list[int]:
+        try:
+            return [self._label_map[t] for t in s.tags]
+        except KeyError:
+            k = next(k for k, t in enumerate(s.tags) if t not in self._label_map)
+            raise DataError(f"{path}:{s.word_lines[k]}: tag {s.tags[k]!r} (word {s.words[k]!r}) is not in the label "
+                            f"map ({self._label_map_source}); known tags: {_preview(sorted(self._label_map))}"
+                            ) from None
+
+    def _collate(self, examples, rng):
+        batch = collate_common([e["token_ids"] for e in examples],
+                               [np.zeros(len(e["token_ids"]), dtype=np.int64) for e in examples],
+                               self._tokenizer.pad_id)
+        # At least one word column, so the head's gather and CRF see W >= 1 even for empty sentences.
+        width = max(1, max(len(e["word_starts"]) for e in examples))
+        batch["word_starts"] = pad_2d([e["word_starts"] for e in examples], 0, width)
+        batch["seq_lens"] = torch.tensor([len(e["word_starts"]) for e in examples], dtype=torch.int64)
+        if all("label_ids" in e for e in examples):
+            batch["label_ids"] = pad_2d([e["label_ids"] for e in examples], IGNORE_INDEX, width)
+        return batch
+
+    def get_epoch_outputs(self) -> dict[str, list[int]]:
+        """Per-example counts in file order: `word_counts` (input words) and `kept_word_counts` (after cutting)."""
+        examples = self._examples or []
+        return {"word_counts": [e["n_words"] for e in examples],
+                "kept_word_counts": [len(e["word_starts"]) for e in examples]}
+
+
+def _preview(items: Sequence[str], n: int = 20) -> str:
+    shown = ", ".join(repr(x) for x in items[:n])
+    return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)} in all)"

@@ -1,0 +1,141 @@
+"""Sequence labelling end to end through palm.Trainer on a tiny BERT: the CRF and softmax heads overfit a small
+tagging set, prediction writes one tag per word (also for truncated sentences), and the tagging example's
+evaluate.py scores entity F1 = 1.0 on the memorised data; plus short runs of examples/tagging/run.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, shared
+
+import torchpalm as palm
+
+TAGGING = ROOT / "examples" / "tagging"
+
+
+def load_module(name: str, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+evaluate = load_module("tagging_evaluate_under_test", TAGGING / "evaluate.py").evaluate
+
+# each word has one tag wherever it occurs, so a small model can memorise the data exactly
+LEXICON = {"john": "B-PER", "mary": "B-PER", "smith": "I-PER", "jones": "I-PER", "paris": "B-LOC",
+           "berlin": "B-LOC", "new": "B-LOC", "york": "I-LOC", "acme": "B-ORG", "corp": "I-ORG"}
+FILLER = ["visited", "likes", "the", "and", "today", "saw", "with", "in"]
+PHRASES = [["john"], ["mary", "jones"], ["john", "smith"], ["paris"], ["new", "york"], ["berlin"],
+           ["acme", "corp"], ["acme"]]
+
+
+def write_tagging_file(path, n=24, seed=0) -> tuple[str, list[list[str]]]:
+    rng = np.random.default_rng(seed)
+    sentences = []
+    for _ in range(n):
+        words = []
+        for _ in range(int(rng.integers(1, 4))):
+            words += list(rng.choice(FILLER, size=int(rng.integers(0, 3))))
+            words += PHRASES[int(rng.integers(len(PHRASES)))]
+        sentences.append(words)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("-DOCSTART- -X- -X- O\n\n")
+        for words in sentences:
+            f.writelines(f"{w} X {LEXICON.get(w, 'O')}\n" for w in words)
+            f.write("\n")
+    return str(path), sentences
+
+
+def train_tiny(tmp_path, vocab, config, use_crf: bool, steps: int = 60):
+    torch.manual_seed(0)
+    config = {**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    train_file, sentences = write_tagging_file(tmp_path / "train.txt")
+    reader = palm.reader.SequenceLabelReader(vocab, 32, None, seed=0, do_lower_case=True)
+    reader.load_data(train_file, 8, num_epochs=steps // 3)
+    backbone = palm.backbone.BERT.from_config(config)
+    reader.register_with(backbone)
+    label_map = reader.label_map
+    head = palm.head.SequenceLabel(len(label_map), config["hidden_size"], 0.1, use_crf=use_crf)
+    trainer = palm.Trainer("ner", device="cpu")
+    loss_var = trainer.build_forward(backbone, head)
+    adam = palm.optimizer.Adam(loss_var, 5e-3, palm.lr_sched.TriangularSchedualer(3, steps))
+    trainer.build_backward(adam, weight_decay=0.01)
+    trainer.fit_reader(reader)
+    losses = [float(trainer.train_one_step(trainer.get_one_batch())["ner.loss"]) for _ in range(steps)]
+    return trainer, reader, train_file, sentences, losses
+
+
+def predict(trainer, vocab, config, label_map, path, out_dir, max_len=32, use_crf=True):
+    reader = palm.reader.SequenceLabelReader(vocab, max_len, label_map, do_lower_case=True, phase="predict")
+    reader.load_data(path, 5)
+    backbone = palm.backbone.BERT.from_config(config, phase="predict")
+    reader.register_with(backbone)
+    trainer.build_predict_forward(backbone, palm.head.SequenceLabel(len(label_map), config["hidden_size"],
+                                                                    phase="predict", use_crf=use_crf))
+    trainer.fit_reader(reader, phase="predict")
+    results = trainer.predict(output_dir=str(out_dir), print_steps=0)
+    lines = [json.loads(line) for line in open(out_dir / "predictions.json")]
+    assert lines == results
+    return results, reader
+
+
+@pytest.mark.parametrize("use_crf", [True, False], ids=["crf", "softmax"])
+def test_overfit_predict_and_evaluate(tmp_path, uncased_vocab, tiny_config, use_crf):
+    trainer, reader, train_file, sentences, losses = train_tiny(tmp_path, uncased_vocab, tiny_config, use_crf)
+    assert np.mean(losses[-5:]) < 0.1 * np.mean(losses[:5]), losses
+    label_map = reader.label_map
+    assert label_map == {"B-LOC": 0, "B-ORG": 1, "B-PER": 2, "I-LOC": 3, "I-ORG": 4, "I-PER": 5, "O": 6}
+    results, _ = predict(trainer, uncased_vocab, tiny_config, label_map, train_file, tmp_path / "pred",
+                         use_crf=use_crf)
+    assert [len(r) for r in results] == [len(s) for s in sentences]  # one tag per word
+    scores = evaluate(str(tmp_path / "pred" / "predictions.json"), train_file, label_map, verbose=False)
+    assert scores["n"] == 24
+    assert scores["f1"] == 1.0 and scores["palm_token_f1"] == 1.0, scores
+    assert set(scores["per_type"]) == {"PER", "LOC", "ORG"}
+
+    # truncated sentences still get one prediction per word; the cut words get the no-entity id
+    short, _ = predict(trainer, uncased_vocab, tiny_config, label_map, train_file, tmp_path / "short", max_len=5,
+                       use_crf=use_crf)
+    assert [len(r) for r in short] == [len(s) for s in sentences]
+    cut = [k for k, s in enumerate(sentences) if len(s) > 3]
+    assert cut
+    for k in cut:
+        assert short[k][3:] == [label_map["O"]] * (len(sentences[k]) - 3)
+    partial = evaluate(str(tmp_path / "short" / "predictions.json"), train_file, label_map, verbose=False)
+    assert partial["f1"] < 1.0
+
+
+def test_tagging_example_conll_tiny_from_scratch(tmp_path, uncased_vocab, tiny_config, capsys):
+    shared("conll2003", "train.txt")
+    run = load_module("tagging_run_under_test", TAGGING / "run.py")
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny_config))
+    out = tmp_path / "out"
+    metrics = run.main(["--pretrain", "none", "--config", str(tmp_path / "tiny.json"), "--vocab", uncased_vocab,
+                        "--train_examples", "64", "--predict_examples", "40", "--num_epochs", "1",
+                        "--lr", "1e-3", "--save_path", str(out), "--print_steps", "0", "--use_crf", "0"])
+    assert metrics["n"] == 40 and 0.0 <= metrics["f1"] <= 1.0 and 0.0 < metrics["palm_token_f1"] <= 1.0
+    label_map = json.loads((out / "label_map.json").read_text())
+    assert label_map["O"] == 8 and len(label_map) == 9
+    preds = [json.loads(line) for line in open(out / "predict" / "predictions.json")]
+    assert len(preds) == 40 and all(0 <= i < 9 for row in preds for i in row)
+    printed = capsys.readouterr().out
+    assert "data num: 40" in printed and "entity f1:" in printed and "f1: " in printed
+    with pytest.raises(SystemExit):
+        run.main(["--preset", "no-such-preset"])
+
+
+def test_tagging_example_msra_preset_tiny(tmp_path):
+    shared("msra_ner", "full_bio", "MSRA.zip")
+    run = load_module("tagging_run_under_test_msra", TAGGING / "run.py")
+    out = tmp_path / "out"
+    metrics = run.main(["--preset", "msra", "--train_examples", "32", "--predict_examples", "16",
+                        "--max_seqlen", "64", "--num_epochs", "1", "--save_path", str(out), "--print_steps", "0"])
+    assert metrics["n"] == 16
+    config = json.loads((out / "config.json").read_text())
+    assert config["hidden_size"] == 256 and config["num_hidden_layers"] == 4 and config["vocab_size"] == 21128
+    assert json.loads((out / "label_map.json").read_text())["O"] == 6
