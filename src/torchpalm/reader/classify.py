@@ -15,6 +15,14 @@ def encode_text_columns(reader: Reader, rows: list, columns: tuple[str, ...]) ->
     return {c: tok.encode_batch([reader._text(r[c]) for _, r in rows]) for c in columns}
 
 
+def parse_label(value: str, path: str, line_no: int) -> int:
+    """A class id from the `label` column: a non-negative integer, or a DataError naming file and line."""
+    label = parse_int(value, path, line_no, "label")
+    if label < 0:
+        raise DataError(f"{path}:{line_no}: label must be >= 0, got {label}")
+    return label
+
+
 class ClassifyReader(Reader):
     """Reads `label<TAB>text_a[<TAB>text_b]` TSV files (header required; column order free).
 
@@ -43,9 +51,7 @@ class ClassifyReader(Reader):
                                      self._max_len, self._tokenizer.cls_id, self._tokenizer.sep_id)
             ex = {"token_ids": ids, "segment_ids": segs, "line": line_no}
             if "label" in row:
-                ex["label"] = parse_int(row["label"], path, line_no, "label")
-                if ex["label"] < 0:
-                    raise DataError(f"{path}:{line_no}: label must be >= 0, got {ex['label']}")
+                ex["label"] = parse_label(row["label"], path, line_no)
             examples.append(ex)
         return examples
 

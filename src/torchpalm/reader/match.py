@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 
 from ..tokenizer import build_inputs
-from .base import COMMON_OUTPUTS, DataError, collate_common, parse_int, read_tsv
-from .classify import ClassifyReader, encode_text_columns
+from .base import COMMON_OUTPUTS, collate_common, read_tsv
+from .classify import ClassifyReader, encode_text_columns, parse_label
 
 STRATEGIES = ("pointwise", "pairwise")
 NEG_OUTPUTS = {f"{k}_neg": v for k, v in COMMON_OUTPUTS.items()}
@@ -101,9 +101,7 @@ class MatchReader(ClassifyReader):
                 ex["token_ids_neg"], ex["segment_ids_neg"] = build_inputs(
                     encoded["text_a"][i], encoded["text_b_neg"][i], self._max_len, cls_id, sep_id)
             if "label" in row:
-                ex["label"] = parse_int(row["label"], path, line_no, "label")
-                if ex["label"] < 0:
-                    raise DataError(f"{path}:{line_no}: label must be >= 0, got {ex['label']}")
+                ex["label"] = parse_label(row["label"], path, line_no)
             examples.append(ex)
         return examples
 
