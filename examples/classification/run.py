@@ -9,6 +9,8 @@ import json
 import os
 import sys
 
+import torch
+
 import torchpalm as palm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -96,6 +98,7 @@ def main(argv=None):
     if args.train_examples:
         train_file = head_of_file(train_file, args.train_examples, args.save_path)
 
+    torch.manual_seed(args.seed)  # head initialisation and dropout: the recorded runs are reproducible
     # step 1: reader for training
     reader = palm.reader.ClassifyReader(vocab_path, args.max_seqlen, seed=args.seed, lang=args.lang,
                                         do_lower_case=bool(args.do_lower_case))
