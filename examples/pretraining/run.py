@@ -57,6 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--mlm_lr", type=float, default=5e-4)
     p.add_argument("--mlm_warmup", type=float, default=0.06, help="warmup fraction of --mlm_steps")
     p.add_argument("--whole_word_mask", type=int, default=0, help="(each CJK character is a word anyway)")
+    p.add_argument("--sources", default="chnsenticorp_train,cmrc2018_contexts,msra_ner_train",
+                   help="comma-separated corpus sources; 'chnsenticorp_train' alone is task-adaptive pretraining "
+                        "(the fine-tuning task's own unlabelled training text)")
     p.add_argument("--corpus_lines", type=int, default=0, help="use only the first N corpus lines (0: all)")
     p.add_argument("--heldout_lines", type=int, default=1000, help="corpus lines kept out for MLM accuracy")
     p.add_argument("--mlm_save_steps", type=int, default=1000)
@@ -121,6 +124,11 @@ def corpus_texts(data_dir: str) -> dict[str, list[str]]:
 def write_corpus(args) -> tuple[str, str, dict]:
     """Writes <save_path>/pretrain_corpus.tsv and a held-out file (header text_a); returns paths and counts."""
     sources = corpus_texts(args.data_dir)
+    wanted = [name.strip() for name in args.sources.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - set(sources))
+    if not wanted or unknown:
+        sys.exit(f"--sources must name some of {', '.join(sources)}; got {args.sources!r}")
+    sources = {name: sources[name] for name in wanted}
     lines = [c for texts in sources.values() for t in texts for c in chunks(t, args.mlm_max_seqlen - 2)]
     if args.lang in ("cn", "chinese"):  # as ClassifyReader(lang='cn') does to the fine-tuning text
         lines = [c.replace(" ", "") for c in lines]

@@ -136,6 +136,11 @@ def test_tagging_example_msra_preset_tiny(tmp_path):
     metrics = run.main(["--preset", "msra", "--train_examples", "32", "--predict_examples", "16",
                         "--max_seqlen", "64", "--num_epochs", "1", "--save_path", str(out), "--print_steps", "0"])
     assert metrics["n"] == 16
+    # PALM's ernie_split test file (PALM's \x02 TSV) is scored as well, from the same trained weights
+    ernie_test = str(shared("msra_ner", "ernie_split", "test.tsv"))
+    assert set(metrics["by_file"]) == {"zip:msra_test_bio", ernie_test}
+    assert metrics["by_file"][ernie_test]["n"] == 16
+    assert len((out / "predict_1" / "predictions.json").read_text().splitlines()) == 16
     config = json.loads((out / "config.json").read_text())
     assert config["hidden_size"] == 256 and config["num_hidden_layers"] == 4 and config["vocab_size"] == 21128
     assert json.loads((out / "label_map.json").read_text())["O"] == 6
