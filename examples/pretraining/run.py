@@ -67,6 +67,8 @@ def parse_args(argv=None):
                    help="stage 2 starts from this checkpoint (default: <save_path>/mlm/ckpt.final)")
     # stage 2: ChnSentiCorp classification
     p.add_argument("--train_file", default=os.path.join(SHARED, "chnsenticorp", "train.tsv"))
+    p.add_argument("--dev_file", default=os.path.join(SHARED, "chnsenticorp", "dev.tsv"),
+                   help="scored too, for choosing fine-tuning settings without looking at the test set ('' skips it)")
     p.add_argument("--test_file", default=os.path.join(SHARED, "chnsenticorp", "test.tsv"))
     p.add_argument("--train_examples", type=int, default=0, help="use only the first N training rows (0: all)")
     p.add_argument("--max_seqlen", type=int, default=128, help="PALM used 256; 128 halves the CPU time")
@@ -233,8 +235,8 @@ def head_of_file(path: str, n: int, out_dir: str) -> str:
     return target
 
 
-def finetune(args, config: dict, init_from: str | None, train_file: str) -> float:
-    """ChnSentiCorp classification (PALM's §14.1 steps); returns test accuracy."""
+def finetune(args, config: dict, init_from: str | None, train_file: str) -> dict[str, float]:
+    """ChnSentiCorp classification (PALM's §14.1 steps); returns {'dev': accuracy, 'test': accuracy}."""
     name = "pretrained" if init_from else "scratch"
     print(f"=== fine-tuning from {init_from or 'random weights'}", flush=True)
     torch.manual_seed(args.seed)  # the same initial head (and backbone, before loading) for both runs
@@ -256,17 +258,21 @@ def finetune(args, config: dict, init_from: str | None, train_file: str) -> floa
 
     pred_reader = palm.reader.ClassifyReader(args.vocab, args.max_seqlen, lang=args.lang,
                                              do_lower_case=bool(args.do_lower_case), phase="predict")
-    pred_reader.load_data(args.test_file, 64)
     pred_backbone = palm.backbone.BERT.from_config(config, phase="predict")
     pred_reader.register_with(pred_backbone)
     trainer.build_predict_forward(pred_backbone, palm.head.Classify(2, config["hidden_size"], phase="predict"))
-    trainer.fit_reader(pred_reader, phase="predict")
-    preds = [r["label"] for r in trainer.predict(output_dir=os.path.join(args.save_path, f"predict_{name}"),
-                                                 print_steps=0)]
-    gold = [int(r["label"]) for _, r in read_tsv(args.test_file, required=("label",))]
-    accuracy = palm.metrics.accuracy(preds, gold)
-    print(f"test accuracy ({name}): {accuracy:.4f}", flush=True)
-    return accuracy
+    accuracies = {}
+    for split, path in (("dev", args.dev_file), ("test", args.test_file)):
+        if not path:
+            continue
+        pred_reader.load_data(path, 64)
+        trainer.fit_reader(pred_reader, phase="predict")
+        out_dir = os.path.join(args.save_path, f"predict_{name}" + ("" if split == "test" else f"_{split}"))
+        preds = [r["label"] for r in trainer.predict(output_dir=out_dir, print_steps=0)]
+        gold = [int(r["label"]) for _, r in read_tsv(path, required=("label",))]
+        accuracies[split] = palm.metrics.accuracy(preds, gold)
+        print(f"{split} accuracy ({name}): {accuracies[split]:.4f}", flush=True)
+    return accuracies
 
 
 def main(argv=None):
@@ -286,12 +292,15 @@ def main(argv=None):
         train_file = args.train_file
         if args.train_examples:
             train_file = head_of_file(train_file, args.train_examples, args.save_path)
-        results["test_accuracy"] = {"pretrained": finetune(args, config, ckpt, train_file),
-                                    "scratch": finetune(args, config, None, train_file)}
-        acc = results["test_accuracy"]
-        print(f"ChnSentiCorp test accuracy: from MLM pretraining {acc['pretrained']:.4f}, "
-              f"from scratch {acc['scratch']:.4f}, difference {100 * (acc['pretrained'] - acc['scratch']):+.2f} "
-              f"points", flush=True)
+        runs = {"pretrained": finetune(args, config, ckpt, train_file),
+                "scratch": finetune(args, config, None, train_file)}
+        for split in ("dev", "test"):
+            if split in runs["pretrained"]:
+                results[f"{split}_accuracy"] = {arm: acc[split] for arm, acc in runs.items()}
+                acc = results[f"{split}_accuracy"]
+                print(f"ChnSentiCorp {split} accuracy: from MLM pretraining {acc['pretrained']:.4f}, "
+                      f"from scratch {acc['scratch']:.4f}, difference "
+                      f"{100 * (acc['pretrained'] - acc['scratch']):+.2f} points", flush=True)
     with open(os.path.join(args.save_path, "pretraining_results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, ensure_ascii=False)
     return results

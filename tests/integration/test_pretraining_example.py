@@ -1,0 +1,45 @@
+"""examples/pretraining/run.py end to end on a tiny budget: corpus from ../shared/data, MLM, then both fine-tuning
+arms scored on dev and test, and the results file a user reads."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from conftest import ROOT, shared
+
+
+def load_run():
+    spec = importlib.util.spec_from_file_location("pretraining_run_under_test",
+                                                  ROOT / "examples" / "pretraining" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_task_adaptive_pretraining_then_both_arms(tmp_path):
+    test_file = shared("chnsenticorp", "test.tsv")
+    shared("msra_ner", "full_bio", "MSRA.zip")
+    small = tmp_path / "test32.tsv"
+    small.write_text("".join(test_file.read_text(encoding="utf-8").splitlines(keepends=True)[:33]), encoding="utf-8")
+    run = load_run()
+    out = tmp_path / "out"
+    results = run.main(["--sources", "chnsenticorp_train", "--corpus_lines", "200", "--heldout_lines", "32",
+                        "--mlm_steps", "3", "--mlm_batch_size", "16", "--mlm_max_seqlen", "64", "--print_steps", "1",
+                        "--hidden_size", "64", "--num_heads", "2", "--intermediate_size", "128", "--num_layers", "1",
+                        "--train_examples", "64", "--epochs", "1", "--max_seqlen", "64",
+                        "--dev_file", str(small), "--test_file", str(small), "--save_path", str(out)])
+    corpus = (out / "pretrain_corpus.tsv").read_text(encoding="utf-8").splitlines()
+    assert corpus[0] == "text_a" and len(corpus) == 201
+    assert results["pretrain"]["corpus"]["chnsenticorp_train"] == 9600
+    assert set(results["pretrain"]["corpus"]) >= {"chnsenticorp_train", "corpus_lines"}
+    assert "msra_ner_train" not in results["pretrain"]["corpus"]
+    assert (out / "mlm" / "ckpt.final" / "model.safetensors").is_file()
+    for split in ("dev", "test"):
+        assert set(results[f"{split}_accuracy"]) == {"pretrained", "scratch"}
+        assert all(0.0 <= a <= 1.0 for a in results[f"{split}_accuracy"].values())
+    saved = json.loads((out / "pretraining_results.json").read_text(encoding="utf-8"))
+    assert saved["test_accuracy"] == results["test_accuracy"]
+    with pytest.raises(SystemExit):
+        run.main(["--sources", "no_such_source", "--save_path", str(tmp_path / "bad")])
