@@ -63,6 +63,9 @@ def parse_args(argv=None):
     p.add_argument("--corpus_lines", type=int, default=0, help="use only the first N corpus lines (0: all)")
     p.add_argument("--heldout_lines", type=int, default=1000, help="corpus lines kept out for MLM accuracy")
     p.add_argument("--mlm_save_steps", type=int, default=1000)
+    p.add_argument("--mlm_resume", default=None, metavar="CKPT_DIR",
+                   help="continue an MLM run from one of its checkpoints (weights, Adam state, reader position, RNG) "
+                        "up to --mlm_steps in all; a larger --mlm_steps than the first run's stretches the schedule")
     p.add_argument("--mlm_checkpoint", default=None,
                    help="stage 2 starts from this checkpoint (default: <save_path>/mlm/ckpt.final)")
     # stage 2: ChnSentiCorp classification
@@ -187,12 +190,15 @@ def pretrain(args, config: dict) -> tuple[str, dict]:
     # steps 7-8: saver, then PALM's manual loop (train_one_step), stopping at --mlm_steps
     save_dir = os.path.join(args.save_path, "mlm")
     trainer.set_saver(save_dir, args.mlm_save_steps)
-    t0, losses = time.time(), []
-    for step, batch in enumerate(trainer.fit_reader(reader), 1):
+    if args.mlm_resume:  # the learning rate is a function of the step, so the schedule picks up where it was
+        trainer.load_ckpt(args.mlm_resume)
+        print(f"resumed from {args.mlm_resume} at step {trainer.cur_train_step}", flush=True)
+    t0, losses, first = time.time(), [], trainer.cur_train_step + 1
+    for step, batch in enumerate(trainer.fit_reader(reader), first):
         losses.append(float(trainer.train_one_step(batch)["mlm.loss"]))
         if step % args.print_steps == 0 or step == args.mlm_steps:
             print(f"mlm step {step}/{args.mlm_steps} (epoch {reader.state_dict()['epoch']}), "
-                  f"loss: {np.mean(losses[-args.print_steps:]):.3f}, {step / (time.time() - t0):.2f} steps/s",
+                  f"loss: {np.mean(losses[-args.print_steps:]):.3f}, {(step - first + 1) / (time.time() - t0):.2f} steps/s",
                   flush=True)
         if step >= args.mlm_steps:
             break

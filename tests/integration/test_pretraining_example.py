@@ -41,5 +41,13 @@ def test_task_adaptive_pretraining_then_both_arms(tmp_path):
         assert all(0.0 <= a <= 1.0 for a in results[f"{split}_accuracy"].values())
     saved = json.loads((out / "pretraining_results.json").read_text(encoding="utf-8"))
     assert saved["test_accuracy"] == results["test_accuracy"]
+    # continuing that run to 5 steps in all: resumes at step 4 from the checkpoint, same corpus and reader position
+    resumed = run.main(["--sources", "chnsenticorp_train", "--corpus_lines", "200", "--heldout_lines", "32",
+                        "--mlm_steps", "5", "--mlm_batch_size", "16", "--mlm_max_seqlen", "64", "--print_steps", "1",
+                        "--hidden_size", "64", "--num_heads", "2", "--intermediate_size", "128", "--num_layers", "1",
+                        "--stages", "pretrain", "--mlm_resume", str(out / "mlm" / "ckpt.final"),
+                        "--save_path", str(tmp_path / "out2")])
+    state = json.loads((tmp_path / "out2" / "mlm" / "ckpt.final" / "trainer_state.json").read_text())
+    assert state["step"] == 5 and resumed["pretrain"]["mlm_steps"] == 5
     with pytest.raises(SystemExit):
         run.main(["--sources", "no_such_source", "--save_path", str(tmp_path / "bad")])
