@@ -69,6 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--mlm_checkpoint", default=None,
                    help="stage 2 starts from this checkpoint (default: <save_path>/mlm/ckpt.final)")
     # stage 2: ChnSentiCorp classification
+    p.add_argument("--arms", default="pretrained,scratch",
+                   help="which fine-tuning runs of stage 2 to make (the scratch arm does not depend on stage 1)")
     p.add_argument("--train_file", default=os.path.join(SHARED, "chnsenticorp", "train.tsv"))
     p.add_argument("--dev_file", default=os.path.join(SHARED, "chnsenticorp", "dev.tsv"),
                    help="scored too, for choosing fine-tuning settings without looking at the test set ('' skips it)")
@@ -293,15 +295,18 @@ def main(argv=None):
     if "pretrain" in stages:
         ckpt, results["pretrain"] = pretrain(args, config)
     if "finetune" in stages:
-        if not os.path.isdir(ckpt):
+        if "pretrained" in args.arms and not os.path.isdir(ckpt):
             sys.exit(f"no MLM checkpoint at {ckpt}: run the pretrain stage first or pass --mlm_checkpoint")
         train_file = args.train_file
         if args.train_examples:
             train_file = head_of_file(train_file, args.train_examples, args.save_path)
-        runs = {"pretrained": finetune(args, config, ckpt, train_file),
-                "scratch": finetune(args, config, None, train_file)}
+        arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+        if not arms or set(arms) - {"pretrained", "scratch"}:
+            sys.exit(f"--arms must be a comma-separated subset of pretrained,scratch; got {args.arms!r}")
+        runs = {arm: finetune(args, config, ckpt if arm == "pretrained" else None, train_file) for arm in arms}
+        results["accuracy_by_arm"] = runs
         for split in ("dev", "test"):
-            if split in runs["pretrained"]:
+            if len(runs) == 2 and split in runs["pretrained"]:
                 results[f"{split}_accuracy"] = {arm: acc[split] for arm, acc in runs.items()}
                 acc = results[f"{split}_accuracy"]
                 print(f"ChnSentiCorp {split} accuracy: from MLM pretraining {acc['pretrained']:.4f}, "

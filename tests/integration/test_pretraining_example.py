@@ -49,5 +49,12 @@ def test_task_adaptive_pretraining_then_both_arms(tmp_path):
                         "--save_path", str(tmp_path / "out2")])
     state = json.loads((tmp_path / "out2" / "mlm" / "ckpt.final" / "trainer_state.json").read_text())
     assert state["step"] == 5 and resumed["pretrain"]["mlm_steps"] == 5
+    # stage 2 alone, one arm: the pretrained run from that checkpoint
+    one = run.main(["--stages", "finetune", "--arms", "pretrained", "--mlm_checkpoint", str(out / "mlm" / "ckpt.final"),
+                    "--hidden_size", "64", "--num_heads", "2", "--intermediate_size", "128", "--num_layers", "1",
+                    "--train_examples", "64", "--epochs", "1", "--max_seqlen", "64", "--dev_file", "",
+                    "--test_file", str(small), "--save_path", str(tmp_path / "out3")])
+    assert set(one["accuracy_by_arm"]) == {"pretrained"} and set(one["accuracy_by_arm"]["pretrained"]) == {"test"}
+    assert one["accuracy_by_arm"]["pretrained"]["test"] == results["test_accuracy"]["pretrained"]
     with pytest.raises(SystemExit):
         run.main(["--sources", "no_such_source", "--save_path", str(tmp_path / "bad")])
