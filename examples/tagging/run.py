@@ -226,7 +226,7 @@ def run(args, tmp: str) -> dict:
         targets.append((name, path))
     for k, (name, path) in enumerate(targets):
         if "ernie_split" in name:
-            logger.warning("ernie_split/test.tsv shares about 64%% of its sentences with the full_bio train split; "
+            logger.warning("ernie_split/test.tsv shares about 64% of its sentences with the full_bio train split; "
                            "its scores overstate generalisation")
         pred_reader.load_data(path, args.batch_size)
         trainer.fit_reader(pred_reader, phase="predict")
