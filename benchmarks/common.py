@@ -69,3 +69,51 @@ def hf_fine_tune(model: torch.nn.Module, collate: Callable[[np.ndarray], dict], 
             if args.print_steps and step % args.print_steps == 0:
                 print(f"hf step {step}/{n_steps}, loss: {loss.item():.3f}", flush=True)
     return {"steps": step, "train_seconds": time.perf_counter() - t0}
+
+
+def hf_fine_tune_tagger(model: torch.nn.Module, tok, sents: list[list[str]], tags: list[list[str]],
+                        labels: list[str], args, max_len: int) -> dict:
+    """Fine-tunes an HF token classifier on word-tagged sentences the way run_ner does: the FIRST sub-token of each
+    word carries the word's tag, every other position (later sub-tokens, [CLS], [SEP], padding) is -100; at most
+    `max_len` sub-tokens (the words past that are not trained on). Trains with `hf_fine_tune`; returns its dict."""
+    label_map = {t: i for i, t in enumerate(labels)}
+    enc = tok(sents, is_split_into_words=True, truncation=True, max_length=max_len)
+    targets = []
+    for i in range(len(sents)):
+        # the first sub-token of each word carries the word's tag; every other position is ignored
+        prev, row = None, []
+        for w in enc.word_ids(i):
+            row.append(label_map[tags[i][w]] if w is not None and w != prev else -100)
+            prev = w
+        targets.append(row)
+
+    def collate(idx):
+        batch = tok.pad({"input_ids": [enc["input_ids"][i] for i in idx]}, return_tensors="pt")
+        width = batch["input_ids"].shape[1]
+        batch["labels"] = torch.tensor([targets[i] + [-100] * (width - len(targets[i])) for i in idx])
+        return batch
+
+    return hf_fine_tune(model, collate, len(sents), args)
+
+
+@torch.no_grad()
+def hf_predict_tags(model: torch.nn.Module, tok, sents: list[list[str]], labels: list[str], max_len: int,
+                    batch_size: int = 128) -> list[list[str]]:
+    """Word-level tags from an HF token classifier: the argmax at each word's first sub-token; words cut by the
+    `max_len` truncation are tagged O (as torchpalm's SequenceLabel head does)."""
+    model.eval()
+    pred_tags = []
+    for i in range(0, len(sents), batch_size):
+        chunk = sents[i:i + batch_size]
+        batch = tok(chunk, is_split_into_words=True, truncation=True, max_length=max_len, padding=True,
+                    return_tensors="pt")
+        best = model(**batch).logits.argmax(-1).tolist()
+        for k, words in enumerate(chunk):
+            row = ["O"] * len(words)  # words cut by truncation are tagged O, as torchpalm does
+            prev = None
+            for pos, w in enumerate(batch.word_ids(k)):
+                if w is not None and w != prev:
+                    row[w] = labels[best[k][pos]]
+                prev = w
+            pred_tags.append(row)
+    return pred_tags

@@ -25,7 +25,7 @@ import os
 import time
 
 import torch
-from common import hf_fine_tune, minilm_dir, results_header
+from common import hf_fine_tune_tagger, hf_predict_tags, minilm_dir, results_header
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -121,46 +121,15 @@ def run_hf(args, model_dir: str, train_file: str, test_file: str, labels: list[s
     from transformers import BertForTokenClassification, BertTokenizer
 
     torch.manual_seed(args.seed)
-    label_map = {t: i for i, t in enumerate(labels)}
     tok = BertTokenizer.from_pretrained(model_dir)
     model = BertForTokenClassification.from_pretrained(model_dir, num_labels=len(labels), attn_implementation="sdpa")
     sents, tags = read_conll(train_file)
-    enc = tok(sents, is_split_into_words=True, truncation=True, max_length=args.max_seqlen)
-    targets = []
-    for i in range(len(sents)):
-        # the first sub-token of each word carries the word's tag; every other position is ignored
-        prev, row = None, []
-        for w in enc.word_ids(i):
-            row.append(label_map[tags[i][w]] if w is not None and w != prev else -100)
-            prev = w
-        targets.append(row)
-    def collate(idx):
-        batch = tok.pad({"input_ids": [enc["input_ids"][i] for i in idx]}, return_tensors="pt")
-        width = batch["input_ids"].shape[1]
-        batch["labels"] = torch.tensor([targets[i] + [-100] * (width - len(targets[i])) for i in idx])
-        return batch
-
-    run = hf_fine_tune(model, collate, len(sents), args)
+    run = hf_fine_tune_tagger(model, tok, sents, tags, labels, args, args.max_seqlen)
     train_time, step = run["train_seconds"], run["steps"]
 
-    model.eval()
     test_sents, gold = read_conll(test_file)
-    pred_tags = []
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for i in range(0, len(test_sents), 128):
-            chunk = test_sents[i:i + 128]
-            batch = tok(chunk, is_split_into_words=True, truncation=True, max_length=args.max_seqlen, padding=True,
-                        return_tensors="pt")
-            best = model(**batch).logits.argmax(-1).tolist()
-            for k, words in enumerate(chunk):
-                row = ["O"] * len(words)  # words cut by truncation are tagged O, as torchpalm does
-                prev = None
-                for pos, w in enumerate(batch.word_ids(k)):
-                    if w is not None and w != prev:
-                        row[w] = labels[best[k][pos]]
-                    prev = w
-                pred_tags.append(row)
+    pred_tags = hf_predict_tags(model, tok, test_sents, labels, args.max_seqlen)
     predict_time = time.perf_counter() - t0
     return {**scores(gold, pred_tags, ours=False), "train_seconds": train_time, "predict_seconds": predict_time,
             "steps": step, "examples_per_second": step * args.batch_size / train_time}

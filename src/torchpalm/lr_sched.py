@@ -6,18 +6,54 @@ it has no state of its own (the trainer's step counter is the state), so resumin
 
 from __future__ import annotations
 
+import logging
+
+logger = logging.getLogger("torchpalm")
+
+
+def _warmup_arg(warmup_steps: float) -> float:
+    """An int number of steps, or a float in (0, 1): that fraction of the run (resolved by `set_total_steps`)."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if isinstance(warmup_steps, float) and 0 < warmup_steps < 1:
+        return warmup_steps
+    return int(warmup_steps)
+
 
 class Schedualer:
     """Base schedule (PALM's spelling; `Scheduler` is the same class)."""
 
+    num_train_steps: int | None = None
+
     def lr_factor(self, t: int) -> float:
         raise NotImplementedError
+
+    def set_total_steps(self, total: int) -> None:
+        """Called by the trainer once it knows how many steps training runs (`fit_reader`), so the schedule
+        and the loop agree: fills `num_train_steps` (and a fractional warmup) when they were left open (again
+        if the plan changes, e.g. on resuming), and warns when a length given by the script differs."""
+        fraction = vars(self).get("_warmup_fraction")
+        if fraction is None and isinstance(getattr(self, "warmup_steps", 0), float):
+            fraction = self._warmup_fraction = self.warmup_steps
+        if fraction is not None:
+            self.warmup_steps = int(fraction * total)
+        if "num_train_steps" not in vars(self):  # a schedule without a length (warmup only)
+            return
+        if self.num_train_steps is None or vars(self).get("_length_from_trainer"):
+            self.num_train_steps, self._length_from_trainer = int(total), True
+            self._check()
+        elif self.num_train_steps != total:
+            logger.warning("the learning-rate schedule decays over %d steps but training runs %d steps; pass "
+                           "num_train_steps=None to let the trainer set it", self.num_train_steps, total)
+
+    def _check(self) -> None:
+        pass
 
     def __call__(self, t: int) -> float:
         return self.lr_factor(t)
 
     def config(self) -> dict:
-        return {"class": type(self).__name__, **vars(self)}
+        return {"class": type(self).__name__, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
 
 
 class TriangularSchedualer(Schedualer):
@@ -26,19 +62,32 @@ class TriangularSchedualer(Schedualer):
     PALM's exact formula (default): `t/warmup` for `t < warmup`, else `1 - min(t, N)/N`: the decay counts from
     step 0, so the rate drops from ~1 to `1 - warmup/N` at the end of warmup (spec §17.19).
     `decay_from_warmup_end=True` gives the usual variant, `(N - t)/(N - warmup)`, as HF's linear schedule.
+
+    `num_train_steps=None` lets the trainer fill in the number of steps it will run (`fit_reader`), and a float
+    `warmup_steps` in (0, 1) is that fraction of them.
     """
 
-    def __init__(self, warmup_steps: int, num_train_steps: int, decay_from_warmup_end: bool = False):
-        if not num_train_steps > warmup_steps >= 0:
-            raise ValueError(
-                f"need num_train_steps > warmup_steps >= 0, got warmup_steps={warmup_steps}, "
-                f"num_train_steps={num_train_steps}"
-            )
-        self.warmup_steps = int(warmup_steps)
-        self.num_train_steps = int(num_train_steps)
+    def __init__(self, warmup_steps: float, num_train_steps: int | None = None,
+                 decay_from_warmup_end: bool = False):
+        self.warmup_steps = _warmup_arg(warmup_steps)
+        self.num_train_steps = None if num_train_steps is None else int(num_train_steps)
         self.decay_from_warmup_end = decay_from_warmup_end
+        if self.num_train_steps is not None:
+            self._check()
+
+    def _check(self) -> None:
+        if isinstance(self.warmup_steps, float):
+            self._warmup_fraction = self.warmup_steps
+            self.warmup_steps = int(self.warmup_steps * self.num_train_steps)
+        if not self.num_train_steps > self.warmup_steps >= 0:
+            raise ValueError(
+                f"need num_train_steps > warmup_steps >= 0, got warmup_steps={self.warmup_steps}, "
+                f"num_train_steps={self.num_train_steps}"
+            )
 
     def lr_factor(self, t: int) -> float:
+        if self.num_train_steps is None:
+            raise RuntimeError("the schedule's num_train_steps is not set yet: fit a reader to the trainer first")
         if t < self.warmup_steps:
             return t / self.warmup_steps
         if self.decay_from_warmup_end:
@@ -49,10 +98,8 @@ class TriangularSchedualer(Schedualer):
 class WarmupSchedualer(Schedualer):
     """Linear warmup to the base rate over `warmup_steps`, then constant (broken in PALM, spec §17.14)."""
 
-    def __init__(self, warmup_steps: int):
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        self.warmup_steps = int(warmup_steps)
+    def __init__(self, warmup_steps: float):
+        self.warmup_steps = _warmup_arg(warmup_steps)
 
     def lr_factor(self, t: int) -> float:
         return t / self.warmup_steps if t < self.warmup_steps else 1.0

@@ -39,14 +39,14 @@ def test_warmup_then_constant_and_validation():
 def test_adam_lr_and_groups(tiny_config):
     backbone = palm.backbone.BERT.from_config(tiny_config)
     head = palm.head.Classify(2, 32)
-    model = palm.trainer.TaskModel(backbone, head)
-    groups = param_groups(model, 0.01, no_decay={"head.classifier.weight"})
+    model = palm.loop.MultiTaskModel(backbone, {"cls": head})
+    groups = param_groups(model, 0.01, no_decay={"heads.cls.classifier.weight"})
     decayed = {id(p) for g in groups if g["weight_decay"] for p in g["params"]}
     names = {id(p): n for n, p in model.named_parameters()}
     decayed_names = {names[i] for i in decayed}
     assert "backbone.word_embeddings.weight" in decayed_names and "backbone.layers.0.qkv.weight" in decayed_names
     assert not any(n.endswith("bias") or "norm" in n for n in decayed_names)
-    assert "head.classifier.weight" not in decayed_names
+    assert "heads.cls.classifier.weight" not in decayed_names
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     adam = palm.optimizer.Adam(model, 2e-5, palm.lr_sched.TriangularSchedualer(2, 10))
     assert adam.lr_at(0) == 0.0 and adam.lr_at(1) == pytest.approx(1e-5)

@@ -1,0 +1,372 @@
+"""The one training loop that `Trainer` (one task) and `MultiHeadTrainer` (several) both run.
+
+A task is a name, a head and a reader (`Task`). The loop owns everything else: the model (one backbone and an
+`nn.ModuleDict` of heads keyed by task name), the torch optimizer and the schedule, the EMA weights, the step
+counters (global and per task), checkpoints, and the progress log. A step is
+
+    batch of task t -> backbone -> head t -> loss -> backward -> (clip) -> optimizer step -> (EMA)
+
+and nothing in it waits for the device: the loss stays a tensor, and non-finite losses are detected on the
+device and reported at the next log line or checkpoint (the only places that read values back).
+
+Checkpoint names: the backbone's parameters as `backbone.<name>`, each head's as `<task>.<name>` (a head shared
+through `reuse_head_with` is stored once, under its owner), EMA weights as `ema.<those names>`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .optimizer import Optimizer, param_groups
+
+logger = logging.getLogger("torchpalm")
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is at the time (so redirection and capture keep working)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def ensure_console_logging() -> None:
+    """PALM printed its progress lines; show ours on stdout unless the user configured logging."""
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+@dataclass
+class Task:
+    """One task: what it is called, its head, the reader it trains on, and how multi-task training treats it.
+
+    `budget` is the number of steps the task trains (its finish line), set when a reader is fitted.
+    """
+
+    name: str
+    head: nn.Module
+    reader: object = None
+    mix_ratio: float = 1.0
+    is_aux: bool = False
+    reuse_head_with: str | None = None
+    budget: int | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.reader.steps_per_epoch if self.reader is not None else 0
+
+    @property
+    def head_owner(self) -> str:
+        """The task under whose name the head's parameters are stored."""
+        return self.reuse_head_with or self.name
+
+
+class MultiTaskModel(nn.Module):
+    """One backbone and a head per task: `forward(task, batch)` is `heads[task](backbone(batch), batch)`.
+
+    With a single head, `forward(batch)` works too (the model `Trainer.build_forward` returns)."""
+
+    def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module]):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict(heads)
+
+    def forward(self, task: str | dict, batch: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        if batch is None and isinstance(task, dict):
+            if len(self.heads) != 1:
+                raise TypeError(f"this model has heads {list(self.heads)}: call model(task_name, batch)")
+            task, batch = next(iter(self.heads)), task
+        return self.heads[task](self.backbone(batch), batch)
+
+
+
+def model_state(backbone: nn.Module, tasks: dict[str, Task], heads: dict[str, nn.Module] | None = None
+                ) -> dict[str, torch.Tensor]:
+    """Parameters and buffers under checkpoint names (see the module docstring)."""
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    for name, task in tasks.items():
+        if task.reuse_head_with is None:
+            head = heads[name] if heads is not None else task.head
+            state.update({f"{name}.{k}": v for k, v in head.state_dict().items()})
+    return state
+
+
+def load_model_state(backbone: nn.Module, heads: dict[str, nn.Module], tasks: dict[str, Task],
+                     state: dict[str, torch.Tensor], source: str) -> None:
+    """Assigns a checkpoint's backbone and head tensors; a head the checkpoint lacks is an error naming it."""
+    in_file = sorted({k.split(".", 1)[0] for k in state if not k.startswith(("backbone.", "ema."))})
+    for name, head in heads.items():
+        owner = tasks[name].head_owner
+        head_state = {k[len(owner) + 1:]: v for k, v in state.items() if k.startswith(owner + ".")}
+        if not head_state and any(p.numel() for p in head.parameters()):
+            raise KeyError(f"{source}: no parameters for task '{owner}' (tasks in the checkpoint: {in_file}); "
+                           f"name the Trainer like the task that was trained")
+    bb_state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    for name in ckpt.assign_state(backbone, bb_state, source):
+        logger.info("Warning: backbone.%s not found in %s.", name, source)
+    for name, head in heads.items():
+        owner = tasks[name].head_owner
+        head_state = {k[len(owner) + 1:]: v for k, v in state.items() if k.startswith(owner + ".")}
+        for missing in ckpt.assign_state(head, head_state, source):
+            logger.info("Warning: %s.%s not found in %s.", owner, missing, source)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16/fp16 autocast, or nothing for fp32 ('auto': bf16 on CUDA, fp32 on CPU)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class TrainLoop:
+    """Trains one backbone and the heads of `tasks` with one optimizer.
+
+    Args:
+        model: the backbone and the heads (keyed like `tasks`).
+        tasks: the tasks, in task-id order.
+        optimizer: a `torchpalm.optimizer` (learning rate, schedule, update rule).
+        weight_decay: decoupled weight decay (None: off); biases, norms and each head's `no_weight_decay()`
+            are never decayed, and each head's `param_lr_scales()` become their groups' `lr_scale`.
+        use_ema, ema_decay: keep an exponential moving average of the weights (used for prediction).
+        device, precision, grad_clip: see `Trainer`.
+    """
+
+    def __init__(self, model: MultiTaskModel, tasks: dict[str, Task], optimizer: Optimizer,
+                 weight_decay: float | None, use_ema: bool, ema_decay: float | None, device: torch.device,
+                 precision: str, grad_clip: float | None):
+        self.model, self.tasks, self.optimizer = model, tasks, optimizer
+        self.device, self.precision, self.grad_clip = device, precision, grad_clip
+        no_decay, lr_scales = set(), {}
+        for name, head in model.heads.items():
+            no_decay |= {f"heads.{name}.{n}" for n in head.no_weight_decay()}
+            lr_scales.update({f"heads.{name}.{n}": s for n, s in head.param_lr_scales().items()})
+        self.torch_optimizer = optimizer._build(param_groups(model, weight_decay, no_decay, lr_scales), device)
+        self.ema: dict[str, torch.Tensor] | None = None
+        self.ema_decay = 0.0
+        if use_ema:
+            self.ema_decay = 0.9999 if ema_decay is None else float(ema_decay)
+            self.ema = {k: v.detach().clone() for k, v in self.state().items() if v.dtype.is_floating_point}
+        self.global_step = 0
+        self.task_steps = dict.fromkeys(tasks, 0)
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since the check
+        self._save_path: str | None = None
+        self._save_steps: int | None = None
+        self._save_types: tuple[str, ...] = ()
+        self._last_saved_step = -1
+        self._export_state: Callable[[], dict[str, torch.Tensor]] | None = None
+
+    # ---- state ----
+    def state(self) -> dict[str, torch.Tensor]:
+        """The model's tensors under checkpoint names."""
+        return model_state(self.model.backbone, self.tasks, dict(self.model.heads))
+
+    def task_epoch(self, name: str) -> int:
+        spe = self.tasks[name].steps_per_epoch
+        return (self.task_steps[name] - 1) // spe if spe and self.task_steps[name] else 0
+
+    # ---- one step ----
+    def train_step(self, task: str, batch: dict) -> torch.Tensor:
+        """One optimisation step of `task` on `batch`; returns the loss (a detached device tensor)."""
+        self.model.train()
+        lr = self.optimizer.lr_at(self.global_step)
+        for group in self.torch_optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        with autocast(self.device, self.precision):
+            loss = self.model(task, to_device(batch, self.device))["loss"]
+        loss.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.torch_optimizer.step()
+        self.torch_optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self._update_ema()
+        loss = loss.detach()
+        self._nonfinite |= ~torch.isfinite(loss)
+        self.global_step += 1
+        self.task_steps[task] += 1
+        return loss
+
+    def check_finite(self) -> None:
+        """Raises if any loss since the last check was NaN or infinite (reads one flag back from the device)."""
+        if bool(self._nonfinite):
+            raise FloatingPointError(f"a loss became non-finite at or before global step {self.global_step}; "
+                                     "lower the learning rate or enable grad_clip")
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        for k, v in self.state().items():
+            if k in self.ema:
+                self.ema[k].lerp_(v, 1.0 - self.ema_decay)
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Swaps the EMA weights in (for prediction and 'predict' exports), then restores the live ones."""
+        if self.ema is None:
+            yield
+            return
+        live = self.state()
+        saved = {k: live[k].detach().clone() for k in self.ema}
+        with torch.no_grad():
+            for k, v in self.ema.items():
+                live[k].copy_(v)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, v in saved.items():
+                    live[k].copy_(v)
+
+    # ---- checkpoints ----
+    def set_saver(self, save_path: str | None, save_steps: int | None, save_types: tuple[str, ...],
+                  export_state: Callable[[], dict] | None = None) -> None:
+        """Saves every `save_steps` global steps; `export_state()` gives the trainer state written beside."""
+        if save_path is None or save_steps is None:
+            self._save_path = self._save_steps = None
+            return
+        os.makedirs(save_path, exist_ok=True)
+        self._save_path, self._save_steps, self._save_types = os.fspath(save_path), int(save_steps), save_types
+        self._export_state = export_state
+
+    def save(self, directory: str, trainer_state: dict) -> str:
+        """Writes a full training checkpoint (weights, EMA, optimizer, RNG, counters) atomically."""
+        self.check_finite()
+        state = self.state()
+        if self.ema is not None:
+            state.update({f"ema.{k}": v for k, v in self.ema.items()})
+        trainer_state = {"step": self.global_step, **trainer_state}
+        return ckpt.save_checkpoint(directory, state, trainer_state, self.torch_optimizer.state_dict(), rng_state())
+
+    def maybe_save(self, trainer_state: Callable[[], dict], force: bool = False) -> None:
+        if self._save_path is None or self._last_saved_step == self.global_step:
+            return
+        if not force and self.global_step % self._save_steps:
+            return
+        self._last_saved_step = self.global_step
+        if "ckpt" in self._save_types:
+            path = self.save(os.path.join(self._save_path, f"ckpt.step{self.global_step}"), trainer_state())
+            logger.info("checkpoint has been saved at %s", path)
+        if "predict" in self._save_types:
+            path = os.path.join(self._save_path, f"pred.step{self.global_step}")
+            with self.ema_weights():
+                ckpt.save_checkpoint(path, self.state(), {"step": self.global_step, **trainer_state()})
+            for name in self.tasks:
+                logger.info("%s: predict model saved at %s", name, path)
+            logger.info("predict model has been saved at %s", path)
+
+    def load_training_state(self, state: dict, opt_state: dict | None, rng: dict | None,
+                            model_state_: dict[str, torch.Tensor]) -> None:
+        """Restores counters, optimizer, EMA and RNG from a checkpoint (the weights are loaded separately)."""
+        if opt_state is not None:
+            self.torch_optimizer.load_state_dict(opt_state)
+        self.global_step = int(state.get("step", 0))
+        for name in self.tasks:
+            task_state = state.get("tasks", {}).get(name, {})
+            self.task_steps[name] = int(task_state.get("step", self.global_step if len(self.tasks) == 1 else 0))
+        if self.ema is not None:
+            for k, v in model_state_.items():
+                if k.startswith("ema.") and k[4:] in self.ema:
+                    self.ema[k[4:]].copy_(v)
+        if rng is not None:
+            set_rng_state(rng)
+        self._last_saved_step = self.global_step
+
+    # ---- the loop ----
+    def run(self, batches: Iterator[tuple[str, dict]], finished: Callable[[], bool], total_steps: int,
+            print_steps: int, trainer_state: Callable[[], dict], multi_task: bool,
+            after_step: Callable[[str], bool] | None = None) -> None:
+        """Trains until `finished()` or the batches run out.
+
+        Args:
+            batches: yields (task name, batch).
+            finished: the finish rule, asked after every step.
+            total_steps: the expected global step count at the end (for the progress bar).
+            print_steps: log a line every this many global steps (0: never).
+            trainer_state: the reader positions etc. to write into checkpoints.
+            multi_task: use the multi-task log line (spec §11).
+            after_step: called with the task name after each step (finish messages, evaluation); returning
+                True stops training early.
+        """
+        progress = progress_bar(total_steps, self.global_step, "train")
+        width = max(len(n) for n in self.tasks)
+        last_time, last_step = time.time(), self.global_step
+        try:
+            while not finished():
+                try:
+                    task, batch = next(batches)
+                except StopIteration:
+                    break
+                loss = self.train_step(task, batch)
+                progress.update(1)
+                stop = after_step(task) if after_step is not None else False
+                if print_steps > 0 and self.global_step % print_steps == 0:
+                    self.check_finite()
+                    now = time.time()
+                    speed = (self.global_step - last_step) / max(now - last_time, 1e-9)
+                    last_time, last_step = now, self.global_step
+                    value = float(loss)
+                    spe = max(self.tasks[task].steps_per_epoch, 1)
+                    step = self.task_steps[task]
+                    line = (f"step {(step - 1) % spe + 1}/{spe} (epoch {(step - 1) // spe}), loss: {value:.3f}, "
+                            f"speed: {speed:.2f} steps/s")
+                    if multi_task:
+                        line = f"global step: {self.global_step}, {task:>{width}}: {line}"
+                    logger.info("%s", line)
+                    lr = self.optimizer.lr_at(self.global_step)
+                    progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
+                self.maybe_save(trainer_state)
+                if stop:
+                    break
+        finally:
+            progress.close()
+        self.check_finite()
+        self.maybe_save(trainer_state, force=True)
+
+
+def progress_bar(total: int | None, initial: int, desc: str):
+    from tqdm.auto import tqdm
+
+    # disable=None hides the bar when stderr is not a terminal (logs, CI)
+    return tqdm(total=total if total and math.isfinite(total) else None, initial=initial, desc=desc,
+                disable=None, leave=False, dynamic_ncols=True)

@@ -1,0 +1,490 @@
+"""MultiHeadTrainer: PaddlePALM's multi-task training (spec §4) on the shared training loop.
+
+Several `Trainer`s, each one task (name, head, reader), built on ONE backbone object. The MultiHeadTrainer puts
+their heads in one model, trains them with one optimizer, draws the task of every step with a `TaskSampler`,
+and stops when every main task has trained its step budget (auxiliary tasks never block the end):
+
+    t_slot.build_forward(backbone, slot_head); t_intent.build_forward(backbone, intent_head)
+    mh = MultiHeadTrainer([t_slot, t_intent]); loss = mh.build_forward()
+    mh.build_backward(palm.optimizer.Adam(loss, lr, sched), weight_decay=0.01)
+    mh.fit_readers_with_mixratio([slot_reader, intent_reader], "slot", num_epochs=20)
+    mh.load_pretrain(model_dir); mh.set_saver("outputs/", 300); mh.train(print_steps=10)
+
+Multi-head inference: each trainer's `build_predict_forward(pred_backbone, pred_head)` on one predict backbone,
+then `mh.build_predict_forward()`, `mh.merge_inference_readers(readers)` and `predict_one_batch(task, batch)`
+(PALM), or `mh.predict()` for every task at once, which runs the backbone once for tasks that read the same text.
+
+Fixed from PALM (spec §17): task draws use a seeded generator of their own (§17.22) and are part of the
+checkpoint; the saver runs once per step (§17.17); the number of steps the run will take is computed exactly
+before it starts, so the learning-rate schedule can match it; `reuse_head_with` really shares a head (§17.13);
+dict readers work in `merge_inference_readers` and its generators stop cleanly (§17.39); `predict` exists (§17.38).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .loop import MultiTaskModel, TrainLoop, autocast, load_model_state, progress_bar, to_device
+from .optimizer import Optimizer
+from .sampling import TaskSampler, run_length, step_budgets
+from .trainer import (
+    Trainer,
+    backbone_record,
+    finish_prediction,
+    head_record,
+    load_pretrained_backbone,
+    outputs_to_numpy,
+    parse_save_type,
+)
+
+logger = logging.getLogger("torchpalm")
+
+TASK_ID = "__task_id"
+
+
+class MultiHeadTrainer:
+    """Trains several tasks on one shared backbone.
+
+    Args:
+        trainers: the tasks' `Trainer`s; their order gives the task ids 0..n-1.
+        sampling: how the task of each step is drawn: 'ratio' (each trainer's `mix_ratio`, PALM's rule, the
+            default), 'proportional' (training-set sizes), 'temperature' (size^(1/temperature)), 'annealed'
+            (from proportional towards uniform over the run) or 'uniform'. See `torchpalm.sampling`.
+        temperature: T of the 'temperature' strategy.
+        max_examples: cap on a task's size before the temperature is applied (jiant's examples cap).
+        anneal_to: the final size exponent of 'annealed' (0: uniform at the end).
+        seed: seed of the task draws (None: derived from the readers' seeds, so seeded readers give a
+            reproducible run, as PALM's examples intended).
+    """
+
+    def __init__(self, trainers: Sequence[Trainer], sampling: str = "ratio", temperature: float = 2.0,
+                 max_examples: int | None = None, anneal_to: float = 0.2, seed: int | None = None):
+        trainers = list(trainers)
+        if not trainers or not all(isinstance(t, Trainer) for t in trainers):
+            raise TypeError("MultiHeadTrainer needs a non-empty list of palm.Trainer objects")
+        names = [t.name for t in trainers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"two tasks share the name(s) {duplicates}; every Trainer needs its own name")
+        for t in trainers:
+            owner = t.task.reuse_head_with
+            if owner is not None and (owner not in names or owner == t.name):
+                raise ValueError(f"task '{t.name}': reuse_head_with={owner!r} names no other task of this "
+                                 f"MultiHeadTrainer (tasks: {names})")
+            if owner is not None and trainers[names.index(owner)].task.reuse_head_with is not None:
+                raise ValueError(f"task '{t.name}' reuses the head of '{owner}', which itself reuses another head")
+        self._trainers = trainers
+        self._by_name = dict(zip(names, trainers))
+        self._sampling = dict(strategy=sampling, temperature=temperature, max_examples=max_examples,
+                              anneal_to=anneal_to)
+        TaskSampler(sampling, [1] * len(names), [1.0] * len(names), 0, temperature, max_examples, anneal_to, 1)
+        self._seed = seed
+        self.device = trainers[0].device
+        self._backbone = self._model = self._pred_backbone = None
+        self._optimizer: Optimizer | None = None
+        self._loop: TrainLoop | None = None
+        self._sampler: TaskSampler | None = None
+        self._overall_train_steps: int | None = None
+        self._joint: Iterator | None = None
+        self._next_draw = 0
+        self._finished: set[str] = set()
+        self._saver_args: tuple | None = None
+        self._pending_state: dict | None = None
+
+    # ---- properties ----
+    @property
+    def trainers(self) -> list[Trainer]:
+        return list(self._trainers)
+
+    @property
+    def tasks(self) -> dict:
+        return {t.name: t.task for t in self._trainers}
+
+    @property
+    def overall_train_steps(self) -> int | None:
+        """The exact number of global steps `train()` runs (known once the readers are fitted)."""
+        return self._overall_train_steps
+
+    @property
+    def cur_train_step(self) -> int:
+        return self._loop.global_step if self._loop is not None else 0
+
+    @property
+    def model(self) -> MultiTaskModel | None:
+        return self._model
+
+    @property
+    def torch_optimizer(self) -> torch.optim.Optimizer | None:
+        return self._loop.torch_optimizer if self._loop is not None else None
+
+    @property
+    def sampler(self) -> TaskSampler | None:
+        return self._sampler
+
+    # ---- building ----
+    def _shared(self, attr: str, what: str):
+        objects = [getattr(t, attr) for t in self._trainers]
+        missing = [t.name for t, o in zip(self._trainers, objects) if o is None]
+        if missing:
+            raise RuntimeError(f"task(s) {missing}: call trainer.{what} before the MultiHeadTrainer's")
+        first = objects[0]
+        others = [t.name for t, o in zip(self._trainers, objects) if o is not first]
+        if others:
+            raise ValueError(f"all tasks must share ONE backbone object; task(s) {others} were built on a different "
+                             f"backbone than task '{self._trainers[0].name}' ({what})")
+        return first
+
+    def build_forward(self) -> MultiTaskModel:
+        """Joins the tasks' heads on their shared backbone; returns the joint model."""
+        self._backbone = self._shared("_backbone", "build_forward(backbone, head)")
+        for t in self._trainers:
+            owner = t.task.reuse_head_with
+            if owner is not None:  # the same module, so the same parameters (PALM stored and ignored this)
+                t._head = t.task.head = self._by_name[owner]._head
+        self._model = MultiTaskModel(self._backbone, {t.name: t._head for t in self._trainers}).to(self.device)
+        self._model.train()
+        return self._model
+
+    def build_backward(self, optimizer: Optimizer, weight_decay: float | None = None, use_ema: bool = False,
+                       ema_decay: float | None = None) -> None:
+        """One optimizer over the backbone and every head (see `Trainer.build_backward`)."""
+        if self._model is None:
+            raise RuntimeError("call build_forward() before build_backward")
+        first = self._trainers[0]
+        self._optimizer = optimizer
+        self._loop = TrainLoop(self._model, self.tasks, optimizer, weight_decay, use_ema, ema_decay, self.device,
+                               first._precision, first._grad_clip)
+        for t in self._trainers:
+            t._loop, t._multi_task, t._optimizer = self._loop, self, optimizer
+        if self._saver_args is not None:
+            self._loop.set_saver(*self._saver_args)
+        self._sync_schedule()
+
+    def _sync_schedule(self) -> None:
+        if self._loop is not None and self._overall_train_steps is not None and optimizer_schedule(self._optimizer):
+            self._optimizer._sched.set_total_steps(self._overall_train_steps)
+
+    def _readers_by_task(self, readers, what: str) -> dict:
+        names = [t.name for t in self._trainers]
+        if isinstance(readers, dict):
+            unknown = sorted(set(readers) - set(names))
+            missing = [n for n in names if n not in readers]
+            if unknown or missing:
+                raise ValueError(f"{what}: the readers dict must name every task exactly: unknown {unknown}, "
+                                 f"missing {missing} (tasks: {names})")
+            return {n: readers[n] for n in names}
+        readers = list(readers)
+        if len(readers) != len(names):
+            raise ValueError(f"{what}: got {len(readers)} readers for {len(names)} tasks {names}")
+        return dict(zip(names, readers))
+
+    def fit_readers_with_mixratio(self, readers, sampling_reference: str, num_epochs: float,
+                                  phase: str = "train") -> Iterator[dict]:
+        """Fits each task's reader and plans the run (spec §4.2); returns the joint batch iterator.
+
+        Args:
+            readers: a list aligned with the trainers, or a dict {task name: reader}; each loaded with
+                `num_epochs=None` (they cycle; the budgets decide the length).
+            sampling_reference: the task whose epochs define the budgets.
+            num_epochs: epochs of the reference task; task t trains `int(num_epochs * mix_ratio_t * steps per
+                epoch of the reference)` steps (for strategies other than 'ratio': its share of such a run).
+            phase: 'train', or 'predict' (the same as `merge_inference_readers(readers)`).
+        """
+        if phase == "predict":
+            return self.merge_inference_readers(readers)
+        if phase != "train":
+            raise ValueError(f"phase must be 'train' or 'predict', got {phase!r}")
+        if self._model is None:
+            raise RuntimeError("call build_forward() before fit_readers_with_mixratio")
+        by_task = self._readers_by_task(readers, "fit_readers_with_mixratio")
+        names = list(by_task)
+        if sampling_reference not in by_task:
+            raise ValueError(f"sampling_reference {sampling_reference!r} names no task (tasks: {names})")
+        if not num_epochs or num_epochs <= 0:
+            raise ValueError(f"num_epochs must be > 0, got {num_epochs!r}")
+        for name, reader in by_task.items():
+            if reader.num_epochs is not None:
+                raise ValueError(f"task '{name}': load its reader with num_epochs=None for multi-task training "
+                                 f"(got num_epochs={reader.num_epochs}); the number of steps comes from "
+                                 f"fit_readers_with_mixratio(num_epochs=...)")
+        if all(self._by_name[n].is_aux for n in names):
+            raise ValueError("every task is auxiliary (set_as_aux); at least one main task must decide the end")
+        for name, reader in by_task.items():
+            trainer = self._by_name[name]
+            trainer.fit_reader(reader)
+        self._reference, self._num_epochs = sampling_reference, num_epochs
+        self._plan(by_task, sampling_reference, num_epochs)
+        return self._joint
+
+    fit_readers = fit_readers_with_mixratio
+
+    def _plan(self, by_task: dict, reference: str, num_epochs: float) -> None:
+        """Sampler, budgets and the exact run length (printed as PALM did)."""
+        names = list(by_task)
+        seed = self._seed
+        if seed is None:
+            seed = int(np.random.SeedSequence([r._seed for r in by_task.values()]).generate_state(1)[0])
+        sizes = [r.num_examples for r in by_task.values()]
+        ratios = [self._by_name[n].mix_ratio for n in names]
+        self._sampler = TaskSampler(seed=seed, sizes=sizes, mix_ratios=ratios, **self._sampling)
+        ref = names.index(reference)
+        budgets = step_budgets(self._sampler, ref, by_task[reference].steps_per_epoch, num_epochs)
+        if self._sampler.strategy == "annealed":
+            self._sampler.total_steps = max(sum(budgets), 1)
+        aux = [self._by_name[n].is_aux for n in names]
+        for name, budget, is_aux in zip(names, budgets, aux):
+            self._by_name[name].task.budget = budget
+            if not is_aux:
+                logger.info("%s: expected train steps %d.", name, budget)
+        if pending := self._pending_state:
+            self._sampler.load_state_dict(pending.get("sampler", self._sampler.state_dict()))
+        steps = [self._loop.task_steps[n] for n in names] if self._loop is not None else None
+        start = self._loop.global_step if self._loop is not None else 0
+        self._overall_train_steps = run_length(self._sampler, budgets, aux, start, steps)
+        logger.info("Estimated overall train steps %d.", self._overall_train_steps)
+        self._finished = {n for i, (n, b, a) in enumerate(zip(names, budgets, aux))
+                          if not a and steps is not None and steps[i] >= b}
+        self._sync_schedule()
+        self._next_draw = start
+        self._joint = self._joint_batches()
+        self._pending_state = None
+
+    def _joint_batches(self) -> Iterator[dict]:
+        """Batches of the drawn task, each with `__task_id` [1] (spec §4.2); endless (the loop decides the end)."""
+        iterators = [t._train_iterator for t in self._trainers]
+        while True:
+            task_id = self._sampler.draw(self._next_draw)
+            self._next_draw += 1
+            batch = dict(next(iterators[task_id]))
+            batch[TASK_ID] = torch.tensor([task_id], dtype=torch.int64)
+            yield batch
+
+    # ---- loading and saving ----
+    def load_pretrain(self, model_path: str, convert: bool = False) -> None:
+        """Loads pretrained weights into the shared backbone (heads keep their initialisation)."""
+        backbone = self._backbone or self._pred_backbone
+        if backbone is None:
+            raise RuntimeError("call build_forward() or build_predict_forward() before load_pretrain")
+        load_pretrained_backbone(backbone, model_path)
+
+    def load_ckpt(self, model_path: str) -> None:
+        """Loads the backbone and every head; for training also the optimizer, counters, readers, sampler, RNG.
+
+        A checkpoint lacking one of the tasks' heads is an error naming it."""
+        backbone = self._backbone or self._pred_backbone
+        if backbone is None:
+            raise RuntimeError("call build_forward() or build_predict_forward() before load_ckpt")
+        state, trainer_state, opt_state, rng = ckpt.load_checkpoint_dir(model_path)
+        training = self._backbone is not None
+        heads = {t.name: (t._head if training else t._pred_head) for t in self._trainers}
+        if training:
+            logger.info("loading checkpoint into train program")
+        load_model_state(backbone, heads, self.tasks, state, model_path)
+        if training and self._loop is not None:
+            self._loop.load_training_state(trainer_state, opt_state, rng, state)
+            for t in self._trainers:
+                t._restore_reader(trainer_state.get("tasks", {}).get(t.name, {}).get("reader"))
+            self._pending_state = trainer_state
+            if self._sampler is not None:  # readers already fitted: re-plan from the restored position
+                readers = {t.name: t._train_reader for t in self._trainers}
+                self._plan(readers, self._reference, self._num_epochs)
+        logger.info("Load model from %s", model_path)
+
+    def set_saver(self, save_path: str, save_steps: int, save_type: str = "ckpt") -> None:
+        """Saves the backbone and every head every `save_steps` global steps (see `Trainer.set_saver`)."""
+        if isinstance(save_path, int) and isinstance(save_steps, (str, os.PathLike)):
+            save_path, save_steps = save_steps, save_path
+        types = parse_save_type(save_type)
+        if "predict" in types and save_path is not None and self._pred_backbone is None:
+            raise RuntimeError("save_type 'predict' needs build_predict_forward() first")
+        if save_steps is not None and int(save_steps) < 1:
+            raise ValueError(f"save_steps must be >= 1, got {save_steps}")
+        self._saver_args = (save_path, save_steps, types)
+        if self._loop is not None:
+            self._loop.set_saver(*self._saver_args)
+
+    def _trainer_state(self) -> dict:
+        return {
+            "epoch": 0,
+            "tasks": {t.name: {**t._task_state(), "budget": t.task.budget, "is_aux": t.is_aux}
+                      for t in self._trainers},
+            "sampler": self._sampler.state_dict() if self._sampler is not None else None,
+            "backbone": backbone_record(self._backbone),
+            "heads": {t.name: head_record(t._head) for t in self._trainers if t.task.reuse_head_with is None},
+        }
+
+    def save(self, directory: str) -> str:
+        """Writes a full training checkpoint (backbone, every head, optimizer, counters, readers, sampler)."""
+        if self._loop is None:
+            raise RuntimeError("call build_backward before save")
+        return self._loop.save(directory, self._trainer_state())
+
+    # ---- training ----
+    def _is_finished(self) -> bool:
+        return all(self._loop.task_steps[t.name] >= t.task.budget for t in self._trainers if not t.is_aux)
+
+    def _after_step(self, name: str) -> bool:
+        trainer = self._by_name[name]
+        if not trainer.is_aux and name not in self._finished and self._loop.task_steps[name] >= trainer.task.budget:
+            self._finished.add(name)
+            logger.info("%s train finish!", name)
+        return False
+
+    def _check_ready(self) -> None:
+        if self._loop is None:
+            raise RuntimeError("call build_backward(optimizer) before training")
+        if self._joint is None:
+            raise RuntimeError("call fit_readers_with_mixratio(readers, sampling_reference, num_epochs) first")
+
+    def train_one_step(self, batch: dict) -> tuple[dict[str, np.ndarray], int]:
+        """One step on a joint batch (its `__task_id` picks the head); returns ({"<task>.loss": loss}, task id)."""
+        self._check_ready()
+        if TASK_ID not in batch:
+            raise KeyError(f"a multi-task batch carries '{TASK_ID}'; get batches from get_one_batch() or the "
+                           f"iterator fit_readers_with_mixratio returned")
+        task_id = int(batch[TASK_ID].reshape(-1)[0])
+        name = self._trainers[task_id].name
+        loss = self._loop.train_step(name, batch)
+        self._loop.check_finite()
+        self._after_step(name)
+        self._loop.maybe_save(self._trainer_state)
+        return {f"{name}.loss": loss.float().cpu().numpy()}, task_id
+
+    def get_one_batch(self, phase: str = "train") -> dict:
+        if phase != "train":
+            raise ValueError("multi-task predict batches come from merge_inference_readers(readers)(task_name)")
+        if self._joint is None:
+            raise RuntimeError("call fit_readers_with_mixratio(...) first")
+        return next(self._joint)
+
+    def train(self, print_steps: int = 5) -> None:
+        """Trains until every main task has reached its budget; logs PALM's multi-task lines (spec §11)."""
+        self._check_ready()
+        names = [t.name for t in self._trainers]
+        batches = ((names[int(b[TASK_ID][0])], b) for b in self._joint)
+        self._loop.run(batches, self._is_finished, self._overall_train_steps, print_steps, self._trainer_state,
+                       multi_task=True, after_step=self._after_step)
+        self._log_task_mix()
+
+    def _log_task_mix(self) -> None:
+        """The realised share of steps of each task next to the sampler's expectation."""
+        total = max(self._loop.global_step, 1)
+        expected = self._sampler.mean_probabilities()
+        parts = [f"{t.name} {self._loop.task_steps[t.name] / total:.3f} (expected {p:.3f})"
+                 for t, p in zip(self._trainers, expected)]
+        logger.info("task mix over %d steps: %s", self._loop.global_step, ", ".join(parts))
+
+    # ---- multi-head inference ----
+    def build_predict_forward(self) -> None:
+        """Checks that every task built its predict side on ONE predict backbone (spec §4.4)."""
+        self._pred_backbone = self._shared("_pred_backbone", "build_predict_forward(pred_backbone, pred_head)")
+        for t in self._trainers:
+            owner = t.task.reuse_head_with
+            if owner is not None and self._by_name[owner]._pred_head is not None:
+                t._pred_head = self._by_name[owner]._pred_head
+
+    def merge_inference_readers(self, readers) -> Callable[[str], Iterator[dict]]:
+        """Fits each task's predict reader (a list aligned with the trainers, or a dict); returns a function
+        `task name -> generator` of that task's batches (with `__task_id`), each one pass over its data."""
+        if self._pred_backbone is None:
+            raise RuntimeError("call build_predict_forward() before merge_inference_readers")
+        by_task = self._readers_by_task(readers, "merge_inference_readers")
+        for name, reader in by_task.items():
+            if reader.phase != "predict":
+                raise ValueError(f"task '{name}': merge_inference_readers needs predict-phase readers "
+                                 f"(got phase {reader.phase!r})")
+            self._by_name[name].fit_reader(reader, phase="predict")
+        names = list(by_task)
+
+        def batches(task_name: str) -> Iterator[dict]:
+            if task_name not in self._by_name:
+                raise KeyError(f"no task {task_name!r} (tasks: {names})")
+            trainer = self._by_name[task_name]
+            if trainer._pred_iterator is None:
+                trainer.fit_reader(trainer._pred_reader, phase="predict")
+            iterator, trainer._pred_iterator = trainer._pred_iterator, None
+            task_id = names.index(task_name)
+            for batch in iterator:
+                yield {**batch, TASK_ID: torch.tensor([task_id], dtype=torch.int64)}
+
+        return batches
+
+    def predict_one_batch(self, task_name: str, batch: dict) -> dict[str, np.ndarray]:
+        """That task's head outputs on one batch (no post-processing), on the shared predict backbone."""
+        if task_name not in self._by_name:
+            raise KeyError(f"no task {task_name!r} (tasks: {list(self._by_name)})")
+        return self._by_name[task_name].predict_one_batch(batch)
+
+    @torch.no_grad()
+    def predict(self, output_dir: str | None = None, print_steps: int = 1000) -> dict[str, list]:
+        """Predicts every task whose predict reader is fitted; returns {task: results} and writes
+        `output_dir/<task>/predictions.json`.
+
+        Tasks whose readers give the same backbone inputs batch for batch (the same text, tokenised the same
+        way) share one backbone pass per batch; the others run on their own.
+        """
+        active = [t for t in self._trainers if t._pred_reader is not None]
+        if not active:
+            raise RuntimeError("fit predict readers first: merge_inference_readers(readers)")
+        for t in active:
+            if t._pred_iterator is None:
+                t.fit_reader(t._pred_reader, phase="predict")
+        backbone = self._pred_backbone or active[0]._pred_backbone
+        backbone.eval()
+        groups: dict[tuple, list[Trainer]] = {}
+        for t in active:
+            r = t._pred_reader
+            groups.setdefault((r._input_file, r.batch_size, r.steps_per_epoch), []).append(t)
+        keys = list(backbone.inputs_attr)
+        self.backbone_passes = 0
+        ema = self._loop.ema_weights() if self._loop is not None else contextlib.nullcontext()
+        start = time.time()
+        with ema:
+            for group in groups.values():
+                for t in group:
+                    t._pred_head.reset()
+                    t._pred_head.eval()
+                progress = progress_bar(group[0]._pred_reader.steps_per_epoch, 0, "predict")
+                for k, batches in enumerate(zip(*(t._pred_iterator for t in group)), 1):
+                    self._predict_group(backbone, group, batches, keys)
+                    progress.update(1)
+                    if print_steps > 0 and k % print_steps == 0:
+                        logger.info("batch %d/%d, speed: %.2f steps/s", k, group[0]._pred_reader.steps_per_epoch,
+                                    k / max(time.time() - start, 1e-9))
+                progress.close()
+        results = {}
+        for t in active:
+            t._pred_iterator = None
+            out = os.path.join(output_dir, t.name) if output_dir is not None else None
+            results[t.name] = finish_prediction(t._pred_reader, t._pred_head, out)
+        return results
+
+    def _predict_group(self, backbone, group: list[Trainer], batches: tuple[dict, ...], keys: list[str]) -> None:
+        batches = [to_device(b, self.device) for b in batches]
+        features_of: list[tuple[dict, dict]] = []  # (backbone inputs, features) computed for this step
+        for t, batch in zip(group, batches):
+            features = next((f for inputs, f in features_of if _same_inputs(inputs, batch, keys)), None)
+            with autocast(self.device, t._precision):
+                if features is None:
+                    features = backbone(batch)
+                    self.backbone_passes += 1
+                    features_of.append((batch, features))
+                outputs = t._pred_head(features, batch)
+            t._pred_head.batch_postprocess(outputs_to_numpy(outputs))
+
+
+def _same_inputs(a: dict, b: dict, keys: list[str]) -> bool:
+    return all(k in a and k in b and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in keys)
+
+
+def optimizer_schedule(optimizer: Optimizer | None):
+    return getattr(optimizer, "_sched", None) if optimizer is not None else None
+

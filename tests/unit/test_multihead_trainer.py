@@ -1,0 +1,399 @@
+"""MultiHeadTrainer (spec §4) on a tiny BERT: budgets and the finish rule, joint batches, log lines, checkpoints
+that single-task trainers read, exact resume, multi-head inference, head sharing, custom components, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import torchpalm as palm
+from torchpalm.head.base import Head
+from torchpalm.reader.base import Reader, collate_common, read_tsv
+
+WORDS = ["good", "bad", "movie", "plot", "actor", "film", "story", "great", "awful", "scene"]
+TAGS = {"O": 0, "B-POS": 1}
+
+
+def sentences(n: int, seed: int = 0) -> list[tuple[int, list[str]]]:
+    """(label, words): label 1 iff the sentence contains "good"."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        sent = [str(w) for w in rng.choice(WORDS[1:], size=int(rng.integers(2, 6)))]
+        if i % 2:
+            sent.insert(int(rng.integers(0, len(sent) + 1)), "good")
+        out.append((i % 2, sent))
+    return out
+
+
+def write_cls(path, n, seed=0):
+    rows = ["label\ttext_a"] + [f"{label}\t{' '.join(s)}" for label, s in sentences(n, seed)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def write_tags(path, n, seed=0):
+    rows = ["text_a\tlabel"]
+    for _, s in sentences(n, seed):
+        tags = ["B-POS" if w == "good" else "O" for w in s]
+        rows.append("\x02".join(s) + "\t" + "\x02".join(tags))
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return str(path)
+
+
+class Setup:
+    """Two tasks on one tiny backbone: 'tag' (SequenceLabel, CRF) and 'cls' (Classify)."""
+
+    def __init__(self, tmp_path, vocab, config, n_tag=40, n_cls=24, batch=4, seed=0, sampling="ratio",
+                 cls_ratio=1.0, aux=False, lr=3e-3, sched_steps=None, **mh_kwargs):
+        torch.manual_seed(seed)
+        self.tmp, self.vocab, self.config = tmp_path, vocab, config
+        self.tag_file = write_tags(tmp_path / "tag.tsv", n_tag)
+        self.cls_file = write_cls(tmp_path / "cls.tsv", n_cls, seed=1)
+        self.tag_reader = palm.reader.SequenceLabelReader(vocab, 32, TAGS, seed=seed, do_lower_case=True)
+        self.tag_reader.load_data(self.tag_file, batch, num_epochs=None)
+        self.cls_reader = palm.reader.ClassifyReader(vocab, 32, seed=seed, do_lower_case=True)
+        self.cls_reader.load_data(self.cls_file, batch, num_epochs=None)
+        self.backbone = palm.backbone.BERT.from_config(config)
+        self.tag_reader.register_with(self.backbone)
+        self.cls_reader.register_with(self.backbone)
+        self.t_tag = palm.Trainer("tag", device="cpu")
+        self.t_cls = palm.Trainer("cls", mix_ratio=cls_ratio, device="cpu")
+        if aux:
+            self.t_cls.set_as_aux()
+        self.t_tag.build_forward(self.backbone, palm.head.SequenceLabel(2, 32, 0.1))
+        self.t_cls.build_forward(self.backbone, palm.head.Classify(2, 32, 0.1))
+        self.mh = palm.MultiHeadTrainer([self.t_tag, self.t_cls], sampling=sampling, **mh_kwargs)
+        loss = self.mh.build_forward()
+        self.sched = palm.lr_sched.TriangularSchedualer(0.1, sched_steps)
+        self.mh.build_backward(palm.optimizer.Adam(loss, lr, self.sched), weight_decay=0.01)
+
+    def fit(self, epochs=2):
+        return self.mh.fit_readers_with_mixratio([self.tag_reader, self.cls_reader], "tag", epochs)
+
+    def losses(self, n):
+        out = []
+        for _ in range(n):
+            outputs, task_id = self.mh.train_one_step(self.mh.get_one_batch())
+            out.append((task_id, float(next(iter(outputs.values())))))
+        return out
+
+    def predict_side(self):
+        pb = palm.backbone.BERT.from_config(self.config, phase="predict")
+        tag_pred = palm.reader.SequenceLabelReader(self.vocab, 32, TAGS, do_lower_case=True, phase="predict")
+        tag_pred.load_data(self.tag_file, 5)
+        cls_pred = palm.reader.ClassifyReader(self.vocab, 32, do_lower_case=True, phase="predict")
+        cls_pred.load_data(self.cls_file, 5)
+        tag_pred.register_with(pb)
+        cls_pred.register_with(pb)
+        self.t_tag.build_predict_forward(pb, palm.head.SequenceLabel(2, 32, phase="predict"))
+        self.t_cls.build_predict_forward(pb, palm.head.Classify(2, 32, phase="predict"))
+        self.mh.build_predict_forward()
+        return tag_pred, cls_pred
+
+
+def test_budgets_finish_rule_and_log_lines(tmp_path, uncased_vocab, tiny_config, caplog):
+    s = Setup(tmp_path, uncased_vocab, tiny_config, cls_ratio=0.5)
+    with caplog.at_level("INFO", logger="torchpalm"):
+        s.fit(epochs=2)
+        s.mh.train(print_steps=5)
+    text = caplog.text
+    # PALM: max_train_steps_t = int(num_epochs * mix_ratio_t * (ref examples // ref batch))
+    assert s.t_tag.task.budget == 2 * 10 and s.t_cls.task.budget == int(2 * 0.5 * 10)
+    assert "tag: expected train steps 20." in text and "cls: expected train steps 10." in text
+    total = s.mh.overall_train_steps
+    assert f"Estimated overall train steps {total}." in text
+    # the run ends exactly where it was planned, when the last main task reached its budget
+    assert s.mh.cur_train_step == total
+    assert s.t_tag.cur_train_step >= 20 and s.t_cls.cur_train_step >= 10
+    assert s.t_tag.cur_train_step + s.t_cls.cur_train_step == total
+    assert text.count("tag train finish!") == 1 and text.count("cls train finish!") == 1
+    # the schedule left open (num_train_steps=None) was given the planned length, warmup 10% of it
+    assert s.sched.num_train_steps == total and s.sched.warmup_steps == int(0.1 * total)
+    # PALM's multi-task line: global step, task name right-aligned to the longest name, the task's own step/epoch
+    lines = [ln for ln in caplog.messages if ln.startswith("global step: ")]
+    assert len(lines) == total // 5
+    import re
+
+    pattern = re.compile(r"global step: (\d+), (tag|cls): step (\d+)/(\d+) \(epoch (\d+)\), loss: \d+\.\d{3}, "
+                         r"speed: \d+\.\d\d steps/s")
+    for line in lines:
+        m = pattern.fullmatch(line)
+        assert m, line
+        assert int(m.group(1)) % 5 == 0 and int(m.group(4)) == (10 if m.group(2) == "tag" else 6)
+    assert "task mix over" in text
+
+
+def test_aux_task_never_blocks_the_end(tmp_path, uncased_vocab, tiny_config, caplog):
+    # the aux task is drawn 4 times as often as the main one but the run ends when 'tag' is done
+    s = Setup(tmp_path, uncased_vocab, tiny_config, cls_ratio=4.0, aux=True)
+    with caplog.at_level("INFO", logger="torchpalm"):
+        s.fit(epochs=1)
+        s.mh.train(print_steps=0)
+    assert s.t_tag.cur_train_step == 10 and s.mh.cur_train_step == s.mh.overall_train_steps
+    assert s.t_cls.cur_train_step == s.mh.cur_train_step - 10
+    assert "cls: expected train steps" not in caplog.text and "cls train finish!" not in caplog.text
+    assert "tag train finish!" in caplog.text
+
+
+def test_joint_batches_carry_task_id_and_step_returns_it(tmp_path, uncased_vocab, tiny_config):
+    s = Setup(tmp_path, uncased_vocab, tiny_config)
+    s.fit()
+    batch = s.mh.get_one_batch()
+    task_id = int(batch["__task_id"][0])
+    assert batch["__task_id"].shape == (1,) and task_id in (0, 1)
+    assert ("word_starts" in batch) == (task_id == 0) and ("label_ids" in batch)
+    outputs, got_id = s.mh.train_one_step(batch)
+    assert got_id == task_id and list(outputs) == [f"{['tag', 'cls'][task_id]}.loss"]
+    assert s.mh.cur_train_step == 1 and s.mh.trainers[task_id].cur_train_step == 1
+    # the draws are the sampler's, a pure function of (seed, step)
+    draws = [int(s.mh.get_one_batch()["__task_id"][0]) for _ in range(30)]
+    assert draws == [s.mh.sampler.draw(step) for step in range(1, 31)]
+
+
+def test_resume_is_exact(tmp_path, uncased_vocab, tiny_config):
+    straight = Setup(tmp_path, uncased_vocab, tiny_config)
+    straight.fit()
+    expected = straight.losses(16)
+
+    first = Setup(tmp_path, uncased_vocab, tiny_config)
+    first.fit()
+    got = first.losses(9)
+    path = first.mh.save(str(tmp_path / "ckpt"))
+    torch.manual_seed(999)
+    resumed = Setup(tmp_path, uncased_vocab, tiny_config, seed=5)  # other init, other reader seeds
+    resumed.mh.load_ckpt(path)  # before fitting, as PALM's scripts may do
+    resumed.fit()
+    assert resumed.mh.cur_train_step == 9
+    got += resumed.losses(7)
+    assert got == expected
+    # and after fitting
+    again = Setup(tmp_path, uncased_vocab, tiny_config, seed=6)
+    again.fit()
+    again.mh.load_ckpt(path)
+    assert got[9:] == again.losses(7)
+
+
+def test_checkpoint_holds_every_head_and_single_task_trainers_predict_from_it(tmp_path, uncased_vocab, tiny_config):
+    s = Setup(tmp_path, uncased_vocab, tiny_config, lr=5e-3)
+    s.fit(epochs=3)
+    s.mh.set_saver(str(tmp_path / "out"), 1000)
+    s.mh.train(print_steps=0)
+    final = tmp_path / "out" / f"ckpt.step{s.mh.overall_train_steps}"
+    keys = load_file(str(final / "model.safetensors")).keys()
+    assert "backbone.layers.0.qkv.weight" in keys and "cls.classifier.weight" in keys
+    assert "tag.emission.weight" in keys and "tag.crf.transitions" in keys
+    state = json.load(open(final / "trainer_state.json"))
+    assert set(state["tasks"]) == {"tag", "cls"} and state["sampler"]["strategy"] == "ratio"
+
+    # joint inference in the training process
+    tag_pred, cls_pred = s.predict_side()
+    joint = s.mh.merge_inference_readers({"cls": cls_pred, "tag": tag_pred})  # the dict form (PALM crashed)
+    joint_logits = np.concatenate([s.mh.predict_one_batch("cls", b)["logits"] for b in joint("cls")])
+    assert joint_logits.shape == (24, 2)
+    assert list(joint("cls")) != [] and len(list(joint("tag"))) == 8  # each call is one clean pass
+
+    # PALM's predict_intent.py: a fresh single-task Trainer named like the task reads backbone + its head
+    fresh = palm.Trainer("cls", device="cpu")
+    reader = palm.reader.ClassifyReader(uncased_vocab, 32, do_lower_case=True, phase="predict")
+    reader.load_data(s.cls_file, 5)
+    pb = palm.backbone.BERT.from_config(tiny_config, phase="predict")
+    reader.register_with(pb)
+    fresh.build_predict_forward(pb, palm.head.Classify(2, 32, phase="predict"))
+    fresh.load_ckpt(str(final))
+    fresh.fit_reader(reader, phase="predict")
+    results = fresh.predict()
+    np.testing.assert_allclose([r["logits"] for r in results], joint_logits, atol=1e-5)
+    gold = [int(x.split("\t")[0]) for x in open(s.cls_file).read().splitlines()[1:]]
+    assert np.mean([r["label"] == g for r, g in zip(results, gold)]) >= 0.9  # it learned
+
+    # a checkpoint lacking a task's head is an error naming it
+    other = palm.Trainer("intent", device="cpu")
+    other.build_predict_forward(palm.backbone.BERT.from_config(tiny_config, phase="predict"),
+                                palm.head.Classify(2, 32, phase="predict"))
+    with pytest.raises(KeyError, match=r"no parameters for task 'intent'.*\['cls', 'tag'\]"):
+        other.load_ckpt(str(final))
+
+
+def test_predict_shares_the_backbone_pass_for_the_same_text(tmp_path, uncased_vocab, tiny_config):
+    # two classification tasks on the same file: one backbone pass per batch feeds both heads
+    torch.manual_seed(0)
+    f = write_cls(tmp_path / "same.tsv", 12)
+    pb = palm.backbone.BERT.from_config(tiny_config, phase="predict")
+    trainers, readers = [], []
+    for name in ("a", "b"):
+        t = palm.Trainer(name, device="cpu")
+        r = palm.reader.ClassifyReader(uncased_vocab, 32, do_lower_case=True, phase="predict")
+        r.load_data(f, 5)
+        r.register_with(pb)
+        t.build_predict_forward(pb, palm.head.Classify(2, 32, phase="predict"))
+        trainers.append(t)
+        readers.append(r)
+    mh = palm.MultiHeadTrainer(trainers)
+    mh.build_predict_forward()
+    mh.merge_inference_readers(readers)
+    results = mh.predict(output_dir=str(tmp_path / "pred"))
+    assert mh.backbone_passes == 3  # ceil(12 / 5) batches, not 6
+    assert sorted(os.listdir(tmp_path / "pred")) == ["a", "b"]
+    for t in trainers:  # equal to each task predicted on its own
+        r2 = palm.reader.ClassifyReader(uncased_vocab, 32, do_lower_case=True, phase="predict")
+        r2.load_data(f, 5)
+        r2.register_with(pb)
+        t.fit_reader(r2, phase="predict")
+        alone = t.predict()
+        np.testing.assert_allclose([x["logits"] for x in results[t.name]], [x["logits"] for x in alone], atol=1e-6)
+
+
+def test_reuse_head_with_shares_one_head(tmp_path, uncased_vocab, tiny_config):
+    torch.manual_seed(0)
+    backbone = palm.backbone.BERT.from_config(tiny_config)
+    readers = []
+    for i in range(2):
+        r = palm.reader.ClassifyReader(uncased_vocab, 32, seed=i, do_lower_case=True)
+        r.load_data(write_cls(tmp_path / f"c{i}.tsv", 16, seed=i), 4, num_epochs=None)
+        r.register_with(backbone)
+        readers.append(r)
+    a = palm.Trainer("a", device="cpu")
+    b = palm.Trainer("b", reuse_head_with="a", device="cpu")
+    a.build_forward(backbone, palm.head.Classify(2, 32))
+    b.build_forward(backbone, palm.head.Classify(2, 32))
+    mh = palm.MultiHeadTrainer([a, b])
+    model = mh.build_forward()
+    assert model.heads["a"] is model.heads["b"]
+    mh.build_backward(palm.optimizer.Adam(model, 1e-3), weight_decay=0.01)
+    n_params = sum(len(g["params"]) for g in mh.torch_optimizer.param_groups)
+    assert n_params == len(list(model.parameters()))  # the shared head is optimised once
+    mh.fit_readers_with_mixratio(readers, "a", 1)
+    mh.train(print_steps=0)
+    keys = load_file(mh.save(str(tmp_path / "ck")) + "/model.safetensors").keys()
+    assert "a.classifier.weight" in keys and not any(k.startswith("b.") for k in keys)
+    with pytest.raises(ValueError, match="reuse_head_with='zzz' names no other task"):
+        palm.MultiHeadTrainer([palm.Trainer("x", reuse_head_with="zzz"), palm.Trainer("y")])
+
+
+class RegressionReader(Reader):
+    """A user's reader: `score<TAB>text_a` rows, a float target per sentence."""
+
+    def _task_outputs(self):
+        return {"score": ([-1], "float32")} if self._phase == "train" else {}
+
+    def _load_examples(self, path):
+        examples = []
+        for _, row in read_tsv(path, required=("score", "text_a")):
+            ids = self._tokenizer.encode(row["text_a"])[: self._max_len - 2]
+            tokens = np.array([self._tokenizer.cls_id, *ids, self._tokenizer.sep_id])
+            examples.append({"token_ids": tokens, "score": float(row["score"])})
+        return examples
+
+    def _collate(self, examples, rng):
+        batch = collate_common([e["token_ids"] for e in examples], [np.zeros(len(e["token_ids"]), np.int64)
+                                                                   for e in examples], self._tokenizer.pad_id)
+        batch["score"] = torch.tensor([e["score"] for e in examples], dtype=torch.float32)
+        return batch
+
+
+class RegressionHead(Head):
+    """A user's head: a linear score on the pooled embedding, mean squared error."""
+
+    def __init__(self, input_dim, phase="train"):
+        super().__init__(phase)
+        self.out = torch.nn.Linear(input_dim, 1)
+
+    @property
+    def inputs_attrs(self):
+        reader = {"score": ([-1], "float32")} if self.phase == "train" else {}
+        return {"reader": reader, "backbone": {"sentence_embedding": ([-1, -1], "float32")}}
+
+    def forward(self, backbone_outputs, batch):
+        pred = self.out(backbone_outputs["sentence_embedding"]).squeeze(-1).float()
+        out = {"score": pred}
+        if "score" in batch:
+            out["loss"] = F.mse_loss(pred, batch["score"])
+        return out
+
+
+def test_custom_reader_and_head_train_beside_a_builtin_task(tmp_path, uncased_vocab, tiny_config):
+    # PALM#80: a user-defined reader/head pair failed inside MultiHeadTrainer
+    torch.manual_seed(0)
+    reg_file = tmp_path / "reg.tsv"
+    reg_file.write_text("score\ttext_a\n" + "".join(f"{label * 2.0 - 1}\t{' '.join(s)}\n"
+                                                     for label, s in sentences(24, 3)), encoding="utf-8")
+    backbone = palm.backbone.BERT.from_config(tiny_config)
+    reg_reader = RegressionReader(uncased_vocab, 32, seed=0, do_lower_case=True)
+    reg_reader.load_data(str(reg_file), 4, num_epochs=None)
+    cls_reader = palm.reader.ClassifyReader(uncased_vocab, 32, seed=0, do_lower_case=True)
+    cls_reader.load_data(write_cls(tmp_path / "c.tsv", 24), 4, num_epochs=None)
+    reg_reader.register_with(backbone)
+    cls_reader.register_with(backbone)
+    t_reg, t_cls = palm.Trainer("reg", device="cpu"), palm.Trainer("cls", device="cpu")
+    t_reg.build_forward(backbone, RegressionHead(32))
+    t_cls.build_forward(backbone, palm.head.Classify(2, 32))
+    mh = palm.MultiHeadTrainer([t_reg, t_cls])
+    mh.build_backward(palm.optimizer.Adam(mh.build_forward(), 3e-3), weight_decay=0.01)
+    mh.fit_readers({"reg": reg_reader, "cls": cls_reader}, "reg", 4)
+    first = [mh.train_one_step(mh.get_one_batch())[0] for _ in range(6)]
+    mh.train(print_steps=0)
+    assert t_reg.cur_train_step >= 24 and t_cls.cur_train_step >= 24
+    reg_losses = [float(o["reg.loss"]) for o in first if "reg.loss" in o]
+    last = [float(mh.train_one_step(b)[0].get("reg.loss", np.nan)) for b in
+            (mh.get_one_batch() for _ in range(12))]
+    assert np.nanmean(last) < np.mean(reg_losses)  # the user's task learns
+
+
+def test_bad_input_is_named_before_training(tmp_path, uncased_vocab, tiny_config):
+    s = Setup(tmp_path, uncased_vocab, tiny_config)
+    with pytest.raises(ValueError, match="sampling_reference 'slot' names no task.*\\['tag', 'cls'\\]"):
+        s.mh.fit_readers_with_mixratio([s.tag_reader, s.cls_reader], "slot", 1)
+    bad = palm.reader.ClassifyReader(uncased_vocab, 32)
+    bad.load_data(s.cls_file, 4, num_epochs=2)
+    bad.register_with(s.backbone)
+    with pytest.raises(ValueError, match="task 'cls': load its reader with num_epochs=None"):
+        s.mh.fit_readers_with_mixratio([s.tag_reader, bad], "tag", 1)
+    with pytest.raises(ValueError, match="got 1 readers for 2 tasks"):
+        s.mh.fit_readers_with_mixratio([s.tag_reader], "tag", 1)
+    with pytest.raises(ValueError, match=r"unknown \['intent'\], missing \['cls'\]"):
+        s.mh.fit_readers_with_mixratio({"tag": s.tag_reader, "intent": s.cls_reader}, "tag", 1)
+    with pytest.raises(ValueError, match=r"share the name\(s\) \['x'\]"):
+        palm.MultiHeadTrainer([palm.Trainer("x"), palm.Trainer("x")])
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        palm.MultiHeadTrainer([palm.Trainer("x")], sampling="roundrobin")
+    # trainers built on different backbones
+    t1, t2 = palm.Trainer("one", device="cpu"), palm.Trainer("two", device="cpu")
+    t1.build_forward(palm.backbone.BERT.from_config(tiny_config), palm.head.Classify(2, 32))
+    t2.build_forward(palm.backbone.BERT.from_config(tiny_config), palm.head.Classify(2, 32))
+    with pytest.raises(ValueError, match=r"ONE backbone object; task\(s\) \['two'\]"):
+        palm.MultiHeadTrainer([t1, t2]).build_forward()
+    # only aux tasks
+    aux = Setup(tmp_path, uncased_vocab, tiny_config)
+    aux.t_tag.set_as_aux()
+    aux.t_cls.set_as_aux()
+    with pytest.raises(ValueError, match="every task is auxiliary"):
+        aux.fit()
+
+
+def test_single_task_schedule_length_comes_from_the_trainer(tmp_path, uncased_vocab, tiny_config, caplog):
+    # 26 examples, batch 4, 3 epochs: the trainer runs 3 * (26 // 4) = 18 steps, not 26 * 3 // 4 = 19
+    reader = palm.reader.ClassifyReader(uncased_vocab, 32, seed=0, do_lower_case=True)
+    reader.load_data(write_cls(tmp_path / "c.tsv", 26), 4, num_epochs=3)
+    backbone = palm.backbone.BERT.from_config(tiny_config)
+    reader.register_with(backbone)
+    trainer = palm.Trainer("c", device="cpu")
+    loss = trainer.build_forward(backbone, palm.head.Classify(2, 32))
+    sched = palm.lr_sched.TriangularSchedualer(0.25, None, decay_from_warmup_end=True)
+    adam = palm.optimizer.Adam(loss, 1e-3, sched)
+    trainer.build_backward(adam)
+    trainer.fit_reader(reader)
+    assert trainer.num_train_steps == 18 and sched.num_train_steps == 18 and sched.warmup_steps == 4
+    trainer.train(print_steps=0)
+    assert trainer.cur_train_step == 18 and adam.lr_at(18) == 0.0
+    # a script-side length that disagrees is reported
+    other = palm.lr_sched.TriangularSchedualer(2, 19)
+    with caplog.at_level("WARNING", logger="torchpalm"):
+        other.set_total_steps(18)
+    assert "decays over 19 steps but training runs 18 steps" in caplog.text
