@@ -149,6 +149,10 @@ def load_backbone_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tens
     file = find_weights_file(path)
     state = load_state_file(file)
     if any(k.startswith("backbone.") for k in state):
+        heads = sorted({k.split(".", 1)[0] for k in state if not k.startswith(("backbone.", "ema."))})
+        if heads:
+            logger.info("%s: only the backbone is loaded; the heads of %s are not (load_ckpt loads them too)",
+                        file, heads)
         return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, file
     if any(k.startswith(("layers.", "word_embeddings.")) for k in state):
         return state, file

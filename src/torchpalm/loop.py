@@ -339,7 +339,6 @@ class TrainLoop:
                     break
                 loss = self.train_step(task, batch)
                 progress.update(1)
-                stop = after_step(task) if after_step is not None else False
                 if print_steps > 0 and self.global_step % print_steps == 0:
                     self.check_finite()
                     now = time.time()
@@ -355,6 +354,7 @@ class TrainLoop:
                     logger.info("%s", line)
                     lr = self.optimizer.lr_at(self.global_step)
                     progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
+                stop = after_step(task) if after_step is not None else False  # PALM: after the step's log line
                 self.maybe_save(trainer_state)
                 if stop:
                     break

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from .evaluation import Evaluator
 from .loop import MultiTaskModel, TrainLoop, autocast, load_model_state, progress_bar, to_device
 from .optimizer import Optimizer
 from .sampling import TaskSampler, run_length, step_budgets
@@ -98,6 +99,7 @@ class MultiHeadTrainer:
         self._finished: set[str] = set()
         self._saver_args: tuple | None = None
         self._pending_state: dict | None = None
+        self._evaluator: Evaluator | None = None
 
     # ---- properties ----
     @property
@@ -275,8 +277,9 @@ class MultiHeadTrainer:
             raise RuntimeError("call build_forward() or build_predict_forward() before load_pretrain")
         load_pretrained_backbone(backbone, model_path)
 
-    def load_ckpt(self, model_path: str) -> None:
-        """Loads the backbone and every head; for training also the optimizer, counters, readers, sampler, RNG.
+    def load_ckpt(self, model_path: str, training_state: bool = True) -> None:
+        """Loads the backbone and every head; for training also the optimizer, counters, readers, sampler, RNG
+        (`training_state=False`: the weights only).
 
         A checkpoint lacking one of the tasks' heads is an error naming it."""
         backbone = self._backbone or self._pred_backbone
@@ -288,11 +291,13 @@ class MultiHeadTrainer:
         if training:
             logger.info("loading checkpoint into train program")
         load_model_state(backbone, heads, self.tasks, state, model_path)
-        if training and self._loop is not None:
+        if training and training_state and self._loop is not None:
             self._loop.load_training_state(trainer_state, opt_state, rng, state)
             for t in self._trainers:
                 t._restore_reader(trainer_state.get("tasks", {}).get(t.name, {}).get("reader"))
             self._pending_state = trainer_state
+            if self._evaluator is not None and trainer_state.get("evaluation"):
+                self._evaluator.load_state_dict(trainer_state["evaluation"])
             if self._sampler is not None:  # readers already fitted: re-plan from the restored position
                 readers = {t.name: t._train_reader for t in self._trainers}
                 self._plan(readers, self._reference, self._num_epochs)
@@ -319,6 +324,7 @@ class MultiHeadTrainer:
             "sampler": self._sampler.state_dict() if self._sampler is not None else None,
             "backbone": backbone_record(self._backbone),
             "heads": {t.name: head_record(t._head) for t in self._trainers if t.task.reuse_head_with is None},
+            "evaluation": self._evaluator.state_dict() if self._evaluator is not None else None,
         }
 
     def save(self, directory: str) -> str:
@@ -332,11 +338,48 @@ class MultiHeadTrainer:
         return all(self._loop.task_steps[t.name] >= t.task.budget for t in self._trainers if not t.is_aux)
 
     def _after_step(self, name: str) -> bool:
+        """Finish messages and evaluation after each step; True stops training early."""
         trainer = self._by_name[name]
         if not trainer.is_aux and name not in self._finished and self._loop.task_steps[name] >= trainer.task.budget:
             self._finished.add(name)
             logger.info("%s train finish!", name)
+        return self._maybe_evaluate()
+
+    def _maybe_evaluate(self, final: bool = False) -> bool:
+        evaluator, step = self._evaluator, self._loop.global_step
+        if evaluator is None or evaluator.stopped_early:
+            return False
+        if evaluator.due(step) or (final and not (evaluator.history and evaluator.history[-1]["step"] == step)):
+            return evaluator.evaluate(step)
         return False
+
+    def set_evaluation(self, every_steps: int, weights: dict[str, float] | None = None,
+                       monitor: str = "aggregate", save_best: bool = True, patience: int | None = None,
+                       min_delta: float = 0.0, save_dir: str | None = None) -> None:
+        """Evaluates every task that has a dev set (`trainer.set_dev`) every `every_steps` global steps.
+
+        Args:
+            every_steps: how often (and once more at the end of training).
+            weights: {task: weight} of the aggregate (default: equal weights over the tasks with dev sets).
+            monitor: 'aggregate' or a task name: what early stopping follows.
+            save_best: keep `<save_dir>/best.<task>` for every task and `best.aggregate`.
+            patience: stop after this many evaluations without improvement of `monitor` (None: never).
+            min_delta: the least increase that counts as an improvement.
+            save_dir: where best checkpoints go (default: the `set_saver` path).
+        """
+        if self._loop is None:
+            raise RuntimeError("call build_backward before set_evaluation")
+        save_dir = save_dir or (self._saver_args[0] if self._saver_args else None)
+        if save_best and save_dir is None:
+            raise ValueError("save_best needs save_dir (or set_saver first), or pass save_best=False")
+        with_dev = [t for t in self._trainers if t._dev is not None]
+        self._evaluator = Evaluator(with_dev, every_steps, weights, monitor, save_dir if save_best else None,
+                                    patience, min_delta, lambda d: self._loop.save(d, self._trainer_state()))
+
+    @property
+    def eval_history(self) -> list[dict]:
+        """Every evaluation so far: {"step", "tasks": {task: metrics}, "aggregate"}."""
+        return self._evaluator.history if self._evaluator is not None else []
 
     def _check_ready(self) -> None:
         if self._loop is None:
@@ -354,7 +397,7 @@ class MultiHeadTrainer:
         name = self._trainers[task_id].name
         loss = self._loop.train_step(name, batch)
         self._loop.check_finite()
-        self._after_step(name)
+        self._after_step(name)  # finish messages and due evaluations (early stopping is train()'s to act on)
         self._loop.maybe_save(self._trainer_state)
         return {f"{name}.loss": loss.float().cpu().numpy()}, task_id
 
@@ -372,6 +415,7 @@ class MultiHeadTrainer:
         batches = ((names[int(b[TASK_ID][0])], b) for b in self._joint)
         self._loop.run(batches, self._is_finished, self._overall_train_steps, print_steps, self._trainer_state,
                        multi_task=True, after_step=self._after_step)
+        self._maybe_evaluate(final=True)
         self._log_task_mix()
 
     def _log_task_mix(self) -> None:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from .evaluation import Evaluator, default_metric
 from .loop import (
     MultiTaskModel,
     Task,
@@ -121,6 +122,8 @@ class Trainer:
         self._pred_iterator: Iterator | None = None
         self._pending_reader_state: dict | None = None
         self._saver_args: tuple | None = None  # set_saver before build_backward: applied when the loop exists
+        self._dev: tuple | None = None  # (dev reader, metric)
+        self._evaluator: Evaluator | None = None
 
     # ---- properties (PALM names) ----
     @property
@@ -170,6 +173,11 @@ class Trainer:
     @property
     def model(self) -> MultiTaskModel | None:
         return self._loop.model if self._loop is not None else self._model
+
+    @property
+    def eval_history(self) -> list[dict]:
+        """Every dev evaluation of `train()` so far: {"step", "tasks": {task: metrics}, "aggregate"}."""
+        return self._evaluator.history if self._evaluator is not None else []
 
     @property
     def torch_optimizer(self) -> torch.optim.Optimizer | None:
@@ -285,10 +293,12 @@ class Trainer:
         for name in ckpt.assign_state(self._pred_backbone, state, file):
             logger.info("Warning: %s not found in %s.", name, model_path)
 
-    def load_ckpt(self, model_path: str) -> None:
+    def load_ckpt(self, model_path: str, training_state: bool = True) -> None:
         """Loads a checkpoint: weights, and for training also optimizer, step counters, reader position, RNG.
 
         A checkpoint of a MultiHeadTrainer works too: this task's head and the shared backbone are read from it.
+        `training_state=False` loads the weights only, to start a new training run from them (e.g. fine-tuning
+        one task after multi-task training).
         """
         backbone, head = self._weights()
         if backbone is None:
@@ -297,10 +307,12 @@ class Trainer:
         if self._backbone is not None:
             logger.info("loading checkpoint into train program")
         load_model_state(backbone, {self._name: head}, {self._name: self._task}, state, model_path)
-        if self._loop is not None and self._own_loop() is not None:
+        if training_state and self._loop is not None and self._own_loop() is not None:
             self._loop.load_training_state(trainer_state, opt_state, rng, state)
             self._restore_reader(trainer_state.get("tasks", {}).get(self._name, {}).get("reader"))
-        elif self._backbone is not None and rng is not None:
+            if self._evaluator is not None and trainer_state.get("evaluation"):
+                self._evaluator.load_state_dict(trainer_state["evaluation"])
+        elif training_state and self._backbone is not None and rng is not None:
             set_rng_state(rng)
         logger.info("Load model from %s", model_path)
 
@@ -335,6 +347,7 @@ class Trainer:
             "tasks": {self._name: self._task_state()},
             "backbone": backbone_record(self._backbone),
             "heads": {self._name: head_record(self._head)},
+            "evaluation": self._evaluator.state_dict() if self._evaluator is not None else None,
         }
 
     def _task_state(self) -> dict:
@@ -346,6 +359,58 @@ class Trainer:
         if self._loop is None:
             raise RuntimeError("call build_backward before save")
         return self._loop.save(directory, self._trainer_state())
+
+    # ---- evaluation ----
+    def set_dev(self, reader, metric=None) -> None:
+        """Gives this task a dev set for evaluation during training (`set_evaluation`) and `evaluate()`.
+
+        Args:
+            reader: a predict-phase reader, loaded from a file WITH labels and registered with the predict
+                backbone (`build_predict_forward` must have been called).
+            metric: `fn(results, reader) -> {name: value}` (higher is better; the first key is compared);
+                default by head: accuracy (Classify, Match), entity F1 (SequenceLabel), answer F1 (MRC).
+        """
+        if self._pred_backbone is None:
+            raise RuntimeError("call build_predict_forward(pred_backbone, pred_head) before set_dev")
+        if reader.phase != "predict":
+            raise ValueError(f"task '{self._name}': the dev reader must be in the predict phase "
+                             f"(got {reader.phase!r})")
+        check_reader_fits(reader, self._pred_backbone, self._pred_head)
+        self._dev = (reader, metric or default_metric(self._pred_head))
+
+    def evaluate(self, reader=None, metric=None) -> dict[str, float]:
+        """Predicts a labelled predict-phase reader (default: the dev set) and scores it; returns the metrics."""
+        if reader is None:
+            if self._dev is None:
+                raise RuntimeError(f"task '{self._name}' has no dev set: call set_dev(reader) or pass a reader")
+            reader, metric = self._dev[0], metric or self._dev[1]
+        metric = metric or default_metric(self._pred_head)
+        saved = (self._pred_reader, self._pred_iterator)
+        self.fit_reader(reader, phase="predict")
+        try:
+            results = self.predict(print_steps=0)
+        finally:
+            self._pred_reader, self._pred_iterator = saved
+        return metric(results, reader)
+
+    def set_evaluation(self, every_steps: int, save_best: bool = True, patience: int | None = None,
+                       min_delta: float = 0.0, save_dir: str | None = None) -> None:
+        """Evaluates the dev set every `every_steps` steps during `train()` (see `torchpalm.evaluation`).
+
+        Args:
+            every_steps: how often (and once more at the end).
+            save_best: keep the best checkpoint as `<save_dir>/best.<task>`.
+            patience: stop training after this many evaluations without improvement (None: never).
+            min_delta: the least increase that counts as an improvement.
+            save_dir: where best checkpoints go (default: the `set_saver` path).
+        """
+        if self._loop is None:
+            raise RuntimeError("call build_backward before set_evaluation")
+        save_dir = save_dir or (self._saver_args[0] if self._saver_args else None)
+        if save_best and save_dir is None:
+            raise ValueError("save_best needs save_dir (or set_saver first), or pass save_best=False")
+        self._evaluator = Evaluator([self], every_steps, None, self._name, save_dir if save_best else None,
+                                    patience, min_delta, self.save)
 
     # ---- training ----
     def train_one_step(self, batch: dict) -> dict[str, np.ndarray]:
@@ -377,7 +442,17 @@ class Trainer:
         name, budget = self._name, self._task.budget
         batches = ((name, batch) for batch in self._train_iterator)
         self._loop.run(batches, lambda: self._loop.task_steps[name] >= budget, budget, print_steps,
-                       self._trainer_state, multi_task=False)
+                       self._trainer_state, multi_task=False, after_step=lambda _: self._maybe_evaluate())
+        self._maybe_evaluate(final=True)
+
+    def _maybe_evaluate(self, final: bool = False) -> bool:
+        """Runs the dev evaluation when it is due (or at the end); True means stop early."""
+        evaluator, step = self._evaluator, self._loop.global_step
+        if evaluator is None or evaluator.stopped_early:
+            return False
+        if evaluator.due(step) or (final and not (evaluator.history and evaluator.history[-1]["step"] == step)):
+            return evaluator.evaluate(step)
+        return False
 
     # ---- prediction ----
     def _ema_weights(self):

@@ -397,3 +397,97 @@ def test_single_task_schedule_length_comes_from_the_trainer(tmp_path, uncased_vo
     with caplog.at_level("WARNING", logger="torchpalm"):
         other.set_total_steps(18)
     assert "decays over 19 steps but training runs 18 steps" in caplog.text
+
+
+def dev_readers(s: Setup):
+    """Predict-phase dev readers over the labelled training files (registered with the predict backbone)."""
+    tag_pred, cls_pred = s.predict_side()
+    s.t_tag.set_dev(tag_pred)
+    s.t_cls.set_dev(cls_pred)
+    return tag_pred, cls_pred
+
+
+def test_evaluation_during_training_keeps_the_best_and_scores_right(tmp_path, uncased_vocab, tiny_config, caplog):
+    s = Setup(tmp_path, uncased_vocab, tiny_config, lr=5e-3)
+    s.fit(epochs=3)
+    dev_readers(s)
+    s.mh.set_saver(str(tmp_path / "out"), 1000)
+    s.mh.set_evaluation(every_steps=10, weights={"tag": 1.0, "cls": 3.0})
+    with caplog.at_level("INFO", logger="torchpalm"):
+        s.mh.train(print_steps=0)
+    history = s.mh.eval_history
+    total = s.mh.overall_train_steps
+    assert [h["step"] for h in history] == [*range(10, total + 1, 10)] + ([total] if total % 10 else [])
+    for h in history:
+        tag, cls = h["tasks"]["tag"]["f1"], h["tasks"]["cls"]["accuracy"]
+        assert h["aggregate"] == pytest.approx((tag + 3 * cls) / 4)
+    assert any(m.startswith("[eval] step 10: tag f1 ") and "aggregate" in m for m in caplog.messages)
+    best_agg = max(history, key=lambda h: h["aggregate"])
+    assert {"best.tag", "best.cls", "best.aggregate"} <= set(os.listdir(tmp_path / "out"))
+    # the best-aggregate checkpoint really scores what was logged: reload it and evaluate independently
+    fresh = palm.Trainer("cls", device="cpu")
+    reader = palm.reader.ClassifyReader(uncased_vocab, 32, do_lower_case=True, phase="predict")
+    reader.load_data(s.cls_file, 7)
+    pb = palm.backbone.BERT.from_config(tiny_config, phase="predict")
+    reader.register_with(pb)
+    fresh.build_predict_forward(pb, palm.head.Classify(2, 32, phase="predict"))
+    fresh.load_ckpt(str(tmp_path / "out" / "best.aggregate"))
+    fresh.fit_reader(reader, phase="predict")
+    gold = [int(x.split("\t")[0]) for x in open(s.cls_file).read().splitlines()[1:]]
+    acc = np.mean([r["label"] == g for r, g in zip(fresh.predict(), gold)])
+    assert acc == pytest.approx(best_agg["tasks"]["cls"]["accuracy"])
+    # and the tagging F1 against seqeval on the same predictions
+    from seqeval.metrics import f1_score
+
+    tag_pred = palm.reader.SequenceLabelReader(uncased_vocab, 32, TAGS, do_lower_case=True, phase="predict")
+    tag_pred.load_data(s.tag_file, 6)
+    t = palm.Trainer("tag", device="cpu")
+    pb2 = palm.backbone.BERT.from_config(tiny_config, phase="predict")
+    tag_pred.register_with(pb2)
+    t.build_predict_forward(pb2, palm.head.SequenceLabel(2, 32, phase="predict"))
+    t.load_ckpt(str(tmp_path / "out" / "best.aggregate"))
+    t.fit_reader(tag_pred, phase="predict")
+    id2 = {v: k for k, v in TAGS.items()}
+    pred_tags = [[id2[i] for i in row] for row in t.predict()]
+    gold_tags = [["B-POS" if w == "good" else "O" for w in ws] for _, ws in sentences(40)]
+    assert f1_score(gold_tags, pred_tags) == pytest.approx(best_agg["tasks"]["tag"]["f1"])
+
+
+def test_early_stopping_on_a_task_metric(tmp_path, uncased_vocab, tiny_config, caplog):
+    # lr so small nothing changes: accuracy never improves after the first evaluation, so patience 2 stops
+    s = Setup(tmp_path, uncased_vocab, tiny_config, lr=1e-9)
+    s.fit(epochs=5)
+    dev_readers(s)
+    s.mh.set_evaluation(every_steps=4, monitor="cls", patience=2, save_best=False)
+    with caplog.at_level("INFO", logger="torchpalm"):
+        s.mh.train(print_steps=0)
+    assert s.mh.cur_train_step == 12 < s.mh.overall_train_steps
+    assert [h["step"] for h in s.mh.eval_history] == [4, 8, 12]
+    assert any("early stopping at step 12: cls has not improved for 2 evaluations" in m for m in caplog.messages)
+    with pytest.raises(ValueError, match="monitor must be 'aggregate' or a task with a dev set"):
+        s.mh.set_evaluation(every_steps=4, monitor="slot", save_best=False)
+
+
+def test_single_task_trainer_evaluates_too(tmp_path, uncased_vocab, tiny_config):
+    torch.manual_seed(0)
+    f = write_cls(tmp_path / "c.tsv", 24)
+    reader = palm.reader.ClassifyReader(uncased_vocab, 32, seed=0, do_lower_case=True)
+    reader.load_data(f, 4, num_epochs=3)
+    backbone = palm.backbone.BERT.from_config(tiny_config)
+    reader.register_with(backbone)
+    trainer = palm.Trainer("c", device="cpu")
+    trainer.build_backward(palm.optimizer.Adam(trainer.build_forward(backbone, palm.head.Classify(2, 32)), 5e-3))
+    trainer.fit_reader(reader)
+    dev = palm.reader.ClassifyReader(uncased_vocab, 32, do_lower_case=True, phase="predict")
+    dev.load_data(f, 8)
+    pb = palm.backbone.BERT.from_config(tiny_config, phase="predict")
+    dev.register_with(pb)
+    trainer.build_predict_forward(pb, palm.head.Classify(2, 32, phase="predict"))
+    trainer.set_dev(dev)
+    trainer.set_evaluation(every_steps=5, save_dir=str(tmp_path / "o"))
+    trainer.train(print_steps=0)
+    steps = [h["step"] for h in trainer.eval_history]
+    assert steps == [5, 10, 15, 18]
+    assert os.path.isdir(tmp_path / "o" / "best.c") and not os.path.exists(tmp_path / "o" / "best.aggregate")
+    final = trainer.evaluate()["accuracy"]
+    assert final == trainer.eval_history[-1]["tasks"]["c"]["accuracy"]

@@ -55,6 +55,13 @@ class ClassifyReader(Reader):
             examples.append(ex)
         return examples
 
+    def gold_labels(self) -> list[int]:
+        """Every example's label, in file order, for evaluation (the file must have a label column)."""
+        examples = self._examples or []
+        if not examples or any("label" not in e for e in examples):
+            raise ValueError(f"{self._input_file}: the file has no label column to evaluate against")
+        return [e["label"] for e in examples]
+
     def check_num_classes(self, num_classes: int) -> None:
         """Raises, naming the file and line, if a label is outside [0, num_classes)."""
         for ex in self._examples or ():

@@ -349,6 +349,7 @@ class SequenceLabelReader(Reader):
                   "word_starts": starts.astype(np.int64), "n_words": len(s.words), "line": s.line}
             if has_tags:
                 ex["label_ids"] = np.asarray(self._tag_ids(path, s)[:kept], dtype=np.int64)
+                ex["tags"] = s.tags
             examples.append(ex)
         if n_truncated:
             logger.info("%s: %d of %d sentences have more than %d sub-tokens (max_len %d minus [CLS]/[SEP]); their "
@@ -376,6 +377,13 @@ class SequenceLabelReader(Reader):
         if all("label_ids" in e for e in examples):
             batch["label_ids"] = pad_2d([e["label_ids"] for e in examples], IGNORE_INDEX, width)
         return batch
+
+    def gold_tags(self) -> list[list[str]]:
+        """Every sentence's gold tags, one per input word (truncated words included), for evaluation."""
+        examples = self._examples or []
+        if not examples or any("tags" not in e for e in examples):
+            raise ValueError(f"{self._input_file}: the file has no tag column to evaluate against")
+        return [list(e["tags"]) for e in examples]
 
     def get_epoch_outputs(self) -> dict[str, list[int]]:
         """Per-example counts in file order: `word_counts` (input words) and `kept_word_counts` (after cutting)."""
