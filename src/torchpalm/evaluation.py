@@ -102,8 +102,13 @@ class Evaluator:
         self.evals_without_improvement = 0
         self.stopped_early = False
 
-    def due(self, step: int) -> bool:
-        return step % self.every_steps == 0 and not (self.history and self.history[-1]["step"] == step)
+    def maybe_evaluate(self, step: int, final: bool = False) -> bool:
+        """Evaluates when `step` is due (or at the end, once); returns True when training should stop early."""
+        if self.stopped_early or (self.history and self.history[-1]["step"] == step):
+            return False
+        if final or step % self.every_steps == 0:
+            return self.evaluate(step)
+        return False
 
     def evaluate(self, step: int) -> bool:
         """Scores every dev set now; returns True when training should stop early."""

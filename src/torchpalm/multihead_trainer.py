@@ -346,12 +346,8 @@ class MultiHeadTrainer:
         return self._maybe_evaluate()
 
     def _maybe_evaluate(self, final: bool = False) -> bool:
-        evaluator, step = self._evaluator, self._loop.global_step
-        if evaluator is None or evaluator.stopped_early:
-            return False
-        if evaluator.due(step) or (final and not (evaluator.history and evaluator.history[-1]["step"] == step)):
-            return evaluator.evaluate(step)
-        return False
+        """Runs the dev evaluation when it is due (or at the end); True means stop early."""
+        return self._evaluator is not None and self._evaluator.maybe_evaluate(self._loop.global_step, final)
 
     def set_evaluation(self, every_steps: int, weights: dict[str, float] | None = None,
                        monitor: str = "aggregate", save_best: bool = True, patience: int | None = None,

@@ -447,12 +447,7 @@ class Trainer:
 
     def _maybe_evaluate(self, final: bool = False) -> bool:
         """Runs the dev evaluation when it is due (or at the end); True means stop early."""
-        evaluator, step = self._evaluator, self._loop.global_step
-        if evaluator is None or evaluator.stopped_early:
-            return False
-        if evaluator.due(step) or (final and not (evaluator.history and evaluator.history[-1]["step"] == step)):
-            return evaluator.evaluate(step)
-        return False
+        return self._evaluator is not None and self._evaluator.maybe_evaluate(self._loop.global_step, final)
 
     # ---- prediction ----
     def _ema_weights(self):

@@ -384,8 +384,9 @@ def test_sequence_label_exact_fit_keeps_every_word(tmp_path, uncased_vocab, tiny
     assert batch["word_starts"][0, :4].tolist() == [1, 2, 4, 5]
     assert batch["label_ids"][0, :4].tolist() == [TAGS["O"]] * 4
     assert batch["token_ids"][1, : n_tok[1]].tolist() == [tok.cls_id, *tok.encode("the"), *flat[:4], tok.sep_id]
-    assert reader.get_epoch_outputs() == {"word_counts": [4, 5, 3 + len(pieces[3])],
-                                          "kept_word_counts": [4, 4, 3 + len(pieces[3])]}
+    counts = reader.get_epoch_outputs()
+    assert counts["word_counts"] == [4, 5, 3 + len(pieces[3])]
+    assert counts["kept_word_counts"] == [4, 4, 3 + len(pieces[3])]
 
     # prediction still gives one tag per INPUT word; the cut word gets the no-entity tag
     pred_reader = palm.reader.SequenceLabelReader(uncased_vocab, max_len, TAGS, do_lower_case=True, phase="predict")

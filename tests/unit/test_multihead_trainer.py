@@ -448,8 +448,14 @@ def test_evaluation_during_training_keeps_the_best_and_scores_right(tmp_path, un
     t.load_ckpt(str(tmp_path / "out" / "best.aggregate"))
     t.fit_reader(tag_pred, phase="predict")
     id2 = {v: k for k, v in TAGS.items()}
-    pred_tags = [[id2[i] for i in row] for row in t.predict()]
+    results = t.predict(output_dir=str(tmp_path / "tagged"))
+    pred_tags = [[id2[i] for i in row] for row in results]
     gold_tags = [["B-POS" if w == "good" else "O" for w in ws] for _, ws in sentences(40)]
+    # PALM#85: each result is the list of ids, and also the words with their tag names
+    assert [r.words for r in results] == [ws for _, ws in sentences(40)] and [r.tags for r in results] == pred_tags
+    tagged = [json.loads(x) for x in open(tmp_path / "tagged" / "predictions_tagged.json")]
+    assert tagged[3] == {"index": 3, "words": results[3].words, "tags": pred_tags[3]}
+    assert [json.loads(x) for x in open(tmp_path / "tagged" / "predictions.json")] == [list(r) for r in results]
     assert f1_score(gold_tags, pred_tags) == pytest.approx(best_agg["tasks"]["tag"]["f1"])
 
 

@@ -133,7 +133,9 @@ def test_conll_columns_docstart_blank_lines_and_built_label_map(tmp_path, uncase
     assert batch["token_ids"][0, :7].tolist() == [tok.cls_id, *tok.encode("john smith visited new york"),
                                                   tok.sep_id]
     assert batch["word_starts"][0].tolist() == [1, 2, 3, 4, 5]
-    assert r.get_epoch_outputs() == {"word_counts": [5, 1, 1], "kept_word_counts": [5, 1, 1]}
+    assert r.get_epoch_outputs() == {"word_counts": [5, 1, 1], "kept_word_counts": [5, 1, 1],
+                                     "words": [["John", "Smith", "visited", "New", "York"], ["Hello"], ["Paris"]],
+                                     "id2label": {0: "B-LOC", 1: "B-PER", 2: "I-LOC", 3: "I-PER", 4: "O"}}
 
 
 def test_msra_char_format_from_the_real_zip(tmp_path, chinese_vocab):
@@ -219,7 +221,8 @@ def test_truncation_keeps_whole_words_and_counts_the_cut(tmp_path, uncased_vocab
     ids2, starts2, _ = unpadded(batch, 1)
     assert starts2 == [1] and len(ids2) == budget + 2
     assert ids2[1:-1] == tok.encode("supercalifragilisticexpialidocious")[:budget]
-    assert r.get_epoch_outputs() == {"word_counts": [5, 2], "kept_word_counts": [3, 1]}
+    out = r.get_epoch_outputs()
+    assert (out["word_counts"], out["kept_word_counts"]) == ([5, 2], [3, 1])
 
 
 def test_format_choice_and_override(tmp_path, uncased_vocab):

@@ -73,10 +73,11 @@ class Head(nn.Module):
         return results
 
 
-def write_json_lines(results: list, output_dir: str, ensure_ascii: bool = True) -> str:
-    """Writes one JSON object per line to `output_dir/predictions.json`."""
+def write_json_lines(results: list, output_dir: str, ensure_ascii: bool = True,
+                     name: str = "predictions.json") -> str:
+    """Writes one JSON object per line to `output_dir/<name>` (PALM's `predictions.json` by default)."""
     os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, "predictions.json")
+    path = os.path.join(output_dir, name)
     with open(path, "w", encoding="utf-8") as f:
         for r in results:
             f.write(json.dumps(r, ensure_ascii=ensure_ascii) + "\n")

@@ -155,10 +155,13 @@ class SequenceLabel(Head):
         """One list of tag ids per sentence, one id per input word (cut words get the no-entity id).
 
         Writes them to `output_dir/predictions.json`, one JSON list per line (PALM's format, minus the
-        [CLS] position PALM included), and returns the list of lists.
+        [CLS] position PALM included), and returns them. Each returned list is a `TagSequence`: still the
+        list of ids, and also `.words` and `.tags` (tag names) when the reader gave them (PALM#85); those
+        go to `output_dir/predictions_tagged.json` as `{"index", "words", "tags"}` lines.
         """
         results, self._results = self._results, []
-        counts = ((post_inputs or {}).get("reader") or {}).get("word_counts")
+        reader_out = (post_inputs or {}).get("reader") or {}
+        counts = reader_out.get("word_counts")
         if counts is not None:
             if len(counts) != len(results):
                 raise ValueError(f"the reader has {len(counts)} sentences but {len(results)} were predicted")
@@ -170,9 +173,24 @@ class SequenceLabel(Head):
         else:
             logger.warning("SequenceLabel: no per-sentence word counts from the reader; predictions cover the "
                            "words kept after truncation only")
+        words, id2label = reader_out.get("words"), reader_out.get("id2label")
+        results = [TagSequence(r, words[i] if words is not None else None,
+                               [id2label[t] for t in r] if id2label is not None else None)
+                   for i, r in enumerate(results)]
         if output_dir is not None:
             write_json_lines(results, output_dir)
+            if words is not None and id2label is not None:
+                write_json_lines([{"index": i, "words": r.words, "tags": r.tags} for i, r in enumerate(results)],
+                                 output_dir, name="predictions_tagged.json", ensure_ascii=False)
         return results
+
+
+class TagSequence(list):
+    """A sentence's predicted tag ids (a plain list, as before) with its `words` and tag names `tags`."""
+
+    def __init__(self, ids, words: list[str] | None = None, tags: list[str] | None = None):
+        super().__init__(ids)
+        self.words, self.tags = words, tags
 
 
 def tags_of(predictions: list[list[int]], id2label: dict[int, str]) -> list[list[str]]:
@@ -180,4 +198,4 @@ def tags_of(predictions: list[list[int]], id2label: dict[int, str]) -> list[list
     return [[id2label[int(i)] for i in row] for row in predictions]
 
 
-__all__ = ["SequenceLabel", "tags_of"]
+__all__ = ["SequenceLabel", "TagSequence", "tags_of"]

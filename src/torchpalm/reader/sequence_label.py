@@ -346,7 +346,8 @@ class SequenceLabelReader(Reader):
             n_truncated += kept < len(s.words)
             starts = np.concatenate([[0], ends[: kept - 1]]) + 1 if kept else np.zeros(0, dtype=np.int64)
             ex = {"token_ids": np.asarray([cls_id, *flat, sep_id], dtype=np.int64),
-                  "word_starts": starts.astype(np.int64), "n_words": len(s.words), "line": s.line}
+                  "word_starts": starts.astype(np.int64), "n_words": len(s.words), "line": s.line,
+                  "words": s.words}
             if has_tags:
                 ex["label_ids"] = np.asarray(self._tag_ids(path, s)[:kept], dtype=np.int64)
                 ex["tags"] = s.tags
@@ -385,11 +386,13 @@ class SequenceLabelReader(Reader):
             raise ValueError(f"{self._input_file}: the file has no tag column to evaluate against")
         return [list(e["tags"]) for e in examples]
 
-    def get_epoch_outputs(self) -> dict[str, list[int]]:
-        """Per-example counts in file order: `word_counts` (input words) and `kept_word_counts` (after cutting)."""
+    def get_epoch_outputs(self) -> dict:
+        """Per-example data in file order for the head: `word_counts` (input words), `kept_word_counts` (after
+        cutting), `words`, and the `id2label` map (so predictions come back as tag names next to the words)."""
         examples = self._examples or []
         return {"word_counts": [e["n_words"] for e in examples],
-                "kept_word_counts": [len(e["word_starts"]) for e in examples]}
+                "kept_word_counts": [len(e["word_starts"]) for e in examples],
+                "words": [e["words"] for e in examples], "id2label": self.id2label}
 
 
 def _preview(items: Sequence[str], n: int = 20) -> str:
