@@ -68,11 +68,18 @@ def read_split(atis_dir: str, split: str) -> tuple[list[list[str]], list[list[st
     return sents, tags, intents
 
 
-def write_json(path: str, obj) -> str:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
+def write_text(path: str, text: str) -> str:
+    """Writes a file atomically (a temporary sibling renamed into place), so that runs preparing the same
+    folder at once never read a half-written file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
     return path
+
+
+def write_json(path: str, obj) -> str:
+    return write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def prepare(atis_dir: str, out_dir: str) -> dict:
@@ -112,13 +119,11 @@ def prepare(atis_dir: str, out_dir: str) -> dict:
         out["counts"][split] = len(sents)
         out["unk_intents"][split] = sum(name not in intent_map for name in intents)
         path = out["intent"][split] = os.path.join(out_dir, "intent", f"{split}.tsv")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("label\ttext_a\n")
-            f.writelines(f"{i}\t{' '.join(words)}\n" for i, words in zip(ids, sents, strict=True))
+        write_text(path, "label\ttext_a\n" + "".join(f"{i}\t{' '.join(words)}\n"
+                                                     for i, words in zip(ids, sents, strict=True)))
         path = out["slot"][split] = os.path.join(out_dir, "slot", f"{split}.tsv")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("text_a\tlabel\n")
-            f.writelines(f"{chr(2).join(words)}\t{chr(2).join(ts)}\n" for words, ts in zip(sents, tags, strict=True))
+        write_text(path, "text_a\tlabel\n" + "".join(f"{chr(2).join(words)}\t{chr(2).join(ts)}\n"
+                                                     for words, ts in zip(sents, tags, strict=True)))
     out["intent"]["label_map"] = write_json(os.path.join(out_dir, "intent", "label_map.json"), intent_map)
     out["slot"]["label_map"] = write_json(os.path.join(out_dir, "slot", "label_map.json"), slot_map)
     return out

@@ -319,7 +319,8 @@ class MultiHeadTrainer:
     def _trainer_state(self) -> dict:
         return {
             "epoch": 0,
-            "tasks": {t.name: {**t._task_state(), "budget": t.task.budget, "is_aux": t.is_aux}
+            "tasks": {t.name: {**t._task_state(), "budget": t.task.budget, "is_aux": t.is_aux,
+                               "head_owner": t.task.head_owner}
                       for t in self._trainers},
             "sampler": self._sampler.state_dict() if self._sampler is not None else None,
             "backbone": backbone_record(self._backbone),

@@ -14,6 +14,7 @@ one device (§17.37), and a checkpoint restores everything that decides the next
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -306,7 +307,10 @@ class Trainer:
         state, trainer_state, opt_state, rng = ckpt.load_checkpoint_dir(model_path)
         if self._backbone is not None:
             logger.info("loading checkpoint into train program")
-        load_model_state(backbone, {self._name: head}, {self._name: self._task}, state, model_path)
+        # a task that shared another's head in multi-task training finds it under that task's name
+        owner = trainer_state.get("tasks", {}).get(self._name, {}).get("head_owner", self._task.head_owner)
+        task = dataclasses.replace(self._task, reuse_head_with=owner if owner != self._name else None)
+        load_model_state(backbone, {self._name: head}, {self._name: task}, state, model_path)
         if training_state and self._loop is not None and self._own_loop() is not None:
             self._loop.load_training_state(trainer_state, opt_state, rng, state)
             self._restore_reader(trainer_state.get("tasks", {}).get(self._name, {}).get("reader"))

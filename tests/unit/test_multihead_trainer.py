@@ -271,8 +271,15 @@ def test_reuse_head_with_shares_one_head(tmp_path, uncased_vocab, tiny_config):
     assert n_params == len(list(model.parameters()))  # the shared head is optimised once
     mh.fit_readers_with_mixratio(readers, "a", 1)
     mh.train(print_steps=0)
-    keys = load_file(mh.save(str(tmp_path / "ck")) + "/model.safetensors").keys()
+    path = mh.save(str(tmp_path / "ck"))
+    keys = load_file(path + "/model.safetensors").keys()
     assert "a.classifier.weight" in keys and not any(k.startswith("b.") for k in keys)
+    # a single-task Trainer("b") finds its (shared) head under 'a'
+    alone = palm.Trainer("b", device="cpu")
+    alone.build_predict_forward(palm.backbone.BERT.from_config(tiny_config, phase="predict"),
+                                palm.head.Classify(2, 32, phase="predict"))
+    alone.load_ckpt(path)
+    torch.testing.assert_close(alone._pred_head.classifier.weight, model.heads["a"].classifier.weight)
     with pytest.raises(ValueError, match="reuse_head_with='zzz' names no other task"):
         palm.MultiHeadTrainer([palm.Trainer("x", reuse_head_with="zzz"), palm.Trainer("y")])
 
