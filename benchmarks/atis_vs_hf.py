@@ -41,7 +41,15 @@ import time
 
 import numpy as np
 import torch
-from common import first_rows, hf_fine_tune, hf_fine_tune_tagger, hf_predict_tags, minilm_dir, results_header
+from common import (
+    first_rows,
+    hf_fine_tune,
+    hf_fine_tune_tagger,
+    hf_predict_tags,
+    minilm_dir,
+    parse_sides,
+    results_header,
+)
 from conll_vs_hf import scores as entity_scores
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -298,10 +306,7 @@ def main():
     p.add_argument("--print_steps", type=int, default=50)
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "atis_vs_hf.json"))
     args = p.parse_args()
-    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    unknown = [s for s in sides if s not in SIDES]
-    if unknown:
-        p.error(f"unknown sides {unknown}; choose from {SIDES}")
+    sides = parse_sides(p, args.sides, SIDES)
     if args.threads:
         torch.set_num_threads(args.threads)
 

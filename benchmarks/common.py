@@ -117,3 +117,12 @@ def hf_predict_tags(model: torch.nn.Module, tok, sents: list[list[str]], labels:
                 prev = w
             pred_tags.append(row)
     return pred_tags
+
+
+def parse_sides(parser, value: str, known) -> list[str]:
+    """The comma-separated `--sides` value, checked against the sides a benchmark knows."""
+    sides = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [s for s in sides if s not in known]
+    if unknown:
+        parser.error(f"unknown sides {unknown}; choose from {known}")
+    return sides

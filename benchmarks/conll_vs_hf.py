@@ -25,7 +25,7 @@ import os
 import time
 
 import torch
-from common import hf_fine_tune_tagger, hf_predict_tags, minilm_dir, results_header
+from common import hf_fine_tune_tagger, hf_predict_tags, minilm_dir, parse_sides, results_header
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -149,10 +149,7 @@ def main():
     p.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {','.join(SIDES)}")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "conll_vs_hf.json"))
     args = p.parse_args()
-    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    unknown = [s for s in sides if s not in SIDES]
-    if unknown:
-        p.error(f"unknown sides {unknown}; choose from {SIDES}")
+    sides = parse_sides(p, args.sides, SIDES)
 
     model_dir = minilm_dir()
     train_file = os.path.join(SHARED, "conll2003", "train.txt")

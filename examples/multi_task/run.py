@@ -237,6 +237,18 @@ class Setup:
                                                   decay_from_warmup_end=bool(self.args.decay_from_warmup_end))
 
 
+def train_and_save(trainer, args, ckpt_dir: str) -> tuple[str, float]:
+    """Step 8's end for a Trainer or a MultiHeadTrainer: saver, train, the final checkpoint; returns its path and
+    the training seconds."""
+    trainer.set_saver(save_path=ckpt_dir, save_steps=args.save_steps or None, save_type="ckpt")
+    t0 = time.perf_counter()
+    trainer.train(print_steps=args.print_steps)
+    train_seconds = time.perf_counter() - t0
+    final = trainer.save(os.path.join(ckpt_dir, f"ckpt.step{trainer.cur_train_step}"))
+    logger.info("final checkpoint saved at %s", final)
+    return final, train_seconds
+
+
 def train_multi(setup: Setup, args, ckpt_dir: str) -> dict:
     """PALM's examples/multi-task/run.py: every task on one shared backbone through a MultiHeadTrainer."""
     # 1. readers: they cycle forever; the multi-head trainer's step budgets end training
@@ -267,12 +279,7 @@ def train_multi(setup: Setup, args, ckpt_dir: str) -> dict:
     if setup.pretrain:
         mh.load_pretrain(setup.pretrain)
     # save_steps None: no periodic checkpoints (PALM: saving silently off); the final one is written below
-    mh.set_saver(save_path=ckpt_dir, save_steps=args.save_steps or None, save_type="ckpt")
-    t0 = time.perf_counter()
-    mh.train(print_steps=args.print_steps)
-    train_seconds = time.perf_counter() - t0
-    final = mh.save(os.path.join(ckpt_dir, f"ckpt.step{mh.cur_train_step}"))
-    logger.info("final checkpoint saved at %s", final)
+    final, train_seconds = train_and_save(mh, args, ckpt_dir)
 
     total = max(mh.cur_train_step, 1)
     expected = mh.sampler.mean_probabilities()
@@ -310,12 +317,7 @@ def train_single(setup: Setup, args, task: str, num_epochs: float, lr: float, ck
         trainer.load_ckpt(init_ckpt, training_state=False)
     elif setup.pretrain:
         trainer.load_pretrain(setup.pretrain)
-    trainer.set_saver(save_path=ckpt_dir, save_steps=args.save_steps or None, save_type="ckpt")
-    t0 = time.perf_counter()
-    trainer.train(print_steps=args.print_steps)
-    train_seconds = time.perf_counter() - t0
-    final = trainer.save(os.path.join(ckpt_dir, f"ckpt.step{trainer.cur_train_step}"))
-    logger.info("final checkpoint saved at %s", final)
+    final, train_seconds = train_and_save(trainer, args, ckpt_dir)
     return {"checkpoint": final, "train_seconds": train_seconds, "global_steps": trainer.cur_train_step,
             "schedule_steps": sched.num_train_steps, "steps": {task: trainer.cur_train_step},
             "budgets": {task: trainer.task.budget}, "steps_per_epoch": {task: trainer.steps_per_epoch},

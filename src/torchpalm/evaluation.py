@@ -63,6 +63,14 @@ def default_metric(head) -> Metric:
                      f"metric=fn) with fn(results, reader) -> {{name: value}}")
 
 
+def best_checkpoint_dir(save_best: bool, save_dir: str | None, saver_args: tuple | None) -> str | None:
+    """Where `set_evaluation` keeps best checkpoints: `save_dir`, else the `set_saver` path; None when not kept."""
+    save_dir = save_dir or (saver_args[0] if saver_args else None)
+    if save_best and save_dir is None:
+        raise ValueError("save_best needs save_dir (or set_saver first), or pass save_best=False")
+    return save_dir if save_best else None
+
+
 class Evaluator:
     """Scores the dev sets of some tasks during training and keeps the best (see the module docstring).
 

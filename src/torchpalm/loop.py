@@ -103,35 +103,23 @@ class MultiTaskModel(nn.Module):
 
 
 
-def model_state(backbone: nn.Module, tasks: dict[str, Task], heads: dict[str, nn.Module] | None = None
-                ) -> dict[str, torch.Tensor]:
-    """Parameters and buffers under checkpoint names (see the module docstring)."""
-    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    for name, task in tasks.items():
-        if task.reuse_head_with is None:
-            head = heads[name] if heads is not None else task.head
-            state.update({f"{name}.{k}": v for k, v in head.state_dict().items()})
-    return state
-
-
 def load_model_state(backbone: nn.Module, heads: dict[str, nn.Module], tasks: dict[str, Task],
                      state: dict[str, torch.Tensor], source: str) -> None:
     """Assigns a checkpoint's backbone and head tensors; a head the checkpoint lacks is an error naming it."""
     in_file = sorted({k.split(".", 1)[0] for k in state if not k.startswith(("backbone.", "ema."))})
+    head_states = {}
     for name, head in heads.items():
         owner = tasks[name].head_owner
-        head_state = {k[len(owner) + 1:]: v for k, v in state.items() if k.startswith(owner + ".")}
-        if not head_state and any(p.numel() for p in head.parameters()):
+        head_states[name] = {k[len(owner) + 1:]: v for k, v in state.items() if k.startswith(owner + ".")}
+        if not head_states[name] and any(p.numel() for p in head.parameters()):
             raise KeyError(f"{source}: no parameters for task '{owner}' (tasks in the checkpoint: {in_file}); "
                            f"name the Trainer like the task that was trained")
     bb_state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     for name in ckpt.assign_state(backbone, bb_state, source):
         logger.info("Warning: backbone.%s not found in %s.", name, source)
     for name, head in heads.items():
-        owner = tasks[name].head_owner
-        head_state = {k[len(owner) + 1:]: v for k, v in state.items() if k.startswith(owner + ".")}
-        for missing in ckpt.assign_state(head, head_state, source):
-            logger.info("Warning: %s.%s not found in %s.", owner, missing, source)
+        for missing in ckpt.assign_state(head, head_states[name], source):
+            logger.info("Warning: %s.%s not found in %s.", tasks[name].head_owner, missing, source)
 
 
 def rng_state() -> dict:
@@ -187,7 +175,10 @@ class TrainLoop:
         self.ema_decay = 0.0
         if use_ema:
             self.ema_decay = 0.9999 if ema_decay is None else float(ema_decay)
-            self.ema = {k: v.detach().clone() for k, v in self.state().items() if v.dtype.is_floating_point}
+            live = self.state()
+            self.ema = {k: v.detach().clone() for k, v in live.items() if v.dtype.is_floating_point}
+            # (EMA tensor, live tensor) pairs, built once: checkpoints load in place, so the live tensors stay
+            self._ema_pairs = [(self.ema[k], live[k]) for k in self.ema]
         self.global_step = 0
         self.task_steps = dict.fromkeys(tasks, 0)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since the check
@@ -195,12 +186,20 @@ class TrainLoop:
         self._save_steps: int | None = None
         self._save_types: tuple[str, ...] = ()
         self._last_saved_step = -1
-        self._export_state: Callable[[], dict[str, torch.Tensor]] | None = None
 
     # ---- state ----
     def state(self) -> dict[str, torch.Tensor]:
-        """The model's tensors under checkpoint names."""
-        return model_state(self.model.backbone, self.tasks, dict(self.model.heads))
+        """The model's tensors under checkpoint names (see the module docstring)."""
+        state = {f"backbone.{k}": v for k, v in self.model.backbone.state_dict().items()}
+        for name, task in self.tasks.items():
+            if task.reuse_head_with is None:
+                state.update({f"{name}.{k}": v for k, v in self.model.heads[name].state_dict().items()})
+        return state
+
+    def set_total_steps(self, total: int) -> None:
+        """Tells the learning-rate schedule how many steps the run takes (see `Schedualer.set_total_steps`)."""
+        if self.optimizer._sched is not None:
+            self.optimizer._sched.set_total_steps(total)
 
     def task_epoch(self, name: str) -> int:
         spe = self.tasks[name].steps_per_epoch
@@ -236,9 +235,8 @@ class TrainLoop:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        for k, v in self.state().items():
-            if k in self.ema:
-                self.ema[k].lerp_(v, 1.0 - self.ema_decay)
+        for ema, live in self._ema_pairs:
+            ema.lerp_(live, 1.0 - self.ema_decay)
 
     @contextlib.contextmanager
     def ema_weights(self):
@@ -259,15 +257,13 @@ class TrainLoop:
                     live[k].copy_(v)
 
     # ---- checkpoints ----
-    def set_saver(self, save_path: str | None, save_steps: int | None, save_types: tuple[str, ...],
-                  export_state: Callable[[], dict] | None = None) -> None:
-        """Saves every `save_steps` global steps; `export_state()` gives the trainer state written beside."""
+    def set_saver(self, save_path: str | None, save_steps: int | None, save_types: tuple[str, ...]) -> None:
+        """Saves every `save_steps` global steps (None: no periodic saving)."""
         if save_path is None or save_steps is None:
             self._save_path = self._save_steps = None
             return
         os.makedirs(save_path, exist_ok=True)
         self._save_path, self._save_steps, self._save_types = os.fspath(save_path), int(save_steps), save_types
-        self._export_state = export_state
 
     def save(self, directory: str, trainer_state: dict) -> str:
         """Writes a full training checkpoint (weights, EMA, optimizer, RNG, counters) atomically."""

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .evaluation import Evaluator
+from .evaluation import Evaluator, best_checkpoint_dir
 from .loop import MultiTaskModel, TrainLoop, autocast, load_model_state, progress_bar, to_device
 from .optimizer import Optimizer
 from .sampling import TaskSampler, run_length, step_budgets
@@ -43,7 +43,7 @@ from .trainer import (
     head_record,
     load_pretrained_backbone,
     outputs_to_numpy,
-    parse_save_type,
+    saver_args,
 )
 
 logger = logging.getLogger("torchpalm")
@@ -86,6 +86,7 @@ class MultiHeadTrainer:
         self._by_name = dict(zip(names, trainers))
         self._sampling = dict(strategy=sampling, temperature=temperature, max_examples=max_examples,
                               anneal_to=anneal_to)
+        # a bad strategy or parameter is an error here, not after the readers were fitted
         TaskSampler(sampling, [1] * len(names), [1.0] * len(names), 0, temperature, max_examples, anneal_to, 1)
         self._seed = seed
         self.device = trainers[0].device
@@ -96,9 +97,8 @@ class MultiHeadTrainer:
         self._overall_train_steps: int | None = None
         self._joint: Iterator | None = None
         self._next_draw = 0
-        self._finished: set[str] = set()
         self._saver_args: tuple | None = None
-        self._pending_state: dict | None = None
+        self._pending_sampler: dict | None = None  # sampler state of a checkpoint loaded before fitting
         self._evaluator: Evaluator | None = None
 
     # ---- properties ----
@@ -171,8 +171,8 @@ class MultiHeadTrainer:
         self._sync_schedule()
 
     def _sync_schedule(self) -> None:
-        if self._loop is not None and self._overall_train_steps is not None and optimizer_schedule(self._optimizer):
-            self._optimizer._sched.set_total_steps(self._overall_train_steps)
+        if self._loop is not None and self._overall_train_steps is not None:
+            self._loop.set_total_steps(self._overall_train_steps)
 
     def _readers_by_task(self, readers, what: str) -> dict:
         names = [t.name for t in self._trainers]
@@ -246,18 +246,16 @@ class MultiHeadTrainer:
             self._by_name[name].task.budget = budget
             if not is_aux:
                 logger.info("%s: expected train steps %d.", name, budget)
-        if pending := self._pending_state:
-            self._sampler.load_state_dict(pending.get("sampler", self._sampler.state_dict()))
+        if self._pending_sampler is not None:
+            self._sampler.load_state_dict(self._pending_sampler)
         steps = [self._loop.task_steps[n] for n in names] if self._loop is not None else None
         start = self._loop.global_step if self._loop is not None else 0
         self._overall_train_steps = run_length(self._sampler, budgets, aux, start, steps)
         logger.info("Estimated overall train steps %d.", self._overall_train_steps)
-        self._finished = {n for i, (n, b, a) in enumerate(zip(names, budgets, aux))
-                          if not a and steps is not None and steps[i] >= b}
         self._sync_schedule()
         self._next_draw = start
         self._joint = self._joint_batches()
-        self._pending_state = None
+        self._pending_sampler = None
 
     def _joint_batches(self) -> Iterator[dict]:
         """Batches of the drawn task, each with `__task_id` [1] (spec §4.2); endless (the loop decides the end)."""
@@ -295,7 +293,7 @@ class MultiHeadTrainer:
             self._loop.load_training_state(trainer_state, opt_state, rng, state)
             for t in self._trainers:
                 t._restore_reader(trainer_state.get("tasks", {}).get(t.name, {}).get("reader"))
-            self._pending_state = trainer_state
+            self._pending_sampler = trainer_state.get("sampler")
             if self._evaluator is not None and trainer_state.get("evaluation"):
                 self._evaluator.load_state_dict(trainer_state["evaluation"])
             if self._sampler is not None:  # readers already fitted: re-plan from the restored position
@@ -305,14 +303,7 @@ class MultiHeadTrainer:
 
     def set_saver(self, save_path: str, save_steps: int, save_type: str = "ckpt") -> None:
         """Saves the backbone and every head every `save_steps` global steps (see `Trainer.set_saver`)."""
-        if isinstance(save_path, int) and isinstance(save_steps, (str, os.PathLike)):
-            save_path, save_steps = save_steps, save_path
-        types = parse_save_type(save_type)
-        if "predict" in types and save_path is not None and self._pred_backbone is None:
-            raise RuntimeError("save_type 'predict' needs build_predict_forward() first")
-        if save_steps is not None and int(save_steps) < 1:
-            raise ValueError(f"save_steps must be >= 1, got {save_steps}")
-        self._saver_args = (save_path, save_steps, types)
+        self._saver_args = saver_args(save_path, save_steps, save_type, self._pred_backbone is not None)
         if self._loop is not None:
             self._loop.set_saver(*self._saver_args)
 
@@ -341,8 +332,7 @@ class MultiHeadTrainer:
     def _after_step(self, name: str) -> bool:
         """Finish messages and evaluation after each step; True stops training early."""
         trainer = self._by_name[name]
-        if not trainer.is_aux and name not in self._finished and self._loop.task_steps[name] >= trainer.task.budget:
-            self._finished.add(name)
+        if not trainer.is_aux and self._loop.task_steps[name] == trainer.task.budget:  # counts go up by one
             logger.info("%s train finish!", name)
         return self._maybe_evaluate()
 
@@ -366,12 +356,10 @@ class MultiHeadTrainer:
         """
         if self._loop is None:
             raise RuntimeError("call build_backward before set_evaluation")
-        save_dir = save_dir or (self._saver_args[0] if self._saver_args else None)
-        if save_best and save_dir is None:
-            raise ValueError("save_best needs save_dir (or set_saver first), or pass save_best=False")
         with_dev = [t for t in self._trainers if t._dev is not None]
-        self._evaluator = Evaluator(with_dev, every_steps, weights, monitor, save_dir if save_best else None,
-                                    patience, min_delta, lambda d: self._loop.save(d, self._trainer_state()))
+        self._evaluator = Evaluator(with_dev, every_steps, weights, monitor,
+                                    best_checkpoint_dir(save_best, save_dir, self._saver_args), patience, min_delta,
+                                    self.save)
 
     @property
     def eval_history(self) -> list[dict]:
@@ -525,7 +513,4 @@ class MultiHeadTrainer:
 def _same_inputs(a: dict, b: dict, keys: list[str]) -> bool:
     return all(k in a and k in b and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in keys)
 
-
-def optimizer_schedule(optimizer: Optimizer | None):
-    return getattr(optimizer, "_sched", None) if optimizer is not None else None
 

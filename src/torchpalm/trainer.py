@@ -14,6 +14,7 @@ one device (§17.37), and a checkpoint restores everything that decides the next
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .evaluation import Evaluator, default_metric
+from .evaluation import Evaluator, best_checkpoint_dir, default_metric
 from .loop import (
     MultiTaskModel,
     Task,
@@ -238,8 +239,8 @@ class Trainer:
 
     def _sync_schedule(self) -> None:
         """The schedule learns the number of steps training runs from the same place the loop does."""
-        if self._loop is self._own_loop() and self._task.budget is not None and self._optimizer._sched is not None:
-            self._optimizer._sched.set_total_steps(self._task.budget)
+        if self._own_loop() is not None and self._task.budget is not None:
+            self._loop.set_total_steps(self._task.budget)
 
     def _own_loop(self) -> TrainLoop | None:
         return self._loop if self._multi_task is None else None
@@ -333,15 +334,7 @@ class Trainer:
     def set_saver(self, save_path: str, save_steps: int, save_type: str = "ckpt") -> None:
         """Saves every `save_steps` steps to `save_path/ckpt.step<N>` ('ckpt': weights + training state,
         for resuming) and/or `save_path/pred.step<N>` ('predict': weights + configs, for inference)."""
-        if isinstance(save_path, int) and isinstance(save_steps, (str, os.PathLike)):
-            save_path, save_steps = save_steps, save_path  # accept PALM's README argument order too
-        types = parse_save_type(save_type)
-        if save_path is not None and save_steps is not None:
-            if int(save_steps) < 1:
-                raise ValueError(f"save_steps must be >= 1, got {save_steps}")
-            if "predict" in types and self._pred_backbone is None:
-                raise RuntimeError("save_type 'predict' needs build_predict_forward(pred_backbone, pred_head) first")
-        self._saver_args = (save_path, save_steps, types)
+        self._saver_args = saver_args(save_path, save_steps, save_type, self._pred_backbone is not None)
         if self._loop is not None:
             self._loop.set_saver(*self._saver_args)
 
@@ -410,11 +403,9 @@ class Trainer:
         """
         if self._loop is None:
             raise RuntimeError("call build_backward before set_evaluation")
-        save_dir = save_dir or (self._saver_args[0] if self._saver_args else None)
-        if save_best and save_dir is None:
-            raise ValueError("save_best needs save_dir (or set_saver first), or pass save_best=False")
-        self._evaluator = Evaluator([self], every_steps, None, self._name, save_dir if save_best else None,
-                                    patience, min_delta, self.save)
+        self._evaluator = Evaluator([self], every_steps, None, self._name,
+                                    best_checkpoint_dir(save_best, save_dir, self._saver_args), patience, min_delta,
+                                    self.save)
 
     # ---- training ----
     def train_one_step(self, batch: dict) -> dict[str, np.ndarray]:
@@ -455,8 +446,6 @@ class Trainer:
 
     # ---- prediction ----
     def _ema_weights(self):
-        import contextlib
-
         return self._loop.ema_weights() if self._loop is not None else contextlib.nullcontext()
 
     @torch.no_grad()
@@ -518,11 +507,19 @@ def load_pretrained_backbone(backbone: nn.Module, model_path: str) -> None:
     logger.info("")
 
 
-def parse_save_type(save_type: str) -> tuple[str, ...]:
+def saver_args(save_path, save_steps, save_type: str, can_export: bool) -> tuple:
+    """Checks `set_saver`'s arguments (PALM's README order `(save_steps, save_path)` is accepted too) and returns
+    `(save_path, save_steps, save types)` for `TrainLoop.set_saver`."""
+    if isinstance(save_path, int) and isinstance(save_steps, (str, os.PathLike)):
+        save_path, save_steps = save_steps, save_path
     types = tuple(t.strip() for t in str(save_type).split(",") if t.strip())
     if any(t not in ("ckpt", "predict") for t in types):
         raise ValueError(f"save_type must be a comma-separated subset of 'ckpt,predict', got {save_type!r}")
-    return types
+    if save_steps is not None and int(save_steps) < 1:
+        raise ValueError(f"save_steps must be >= 1, got {save_steps}")
+    if save_path is not None and "predict" in types and not can_export:
+        raise RuntimeError("save_type 'predict' needs build_predict_forward(pred_backbone, pred_head) first")
+    return save_path, save_steps, types
 
 
 def backbone_record(backbone: nn.Module | None) -> dict:
