@@ -196,10 +196,10 @@ class TrainLoop:
                 state.update({f"{name}.{k}": v for k, v in self.model.heads[name].state_dict().items()})
         return state
 
-    def set_total_steps(self, total: int) -> None:
+    def set_total_steps(self, total: int, certain: bool = True) -> None:
         """Tells the learning-rate schedule how many steps the run takes (see `Schedualer.set_total_steps`)."""
         if self.optimizer._sched is not None:
-            self.optimizer._sched.set_total_steps(total)
+            self.optimizer._sched.set_total_steps(total, certain)
 
     def task_epoch(self, name: str) -> int:
         spe = self.tasks[name].steps_per_epoch

@@ -28,10 +28,12 @@ class Schedualer:
     def lr_factor(self, t: int) -> float:
         raise NotImplementedError
 
-    def set_total_steps(self, total: int) -> None:
+    def set_total_steps(self, total: int, certain: bool = True) -> None:
         """Called by the trainer once it knows how many steps training runs (`fit_reader`), so the schedule
         and the loop agree: fills `num_train_steps` (and a fractional warmup) when they were left open (again
-        if the plan changes, e.g. on resuming), and warns when a length given by the script differs."""
+        if the plan changes, e.g. on resuming), and warns when a length given by the script differs.
+        `certain=False` (a reader that cycles forever, stepped by the script's own loop): only fills what was
+        left open, since the script decides when to stop."""
         fraction = vars(self).get("_warmup_fraction")
         if fraction is None and isinstance(getattr(self, "warmup_steps", 0), float):
             fraction = self._warmup_fraction = self.warmup_steps
@@ -42,7 +44,7 @@ class Schedualer:
         if self.num_train_steps is None or vars(self).get("_length_from_trainer"):
             self.num_train_steps, self._length_from_trainer = int(total), True
             self._check()
-        elif self.num_train_steps != total:
+        elif self.num_train_steps != total and certain:
             logger.warning("the learning-rate schedule decays over %d steps but training runs %d steps; pass "
                            "num_train_steps=None to let the trainer set it", self.num_train_steps, total)
 

@@ -240,7 +240,9 @@ class Trainer:
     def _sync_schedule(self) -> None:
         """The schedule learns the number of steps training runs from the same place the loop does."""
         if self._own_loop() is not None and self._task.budget is not None:
-            self._loop.set_total_steps(self._task.budget)
+            # a reader loaded with num_epochs=None cycles forever: train() runs one epoch, but a script's own
+            # train_one_step loop may run any number of steps, so a length the script gave is not second-guessed
+            self._loop.set_total_steps(self._task.budget, certain=self._train_reader.num_epochs is not None)
 
     def _own_loop(self) -> TrainLoop | None:
         return self._loop if self._multi_task is None else None

@@ -404,6 +404,16 @@ def test_single_task_schedule_length_comes_from_the_trainer(tmp_path, uncased_vo
     with caplog.at_level("WARNING", logger="torchpalm"):
         other.set_total_steps(18)
     assert "decays over 19 steps but training runs 18 steps" in caplog.text
+    # ... but not for a reader that cycles forever (num_epochs=None), stepped by the script's own loop for as
+    # many steps as its schedule says (PALM's manual train_one_step loop)
+    caplog.clear()
+    reader.load_data(write_cls(tmp_path / "c.tsv", 26), 4, num_epochs=None)
+    manual = palm.Trainer("m", device="cpu")
+    loss = manual.build_forward(backbone, palm.head.Classify(2, 32))
+    manual.build_backward(palm.optimizer.Adam(loss, 1e-3, palm.lr_sched.TriangularSchedualer(2, 40)))
+    with caplog.at_level("WARNING", logger="torchpalm"):
+        manual.fit_reader(reader)
+    assert "decays over" not in caplog.text
 
 
 def dev_readers(s: Setup):
