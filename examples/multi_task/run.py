@@ -111,6 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--aux", action="append", default=[], choices=TASKS, metavar="TASK",
                    help="mark TASK auxiliary (set_as_aux: it trains but never decides the end); repeatable")
     p.add_argument("--mix_ratio", type=mix_ratios, default={}, help="e.g. slot=1.0,intent=0.5 (default 1.0 each)")
+    p.add_argument("--loss_weight", type=mix_ratios, default={},
+                   help="per-task loss factors, e.g. slot=0.1 (default 1.0 each; the CRF's loss sums over words)")
     p.add_argument("--reference", default=None, choices=TASKS,
                    help="sampling reference task: its epochs define the budgets (default: the first main task)")
     p.add_argument("--sampling", default="ratio", choices=SAMPLING, help="how each step's task is drawn")
@@ -263,7 +265,8 @@ def train_multi(setup: Setup, args, ckpt_dir: str) -> dict:
     # 4. heads  5. one trainer per task, each building on the same backbone
     trainers = {}
     for task in args.tasks:
-        trainers[task] = palm.Trainer(task, mix_ratio=args.mix_ratio.get(task, 1.0), device=args.device)
+        trainers[task] = palm.Trainer(task, mix_ratio=args.mix_ratio.get(task, 1.0), device=args.device,
+                                      loss_weight=args.loss_weight.get(task, 1.0))
         if task in args.aux:
             trainers[task].set_as_aux()
         trainers[task].build_forward(backbone, setup.head(task))

@@ -64,6 +64,7 @@ class Task:
     """One task: what it is called, its head, the reader it trains on, and how multi-task training treats it.
 
     `budget` is the number of steps the task trains (its finish line), set when a reader is fitted.
+    `loss_weight` scales the loss this task backpropagates (the logged loss is unscaled).
     """
 
     name: str
@@ -73,6 +74,7 @@ class Task:
     is_aux: bool = False
     reuse_head_with: str | None = None
     budget: int | None = None
+    loss_weight: float = 1.0
 
     @property
     def steps_per_epoch(self) -> int:
@@ -214,7 +216,8 @@ class TrainLoop:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         with autocast(self.device, self.precision):
             loss = self.model(task, to_device(batch, self.device))["loss"]
-        loss.backward()
+        weight = self.tasks[task].loss_weight
+        (loss * weight if weight != 1.0 else loss).backward()
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.torch_optimizer.step()

@@ -97,23 +97,31 @@ class Trainer:
         device: torch device; default CUDA if available, else CPU (one device).
         precision: 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bf16', 'fp16' or 'fp32'.
         grad_clip: clip the global gradient norm to this value (None: no clipping, as PALM).
+        loss_weight: factor on this task's loss before backpropagation (not in PALM). In multi-task training
+            the tasks' losses can differ in scale by an order of magnitude (a CRF sums over a sentence's words,
+            a classifier's cross-entropy is one number per sentence), and with Adam's shared second-moment
+            estimate on the backbone the larger one sets the step size for both; weights rebalance that.
+            Logged losses are unweighted.
     """
 
     def __init__(self, name: str, mix_ratio: float = 1.0, reuse_head_with: str | None = None,
                  device: str | torch.device | None = None, precision: str = "auto",
-                 grad_clip: float | None = None):
+                 grad_clip: float | None = None, loss_weight: float = 1.0):
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"task name must be a non-empty string without '.', got {name!r}")
         if precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"precision must be 'auto', 'bf16', 'fp16' or 'fp32', got {precision!r}")
         if mix_ratio < 0:
             raise ValueError(f"mix_ratio must be >= 0, got {mix_ratio}")
+        if not loss_weight > 0:
+            raise ValueError(f"loss_weight must be > 0, got {loss_weight}")
         ensure_console_logging()
         self._name = name
         self.device = torch.device(device) if device is not None else default_device()
         self._precision = precision
         self._grad_clip = grad_clip
-        self._task = Task(name, head=None, mix_ratio=float(mix_ratio), reuse_head_with=reuse_head_with)
+        self._task = Task(name, head=None, mix_ratio=float(mix_ratio), reuse_head_with=reuse_head_with,
+                          loss_weight=float(loss_weight))
         self._backbone = self._head = self._model = None
         self._pred_backbone = self._pred_head = None
         self._optimizer: Optimizer | None = None

@@ -353,6 +353,24 @@ def test_grad_clip_bounds_the_global_norm_the_optimizer_sees(tmp_path, uncased_v
         torch.testing.assert_close(b, a * factor, rtol=1e-4, atol=1e-10)
 
 
+def test_loss_weight_scales_the_gradients_but_not_the_reported_loss(tmp_path, uncased_vocab, tiny_config):
+    config = no_dropout(tiny_config)
+    recorded, losses = {}, {}
+    for weight in (1.0, 0.25):
+        s = tagging_setup(tmp_path, uncased_vocab, config, loss_weight=weight)
+        grads = record_grads_at_step(s.trainer)
+        losses[weight] = float(s.trainer.train_one_step(s.trainer.get_one_batch())[f"{TASK}.loss"])
+        recorded[weight] = grads[0]
+    assert losses[0.25] == pytest.approx(losses[1.0], rel=1e-6)  # the logged loss is the task's own
+    full = [g for g in recorded[1.0].values() if g is not None]
+    scaled = [g for g in recorded[0.25].values() if g is not None]
+    assert len(full) == len(scaled) > 0
+    for a, b in zip(full, scaled, strict=True):
+        torch.testing.assert_close(b, 0.25 * a, rtol=1e-4, atol=1e-10)
+    with pytest.raises(ValueError, match="loss_weight must be > 0"):
+        palm.Trainer("w", loss_weight=0)
+
+
 # ------------------------------------------------------------------------------------------ 5. truncation
 
 
