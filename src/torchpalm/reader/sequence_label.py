@@ -24,7 +24,6 @@ the head can still emit one label (the no-entity label) per input word.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import DataError, Reader, collate_common, pad_2d, read_lines, read_tsv
+from .base import DataError, Reader, collate_common, load_label_map, pad_2d, preview, read_lines, read_tsv
 
 logger = logging.getLogger("torchpalm")
 
@@ -175,39 +174,14 @@ def _read_conll_sentences(path: str, require_tags: bool) -> list[TaggedSentence]
     return sentences
 
 
-def load_label_map(label_map_config: str | os.PathLike | Mapping[str, int]) -> tuple[dict[str, int], str]:
-    """Reads and validates a `{tag: id}` map (a JSON file path or a dict); returns (map, where it came from)."""
-    if isinstance(label_map_config, Mapping):
-        source, label_map = "the label_map_config dict", dict(label_map_config)
-    else:
-        source = os.fspath(label_map_config)
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"label map file not found: {source}")
-        try:
-            with open(source, encoding="utf-8") as f:
-                label_map = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{source}:{e.lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(label_map, dict):
-            raise ValueError(f"{source}: expected a JSON object {{tag: id}}, got {type(label_map).__name__}")
-    if not label_map:
-        raise ValueError(f"{source}: the label map is empty")
-    for tag, i in label_map.items():
-        if not isinstance(tag, str) or isinstance(i, bool) or not isinstance(i, int) or i < 0:
-            raise ValueError(f"{source}: label map entries must be tag -> non-negative integer id, got {tag!r}: {i!r}")
-    if len(set(label_map.values())) != len(label_map):
-        dup = sorted(i for i in set(label_map.values()) if list(label_map.values()).count(i) > 1)
-        raise ValueError(f"{source}: ids {dup} are used by more than one tag")
-    return label_map, source
-
-
 class SequenceLabelReader(Reader):
     """Reads word-tagged sentences and yields sub-token inputs with word-level labels.
 
     Args:
         vocab_path: vocabulary file.
         max_len: maximum sub-tokens per sequence including [CLS]/[SEP].
-        label_map_config: path to a JSON `{tag: id}` or a dict; None builds the map from the training file's
+        label_map_config: a dict `{tag: id}`, a list of tags (index = id), or the path of a JSON file holding
+            either; None builds the map from the training file's
             tags (sorted, so it is deterministic; see `label_map`). Required in predict.
         tokenizer, lang, seed, do_lower_case, phase: as for every reader (spec §5.1); `lang` changes nothing
             here (words come pre-split, and CJK characters are split by the tokenizer anyway).
@@ -222,7 +196,7 @@ class SequenceLabelReader(Reader):
         self,
         vocab_path: str | os.PathLike,
         max_len: int,
-        label_map_config: str | os.PathLike | Mapping[str, int] | None,
+        label_map_config: str | os.PathLike | Mapping[str, int] | Sequence[str] | None,
         tokenizer: str = "wordpiece",
         lang: str = "en",
         seed: int | None = None,
@@ -243,7 +217,7 @@ class SequenceLabelReader(Reader):
         self._label_map: dict[str, int] | None = None
         self._label_map_source = "the training tags"
         if label_map_config is not None:
-            self._label_map, self._label_map_source = load_label_map(label_map_config)
+            self._label_map, self._label_map_source = load_label_map(label_map_config, what="tag")
             self._check_no_entity()
         elif phase == "predict":
             raise ValueError("label_map_config is required in predict: pass the training reader's label_map "
@@ -252,7 +226,7 @@ class SequenceLabelReader(Reader):
     def _check_no_entity(self) -> None:
         if self._no_entity_label not in self._label_map:
             raise ValueError(f"no_entity_label {self._no_entity_label!r} is not in the label map "
-                             f"({self._label_map_source}); tags: {_preview(sorted(self._label_map))}")
+                             f"({self._label_map_source}); tags: {preview(sorted(self._label_map))}")
 
     # ---- register protocol ----
     def _task_outputs(self):
@@ -364,7 +338,7 @@ class SequenceLabelReader(Reader):
         except KeyError:
             k = next(k for k, t in enumerate(s.tags) if t not in self._label_map)
             raise DataError(f"{path}:{s.word_lines[k]}: tag {s.tags[k]!r} (word {s.words[k]!r}) is not in the label "
-                            f"map ({self._label_map_source}); known tags: {_preview(sorted(self._label_map))}"
+                            f"map ({self._label_map_source}); known tags: {preview(sorted(self._label_map))}"
                             ) from None
 
     def _collate(self, examples, rng):
@@ -393,8 +367,3 @@ class SequenceLabelReader(Reader):
         return {"word_counts": [e["n_words"] for e in examples],
                 "kept_word_counts": [len(e["word_starts"]) for e in examples],
                 "words": [e["words"] for e in examples], "id2label": self.id2label}
-
-
-def _preview(items: Sequence[str], n: int = 20) -> str:
-    shown = ", ".join(repr(x) for x in items[:n])
-    return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)} in all)"
