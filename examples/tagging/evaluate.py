@@ -5,7 +5,8 @@ number NER papers report), the per-type scores, and PALM's legacy token "f1" (`p
 with `O` included), which is what the published MSRA 99.2 measures.
 
 Predictions: one JSON list of tag ids per line and sentence, one id per word (torchpalm's SequenceLabel
-output). Gold: a PALM TSV (`text_a<TAB>label`) or a CoNLL column file (tag in the last column).
+output). Gold: a PALM TSV (`text_a<TAB>label`), one sentence per line (`tokens<TAB>tags`) or a CoNLL column
+file (tag in the last column).
 Usage: python evaluate.py outputs/predict/predictions.json path/to/test.txt outputs/label_map.json [--scheme BMES]
        [--mode strict]     (the scheme defaults to the one the label map's tags are written in)
 """
@@ -43,7 +44,7 @@ def evaluate(predictions_path: str, gold_path: str, label_map: str | dict, schem
         label_map: the `{tag: id}` JSON file (or dict) the model was trained with.
         scheme: tagging scheme for entity decoding: 'IOB2' (CoNLL-2003 as shipped, MSRA BIO), 'IOB1', 'IOBES',
             'BMES', 'BILOU', or None to read it off the label map's tags (`torchpalm.metrics.infer_scheme`).
-        file_format: 'tsv', 'conll' or None (detect).
+        file_format: 'tsv', 'lines', 'conll' or None (detect).
         verbose: print PALM's lines and the entity scores.
         mode: 'default' (seqeval's default) or 'strict' (seqeval's strict mode).
 
@@ -92,7 +93,7 @@ def main(argv=None):
     p.add_argument("--scheme", default=None, choices=["IOB1", "IOB2", "BIOES", "IOBES", "BMES", "BILOU"],
                    help="tagging scheme (default: read off the label map's tags)")
     p.add_argument("--mode", default="default", choices=["default", "strict"])
-    p.add_argument("--file_format", default=None, choices=["tsv", "conll"])
+    p.add_argument("--file_format", default=None, choices=["tsv", "lines", "conll"])
     args = p.parse_args(argv)
     label_map = args.label_map
     if label_map is None:
