@@ -80,7 +80,7 @@ FORMAT_NAMES = {
 
 
 def _tags_in(field: str) -> list[str]:
-    """The tags of a tag field: split on \x02 when it has one, else on spaces (empty pieces dropped)."""
+    """The tags of a tag field: split on `\\x02` when it has one, else on spaces (empty pieces dropped)."""
     return [t for t in field.split("\x02" if "\x02" in field else " ") if t.strip()]
 
 
