@@ -5,8 +5,10 @@ number NER papers report), the per-type scores, and PALM's legacy token "f1" (`p
 with `O` included), which is what the published MSRA 99.2 measures.
 
 Predictions: one JSON list of tag ids per line and sentence, one id per word (torchpalm's SequenceLabel
-output). Gold: a PALM TSV (`text_a<TAB>label`) or a CoNLL column file (tag in the last column).
-Usage: python evaluate.py outputs/predict/predictions.json path/to/test.txt outputs/label_map.json [--scheme IOB2]
+output). Gold: a PALM TSV (`text_a<TAB>label`), one sentence per line (`tokens<TAB>tags`) or a CoNLL column
+file (tag in the last column).
+Usage: python evaluate.py outputs/predict/predictions.json path/to/test.txt outputs/label_map.json [--scheme BMES]
+       [--mode strict]     (the scheme defaults to the one the label map's tags are written in)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 import json
 import os
 
-from torchpalm.metrics import chunk_f1, palm_token_f1
+from torchpalm.metrics import chunk_f1, infer_scheme, palm_token_f1
 from torchpalm.reader.sequence_label import load_label_map, read_tagged_file
 
 
@@ -32,17 +34,19 @@ def read_predictions(path: str) -> list[list[int]]:
     return preds
 
 
-def evaluate(predictions_path: str, gold_path: str, label_map: str | dict, scheme: str = "IOB2",
-             file_format: str | None = None, verbose: bool = True) -> dict:
+def evaluate(predictions_path: str, gold_path: str, label_map: str | dict, scheme: str | None = None,
+             file_format: str | None = None, verbose: bool = True, mode: str = "default") -> dict:
     """Entity P/R/F1 (overall and per type) and PALM's legacy token f1 of a predictions file.
 
     Args:
         predictions_path: predictions.json (one list of tag ids per sentence).
         gold_path: the gold file the predictions were made on (same sentences, same order).
         label_map: the `{tag: id}` JSON file (or dict) the model was trained with.
-        scheme: tagging scheme for entity decoding: 'IOB2' (CoNLL-2003 as shipped, MSRA BIO), 'IOB1', 'BIOES'.
-        file_format: 'tsv', 'conll' or None (detect).
+        scheme: tagging scheme for entity decoding: 'IOB2' (CoNLL-2003 as shipped, MSRA BIO), 'IOB1', 'IOBES',
+            'BMES', 'BILOU', or None to read it off the label map's tags (`torchpalm.metrics.infer_scheme`).
+        file_format: 'tsv', 'lines', 'conll' or None (detect).
         verbose: print PALM's lines and the entity scores.
+        mode: 'default' (seqeval's default) or 'strict' (seqeval's strict mode).
 
     Returns:
         {'n', 'precision', 'recall', 'f1' (entity level), 'per_type', 'palm_token_f1'}.
@@ -62,19 +66,18 @@ def evaluate(predictions_path: str, gold_path: str, label_map: str | dict, schem
         unknown = [i for i in p if i not in id2label]
         if unknown:
             raise SystemExit(f"{predictions_path}:{k + 1}: tag id {unknown[0]} is not in the label map ({source})")
-        missing = [t for t in s.tags if t not in label_map]
-        if missing:
-            raise SystemExit(f"{gold_path}:{s.line}: gold tag {missing[0]!r} is not in the label map ({source})")
         gold_tags.append(s.tags)
         pred_tags.append([id2label[i] for i in p])
-        gold_ids.append([label_map[t] for t in s.tags])
-    scores = chunk_f1(gold_tags, pred_tags, scheme=scheme)
+        # A gold tag the model never saw is no error: its words are simply never predicted right (id -1).
+        gold_ids.append([label_map.get(t, -1) for t in s.tags])
+    scheme = scheme or infer_scheme(label_map)
+    scores = chunk_f1(gold_tags, pred_tags, scheme=scheme, mode=mode)
     legacy = palm_token_f1(gold_ids, preds)
     if verbose:
         print(f"data num: {len(sentences)}")
         print(f"f1: {legacy:.4f}   (PALM's legacy token-level score: token accuracy, O included)")
         print(f"entity precision: {scores['precision']:.4f}, entity recall: {scores['recall']:.4f}, "
-              f"entity f1: {scores['f1']:.4f}   ({scheme}, seqeval default mode)")
+              f"entity f1: {scores['f1']:.4f}   ({scheme}, seqeval {mode} mode)")
         for type_, s in scores["per_type"].items():
             print(f"  {type_:<8} precision {s['precision']:.4f}  recall {s['recall']:.4f}  f1 {s['f1']:.4f}  "
                   f"support {s['support']}")
@@ -87,14 +90,16 @@ def main(argv=None):
     p.add_argument("gold")
     p.add_argument("label_map", nargs="?", default=None,
                    help="label map JSON (default: label_map.json next to the predictions' folder)")
-    p.add_argument("--scheme", default="IOB2", choices=["IOB1", "IOB2", "BIOES", "IOBES"])
-    p.add_argument("--file_format", default=None, choices=["tsv", "conll"])
+    p.add_argument("--scheme", default=None, choices=["IOB1", "IOB2", "BIOES", "IOBES", "BMES", "BILOU"],
+                   help="tagging scheme (default: read off the label map's tags)")
+    p.add_argument("--mode", default="default", choices=["default", "strict"])
+    p.add_argument("--file_format", default=None, choices=["tsv", "lines", "conll"])
     args = p.parse_args(argv)
     label_map = args.label_map
     if label_map is None:
         label_map = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(args.predictions))),
                                  "label_map.json")
-    return evaluate(args.predictions, args.gold, label_map, args.scheme, args.file_format)
+    return evaluate(args.predictions, args.gold, label_map, args.scheme, args.file_format, mode=args.mode)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,9 @@ def parse_args(argv=None):
     p.add_argument("--use_crf", type=int, default=1, help="1: CRF loss + Viterbi; 0: softmax + argmax")
     p.add_argument("--crf_lr_multiplier", type=float, default=1.0,
                    help="learning-rate factor of the CRF transitions (PALM: 1e-3)")
-    p.add_argument("--scheme", default="IOB2", help="tagging scheme for entity F1 (both presets are IOB2/BIO)")
+    p.add_argument("--scheme", default=None, choices=["IOB1", "IOB2", "BIOES", "IOBES", "BMES", "BILOU"],
+                   help="tagging scheme for entity F1 (default: read off the tags; both presets are IOB2/BIO)")
+    p.add_argument("--mode", default="default", choices=["default", "strict"], help="seqeval's entity F1 mode")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--train_examples", type=int, default=0, help="use only the first N training sentences")
     p.add_argument("--predict_examples", type=int, default=0, help="predict only the first N sentences")
@@ -237,7 +239,7 @@ def run(args, tmp: str) -> dict:
             continue
         print(f"== {name}", flush=True)
         scores[name] = load_evaluate().evaluate(os.path.join(pred_dir, "predictions.json"), path, label_map,
-                                                scheme=args.scheme)
+                                                scheme=args.scheme, mode=args.mode)
     # the first file's scores at the top level (as before), every file's under "by_file"
     result = dict(scores.get(args.predict_file, {}))
     if len(scores) > 1:

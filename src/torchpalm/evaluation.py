@@ -11,9 +11,9 @@ logged; the best checkpoint of every task (and of the weighted aggregate) is kep
 (`best.aggregate`); and with `patience` training stops once the monitored value has not improved by more than
 `min_delta` for that many evaluations. PaddlePALM had no evaluation hook (spec §17.23), MT-DNN none either.
 
-Default metrics by head: Classify and Match -> accuracy; SequenceLabel -> entity F1 (seqeval's definition,
-IOB2); MRC -> SQuAD F1 (CMRC2018's for Chinese readers). Any `metric(results, reader) -> {name: value}`
-works (the first key is the one compared).
+Default metrics by head: Classify and Match -> accuracy; SequenceLabel -> entity F1 (seqeval's default mode, in
+the scheme the tags are written in: IOB2, IOBES, BMES or BILOU); MRC -> SQuAD F1 (CMRC2018's for Chinese readers).
+Any `metric(results, reader) -> {name: value}` works (the first key is the one compared).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from .metrics import accuracy, chunk_f1, cmrc_em_f1, squad_em_f1
+from .metrics import accuracy, chunk_f1, cmrc_em_f1, infer_scheme, squad_em_f1
 
 logger = logging.getLogger("torchpalm")
 
@@ -33,10 +33,13 @@ def accuracy_metric(results: list[dict], reader) -> dict:
     return {"accuracy": accuracy([r["label"] for r in results], reader.gold_labels())}
 
 
-def entity_f1_metric(results: list[list[int]], reader, scheme: str = "IOB2") -> dict:
-    id2label = reader.id2label
+def entity_f1_metric(results: list[list[int]], reader, scheme: str | None = None, mode: str = "default") -> dict:
+    """Entity F1 of tag-id predictions against the reader's gold tags. Without a `scheme` it is read off the
+    tags (`infer_scheme`), so a BMES task is scored as BMES with no configuration (an M- tag used to crash)."""
+    id2label, gold = reader.id2label, reader.gold_tags()
     predicted = [[id2label[int(i)] for i in row] for row in results]
-    scores = chunk_f1(reader.gold_tags(), predicted, scheme=scheme)
+    scheme = scheme or infer_scheme([*id2label.values(), *(t for tags in gold for t in tags)])
+    scores = chunk_f1(gold, predicted, scheme=scheme, mode=mode)
     return {"f1": scores["f1"], "precision": scores["precision"], "recall": scores["recall"]}
 
 

@@ -500,7 +500,9 @@ def finish_prediction(reader, head: nn.Module, output_dir: str | None):
     """The head's epoch post-processing (MRC answers need the reader's examples); writes files, returns results."""
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
-    post = {"reader": reader.get_epoch_outputs()} if head.epoch_inputs_attrs else {"reader": None}
+    # A reader of the user's own need not have get_epoch_outputs (heads cope without it, e.g. no label names).
+    wanted = head.epoch_inputs_attrs and hasattr(reader, "get_epoch_outputs")
+    post = {"reader": reader.get_epoch_outputs() if wanted else None}
     return head.epoch_postprocess(post, output_dir=output_dir)
 
 

@@ -144,3 +144,21 @@ def test_tagging_example_msra_preset_tiny(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["hidden_size"] == 256 and config["num_hidden_layers"] == 4 and config["vocab_size"] == 21128
     assert json.loads((out / "label_map.json").read_text())["O"] == 6
+
+
+def test_evaluate_bmes_strict_and_unknown_gold_tags(tmp_path, capsys):
+    # a BMES gold file (M- tags used to crash evaluation) with a gold tag the label map lacks (not an error)
+    gold = tmp_path / "gold.txt"
+    gold.write_text("北\tB-LOC\n京\tM-LOC\n市\tE-LOC\n在\tO\n\n张\tS-PER\n三\tS-NEW\n\n", encoding="utf-8")
+    label_map = {"O": 0, "B-LOC": 1, "M-LOC": 2, "E-LOC": 3, "S-PER": 4}
+    preds = tmp_path / "predictions.json"
+    preds.write_text("[1, 2, 3, 0]\n[4, 0]\n")
+    scores = evaluate(str(preds), str(gold), label_map, verbose=True)
+    assert "(BMES, seqeval default mode)" in capsys.readouterr().out  # the scheme read off the label map
+    assert (scores["precision"], scores["recall"]) == (1.0, 2 / 3)
+    assert scores["palm_token_f1"] == 5 / 6  # the unknown gold tag is a miss, not a crash
+    # strict mode drops the ill-formed predicted chunk B- M- (no E-) that the default mode accepts
+    preds.write_text("[1, 2, 0, 0]\n[4, 0]\n")
+    default = evaluate(str(preds), str(gold), label_map, verbose=False)
+    strict = evaluate(str(preds), str(gold), label_map, verbose=False, mode="strict")
+    assert default["precision"] == 0.5 and strict["precision"] == 1.0

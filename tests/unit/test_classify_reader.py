@@ -172,3 +172,138 @@ def test_clone_switches_phase_outputs(tmp_path, uncased_vocab, tiny_config):
     pred = train.clone("predict")
     assert "label_ids" in train.outputs_attr and "label_ids" not in pred.outputs_attr
     assert "input_mask" in pred.outputs_attr and pred.phase == "predict" and train.phase == "train"
+
+
+# ------------------------------------------------------------------------------ data as users have it
+
+
+def labels_in_order(reader) -> list[int]:
+    return [label for b in reader for label in b["label_ids"].tolist()]
+
+
+@pytest.mark.parametrize("label_map", [["pos", "neg"], {"neg": 1, "pos": 0}, "list.json", "dict.json"])
+def test_label_names_through_a_label_map(tmp_path, uncased_vocab, label_map):
+    # names out of alphabetical order: a list's index is the id, whatever the names
+    (tmp_path / "list.json").write_text('["pos", "neg"]')
+    (tmp_path / "dict.json").write_text('{"neg": 1, "pos": 0}')
+    if label_map in ("list.json", "dict.json"):
+        label_map = str(tmp_path / label_map)
+    path = write(tmp_path, "sentence\tlabel\ngood\tpos\nbad\tneg\nfine\tpos \n")  # GLUE header, stray space
+    r = ClassifyReader(uncased_vocab, 16, label_map=label_map)
+    r.load_data(path, 3, num_epochs=1, shuffle_train=False)
+    assert labels_in_order(r) == [0, 1, 0]
+    assert r.id2label == {0: "pos", 1: "neg"} and r.get_epoch_outputs() == {"id2label": {0: "pos", 1: "neg"}}
+    assert r.gold_labels() == [0, 1, 0]
+
+
+def test_unknown_label_is_an_error_in_train_only(tmp_path, uncased_vocab):
+    path = write(tmp_path, "label\ttext_a\npos\tgood\nneutral\tso so\n")
+    with pytest.raises(DataError, match=r"data.tsv:3: label 'neutral' is not in the label map \(the list label "
+                                         r"map\); known labels: \['neg', 'pos'\]"):
+        ClassifyReader(uncased_vocab, 16, label_map=["neg", "pos"]).load_data(path, 2)
+    pred = ClassifyReader(uncased_vocab, 16, phase="predict", label_map=["neg", "pos"])
+    pred.load_data(path, 2)
+    assert pred.gold_labels() == [1, -1]  # an unknown gold label is a miss when scored, not an error
+    no_label = write(tmp_path, "text_a\ngood\n", "nolabel.tsv")
+    pred.load_data(no_label, 2)
+    assert pred.num_examples == 1
+    # without a label map, integer labels work as before, and a name says how to read names
+    with pytest.raises(DataError, match=r"data.tsv:2: column 'label' must be an integer, got 'pos' \(for label "
+                                         r"names, pass label_map="):
+        ClassifyReader(uncased_vocab, 16).load_data(path, 2)
+    with pytest.raises(ValueError, match="has id 2 but the head has 2 classes"):
+        ClassifyReader(uncased_vocab, 16, label_map=["a", "b", "c"]).check_num_classes(2)
+    with pytest.raises(ValueError, match=r"labels \['a'\] appear more than once"):
+        ClassifyReader(uncased_vocab, 16, label_map=["a", "b", "a"])
+    with pytest.raises(ValueError, match=r"bad.json: expected a JSON object"):
+        ClassifyReader(uncased_vocab, 16, label_map=write(tmp_path, '"pos"', "bad.json"))
+
+
+def test_file_without_header_takes_columns(tmp_path, uncased_vocab):
+    # the first line is data: with a header it would be swallowed (or fail as 'lacks the required column')
+    path = write(tmp_path, "1\thello world\n0\tgood bye\n1\tyes\n")
+    r = ClassifyReader(uncased_vocab, 16)
+    r.load_data(path, 3, num_epochs=1, shuffle_train=False, columns=["label", "text_a"])
+    assert r.num_examples == 3 and labels_in_order(r) == [1, 0, 1]
+    pairs = write(tmp_path, "a\tb\tpos\nc\td\tneg\n", "pairs.tsv")
+    r2 = ClassifyReader(uncased_vocab, 16, label_map=["neg", "pos"])
+    r2.load_data(pairs, 2, num_epochs=1, shuffle_train=False, columns=["text_a", "text_b", "label"])
+    assert labels_in_order(r2) == [1, 0]
+    r2.reset()
+    assert next(iter(r2))["token_ids"].shape[1] == 5  # [CLS] a [SEP] b [SEP]: a pair
+    with pytest.raises(DataError, match=r"data.tsv:1: expected 3 tab-separated fields \(columns: "):
+        r.load_data(path, 3, columns=["label", "text_a", "text_b"])
+    with pytest.raises(DataError, match=r"data.tsv: columns=\['text_a'\] lacks the required column\(s\) \['label'\]"):
+        r.load_data(path, 3, columns=["text_a"])
+
+
+CSV_TEXT = 'text_a,label,id\n"hello, world",1,a\n"a ""quoted""\nline",0,b\n\nplain,1,c\n'
+
+
+def test_csv_with_quotes_commas_and_newlines(tmp_path, uncased_vocab):
+    path = write(tmp_path, CSV_TEXT, "data.csv")
+    r = ClassifyReader(uncased_vocab, 32, phase="predict", do_lower_case=True)
+    r.load_data(path, 8)
+    tok = r.tokenizer
+    batch = next(iter(r))
+    assert batch["token_ids"][0, 1:4].tolist() == tok.encode("hello, world")
+    n = int((batch["token_ids"][1] != tok.pad_id).sum())
+    assert batch["token_ids"][1, 1:n - 1].tolist() == tok.encode('a "quoted"\nline')
+    assert r.gold_labels() == [1, 0, 1] and [e["line"] for e in r._examples] == [2, 3, 6]
+    # the same file as TSV (explicit format) has no 'label' column: the format argument is honoured
+    with pytest.raises(DataError, match=r"data.csv:1: header .* lacks the required column"):
+        r.load_data(path, 8, file_format="tsv")
+    headerless = write(tmp_path, '"x, y",1\nz,0\n', "nohead.csv")
+    r.load_data(headerless, 8, columns=["text_a", "label"])
+    assert r.gold_labels() == [1, 0]
+    with pytest.raises(DataError, match=r"bad.csv:3: expected 2 comma-separated fields"):
+        r.load_data(write(tmp_path, "text_a,label\nok,1\ntoo,many,1\n", "bad.csv"), 8)
+    with pytest.raises(ValueError, match="file_format must be one of"):
+        r.load_data(path, 8, file_format="xml")
+
+
+def test_json_lines(tmp_path, uncased_vocab):
+    text = '{"text_a": "good", "label": "pos"}\n\n{"sentence": "bad", "label": "neg", "idx": 3}\n'
+    for name, fmt in (("data.jsonl", None), ("data.json", None), ("data.txt", "jsonl"), ("data2.txt", "json")):
+        r = ClassifyReader(uncased_vocab, 16, label_map={"neg": 0, "pos": 1})
+        r.load_data(write(tmp_path, text, name), 2, num_epochs=1, shuffle_train=False, file_format=fmt)
+        assert labels_in_order(r) == [1, 0]
+    ints = ClassifyReader(uncased_vocab, 16)
+    ints.load_data(write(tmp_path, '{"text_a": "x", "label": 1}\n', "ints.jsonl"), 1)
+    assert ints.gold_labels() == [1]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"text_a": "x", "label": 1}\n{"text_a": "y"}\n', r"bad.jsonl:2: the object lacks the required key\(s\) "
+                                                       r"\['label'\]"),
+    ('{"text_a": "x", "label": 1}\n["y", 0]\n', r"bad.jsonl:2: expected a JSON object"),
+    ('{"text_a": "x", "label": 1}\n{"text_a": "y", label: 0}\n', r"bad.jsonl:2: not a JSON object"),
+    ('{"text_a": ["x"], "label": 1}\n', r"bad.jsonl:1: key 'text_a' must be a string"),
+    ('{"text_a": "x", "label": 1, "text_b": "z"}\n{"text_a": "y", "label": 0}\n', r"bad.jsonl:2: keys .* differ"),
+])
+def test_json_lines_errors_name_file_and_line(tmp_path, uncased_vocab, content, message):
+    with pytest.raises(DataError, match=message):
+        ClassifyReader(uncased_vocab, 16).load_data(write(tmp_path, content, "bad.jsonl"), 1)
+
+
+def test_predictions_carry_label_names(tmp_path, uncased_vocab):
+    import json
+
+    import numpy as np
+
+    from torchpalm.head import Classify
+    from torchpalm.trainer import finish_prediction
+
+    r = ClassifyReader(uncased_vocab, 16, phase="predict", label_map=["neg", "pos"])
+    r.load_data(write(tmp_path, "text_a\nx\ny\n"), 2)
+    head = Classify(2, 8, phase="predict")
+    head.batch_postprocess({"logits": np.array([[0.1, 0.9], [2.0, -1.0]]), "probs": np.array([[0.3, 0.7]] * 2)})
+    out = finish_prediction(r, head, str(tmp_path / "pred"))
+    assert [(p["label"], p["label_name"]) for p in out] == [(1, "pos"), (0, "neg")]
+    lines = [json.loads(line) for line in open(tmp_path / "pred" / "predictions.json")]
+    assert [p["label_name"] for p in lines] == ["pos", "neg"]
+    # no label map: PALM's results, unchanged
+    plain = ClassifyReader(uncased_vocab, 16, phase="predict")
+    plain.load_data(write(tmp_path, "text_a\nx\n", "plain.tsv"), 1)
+    head.batch_postprocess({"logits": np.array([[0.1, 0.9]]), "probs": np.array([[0.3, 0.7]])})
+    assert set(finish_prediction(plain, head, None)[0]) == {"index", "label", "logits", "probs"}

@@ -233,3 +233,50 @@ def test_pairwise_needs_pairwise_backbone(tmp_path, uncased_vocab, tiny_config):
     # predict heads need no negative branch
     pred = palm.head.Match(2, 32, learning_strategy="pairwise", phase="predict")
     assert set(pred({"sentence_pair_embedding": torch.randn(2, 32)}, {})) == {"probs"}
+
+
+# ------------------------------------------------------------------------------ data as users have it
+
+
+def test_glue_style_named_columns_with_label_names_and_predicted_names(tmp_path, uncased_vocab):
+    import json
+
+    from torchpalm.trainer import finish_prediction
+
+    # MRPC's own header (#1 String / #2 String / Quality), with label names instead of 0/1
+    text = ("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+            "paraphrase\t1\t2\tthe cat sat\ta cat was sitting\n"
+            "different\t3\t4\tit rains\tstocks fell\n")
+    path = write(tmp_path, text)
+    r = MatchReader(uncased_vocab, 32, label_map={"different": 0, "paraphrase": 1}, do_lower_case=True)
+    r.load_data(path, 2, num_epochs=1, shuffle_train=False)
+    assert next(iter(r))["label_ids"].tolist() == [1, 0]
+    bad = write(tmp_path, text.replace("different\t3", "unrelated\t3"), "bad.tsv")
+    with pytest.raises(DataError, match=r"bad.tsv:3: label 'unrelated' is not in the label map .*'different', "
+                                        r"'paraphrase'"):
+        r.load_data(bad, 2)
+    pred = MatchReader(uncased_vocab, 32, phase="predict", label_map={"different": 0, "paraphrase": 1})
+    pred.load_data(bad, 2)  # an unknown gold label is not an error in predict
+    assert pred.gold_labels() == [1, -1]
+    head = palm.head.Match(2, 8, phase="predict")
+    head.batch_postprocess({"logits": np.array([[0.0, 1.0], [1.0, 0.0]]), "probs": np.array([[0.3, 0.7]] * 2)})
+    out = finish_prediction(pred, head, str(tmp_path / "pred"))
+    assert [(p["label"], p["label_name"]) for p in out] == [(1, "paraphrase"), (0, "different")]
+    lines = [json.loads(line) for line in open(tmp_path / "pred" / "predictions.json")]
+    assert [p["label_name"] for p in lines] == ["paraphrase", "different"]
+
+
+def test_match_csv_jsonl_and_headerless(tmp_path, uncased_vocab):
+    csv_path = write(tmp_path, 'text_a,text_b,label\n"a, b",c,yes\nd,"e ""f""",no\n', "d.csv")
+    jsonl_path = write(tmp_path, '{"text_a": "a, b", "text_b": "c", "label": "yes"}\n'
+                                 '{"question1": "d", "question2": "e \\"f\\"", "is_duplicate": "no"}\n', "d.jsonl")
+    headerless = write(tmp_path, 'a, b\tc\tyes\nd\te "f"\tno\n', "d.tsv")
+    got = []
+    for path, columns in ((csv_path, None), (jsonl_path, None), (headerless, ["text_a", "text_b", "label"])):
+        r = MatchReader(uncased_vocab, 32, label_map=["no", "yes"])
+        r.load_data(path, 2, num_epochs=1, shuffle_train=False, columns=columns)
+        batch = next(iter(r))
+        got.append((batch["label_ids"].tolist(), batch["token_ids"].tolist()))
+    assert got[0] == got[1] == got[2] and got[0][0] == [1, 0]
+    with pytest.raises(DataError, match=r"d.csv:1: header .* lacks the required column\(s\) \['text_b_neg'\]"):
+        MatchReader(uncased_vocab, 32, learning_strategy="pairwise").load_data(csv_path, 2)

@@ -17,6 +17,7 @@ from torchpalm.metrics import (
     cmrc_exact_match,
     cmrc_f1,
     get_entities,
+    infer_scheme,
     load_squad_articles,
     mixed_segmentation,
     normalize_answer,
@@ -31,7 +32,7 @@ from torchpalm.metrics import (
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TYPES = ["PER", "LOC", "ORG", "MISC"]
-SCHEME_PREFIXES = {"IOB1": "BI", "IOB2": "BI", "BIOES": "BIES"}
+SCHEME_PREFIXES = {"IOB1": "BI", "IOB2": "BI", "BIOES": "BIES", "BMES": "BMES", "BILOU": "BILU"}
 
 
 def data_file(*parts: str) -> Path:
@@ -172,6 +173,67 @@ def test_chunk_f1_matches_seqeval_on_random_sequences(scheme):
         assert get_entities(seq, scheme) == sequence_labeling.get_entities(seq)
     ours = assert_same_as_seqeval(y_true, y_pred, scheme)
     assert 0.0 < ours["f1"] < 1.0
+
+
+def as_seqeval_iobes(seqs: list[list[str]]) -> list[list[str]]:
+    """BMES written as seqeval's IOBES (M- is I-): the independent reference for BMES."""
+    return [["I" + t[1:] if t.startswith("M") else t for t in seq] for seq in seqs]
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("scheme, reference", [("IOB2", "IOB2"), ("IOB1", "IOB1"), ("IOBES", "IOBES"),
+                                               ("BMES", "IOBES"), ("BILOU", "BILOU")])
+def test_strict_mode_and_bmes_match_seqeval_on_random_sequences(scheme, reference):
+    seqeval = pytest.importorskip("seqeval.metrics")
+    schemes = pytest.importorskip("seqeval.scheme")
+    key = "BIOES" if scheme == "IOBES" else scheme
+    rng = np.random.default_rng(99)
+    y_true = random_tag_seqs(rng, key)
+    y_pred = corrupt(rng, y_true, key, rate=0.3)
+    ref_true, ref_pred = (as_seqeval_iobes(y_true), as_seqeval_iobes(y_pred)) if scheme == "BMES" else (y_true, y_pred)
+    ref_scheme = getattr(schemes, reference)
+    for seq, ref in zip(y_true + y_pred, ref_true + ref_pred, strict=True):
+        want = [(e.tag, e.start, e.end - 1) for e in schemes.Tokens(ref, ref_scheme).entities]
+        assert get_entities(seq, scheme, mode="strict") == want, seq
+    ours = chunk_f1(y_true, y_pred, scheme=scheme, mode="strict")
+    kw = {"mode": "strict", "scheme": ref_scheme}
+    assert ours["f1"] == pytest.approx(seqeval.f1_score(ref_true, ref_pred, **kw), abs=1e-12)
+    assert ours["precision"] == pytest.approx(seqeval.precision_score(ref_true, ref_pred, **kw), abs=1e-12)
+    assert ours["recall"] == pytest.approx(seqeval.recall_score(ref_true, ref_pred, **kw), abs=1e-12)
+    report = seqeval.classification_report(ref_true, ref_pred, output_dict=True, **kw)
+    for name in {k for k in report if not k.endswith(" avg")}:
+        assert ours["per_type"][name]["support"] == report[name]["support"]
+        assert ours["per_type"][name]["f1"] == pytest.approx(report[name]["f1-score"], abs=1e-12)
+    assert 0.0 < ours["f1"] < 1.0
+    # strict differs from the default on these malformed sequences (else the test would prove little)
+    if scheme != "BILOU":
+        assert ours["f1"] != chunk_f1(y_true, y_pred, scheme=scheme)["f1"]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_bmes_default_mode_matches_seqeval_on_iobes():
+    seqeval = pytest.importorskip("seqeval.metrics")
+    rng = np.random.default_rng(5)
+    y_true = random_tag_seqs(rng, "BMES")
+    y_pred = corrupt(rng, y_true, "BMES", rate=0.3)
+    ref_true, ref_pred = as_seqeval_iobes(y_true), as_seqeval_iobes(y_pred)
+    ours = chunk_f1(y_true, y_pred, scheme="BMES")
+    assert ours["f1"] == pytest.approx(seqeval.f1_score(ref_true, ref_pred), abs=1e-12)
+    assert ours["precision"] == pytest.approx(seqeval.precision_score(ref_true, ref_pred), abs=1e-12)
+
+
+def test_bmes_and_strict_hand_cases():
+    seq = ["B-LOC", "M-LOC", "E-LOC", "S-PER", "O", "M-ORG", "E-ORG"]
+    assert get_entities(seq, "BMES") == [("LOC", 0, 2), ("PER", 3, 3), ("ORG", 5, 6)]
+    assert get_entities(seq, "BMES", mode="strict") == [("LOC", 0, 2), ("PER", 3, 3)]  # M- cannot open a chunk
+    assert get_entities(["B-PER", "I-PER", "O", "I-LOC"], mode="strict") == [("PER", 0, 1)]
+    assert get_entities(["B-X", "M-X"], "BMES", mode="strict") == []  # never ended
+    with pytest.raises(ValueError, match=r"tag 'M-LOC' is not valid in the IOB2 scheme"):
+        chunk_f1([["M-LOC"]], [["O"]])
+    with pytest.raises(ValueError, match="mode must be"):
+        chunk_f1([["O"]], [["O"]], mode="lenient")
+    assert infer_scheme(["O", "B-A", "M-A", "E-A"]) == "BMES" and infer_scheme(["O", "B-A", "I-A"]) == "IOB2"
+    assert infer_scheme(["U-A", "O"]) == "BILOU" and infer_scheme(["S-A", "B-A", "E-A"]) == "IOBES"
 
 
 def test_get_entities_hand_cases():

@@ -429,3 +429,76 @@ def test_postprocess_pads_cut_words_with_no_entity_id(tmp_path):
     with pytest.raises(ValueError, match="no-entity id is unknown"):
         head.epoch_postprocess({"reader": {"word_counts": [2]}})
     assert head.epoch_inputs_attrs == {"reader": {"word_counts": None}}
+
+
+# ------------------------------------------------------------------------------------------ data as users have it
+
+
+def test_one_sentence_per_line_chars_tags(tmp_path, chinese_vocab):
+    # "chars<TAB>tags" without a header: was read as CoNLL (word '海 钓', tag 'O O') and failed on no_entity_label
+    text = "海 钓 在 厦 门\tO O O B-LOC I-LOC\n张 三\tB-PER I-PER\n好\tO\n"
+    r = reader_for(chinese_vocab, write(tmp_path, text), lang="cn")
+    assert r.file_format == "lines" and r.num_examples == 3
+    assert r.label_map == {"B-LOC": 0, "B-PER": 1, "I-LOC": 2, "I-PER": 3, "O": 4}
+    batch = next(iter(r))
+    assert batch["seq_lens"].tolist() == [5, 2, 1]
+    assert batch["label_ids"][0].tolist() == [4, 4, 4, 0, 2] and batch["label_ids"][1, :2].tolist() == [1, 3]
+    assert r.get_epoch_outputs()["words"][1] == ["张", "三"]
+    # \x02-separated (PALM's separator) reads the same
+    r2 = reader_for(chinese_vocab, write(tmp_path, text.replace(" ", "\x02"), "x02.txt"), lang="cn")
+    assert r2.file_format == "lines" and next(iter(r2))["label_ids"].tolist() == batch["label_ids"].tolist()
+    # a first sentence of one token looks like CoNLL: the first multi-tag line says so and how to read it
+    one_first = write(tmp_path, "好\tO\n张 三\tB-PER I-PER\n", "one.txt")
+    with pytest.raises(DataError, match=r"one\.txt:2: the tag column 'B-PER I-PER' holds several tags: this looks "
+                                        r"like one sentence per line .* pass file_format='lines'"):
+        reader_for(chinese_vocab, one_first)
+    assert reader_for(chinese_vocab, one_first, file_format="lines").num_examples == 2
+    with pytest.raises(DataError, match=r"one\.txt:1: 1 words but 2 tags"):  # counts still checked
+        reader_for(chinese_vocab, write(tmp_path, "好\tB-PER I-PER\n", "one.txt"))
+
+
+def test_headerless_tsv_with_named_columns(tmp_path, uncased_vocab):
+    path = write(tmp_path, "B-X O\tx y\nO\tz\n")  # tags first: not the default column order
+    r = SequenceLabelReader(uncased_vocab, 16, {"O": 0, "B-X": 1})
+    r.load_data(path, 2, num_epochs=1, shuffle_train=False, columns=["label", "text_a"])
+    assert r.file_format == "lines" and r.gold_tags() == [["B-X", "O"], ["O"]]
+    with pytest.raises(ValueError, match="columns= names the columns of a TSV without a header"):
+        r.load_data(path, 2, file_format="conll", columns=["label", "text_a"])
+
+
+@pytest.mark.parametrize("text", [
+    "John\tNNP\tB-NP\tB-PER\nSmith\tNNP\tI-NP\tI-PER\n\nParis\tNNP\tB-NP\tB-LOC\n",  # 4 tab columns
+    "John B-PER\nSmith I-PER\n\nParis B-LOC\n",  # 2 space columns
+    "John x B-PER\nSmith y I-PER\n\nParis z B-LOC\n",  # 3 space columns
+    "".join(f"{w}\t{i}" + "\t_" * 7 + f"\t{t}\n" if w else "\n"  # 10 tab columns
+            for i, w, t in [(1, "x", "B-PER"), (2, "y", "I-PER"), (0, "", ""), (1, "z", "B-LOC")]),
+])
+def test_conll_any_column_count_word_first_tag_last(tmp_path, uncased_vocab, text):
+    r = reader_for(uncased_vocab, write(tmp_path, text), CONLL_MAP)
+    assert r.file_format == "conll"
+    assert r.gold_tags() == [["B-PER", "I-PER"], ["B-LOC"]]
+    assert [len(w) for w in r.get_epoch_outputs()["words"]] == [2, 1]
+    assert r.get_epoch_outputs()["words"][0][0] in ("John", "x")  # the word is the first column
+
+
+def test_unrecognised_format_names_file_line_and_the_formats(tmp_path, uncased_vocab):
+    path = write(tmp_path, "\n\na b\tc d\tO O\n")
+    with pytest.raises(DataError, match=r"data\.txt:3: cannot tell the format of 'a b\\tc d\\tO O': expected 'tsv': "
+                                        r".*'lines': one sentence per line.*'conll': one word per line"):
+        reader_for(uncased_vocab, path)
+    with pytest.raises(DataError, match=r"data\.txt:3: file_format='tsv' needs a header line"):
+        reader_for(uncased_vocab, path, file_format="tsv")
+
+
+def test_predict_gold_tag_missing_from_the_label_map_is_not_an_error(tmp_path, uncased_vocab):
+    from torchpalm.evaluation import entity_f1_metric
+
+    label_map = {"O": 0, "B-LOC": 1, "M-LOC": 2, "E-LOC": 3, "S-PER": 4}  # BMES
+    text = "x B-LOC\ny M-LOC\nz E-LOC\n\nw S-ORG\n"  # S-ORG was never seen in training
+    with pytest.raises(DataError, match=r"data\.txt:5: tag 'S-ORG' \(word 'w'\) is not in the label map"):
+        reader_for(uncased_vocab, write(tmp_path, text), label_map)
+    r = reader_for(uncased_vocab, write(tmp_path, text), label_map, phase="predict")
+    assert r.gold_tags() == [["B-LOC", "M-LOC", "E-LOC"], ["S-ORG"]]
+    # the dev metric reads BMES off the tags (an M- tag crashed it) and scores the unseen entity as a miss
+    scores = entity_f1_metric([[1, 2, 3], [4]], r)
+    assert (scores["precision"], scores["recall"]) == (0.5, 0.5)

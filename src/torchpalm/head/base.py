@@ -73,6 +73,16 @@ class Head(nn.Module):
         return results
 
 
+def add_label_names(results: list[dict], post_inputs: dict | None) -> list[dict]:
+    """Adds `"label_name"` (the predicted label's name) to every result when the reader had a label map, i.e.
+    gave `id2label` in its epoch outputs; `"label"` stays the integer id, as in PALM."""
+    id2label = ((post_inputs or {}).get("reader") or {}).get("id2label")
+    if id2label:
+        for r in results:
+            r["label_name"] = id2label.get(r["label"])
+    return results
+
+
 def write_json_lines(results: list, output_dir: str, ensure_ascii: bool = True,
                      name: str = "predictions.json") -> str:
     """Writes one JSON object per line to `output_dir/<name>` (PALM's `predictions.json` by default)."""

@@ -6,7 +6,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Head, truncated_normal_
+from .base import Head, add_label_names, truncated_normal_, write_json_lines
 
 
 class Classify(Head):
@@ -21,6 +21,8 @@ class Classify(Head):
         phase: 'train' or 'predict'.
 
     Outputs: logits [B, C], probs [B, C], and loss (mean CE) when the batch has `label_ids [B]`.
+    Predictions: `{"index", "label" (the class id), "logits", "probs"}` per example, plus `"label_name"` when the
+    reader was given a `label_map`.
     """
 
     backbone_input = "sentence_embedding"
@@ -53,6 +55,10 @@ class Classify(Head):
             return {"loss": ([], "float32")}
         return {"logits": ([-1, self.num_classes], "float32"), "probs": ([-1, self.num_classes], "float32")}
 
+    @property
+    def epoch_inputs_attrs(self):
+        return {"reader": {"id2label": None}}
+
     def check_reader(self, reader):
         if hasattr(reader, "check_num_classes"):
             reader.check_num_classes(self.num_classes)
@@ -70,3 +76,9 @@ class Classify(Head):
         for i, (lg, pr) in enumerate(zip(logits, probs)):
             self._results.append({"index": start + i, "label": int(np.argmax(lg)),
                                   "logits": lg.tolist(), "probs": pr.tolist()})
+
+    def epoch_postprocess(self, post_inputs, output_dir=None):
+        results, self._results = add_label_names(self._results, post_inputs), []
+        if output_dir is not None:
+            write_json_lines(results, output_dir, ensure_ascii=False)
+        return results

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Head, truncated_normal_, write_json_lines
+from .base import Head, add_label_names, truncated_normal_, write_json_lines
 
 STRATEGIES = ("pointwise", "pairwise")
 
@@ -33,6 +33,7 @@ class Match(Head):
     Outputs:
         pointwise: logits [B, C], probs [B, C]; loss (mean CE) when the batch has `label_ids [B]`.
         pairwise: probs [B, 1] (the positive pair's score); loss when the backbone outputs the `_neg` branch.
+    Pointwise predictions carry `"label_name"` beside the class id `"label"` when the reader had a `label_map`.
     """
 
     backbone_input = "sentence_pair_embedding"
@@ -85,6 +86,10 @@ class Match(Head):
             return {"probs": ([-1, 1], "float32")}
         return {"logits": ([-1, self.num_classes], "float32"), "probs": ([-1, self.num_classes], "float32")}
 
+    @property
+    def epoch_inputs_attrs(self) -> dict:
+        return {} if self.pairwise else {"reader": {"id2label": None}}
+
     def check_reader(self, reader) -> None:
         strategy = getattr(reader, "learning_strategy", None)
         if strategy is not None and strategy != self.learning_strategy:
@@ -131,6 +136,8 @@ class Match(Head):
 
     def epoch_postprocess(self, post_inputs: dict | None, output_dir: str | None = None) -> list:
         results, self._results = self._results, []
+        if not self.pairwise:
+            results = add_label_names(results, post_inputs)
         if output_dir is not None:
             write_json_lines(results, output_dir, ensure_ascii=False)
         return results

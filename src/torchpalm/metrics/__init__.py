@@ -1,6 +1,6 @@
 """Metrics: classification, entity chunk F1, SQuAD and CMRC2018 EM/F1."""
 
-from torchpalm.metrics.chunk import chunk_f1, get_entities, palm_token_f1
+from torchpalm.metrics.chunk import chunk_f1, get_entities, infer_scheme, palm_token_f1
 from torchpalm.metrics.classification import accuracy, palm_classification_metrics, precision_recall_f1
 from torchpalm.metrics.cmrc import (
     cmrc_em_f1,
@@ -24,6 +24,7 @@ __all__ = [
     "cmrc_exact_match",
     "cmrc_f1",
     "get_entities",
+    "infer_scheme",
     "load_squad_articles",
     "mixed_segmentation",
     "normalize_answer",

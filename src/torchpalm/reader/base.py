@@ -15,9 +15,12 @@ Batch layout (PALM names, PyTorch shapes):
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -78,43 +81,200 @@ def read_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
     return lines
 
 
-def read_tsv(
-    path: str | os.PathLike, required: Sequence[str], optional: Sequence[str] = ()
-) -> list[tuple[int, dict[str, str]]]:
-    """Parses a TSV with a header line into (line number, {column: value}) rows.
+TABLE_FORMATS = ("tsv", "csv", "jsonl")
+# How a file's extension names its format; any other extension (.txt, none) is TSV, PALM's only format.
+EXTENSION_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 
-    Only `required` and `optional` columns are kept; extra columns are allowed (as in PALM). No quoting:
-    fields are split on tabs exactly as PALM did, so quote characters are plain text.
+
+def table_format(path: str, file_format: str | None = None) -> str:
+    """The format of a table file: `file_format` when given ('json' is 'jsonl'), else from the extension."""
+    if file_format is None:
+        return EXTENSION_FORMATS.get(os.path.splitext(path)[1].lower(), "tsv")
+    fmt = "jsonl" if file_format == "json" else file_format
+    if fmt not in TABLE_FORMATS:
+        raise ValueError(f"file_format must be one of {list(TABLE_FORMATS)} (or 'json', or None to go by the "
+                         f"file extension), got {file_format!r}")
+    return fmt
+
+
+def read_table(
+    path: str | os.PathLike,
+    required: Sequence[str],
+    optional: Sequence[str] = (),
+    file_format: str | None = None,
+    columns: Sequence[str] | None = None,
+) -> list[tuple[int, dict[str, str]]]:
+    """Parses a TSV, CSV or JSON-lines file into (line number, {column: value}) rows.
+
+    Args:
+        path: the file.
+        required: columns every row must have (PALM names: `text_a`, `text_b`, `label`, ...).
+        optional: columns kept when present.
+        file_format: 'tsv', 'csv', 'jsonl' (or 'json'), or None to go by the extension (`.csv`, `.jsonl` and
+            `.json` are CSV and JSON lines, anything else TSV).
+        columns: the column names of a TSV or CSV file WITHOUT a header line (its first line is then data).
+
+    TSV fields are split on tabs exactly as PALM did (no quoting); CSV follows the `csv` module (commas, double
+    quotes, quoted newlines); a JSON-lines file has one object per line whose keys are the column names.
+    Header and key names go through `COLUMN_ALIASES` (GLUE's `sentence`, `#1 String`, ...). Extra columns are
+    allowed. Values come back as strings (a JSON number label as its digits).
     """
     path = os.fspath(path)
-    lines = read_lines(path)
-    header_no, header_line = lines[0]
-    header = [COLUMN_ALIASES.get(h.strip(), h.strip()) for h in header_line.split("\t")]
+    fmt = table_format(path, file_format)
+    if fmt == "jsonl":
+        if columns is not None:
+            raise ValueError(f"{path}: columns= names the columns of a TSV or CSV file without a header; a JSON-lines "
+                             f"file names them in every object")
+        return _read_jsonl(path, required, optional)
+    if fmt == "tsv":
+        records = [(no, line.split("\t")) for no, line in read_lines(path)]
+    else:
+        records = _read_csv_records(path)
+    if columns is not None:
+        header_no, header = None, [COLUMN_ALIASES.get(c, c) for c in columns]
+    else:
+        (header_no, header), records = records[0], records[1:]
+        header = [COLUMN_ALIASES.get(h.strip(), h.strip()) for h in header]
+    where = f"{path}:{header_no}: header {header}" if header_no is not None else f"{path}: columns={list(columns)}"
     missing = [c for c in required if c not in header]
     if missing:
         raise DataError(
-            f"{path}:{header_no}: header {header_line.split(chr(9))} lacks the required column(s) {missing} "
-            f"(expected columns {list(required)}{' and optionally ' + str(list(optional)) if optional else ''})"
+            f"{where} lacks the required column(s) {missing} (expected columns {list(required)}"
+            f"{' and optionally ' + str(list(optional)) if optional else ''})"
         )
     wanted = {c: header.index(c) for c in (*required, *optional) if c in header}
+    kind = "tab-separated" if fmt == "tsv" else "comma-separated"
     rows = []
-    for line_no, line in lines[1:]:
-        fields = line.split("\t")
+    for line_no, fields in records:
         if len(fields) != len(header):
-            raise DataError(
-                f"{path}:{line_no}: expected {len(header)} tab-separated fields (header: {header}), got {len(fields)}"
-            )
+            raise DataError(f"{path}:{line_no}: expected {len(header)} {kind} fields "
+                            f"({'header' if header_no is not None else 'columns'}: {header}), got {len(fields)}")
         rows.append((line_no, {c: fields[i] for c, i in wanted.items()}))
     if not rows:
-        raise DataError(f"{path}: no examples after the header line")
+        raise DataError(f"{path}: no examples{' after the header line' if header_no is not None else ''}")
     return rows
 
 
-def parse_int(value: str, path: str, line_no: int, column: str) -> int:
+def read_tsv(
+    path: str | os.PathLike, required: Sequence[str], optional: Sequence[str] = (),
+    columns: Sequence[str] | None = None,
+) -> list[tuple[int, dict[str, str]]]:
+    """`read_table` of a TSV file (PALM's format): a header line, or `columns` for a file without one."""
+    return read_table(path, required, optional, "tsv", columns)
+
+
+def _read_text(path: str) -> str:
+    """The whole file as UTF-8 text (BOM dropped); bad bytes are a DataError naming their line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        return int(value.strip())
-    except ValueError:
-        raise DataError(f"{path}:{line_no}: column '{column}' must be an integer, got {value!r}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_no = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line_no}: invalid UTF-8 byte {raw[e.start:e.start + 1]!r}") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _read_csv_records(path: str) -> list[tuple[int, list[str]]]:
+    """(first line of the record, fields) for every non-blank CSV record (quoted fields may span lines)."""
+    records = []
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    try:
+        while True:
+            first_line = reader.line_num + 1
+            fields = next(reader, None)
+            if fields is None:
+                break
+            if any(f.strip() for f in fields):
+                records.append((first_line, fields))
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+    if not records:
+        raise DataError(f"{path}: the file is empty")
+    return records
+
+
+def _read_jsonl(path: str, required: Sequence[str], optional: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    rows: list[tuple[int, dict[str, str]]] = []
+    for line_no, line in read_lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{line_no}: not a JSON object ({e.msg} at column {e.colno}); a JSON-lines file "
+                            f"has one object per line") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{line_no}: expected a JSON object {{column: value}}, got {type(obj).__name__}")
+        obj = {COLUMN_ALIASES.get(k, k): v for k, v in obj.items()}
+        missing = [c for c in required if c not in obj]
+        if missing:
+            raise DataError(f"{path}:{line_no}: the object lacks the required key(s) {missing} (keys: {list(obj)})")
+        row = {}
+        for c in (*required, *optional):
+            if c in obj:
+                value = obj[c]
+                if isinstance(value, bool) or not isinstance(value, str | int):
+                    raise DataError(f"{path}:{line_no}: key {c!r} must be a string (or an integer label), got "
+                                    f"{json.dumps(value, ensure_ascii=False)[:80]}")
+                row[c] = str(value)
+        # Every row must have the optional columns the first one has (a batch cannot mix pairs and singles).
+        if rows and set(row) != set(rows[0][1]):
+            raise DataError(f"{path}:{line_no}: keys {sorted(row)} differ from those of line {rows[0][0]} "
+                            f"{sorted(rows[0][1])}; every object needs the same columns")
+        rows.append((line_no, row))
+    return rows
+
+
+def load_label_map(
+    label_map: str | os.PathLike | Mapping[str, int] | Sequence[str], what: str = "label"
+) -> tuple[dict[str, int], str]:
+    """Reads and validates a `{name: id}` label map; returns (map, where it came from, for error messages).
+
+    Args:
+        label_map: a list of names (the index is the id), a dict name -> id, or the path to a JSON file holding
+            either.
+        what: what the names are called in messages ('label', 'tag').
+    """
+    if isinstance(label_map, str | os.PathLike):
+        source = os.fspath(label_map)
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"label map file not found: {source}")
+        try:
+            with open(source, encoding="utf-8") as f:
+                loaded = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{source}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(loaded, dict | list):
+            raise ValueError(f"{source}: expected a JSON object {{{what}: id}} or a list of {what}s, got "
+                             f"{type(loaded).__name__}")
+    else:
+        source, loaded = f"the {type(label_map).__name__} label map", label_map
+    if isinstance(loaded, Mapping):
+        mapping = dict(loaded)
+    else:
+        names = list(loaded)
+        dup = sorted({n for n in names if names.count(n) > 1}, key=str)
+        if dup:
+            raise ValueError(f"{source}: {what}s {dup} appear more than once in the list")
+        mapping = {n: i for i, n in enumerate(names)}
+    if not mapping:
+        raise ValueError(f"{source}: the label map is empty")
+    for name, i in mapping.items():
+        if not isinstance(name, str) or isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise ValueError(f"{source}: label map entries must be {what} -> non-negative integer id, got "
+                             f"{name!r}: {i!r}")
+    ids = list(mapping.values())
+    if len(set(ids)) != len(ids):
+        dup = sorted(i for i in set(ids) if ids.count(i) > 1)
+        raise ValueError(f"{source}: ids {dup} are used by more than one {what}")
+    return mapping, source
+
+
+def preview(items: Sequence[str], n: int = 20) -> str:
+    """At most `n` items for an error message, with the total count."""
+    shown = ", ".join(repr(x) for x in items[:n])
+    return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)} in all)"
 
 
 def pad_2d(seqs: Sequence[np.ndarray], pad_value: int, length: int | None = None) -> torch.Tensor:
@@ -186,6 +346,8 @@ class Reader:
         self._backbone = None
         self._examples: list[dict] | None = None
         self._input_file: str | None = None
+        self._table_format: str | None = None
+        self._file_columns: tuple[str, ...] | None = None
         self._batch_size: int | None = None
         self._num_epochs: int | None = None
         self._shuffle = True
@@ -240,9 +402,10 @@ class Reader:
         input_file: str | os.PathLike,
         batch_size: int,
         num_epochs: int | None = None,
-        file_format: str = "tsv",
+        file_format: str | None = None,
         shuffle_train: bool = True,
         shuffle: bool | None = None,
+        columns: Sequence[str] | None = None,
     ) -> None:
         """Reads, validates and encodes the whole file once.
 
@@ -251,22 +414,34 @@ class Reader:
             batch_size: the global batch size (split across ranks under distributed training).
             num_epochs: train epochs; None means "one epoch" for `Trainer.train` and "forever" for the iterator
                 (PALM's convention, used by multi-task sampling).
-            file_format: kept for PALM's signature; the format is given by the reader.
+            file_format: for the table readers (Classify, Match) 'tsv', 'csv' or 'jsonl' (see `read_table`);
+                None goes by the file extension. Other readers take their own formats (PALM passed 'tsv' or
+                'csv' and ignored it).
             shuffle_train: shuffle every training epoch (`shuffle` is the same switch).
+            columns: the column names of a TSV or CSV file that has no header line, e.g.
+                `["text_a", "text_b", "label"]`; its first line is then data.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if num_epochs is not None and num_epochs < 1:
             raise ValueError(f"num_epochs must be None or >= 1, got {num_epochs!r}")
+        if columns is not None and (isinstance(columns, str) or not all(isinstance(c, str) for c in columns)):
+            raise ValueError(f"columns must be a list of column names, got {columns!r}")
         self._input_file = os.fspath(input_file)
         self._batch_size = batch_size
         self._num_epochs = num_epochs
         self._shuffle = shuffle_train if shuffle is None else shuffle
+        self._table_format = file_format
+        self._file_columns = tuple(columns) if columns is not None else None
         self._examples = self._load_examples(self._input_file)
         if not self._examples:
             raise DataError(f"{self._input_file}: no examples")
         self._epoch, self._position = 0, 0
         logger.debug("%s: %d examples from %s", type(self).__name__, len(self._examples), self._input_file)
+
+    def _read_rows(self, path: str, required: Sequence[str], optional: Sequence[str] = ()) -> list:
+        """The table rows of `path` in the format and with the columns `load_data` was given."""
+        return read_table(path, required, optional, self._table_format, self._file_columns)
 
     def _load_examples(self, path: str) -> list[dict]:
         raise NotImplementedError

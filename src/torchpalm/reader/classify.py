@@ -1,12 +1,18 @@
-"""ClassifyReader: single-text or text-pair classification from a TSV (spec §5.2)."""
+"""ClassifyReader: single-text or text-pair classification from a TSV, CSV or JSON-lines file (spec §5.2)."""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..tokenizer import build_inputs
-from .base import DataError, Reader, collate_common, parse_int, read_tsv
+from .base import DataError, Reader, collate_common, load_label_map, preview
+
+# The gold label of a predict row whose name is not in the label map: scored as a miss, never an error.
+UNKNOWN_LABEL = -1
 
 
 def encode_text_columns(reader: Reader, rows: list, columns: tuple[str, ...]) -> dict[str, list[list[int]]]:
@@ -17,18 +23,46 @@ def encode_text_columns(reader: Reader, rows: list, columns: tuple[str, ...]) ->
 
 def parse_label(value: str, path: str, line_no: int) -> int:
     """A class id from the `label` column: a non-negative integer, or a DataError naming file and line."""
-    label = parse_int(value, path, line_no, "label")
+    try:
+        label = int(value.strip())
+    except ValueError:
+        raise DataError(f"{path}:{line_no}: column 'label' must be an integer, got {value!r} (for label names, "
+                        f"pass label_map=[...] to the reader)") from None
     if label < 0:
         raise DataError(f"{path}:{line_no}: label must be >= 0, got {label}")
     return label
 
 
 class ClassifyReader(Reader):
-    """Reads `label<TAB>text_a[<TAB>text_b]` TSV files (header required; column order free).
+    """Reads `label`, `text_a` and optionally `text_b` columns (column order free) from a table file.
+
+    Files: TSV with a header (PALM's format; GLUE's column names are understood), CSV, or JSON lines, chosen by
+    the extension or `load_data(file_format=...)`; a TSV or CSV without a header takes
+    `load_data(..., columns=["label", "text_a"])` (see `torchpalm.reader.base.read_table`).
+
+    Labels are integer class ids, or, with `label_map`, names: a list of names (index = id), a dict name -> id,
+    or the path of a JSON file holding either. An unknown name in a train file is an error naming file, line
+    and the known labels; in a predict file (where the label column is optional) it is a gold label the model
+    cannot get right (`UNKNOWN_LABEL` in `gold_labels()`).
 
     Yields the common backbone inputs plus `label_ids [B] int64` in train. In predict the label column is
     optional; when present it is kept so predictions can be scored.
     """
+
+    def __init__(
+        self,
+        vocab_path: str | os.PathLike,
+        max_len: int,
+        tokenizer: str = "wordpiece",
+        lang: str = "en",
+        seed: int | None = None,
+        do_lower_case: bool = False,
+        phase: str = "train",
+        label_map: str | os.PathLike | Mapping[str, int] | Sequence[str] | None = None,
+    ):
+        super().__init__(vocab_path, max_len, tokenizer=tokenizer, lang=lang, seed=seed,
+                         do_lower_case=do_lower_case, phase=phase)
+        self._label_map, self._label_map_source = load_label_map(label_map) if label_map is not None else (None, "")
 
     def _task_outputs(self):
         outs = {"token_ids": ([-1, -1], "int64")}
@@ -39,10 +73,36 @@ class ClassifyReader(Reader):
     def _all_outputs(self):
         return {**super()._all_outputs(), "label_ids": ([-1], "int64")}
 
+    @property
+    def label_map(self) -> dict[str, int] | None:
+        """The `{label name: id}` map given to the constructor, or None (the file holds integer ids)."""
+        return dict(self._label_map) if self._label_map is not None else None
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """`{id: label name}` ({} without a label map)."""
+        return {i: name for name, i in (self._label_map or {}).items()}
+
+    def get_epoch_outputs(self) -> dict:
+        """What the Classify and Match heads read after prediction: `id2label`, to write label names."""
+        return {"id2label": self.id2label}
+
+    def _label(self, value: str, path: str, line_no: int) -> int:
+        """The class id of a `label` field: an integer, or a name looked up in the label map."""
+        if self._label_map is None:
+            return parse_label(value, path, line_no)
+        name = value.strip()
+        if name in self._label_map:
+            return self._label_map[name]
+        if self._phase == "predict":
+            return UNKNOWN_LABEL
+        raise DataError(f"{path}:{line_no}: label {name!r} is not in the label map ({self._label_map_source}); "
+                        f"known labels: {preview(list(self._label_map))}")
+
     def _load_examples(self, path):
         need_label = self._phase == "train"
-        rows = read_tsv(path, required=("text_a", "label") if need_label else ("text_a",),
-                        optional=("text_b",) if need_label else ("text_b", "label"))
+        rows = self._read_rows(path, required=("text_a", "label") if need_label else ("text_a",),
+                               optional=("text_b",) if need_label else ("text_b", "label"))
         has_b = "text_b" in rows[0][1]
         encoded = encode_text_columns(self, rows, ("text_a", "text_b") if has_b else ("text_a",))
         examples = []
@@ -51,7 +111,7 @@ class ClassifyReader(Reader):
                                      self._max_len, self._tokenizer.cls_id, self._tokenizer.sep_id)
             ex = {"token_ids": ids, "segment_ids": segs, "line": line_no}
             if "label" in row:
-                ex["label"] = parse_label(row["label"], path, line_no)
+                ex["label"] = self._label(row["label"], path, line_no)
             examples.append(ex)
         return examples
 
@@ -63,7 +123,10 @@ class ClassifyReader(Reader):
         return [e["label"] for e in examples]
 
     def check_num_classes(self, num_classes: int) -> None:
-        """Raises, naming the file and line, if a label is outside [0, num_classes)."""
+        """Raises, naming the file and line (or the label map), if a label is outside [0, num_classes)."""
+        if self._label_map is not None and max(self._label_map.values()) >= num_classes:
+            raise ValueError(f"the label map ({self._label_map_source}) has id {max(self._label_map.values())} but "
+                             f"the head has {num_classes} classes; use num_classes={max(self._label_map.values()) + 1}")
         for ex in self._examples or ():
             if "label" in ex and ex["label"] >= num_classes:
                 raise DataError(f"{self._input_file}:{ex['line']}: label {ex['label']} is out of range for "

@@ -9,17 +9,19 @@ spec §17.36), and predict files need neither a label nor a `text_b_neg` column 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 
 from ..tokenizer import build_inputs
-from .base import COMMON_OUTPUTS, collate_common, read_tsv
-from .classify import ClassifyReader, encode_text_columns, parse_label
+from .base import COMMON_OUTPUTS, collate_common
+from .classify import ClassifyReader, encode_text_columns
 
 STRATEGIES = ("pointwise", "pairwise")
 NEG_OUTPUTS = {f"{k}_neg": v for k, v in COMMON_OUTPUTS.items()}
 
 
 class MatchReader(ClassifyReader):
-    """Reads matching TSV files (header required; column order free; GLUE MRPC/QQP headers are understood).
+    """Reads matching files (column order free; GLUE MRPC/QQP headers are understood): TSV, CSV or JSON lines,
+    with or without a header, and with integer labels or label names, exactly as `ClassifyReader`.
 
     Columns:
         pointwise: `text_a`, `text_b`, `label` (the label is optional in predict; kept for scoring).
@@ -34,6 +36,8 @@ class MatchReader(ClassifyReader):
         learning_strategy: 'pointwise' or 'pairwise'.
         dev_count: kept for PALM's signature (a batch is one global batch; see `Reader.shard`).
         print_prefix: kept for PALM's signature (unused there too).
+        label_map: label names (pointwise), as for `ClassifyReader`: a list of names, a dict name -> id, or a
+            JSON file of either.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class MatchReader(ClassifyReader):
         phase: str = "train",
         dev_count: int = 1,
         print_prefix: str = "",
+        label_map: str | os.PathLike | Mapping[str, int] | Sequence[str] | None = None,
     ):
         if learning_strategy not in STRATEGIES:
             raise ValueError(f"learning_strategy must be 'pointwise' or 'pairwise', got {learning_strategy!r}")
@@ -55,7 +60,7 @@ class MatchReader(ClassifyReader):
         self._learning_strategy = learning_strategy
         self.dev_count, self.print_prefix = dev_count, print_prefix
         super().__init__(vocab_path, max_len, tokenizer=tokenizer, lang=lang, seed=seed,
-                         do_lower_case=do_lower_case, phase=phase)
+                         do_lower_case=do_lower_case, phase=phase, label_map=label_map)
 
     @property
     def learning_strategy(self) -> str:
@@ -89,7 +94,7 @@ class MatchReader(ClassifyReader):
 
     def _load_examples(self, path):
         required, optional = self._columns()
-        rows = read_tsv(path, required=required, optional=optional)
+        rows = self._read_rows(path, required=required, optional=optional)
         text_columns = ("text_a", "text_b", "text_b_neg") if self._pairwise_train() else ("text_a", "text_b")
         encoded = encode_text_columns(self, rows, text_columns)
         cls_id, sep_id = self._tokenizer.cls_id, self._tokenizer.sep_id
@@ -101,7 +106,7 @@ class MatchReader(ClassifyReader):
                 ex["token_ids_neg"], ex["segment_ids_neg"] = build_inputs(
                     encoded["text_a"][i], encoded["text_b_neg"][i], self._max_len, cls_id, sep_id)
             if "label" in row:
-                ex["label"] = parse_label(row["label"], path, line_no)
+                ex["label"] = self._label(row["label"], path, line_no)
             examples.append(ex)
         return examples
 

@@ -1,15 +1,30 @@
-"""SequenceLabelReader: word-level tagging (NER, slot filling) from PALM TSV or CoNLL column files (spec §5.4).
+"""SequenceLabelReader: word-level tagging (NER, slot filling) from PALM TSV, one-sentence-per-line or CoNLL
+column files (spec §5.4).
 
-Two input formats:
+Three input formats (`file_format`):
 
-* PALM's TSV: a header `text_a<TAB>label`; in each row the words of `text_a` and the tags of `label` are joined
-  by `\\x02` (a trailing `\\x02` is allowed; empty words are dropped together with their tags). Files that use
-  no `\\x02` at all are split on single spaces instead (the UER copy of PALM's MSRA split is written that way).
+* 'tsv', PALM's TSV: a header `text_a<TAB>label`; in each row the words of `text_a` and the tags of `label` are
+  joined by `\\x02` (a trailing `\\x02` is allowed; empty words are dropped together with their tags). Files that
+  use no `\\x02` at all are split on spaces instead (the UER copy of PALM's MSRA split is written that way).
   In predict the `label` column may be left out.
-* CoNLL-style columns: one word per line, the word in the first column and its tag in the LAST column
-  (tab-separated when the line has a tab, else whitespace-separated), a blank line between sentences,
-  `-DOCSTART-` lines skipped. This covers CoNLL-2003 (`word POS chunk NER`) and MSRA's `char<TAB>TAG`.
-  In predict the file may have the word column only.
+* 'lines', one sentence per line: the same rows WITHOUT a header, `tokens<TAB>tags` (Chinese NER's common
+  "chars<TAB>tags" files), tokens and tags separated by spaces or `\\x02`, as many of each. A headerless file with
+  other columns takes `load_data(..., columns=[...])` naming them (`text_a` = the tokens, `label` = the tags).
+* 'conll', one word per line: the word in the first column and its tag in the LAST column, any number of columns
+  (tab-separated when the line has a tab, else whitespace-separated; the same count on every line), a blank line
+  between sentences, `-DOCSTART-` lines skipped. This covers CoNLL-2003 (`word POS chunk NER`), MSRA's
+  `char<TAB>TAG` and CoNLL-U-like files. In predict the file may have the word column only.
+
+Detection (`file_format=None`) looks at the first non-blank line only, so it is easy to predict:
+
+1. a tab-separated field named `text_a` -> 'tsv';
+2. exactly two tab-separated fields, the second holding several tags (split on `\\x02` or spaces) -> 'lines';
+3. no tab, or a last tab-separated field holding a single tag -> 'conll';
+4. anything else (several tab-separated fields with a multi-tag last one) -> a DataError naming the file and the
+   line and listing the three formats.
+
+A 'lines' file whose first sentence has one token looks like CoNLL (rule 3); its first multi-tag line then stops
+the CoNLL parse with an error that says so and asks for `file_format='lines'`, instead of reading "O O O" as a tag.
 
 Unlike PALM, labels are per WORD, not per sub-token (spec §17.10): every word is WordPiece-tokenised and the
 head scores the hidden state of its first sub-token. Batch layout (beside the common backbone inputs):
@@ -24,7 +39,6 @@ the head can still emit one label (the no-entity label) per input word.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -33,12 +47,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import DataError, Reader, collate_common, pad_2d, read_lines, read_tsv
+from .base import DataError, Reader, collate_common, load_label_map, pad_2d, preview, read_lines, read_tsv
 
 logger = logging.getLogger("torchpalm")
 
 IGNORE_INDEX = -100
-FORMATS = ("tsv", "conll")
+FORMATS = ("tsv", "lines", "conll")
 
 
 @dataclass
@@ -58,49 +72,99 @@ class TaggedSentence:
     word_lines: list[int]
 
 
-def detect_format(path: str | os.PathLike) -> str:
-    """'tsv' when the first non-blank line is a header with a `text_a` column, else 'conll'."""
-    path = os.fspath(path)
+FORMAT_NAMES = {
+    "tsv": "a PALM TSV with a 'text_a<TAB>label' header",
+    "lines": "one sentence per line, 'tokens<TAB>tags' without a header",
+    "conll": "one word per line with its tag in the last column (CoNLL)",
+}
+
+
+def _tags_in(field: str) -> list[str]:
+    """The tags of a tag field: split on `\\x02` when it has one, else on spaces (empty pieces dropped)."""
+    return [t for t in field.split("\x02" if "\x02" in field else " ") if t.strip()]
+
+
+def _first_line(path: str) -> tuple[int, str]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file not found: {path}")
     # Only the first line matters; decoding errors are reported with their line by the full parse.
     with open(path, encoding="utf-8-sig", errors="replace") as f:
-        for line in f:
+        for line_no, line in enumerate(f, 1):
             if line.strip():
-                return "tsv" if "text_a" in [c.strip() for c in line.split("\t")] else "conll"
-    return "conll"
+                return line_no, line.rstrip("\r\n")
+    raise DataError(f"{path}: the file is empty")
+
+
+def _detect(line: str) -> str | None:
+    """The module docstring's detection rule applied to the first non-blank line; None: not recognised."""
+    fields = line.split("\t")
+    if "text_a" in [f.strip() for f in fields]:
+        return "tsv"
+    if len(fields) == 2 and len(_tags_in(fields[1])) > 1:
+        return "lines"
+    if len(fields) == 1 or len(_tags_in(fields[-1])) <= 1:
+        return "conll"
+    return None
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """'tsv', 'lines' or 'conll', from the first non-blank line (the rule is in the module docstring).
+
+    Raises:
+        DataError: naming the file and line when the line fits none of the three formats.
+    """
+    path = os.fspath(path)
+    line_no, line = _first_line(path)
+    detected = _detect(line)
+    if detected is None:
+        formats = "; ".join(f"'{k}': {v}" for k, v in FORMAT_NAMES.items())
+        raise DataError(f"{path}:{line_no}: cannot tell the format of {line[:80]!r}: expected {formats} "
+                        f"(tokens and tags separated by spaces or \\x02, as many of each); pass file_format=...")
+    return detected
 
 
 def read_tagged_file(
-    path: str | os.PathLike, file_format: str | None = None, require_tags: bool = True
+    path: str | os.PathLike, file_format: str | None = None, require_tags: bool = True,
+    columns: Sequence[str] | None = None,
 ) -> tuple[str, list[TaggedSentence]]:
-    """Parses a PALM TSV or CoNLL tagging file into sentences of words and tags.
+    """Parses a tagging file ('tsv', 'lines' or 'conll', see the module docstring) into sentences.
 
     Args:
         path: the file.
-        file_format: 'tsv', 'conll', or None to detect it from the first line.
+        file_format: 'tsv', 'lines', 'conll', or None to detect it from the first line.
         require_tags: raise when the tag column is missing (train files).
+        columns: the column names of a TSV without a header (`text_a` = tokens, `label` = tags); the file is
+            then read as 'lines' with these columns.
 
     Returns:
         (the format used, the sentences in file order).
 
     Raises:
-        DataError: naming `path:line` for a malformed line, a word/tag count mismatch or a missing tag column.
+        DataError: naming `path:line` for an unrecognised format, a malformed line, a word/tag count mismatch
+            or a missing tag column.
     """
     path = os.fspath(path)
-    detected = detect_format(path)
-    if file_format is None:
-        file_format = detected
-    elif file_format not in FORMATS:
+    if file_format is not None and file_format not in FORMATS:
         raise ValueError(f"file_format must be one of {FORMATS} or None (detect), got {file_format!r}")
-    if file_format == "tsv" and detected != "tsv":
-        raise DataError(f"{path}:1: file_format='tsv' needs a header line with a 'text_a' column (PALM's "
-                        f"'text_a<TAB>label'); this looks like a CoNLL column file: pass file_format='conll'")
-    if file_format == "conll" and detected == "tsv":
-        raise DataError(f"{path}:1: file_format='conll' but the first line is a TSV header with 'text_a'; "
-                        f"pass file_format='tsv' (or None to detect)")
-    parse = _read_tsv_sentences if file_format == "tsv" else _read_conll_sentences
-    return file_format, parse(path, require_tags)
+    if columns is not None:
+        if file_format == "conll":
+            raise ValueError("columns= names the columns of a TSV without a header; a CoNLL file has none")
+        return "lines", _read_tsv_sentences(path, require_tags, tuple(columns))
+    if file_format is None:
+        file_format = detect_format(path)
+    else:
+        line_no, line = _first_line(path)
+        detected = _detect(line)
+        if file_format == "tsv" and detected != "tsv":
+            looks = f"this looks like {FORMAT_NAMES[detected]}: pass file_format={detected!r}" if detected else ""
+            raise DataError(f"{path}:{line_no}: file_format='tsv' needs a header line with a 'text_a' column "
+                            f"(PALM's 'text_a<TAB>label'), or columns=[...] for a file without one; {looks}")
+        if file_format != "tsv" and detected == "tsv":
+            raise DataError(f"{path}:{line_no}: file_format={file_format!r} but the first line is a TSV header "
+                            f"with 'text_a'; pass file_format='tsv' (or None to detect)")
+    if file_format == "conll":
+        return file_format, _read_conll_sentences(path, require_tags)
+    return file_format, _read_tsv_sentences(path, require_tags, ("text_a", "label") if file_format == "lines" else None)
 
 
 def _split_field(value: str, sep: str) -> list[str]:
@@ -110,9 +174,9 @@ def _split_field(value: str, sep: str) -> list[str]:
     return parts
 
 
-def _read_tsv_sentences(path: str, require_tags: bool) -> list[TaggedSentence]:
+def _read_tsv_sentences(path: str, require_tags: bool, columns: tuple[str, ...] | None) -> list[TaggedSentence]:
     rows = read_tsv(path, required=("text_a", "label") if require_tags else ("text_a",),
-                    optional=() if require_tags else ("label",))
+                    optional=() if require_tags else ("label",), columns=columns)
     has_tags = "label" in rows[0][1]
     sep = "\x02" if any("\x02" in r["text_a"] or "\x02" in r.get("label", "") for _, r in rows) else " "
     sentences = []
@@ -163,6 +227,10 @@ def _read_conll_sentences(path: str, require_tags: bool) -> list[TaggedSentence]
         if len(fields) != ncols:
             raise DataError(f"{path}:{line_no}: {len(fields)} columns but line {first_line} has {ncols}; every "
                             f"word line needs the same columns (word first, tag last) in {line!r}")
+        if ncols > 1 and len(_tags_in(fields[-1])) > 1:
+            raise DataError(f"{path}:{line_no}: the tag column {fields[-1]!r} holds several tags: this looks like one "
+                            f"sentence per line ('tokens<TAB>tags'), read as CoNLL (one word per line) because line "
+                            f"{first_line} has a single tag; pass file_format='lines'")
         if fields[0] == "" or (ncols > 1 and fields[-1].strip() == ""):
             raise DataError(f"{path}:{line_no}: empty word or tag column in {line!r}")
         words.append(fields[0])
@@ -175,54 +243,29 @@ def _read_conll_sentences(path: str, require_tags: bool) -> list[TaggedSentence]
     return sentences
 
 
-def load_label_map(label_map_config: str | os.PathLike | Mapping[str, int]) -> tuple[dict[str, int], str]:
-    """Reads and validates a `{tag: id}` map (a JSON file path or a dict); returns (map, where it came from)."""
-    if isinstance(label_map_config, Mapping):
-        source, label_map = "the label_map_config dict", dict(label_map_config)
-    else:
-        source = os.fspath(label_map_config)
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"label map file not found: {source}")
-        try:
-            with open(source, encoding="utf-8") as f:
-                label_map = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{source}:{e.lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(label_map, dict):
-            raise ValueError(f"{source}: expected a JSON object {{tag: id}}, got {type(label_map).__name__}")
-    if not label_map:
-        raise ValueError(f"{source}: the label map is empty")
-    for tag, i in label_map.items():
-        if not isinstance(tag, str) or isinstance(i, bool) or not isinstance(i, int) or i < 0:
-            raise ValueError(f"{source}: label map entries must be tag -> non-negative integer id, got {tag!r}: {i!r}")
-    if len(set(label_map.values())) != len(label_map):
-        dup = sorted(i for i in set(label_map.values()) if list(label_map.values()).count(i) > 1)
-        raise ValueError(f"{source}: ids {dup} are used by more than one tag")
-    return label_map, source
-
-
 class SequenceLabelReader(Reader):
     """Reads word-tagged sentences and yields sub-token inputs with word-level labels.
 
     Args:
         vocab_path: vocabulary file.
         max_len: maximum sub-tokens per sequence including [CLS]/[SEP].
-        label_map_config: path to a JSON `{tag: id}` or a dict; None builds the map from the training file's
+        label_map_config: a dict `{tag: id}`, a list of tags (index = id), or the path of a JSON file holding
+            either; None builds the map from the training file's
             tags (sorted, so it is deterministic; see `label_map`). Required in predict.
         tokenizer, lang, seed, do_lower_case, phase: as for every reader (spec §5.1); `lang` changes nothing
             here (words come pre-split, and CJK characters are split by the tokenizer anyway).
         dev_count, print_prefix: kept for PALM's signature (unused, as in PALM).
         no_entity_label: the tag of "no entity"; must be in the label map. Words cut by truncation are
             predicted as this tag (PALM hard-coded id `len(label_map) - 1`, spec §17.28).
-        file_format: 'tsv', 'conll' or None (detect from the first line); `load_data(file_format=...)`
-            overrides it.
+        file_format: 'tsv', 'lines', 'conll' or None (detect from the first line, see the module docstring);
+            `load_data(file_format=...)` overrides it.
     """
 
     def __init__(
         self,
         vocab_path: str | os.PathLike,
         max_len: int,
-        label_map_config: str | os.PathLike | Mapping[str, int] | None,
+        label_map_config: str | os.PathLike | Mapping[str, int] | Sequence[str] | None,
         tokenizer: str = "wordpiece",
         lang: str = "en",
         seed: int | None = None,
@@ -243,7 +286,7 @@ class SequenceLabelReader(Reader):
         self._label_map: dict[str, int] | None = None
         self._label_map_source = "the training tags"
         if label_map_config is not None:
-            self._label_map, self._label_map_source = load_label_map(label_map_config)
+            self._label_map, self._label_map_source = load_label_map(label_map_config, what="tag")
             self._check_no_entity()
         elif phase == "predict":
             raise ValueError("label_map_config is required in predict: pass the training reader's label_map "
@@ -252,7 +295,7 @@ class SequenceLabelReader(Reader):
     def _check_no_entity(self) -> None:
         if self._no_entity_label not in self._label_map:
             raise ValueError(f"no_entity_label {self._no_entity_label!r} is not in the label map "
-                             f"({self._label_map_source}); tags: {_preview(sorted(self._label_map))}")
+                             f"({self._label_map_source}); tags: {preview(sorted(self._label_map))}")
 
     # ---- register protocol ----
     def _task_outputs(self):
@@ -284,7 +327,7 @@ class SequenceLabelReader(Reader):
 
     @property
     def file_format(self) -> str | None:
-        """The format of the loaded file ('tsv' or 'conll'), None before load_data."""
+        """The format of the loaded file ('tsv', 'lines' or 'conll'), None before load_data."""
         return self._used_format
 
     def check_num_classes(self, num_classes: int) -> None:
@@ -304,19 +347,23 @@ class SequenceLabelReader(Reader):
         num_epochs: int | None = None,
         file_format: str | None = None,
         shuffle_train: bool = True,
+        columns: Sequence[str] | None = None,
     ) -> None:
         """Reads, validates and encodes the whole file once (see `Reader.load_data`).
 
         Args:
-            file_format: 'tsv', 'conll', or None for the constructor's choice (detected when that is None too).
+            file_format: 'tsv', 'lines', 'conll', or None for the constructor's choice (detected, by the rule in
+                the module docstring, when that is None too).
+            columns: the column names of a TSV without a header, e.g. `["label", "text_a"]` (read as 'lines').
         """
         if file_format is not None and file_format not in FORMATS:
             raise ValueError(f"file_format must be one of {FORMATS} or None (detect), got {file_format!r}")
         self._load_format = file_format or self._file_format
-        super().load_data(input_file, batch_size, num_epochs, shuffle_train=shuffle_train)
+        super().load_data(input_file, batch_size, num_epochs, shuffle_train=shuffle_train, columns=columns)
 
     def _load_examples(self, path):
-        self._used_format, sentences = read_tagged_file(path, self._load_format, self._phase == "train")
+        self._used_format, sentences = read_tagged_file(path, self._load_format, self._phase == "train",
+                                                        self._file_columns)
         has_tags = sentences[0].tags is not None
         if self._label_map is None:
             tags = sorted({t for s in sentences for t in s.tags})
@@ -349,8 +396,11 @@ class SequenceLabelReader(Reader):
                   "word_starts": starts.astype(np.int64), "n_words": len(s.words), "line": s.line,
                   "words": s.words}
             if has_tags:
-                ex["label_ids"] = np.asarray(self._tag_ids(path, s)[:kept], dtype=np.int64)
                 ex["tags"] = s.tags
+                # In predict, gold tags are kept for scoring only: one the model never saw is not an error
+                # (`gold_tags()` returns it and it scores as a miss).
+                if self._phase == "train" or all(t in self._label_map for t in s.tags):
+                    ex["label_ids"] = np.asarray(self._tag_ids(path, s)[:kept], dtype=np.int64)
             examples.append(ex)
         if n_truncated:
             logger.info("%s: %d of %d sentences have more than %d sub-tokens (max_len %d minus [CLS]/[SEP]); their "
@@ -364,7 +414,7 @@ class SequenceLabelReader(Reader):
         except KeyError:
             k = next(k for k, t in enumerate(s.tags) if t not in self._label_map)
             raise DataError(f"{path}:{s.word_lines[k]}: tag {s.tags[k]!r} (word {s.words[k]!r}) is not in the label "
-                            f"map ({self._label_map_source}); known tags: {_preview(sorted(self._label_map))}"
+                            f"map ({self._label_map_source}); known tags: {preview(sorted(self._label_map))}"
                             ) from None
 
     def _collate(self, examples, rng):
@@ -393,8 +443,3 @@ class SequenceLabelReader(Reader):
         return {"word_counts": [e["n_words"] for e in examples],
                 "kept_word_counts": [len(e["word_starts"]) for e in examples],
                 "words": [e["words"] for e in examples], "id2label": self.id2label}
-
-
-def _preview(items: Sequence[str], n: int = 20) -> str:
-    shown = ", ".join(repr(x) for x in items[:n])
-    return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)} in all)"
