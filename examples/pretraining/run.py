@@ -83,6 +83,9 @@ def parse_args(argv=None):
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--warmup", type=float, default=0.1)
     p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--finetune_seeds", default="",
+                   help="comma-separated seeds: stage 2 runs every arm once per seed and reports each arm's mean and "
+                        "standard deviation and the paired differences (default: --seed only)")
     p.add_argument("--print_steps", type=int, default=100)
     return p.parse_args(argv)
 
@@ -283,6 +286,36 @@ def finetune(args, config: dict, init_from: str | None, train_file: str) -> dict
     return accuracies
 
 
+def seed_summary(by_seed: dict[int, dict[str, dict[str, float]]], arms: list[str]) -> dict:
+    """Per split: each arm's mean and sample standard deviation over the seeds and, with both arms, the paired
+    differences (pretrained - scratch, in points) with their mean and standard deviation."""
+    summary = {}
+    splits = sorted({split for runs in by_seed.values() for acc in runs.values() for split in acc})
+    for split in splits:
+        entry = {}
+        for arm in arms:
+            values = [by_seed[s][arm][split] for s in by_seed]
+            entry[arm] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)), "values": values}
+        if len(arms) == 2:
+            diffs = [100 * (by_seed[s]["pretrained"][split] - by_seed[s]["scratch"][split]) for s in by_seed]
+            entry["difference_points"] = {"mean": float(np.mean(diffs)), "std": float(np.std(diffs, ddof=1)),
+                                          "values": diffs}
+        summary[split] = entry
+    return summary
+
+
+def summary_lines(summary: dict) -> list[str]:
+    lines = []
+    for split, entry in summary.items():
+        parts = [f"{arm} {e['mean']:.4f} ± {e['std']:.4f}" for arm, e in entry.items() if arm != "difference_points"]
+        if "difference_points" in entry:
+            d = entry["difference_points"]
+            parts.append(f"paired difference {d['mean']:+.2f} ± {d['std']:.2f} points")
+        lines.append(f"ChnSentiCorp {split} accuracy over {len(next(iter(entry.values()))['values'])} seeds: "
+                     + ", ".join(parts))
+    return lines
+
+
 def main(argv=None):
     args = parse_args(argv)
     stages = {s.strip() for s in args.stages.split(",") if s.strip()}
@@ -303,8 +336,19 @@ def main(argv=None):
         arms = [a.strip() for a in args.arms.split(",") if a.strip()]
         if not arms or set(arms) - {"pretrained", "scratch"}:
             sys.exit(f"--arms must be a comma-separated subset of pretrained,scratch; got {args.arms!r}")
-        runs = {arm: finetune(args, config, ckpt if arm == "pretrained" else None, train_file) for arm in arms}
+        seeds = [int(x) for x in args.finetune_seeds.split(",") if x.strip()] or [args.seed]
+        by_seed = {}
+        for seed in seeds:  # the pretraining stage above used --seed; each fine-tuning seed re-draws the head,
+            # the data order and the dropout masks, identically for both arms
+            by_seed[seed] = {arm: finetune(argparse.Namespace(**{**vars(args), "seed": seed}), config,
+                                           ckpt if arm == "pretrained" else None, train_file) for arm in arms}
+        runs = by_seed[seeds[0]]
         results["accuracy_by_arm"] = runs
+        if len(seeds) > 1:
+            results["accuracy_by_seed"] = by_seed
+            results["summary"] = seed_summary(by_seed, arms)
+            for line in summary_lines(results["summary"]):
+                print(line, flush=True)
         for split in ("dev", "test"):
             if len(runs) == 2 and split in runs["pretrained"]:
                 results[f"{split}_accuracy"] = {arm: acc[split] for arm, acc in runs.items()}

@@ -56,5 +56,19 @@ def test_task_adaptive_pretraining_then_both_arms(tmp_path):
                     "--test_file", str(small), "--save_path", str(tmp_path / "out3")])
     assert set(one["accuracy_by_arm"]) == {"pretrained"} and set(one["accuracy_by_arm"]["pretrained"]) == {"test"}
     assert one["accuracy_by_arm"]["pretrained"]["test"] == results["test_accuracy"]["pretrained"]
+    # stage 2 over two seeds, both arms: per-seed results, each arm's mean and spread, the paired differences
+    seeds = run.main(["--stages", "finetune", "--mlm_checkpoint", str(out / "mlm" / "ckpt.final"),
+                      "--hidden_size", "64", "--num_heads", "2", "--intermediate_size", "128", "--num_layers", "1",
+                      "--train_examples", "64", "--epochs", "1", "--max_seqlen", "64", "--dev_file", "",
+                      "--test_file", str(small), "--finetune_seeds", "1,2", "--save_path", str(tmp_path / "out4")])
+    by_seed, summary = seeds["accuracy_by_seed"], seeds["summary"]["test"]
+    assert by_seed[1]["pretrained"]["test"] == results["test_accuracy"]["pretrained"]  # seed 1 = the run above
+    assert by_seed[1]["scratch"]["test"] == results["test_accuracy"]["scratch"]
+    for arm in ("pretrained", "scratch"):
+        values = [by_seed[s][arm]["test"] for s in (1, 2)]
+        assert summary[arm]["values"] == values and summary[arm]["mean"] == pytest.approx(sum(values) / 2)
+        assert summary[arm]["std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    assert summary["difference_points"]["values"] == pytest.approx(
+        [100 * (by_seed[s]["pretrained"]["test"] - by_seed[s]["scratch"]["test"]) for s in (1, 2)])
     with pytest.raises(SystemExit):
         run.main(["--sources", "no_such_source", "--save_path", str(tmp_path / "bad")])
