@@ -187,6 +187,7 @@ class TrainLoop:
         self._save_path: str | None = None
         self._save_steps: int | None = None
         self._save_types: tuple[str, ...] = ()
+        self._max_to_keep: int | None = None
         self._last_saved_step = -1
 
     # ---- state ----
@@ -260,13 +261,17 @@ class TrainLoop:
                     live[k].copy_(v)
 
     # ---- checkpoints ----
-    def set_saver(self, save_path: str | None, save_steps: int | None, save_types: tuple[str, ...]) -> None:
-        """Saves every `save_steps` global steps (None: no periodic saving)."""
+    def set_saver(self, save_path: str | None, save_steps: int | None, save_types: tuple[str, ...],
+                  max_to_keep: int | None = None) -> None:
+        """Saves every `save_steps` global steps (None: no periodic saving), keeping the last `max_to_keep`
+        periodic saves of each type (None: all). Leftovers of killed saves in `save_path` are removed here."""
         if save_path is None or save_steps is None:
             self._save_path = self._save_steps = None
             return
         os.makedirs(save_path, exist_ok=True)
+        ckpt.remove_stale(save_path)
         self._save_path, self._save_steps, self._save_types = os.fspath(save_path), int(save_steps), save_types
+        self._max_to_keep = max_to_keep
 
     def save(self, directory: str, trainer_state: dict) -> str:
         """Writes a full training checkpoint (weights, EMA, optimizer, RNG, counters) atomically."""
@@ -293,12 +298,20 @@ class TrainLoop:
             for name in self.tasks:
                 logger.info("%s: predict model saved at %s", name, path)
             logger.info("predict model has been saved at %s", path)
+        if self._max_to_keep is not None:
+            for kind in ("ckpt", "pred"):
+                for path in ckpt.prune(self._save_path, kind, self._max_to_keep):
+                    logger.info("removed %s (max_to_keep=%d)", path, self._max_to_keep)
 
     def load_training_state(self, state: dict, opt_state: dict | None, rng: dict | None,
-                            model_state_: dict[str, torch.Tensor]) -> None:
+                            model_state_: dict[str, torch.Tensor], source: str) -> None:
         """Restores counters, optimizer, EMA and RNG from a checkpoint (the weights are loaded separately)."""
-        if opt_state is not None:
-            self.torch_optimizer.load_state_dict(opt_state)
+        if opt_state is None:
+            # resuming from it would restart Adam's moments at the saved step: a different run, silently
+            raise ValueError(f"{source}: no optimizer.pt, so it cannot resume training (a 'predict' export or a "
+                             f"weights-only folder); load_ckpt(path, training_state=False) starts a new run from "
+                             f"its weights")
+        self.torch_optimizer.load_state_dict(opt_state)
         self.global_step = int(state.get("step", 0))
         for name in self.tasks:
             task_state = state.get("tasks", {}).get(name, {})

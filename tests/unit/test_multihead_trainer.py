@@ -180,6 +180,24 @@ def test_resume_is_exact(tmp_path, uncased_vocab, tiny_config):
     assert got[9:] == again.losses(7)
 
 
+def test_resume_from_the_latest_checkpoint_of_the_saver(tmp_path, uncased_vocab, tiny_config):
+    straight = Setup(tmp_path, uncased_vocab, tiny_config)
+    straight.fit()
+    expected = straight.losses(14)
+
+    out = str(tmp_path / "out")
+    first = Setup(tmp_path, uncased_vocab, tiny_config)
+    first.mh.set_saver(out, 3, max_to_keep=1)
+    first.fit()
+    got = first.losses(8)
+    assert os.listdir(out) == ["ckpt.step6"]
+    resumed = Setup(tmp_path, uncased_vocab, tiny_config, seed=5)
+    resumed.mh.set_saver(out, 3, max_to_keep=1)
+    assert resumed.mh.resume() == os.path.join(out, "ckpt.step6")
+    resumed.fit()
+    assert got[:6] + resumed.losses(8) == expected
+
+
 def test_checkpoint_holds_every_head_and_single_task_trainers_predict_from_it(tmp_path, uncased_vocab, tiny_config):
     s = Setup(tmp_path, uncased_vocab, tiny_config, lr=5e-3)
     s.fit(epochs=3)

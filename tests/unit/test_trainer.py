@@ -116,7 +116,7 @@ def test_saver_writes_atomic_checkpoints_and_final(tmp_path, uncased_vocab, tiny
     assert sorted(os.listdir(save_dir)) == ["ckpt.step10", "ckpt.step12", "ckpt.step5"]
     assert "checkpoint has been saved at" in caplog.text
     files = sorted(os.listdir(save_dir / "ckpt.step12"))
-    assert files == ["model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json"]
+    assert files == ["complete.json", "model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json"]
     state = json.load(open(save_dir / "ckpt.step12" / "trainer_state.json"))
     assert state["step"] == 12 and state["heads"]["cls"]["config"]["num_classes"] == 2
     from safetensors.torch import load_file
@@ -259,3 +259,78 @@ def test_predict_export_and_bf16_autocast(tmp_path, uncased_vocab, tiny_config):
     atol = 4e-4
     np.testing.assert_allclose(exported_probs("pred.step6"), final, rtol=0, atol=atol)
     assert np.abs(exported_probs("pred.step3") - final).max() > 5 * atol
+
+
+def test_incomplete_checkpoints_are_refused_by_name(tmp_path, uncased_vocab, tiny_config, caplog):
+    import shutil
+
+    trainer, _ = build(tmp_path, uncased_vocab, tiny_config)
+    step_losses(trainer, 3)
+    path = trainer.save(str(tmp_path / "ckpt"))
+    marker = json.load(open(os.path.join(path, "complete.json")))  # written last, listing every other file
+    assert sorted(marker["files"]) == ["model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json"]
+
+    def copy(name, drop=(), truncate=None):
+        target = str(tmp_path / name)
+        shutil.copytree(path, target)
+        for f in drop:
+            os.remove(os.path.join(target, f))
+        if truncate:
+            with open(os.path.join(target, truncate), "r+b") as f:
+                f.truncate(100)
+        return target
+
+    fresh, _ = build(tmp_path, uncased_vocab, tiny_config)
+    # a folder with only model.safetensors used to load as step 0 with an empty optimizer
+    only_weights = copy("only_weights", drop=["complete.json", "optimizer.pt", "rng.pt", "trainer_state.json"])
+    with pytest.raises(ValueError, match=r"only_weights: incomplete checkpoint.*no complete.json.*trainer_state"):
+        fresh.load_ckpt(only_weights)
+    with pytest.raises(ValueError, match=r"no_opt: incomplete checkpoint.*missing optimizer.pt"):
+        fresh.load_ckpt(copy("no_opt", drop=["optimizer.pt"]))
+    with pytest.raises(ValueError, match=r"cut: incomplete checkpoint.*model.safetensors differ in size"):
+        fresh.load_ckpt(copy("cut", truncate="model.safetensors"))
+    assert fresh.cur_train_step == 0
+    # written before the marker existed: accepted (it holds model.safetensors and trainer_state.json), logged
+    with caplog.at_level("INFO", logger="torchpalm"):
+        fresh.load_ckpt(copy("legacy", drop=["complete.json"]))
+    assert fresh.cur_train_step == 3 and "saved before completeness markers" in caplog.text
+    # a weights-only folder cannot resume training (it would restart Adam at step N), but starts a new run
+    weights_only = copy("weights_only", drop=["optimizer.pt", "rng.pt", "complete.json"])
+    with pytest.raises(ValueError, match=r"weights_only: no optimizer.pt, so it cannot resume training"):
+        fresh.load_ckpt(weights_only)
+    fresh.load_ckpt(weights_only, training_state=False)
+
+
+def test_killed_saves_retention_latest_and_resume(tmp_path, uncased_vocab, tiny_config):
+    import shutil
+
+    straight, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3)
+    expected = step_losses(straight, 18)
+
+    out = tmp_path / "out"
+    first, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3)
+    first.set_saver(str(out), 4, max_to_keep=2)
+    best = first.save(str(out / "best.cls"))  # what set_evaluation keeps: never removed by max_to_keep
+    got = step_losses(first, 10)
+    assert sorted(os.listdir(out)) == ["best.cls", "ckpt.step4", "ckpt.step8"]
+    # what a SIGKILL leaves: a save killed before its rename (even one that wrote everything), a folder that
+    # lost files, a best.* replacement killed after the old one was moved aside; and a user's own folder
+    shutil.copytree(out / "ckpt.step8", out / "ckpt.step12.tmp-k1ll3d")
+    (out / "ckpt.step16").mkdir()
+    shutil.copy(out / "ckpt.step8" / "model.safetensors", out / "ckpt.step16")
+    shutil.copytree(best, out / "best.cls.old")
+    (out / "notes.tmp-1").mkdir()
+    assert palm.checkpoint.latest(str(out)) == str(out / "ckpt.step8")
+
+    resumed, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3, seed=5)
+    assert resumed.resume(str(tmp_path / "empty")) is None  # nothing saved yet: a fresh start
+    resumed.set_saver(str(out), 4, max_to_keep=2)  # removes the leftovers of killed saves
+    assert sorted(os.listdir(out)) == ["best.cls", "ckpt.step16", "ckpt.step4", "ckpt.step8", "notes.tmp-1"]
+    assert resumed.resume() == str(out / "ckpt.step8") and resumed.cur_train_step == 8
+    got = got[:8] + step_losses(resumed, 10)
+    assert got == expected
+    # the incomplete ckpt.step16 was replaced by a complete save; the last two periodic saves are kept
+    assert sorted(os.listdir(out)) == ["best.cls", "ckpt.step12", "ckpt.step16", "notes.tmp-1"]
+    assert palm.checkpoint.latest(str(out)) == str(out / "ckpt.step16")
+    with pytest.raises(ValueError, match="max_to_keep must be an integer >= 1"):
+        resumed.set_saver(str(out), 4, max_to_keep=0)
