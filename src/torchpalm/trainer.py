@@ -36,7 +36,6 @@ from .loop import (
     ensure_console_logging,
     load_model_state,
     progress_bar,
-    set_rng_state,
     to_device,
 )
 from .optimizer import Optimizer
@@ -327,8 +326,6 @@ class Trainer:
             self._restore_reader(trainer_state.get("tasks", {}).get(self._name, {}).get("reader"))
             if self._evaluator is not None and trainer_state.get("evaluation"):
                 self._evaluator.load_state_dict(trainer_state["evaluation"])
-        elif training_state and self._backbone is not None and rng is not None:
-            set_rng_state(rng)
         logger.info("Load model from %s", model_path)
 
     def _restore_reader(self, reader_state: dict | None) -> None:

@@ -334,3 +334,24 @@ def test_killed_saves_retention_latest_and_resume(tmp_path, uncased_vocab, tiny_
     assert palm.checkpoint.latest(str(out)) == str(out / "ckpt.step16")
     with pytest.raises(ValueError, match="max_to_keep must be an integer >= 1"):
         resumed.set_saver(str(out), 4, max_to_keep=0)
+
+
+def test_two_models_in_one_process_train_as_each_alone(tmp_path, uncased_vocab, tiny_config):
+    # dropout is on (0.1 in the backbone and the head), so every loss depends on the random stream it draws
+    alone, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3)
+    expected = step_losses(alone, 12)
+
+    a, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3)
+    b, _ = build(tmp_path, uncased_vocab, tiny_config, seed=1)  # built after A, reseeding the global RNG
+    got = []
+    for _ in range(12):
+        got += step_losses(a, 1)
+        step_losses(b, 1)
+        torch.rand(3)  # the script's own draws from the global RNG
+    assert got == expected
+    # and a step leaves the global RNG where it was
+    torch.manual_seed(3)
+    reference = torch.rand(4)
+    torch.manual_seed(3)
+    a.train_one_step(a.get_one_batch())
+    assert torch.equal(torch.rand(4), reference)
