@@ -4,10 +4,15 @@ A task is a name, a head and a reader (`Task`). The loop owns everything else: t
 `nn.ModuleDict` of heads keyed by task name), the torch optimizer and the schedule, the EMA weights, the step
 counters (global and per task), checkpoints, and the progress log. A step is
 
-    batch of task t -> backbone -> head t -> loss -> backward -> (clip) -> optimizer step -> (EMA)
+    batch of task t -> backbone -> head t -> loss -> backward -> gradient norm -> (clip) -> optimizer step -> (EMA)
 
-and nothing in it waits for the device: the loss stays a tensor, and non-finite losses are detected on the
-device and reported at the next log line or checkpoint (the only places that read values back).
+and nothing in it waits for the device: the loss stays a tensor. A step whose loss or gradient is NaN or
+infinite is never applied: the gradient's global norm (one read of the gradients, shared with clipping) gives a
+flag on the device, and the fused optimizer (CUDA) skips its update on that flag, as it does under torch's
+GradScaler; the unfused one (CPU, where reading a tensor costs nothing) is not called. The flag is read back at
+the next log line, checkpoint or the end of training (the only places that read values back): an error naming
+the first such step, raised before anything is saved (so the last checkpoint predates it), or, with
+`skip_nonfinite`, a count of the skipped steps.
 
 Checkpoint names: the backbone's parameters as `backbone.<name>`, each head's as `<task>.<name>` (a head shared
 through `reuse_head_with` is stored once, under its owner), EMA weights as `ema.<those names>`.
@@ -165,19 +170,23 @@ class TrainLoop:
         weight_decay: decoupled weight decay (None: off); biases, norms and each head's `no_weight_decay()`
             are never decayed, and each head's `param_lr_scales()` become their groups' `lr_scale`.
         use_ema, ema_decay: keep an exponential moving average of the weights (used for prediction).
-        device, precision, grad_clip: see `Trainer`.
+        device, precision, grad_clip, skip_nonfinite: see `Trainer`.
     """
 
     def __init__(self, model: MultiTaskModel, tasks: dict[str, Task], optimizer: Optimizer,
                  weight_decay: float | None, use_ema: bool, ema_decay: float | None, device: torch.device,
-                 precision: str, grad_clip: float | None):
+                 precision: str, grad_clip: float | None, skip_nonfinite: bool = False):
         self.model, self.tasks, self.optimizer = model, tasks, optimizer
         self.device, self.precision, self.grad_clip = device, precision, grad_clip
+        self.skip_nonfinite = skip_nonfinite
         no_decay, lr_scales = set(), {}
         for name, head in model.heads.items():
             no_decay |= {f"heads.{name}.{n}" for n in head.no_weight_decay()}
             lr_scales.update({f"heads.{name}.{n}": s for n, s in head.param_lr_scales().items()})
         self.torch_optimizer = optimizer._build(param_groups(model, weight_decay, no_decay, lr_scales), device)
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        # fused torch optimizers take GradScaler's `found_inf` flag and skip the update on the device
+        self._skips_on_device = getattr(self.torch_optimizer, "_step_supports_amp_scaling", False)
         self.ema: dict[str, torch.Tensor] | None = None
         self.ema_decay = 0.0
         if use_ema:
@@ -195,7 +204,9 @@ class TrainLoop:
         # per trainer (the global RNG is not advanced: something built later may reuse those numbers for its
         # initialisation, which correlates nothing that matters).
         self._rng = rng_state(device)
-        self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since the check
+        # [first global step whose loss or gradient was not finite (0: none), number of such steps]
+        self._nonfinite = torch.zeros(2, dtype=torch.int64, device=device)
+        self._skipped_reported = 0
         self._save_path: str | None = None
         self._save_steps: int | None = None
         self._save_types: tuple[str, ...] = ()
@@ -245,28 +256,58 @@ class TrainLoop:
             loss = self.model(task, to_device(batch, self.device))["loss"]
         weight = self.tasks[task].loss_weight
         (loss * weight if weight != 1.0 else loss).backward()
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.torch_optimizer.step()
-        self.torch_optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self._update_ema()
         loss = loss.detach()
-        self._nonfinite |= ~torch.isfinite(loss)
+        # one pass over the gradients, shared with clipping (a NaN or inf anywhere makes the norm non-finite;
+        # so does a finite gradient too large for the norm's float32, which no update should apply either)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(self._params, self.grad_clip, norm)
+        bad = ~(torch.isfinite(norm) & torch.isfinite(loss))
+        self._nonfinite[0].masked_fill_(bad & (self._nonfinite[0] == 0), self.global_step + 1)
+        self._nonfinite[1] += bad
+        if self._skips_on_device:
+            self.torch_optimizer.found_inf = bad.float()  # the fused kernel leaves weights and moments as they are
+            self.torch_optimizer.step()
+            if self.ema is not None:
+                self._update_ema(keep=bad)
+        elif not bool(bad):  # unfused optimizers cannot skip on the device; on CPU this read costs nothing
+            self.torch_optimizer.step()
+            if self.ema is not None:
+                self._update_ema()
+        self.torch_optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         self.task_steps[task] += 1
         return loss
 
+    @property
+    def skipped_steps(self) -> int:
+        """Steps not applied because their loss or gradient was NaN or infinite (reads back from the device)."""
+        return int(self._nonfinite[1])
+
     def check_finite(self) -> None:
-        """Raises if any loss since the last check was NaN or infinite (reads one flag back from the device)."""
-        if bool(self._nonfinite):
-            raise FloatingPointError(f"a loss became non-finite at or before global step {self.global_step}; "
-                                     "lower the learning rate or enable grad_clip")
+        """Raises naming the first step whose loss or gradient was NaN or infinite (that step was not applied);
+        with `skip_nonfinite`, logs how many were skipped instead. Reads two numbers back from the device."""
+        first, skipped = self._nonfinite.tolist()
+        if not first:
+            return
+        if not self.skip_nonfinite:
+            raise FloatingPointError(
+                f"global step {first}: the loss or a gradient was NaN or infinite; that update was not applied, "
+                f"and nothing was saved from that step on (the last checkpoint predates it). Lower the learning "
+                f"rate, set Trainer(grad_clip=...), or pass Trainer(skip_nonfinite=True) to skip such steps")
+        if skipped > self._skipped_reported:
+            logger.warning("skipped %d step(s) so far whose loss or gradient was NaN or infinite (the first at "
+                           "global step %d)", skipped, first)
+            self._skipped_reported = skipped
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
+    def _update_ema(self, keep: torch.Tensor | None = None) -> None:
+        """Moves the EMA towards the live weights; not at all where `keep` (a device flag) is set."""
+        rate = 1.0 - self.ema_decay
+        if keep is not None:
+            rate = (~keep).float() * rate
         for ema, live in self._ema_pairs:
-            ema.lerp_(live, 1.0 - self.ema_decay)
+            ema.lerp_(live, rate)
 
     @contextlib.contextmanager
     def ema_weights(self):
@@ -305,7 +346,9 @@ class TrainLoop:
         state = self.state()
         if self.ema is not None:
             state.update({f"ema.{k}": v for k, v in self.ema.items()})
-        trainer_state = {"step": self.global_step, **trainer_state}
+        first, skipped = self._nonfinite.tolist()
+        trainer_state = {"step": self.global_step, "nonfinite": {"first": first, "skipped": skipped},
+                         **trainer_state}
         return ckpt.save_checkpoint(directory, state, trainer_state, self.torch_optimizer.state_dict(), self._rng)
 
     def maybe_save(self, trainer_state: Callable[[], dict], force: bool = False) -> None:
@@ -339,6 +382,9 @@ class TrainLoop:
                              f"its weights")
         self.torch_optimizer.load_state_dict(opt_state)
         self.global_step = int(state.get("step", 0))
+        nonfinite = state.get("nonfinite", {})
+        self._nonfinite.copy_(torch.tensor([nonfinite.get("first", 0), nonfinite.get("skipped", 0)]))
+        self._skipped_reported = int(nonfinite.get("skipped", 0))
         for name in self.tasks:
             task_state = state.get("tasks", {}).get(name, {})
             self.task_steps[name] = int(task_state.get("step", self.global_step if len(self.tasks) == 1 else 0))

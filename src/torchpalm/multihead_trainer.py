@@ -125,6 +125,12 @@ class MultiHeadTrainer:
         return self._model
 
     @property
+    def skipped_steps(self) -> int:
+        """Steps not applied because their loss or gradient was NaN or infinite (the first trainer's
+        `skip_nonfinite`, like its precision and grad_clip, applies to the joint loop)."""
+        return self._loop.skipped_steps if self._loop is not None else 0
+
+    @property
     def torch_optimizer(self) -> torch.optim.Optimizer | None:
         return self._loop.torch_optimizer if self._loop is not None else None
 
@@ -164,7 +170,7 @@ class MultiHeadTrainer:
         first = self._trainers[0]
         self._optimizer = optimizer
         self._loop = TrainLoop(self._model, self.tasks, optimizer, weight_decay, use_ema, ema_decay, self.device,
-                               first._precision, first._grad_clip)
+                               first._precision, first._grad_clip, first._skip_nonfinite)
         for t in self._trainers:
             t._loop, t._multi_task, t._optimizer = self._loop, self, optimizer
         if self._saver_args is not None:

@@ -101,11 +101,14 @@ class Trainer:
             a classifier's cross-entropy is one number per sentence), and with Adam's shared second-moment
             estimate on the backbone the larger one sets the step size for both; weights rebalance that.
             Logged losses are unweighted.
+        skip_nonfinite: a step whose loss or gradient is NaN or infinite is never applied; by default training
+            then stops with an error naming that step (at the next log line, checkpoint or the end, before
+            anything is saved). True skips such steps and goes on, logging how many (`skipped_steps`).
     """
 
     def __init__(self, name: str, mix_ratio: float = 1.0, reuse_head_with: str | None = None,
                  device: str | torch.device | None = None, precision: str = "auto",
-                 grad_clip: float | None = None, loss_weight: float = 1.0):
+                 grad_clip: float | None = None, loss_weight: float = 1.0, skip_nonfinite: bool = False):
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"task name must be a non-empty string without '.', got {name!r}")
         if precision not in ("auto", "bf16", "fp16", "fp32"):
@@ -119,6 +122,7 @@ class Trainer:
         self.device = torch.device(device) if device is not None else default_device()
         self._precision = precision
         self._grad_clip = grad_clip
+        self._skip_nonfinite = bool(skip_nonfinite)
         self._task = Task(name, head=None, mix_ratio=float(mix_ratio), reuse_head_with=reuse_head_with,
                           loss_weight=float(loss_weight))
         self._backbone = self._head = self._model = None
@@ -167,6 +171,11 @@ class Trainer:
     @property
     def cur_train_epoch(self) -> int:
         return self._loop.task_epoch(self._name) if self._loop is not None else 0
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps not applied because their loss or gradient was NaN or infinite (`skip_nonfinite`)."""
+        return self._loop.skipped_steps if self._loop is not None else 0
 
     @property
     def steps_per_epoch(self) -> int | None:
@@ -239,7 +248,7 @@ class Trainer:
             raise RuntimeError("call build_forward(backbone, head) before build_backward")
         self._optimizer = optimizer
         self._loop = TrainLoop(self._model, {self._name: self._task}, optimizer, weight_decay, use_ema, ema_decay,
-                               self.device, self._precision, self._grad_clip)
+                               self.device, self._precision, self._grad_clip, self._skip_nonfinite)
         if self._saver_args is not None:
             self._loop.set_saver(*self._saver_args)
         self._sync_schedule()

@@ -34,7 +34,7 @@ def write_data(tmp_path, n=48, name="train.tsv"):
 
 
 def build(tmp_path, vocab, config, name="cls", epochs=2, batch=8, lr=3e-3, seed=0, backbone_cls=None,
-          dropout=0.1, precision="auto"):
+          dropout=0.1, precision="auto", adam=None, use_ema=False, **trainer_kw):
     torch.manual_seed(seed)
     backbone_cls = backbone_cls or palm.backbone.BERT
     reader = palm.reader.ClassifyReader(vocab, 32, seed=seed, do_lower_case=True)
@@ -42,11 +42,11 @@ def build(tmp_path, vocab, config, name="cls", epochs=2, batch=8, lr=3e-3, seed=
     backbone = backbone_cls.from_config(config)
     reader.register_with(backbone)
     head = palm.head.Classify(2, config["hidden_size"], dropout)
-    trainer = palm.Trainer(name, device="cpu", precision=precision)
+    trainer = palm.Trainer(name, device="cpu", precision=precision, **trainer_kw)
     loss = trainer.build_forward(backbone, head)
     steps = reader.num_examples * (epochs or 1) // batch
-    adam = palm.optimizer.Adam(loss, lr, palm.lr_sched.TriangularSchedualer(2, steps))
-    trainer.build_backward(adam, weight_decay=0.01)
+    adam = (adam or palm.optimizer.Adam)(loss, lr, palm.lr_sched.TriangularSchedualer(2, steps))
+    trainer.build_backward(adam, weight_decay=0.01, use_ema=use_ema)
     trainer.fit_reader(reader)
     return trainer, reader
 
@@ -355,3 +355,69 @@ def test_two_models_in_one_process_train_as_each_alone(tmp_path, uncased_vocab, 
     torch.manual_seed(3)
     a.train_one_step(a.get_one_batch())
     assert torch.equal(torch.rand(4), reference)
+
+
+class FusedAdam(palm.optimizer.Adam):
+    """The fused kernel CUDA uses (it runs on CPU too): it skips a flagged update on the device."""
+
+    def _build(self, param_groups, device):
+        return torch.optim.AdamW(param_groups, lr=self._lr, betas=self.betas, eps=self.eps, fused=True)
+
+
+def poison_gradient(trainer, steps):
+    """Makes the gradient of the head's weight NaN (the loss stays finite) in the given 1-based global steps."""
+    def hook(grad):
+        return grad * float("nan") if trainer.cur_train_step + 1 in steps else grad
+    trainer._head.classifier.weight.register_hook(hook)
+
+
+@pytest.mark.parametrize("adam", [palm.optimizer.Adam, FusedAdam], ids=["unfused", "fused"])
+def test_nonfinite_gradient_is_never_applied(tmp_path, uncased_vocab, tiny_config, adam):
+    import copy
+
+    out = tmp_path / "out"
+    trainer, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3, adam=adam, use_ema=True)
+    trainer.set_saver(str(out), 2)
+    poison_gradient(trainer, {5})
+    # train(): the error comes at the next read-back (here the save at step 6) and names step 5; nothing after
+    # step 4 was saved
+    with pytest.raises(FloatingPointError, match=r"global step 5: the loss or a gradient was NaN or infinite"):
+        trainer.train(print_steps=0)
+    assert palm.checkpoint.latest(str(out)) == str(out / "ckpt.step4") and trainer.cur_train_step == 6
+
+    # train_one_step reads the loss back anyway, so it raises at once: weights, moments and EMA are untouched
+    trainer, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3, adam=adam, use_ema=True)
+    poison_gradient(trainer, {5})
+    step_losses(trainer, 4)
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    ema = {k: v.clone() for k, v in trainer._loop.ema.items()}
+    moments = copy.deepcopy(trainer.torch_optimizer.state_dict()["state"])
+    with pytest.raises(FloatingPointError, match="global step 5"):
+        step_losses(trainer, 1)
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    for k, v in trainer._loop.ema.items():
+        assert torch.equal(v, ema[k]), k
+    for i, state in trainer.torch_optimizer.state_dict()["state"].items():
+        for k, v in state.items():
+            assert torch.equal(v, moments[i][k]), (i, k)
+    with pytest.raises(FloatingPointError, match="global step 5"):
+        trainer.save(str(tmp_path / "after"))
+
+
+def test_skip_nonfinite_skips_and_counts(tmp_path, uncased_vocab, tiny_config, caplog):
+    out = tmp_path / "out"
+    trainer, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3, skip_nonfinite=True)
+    trainer.set_saver(str(out), 9)
+    poison_gradient(trainer, {3, 7})
+    with caplog.at_level("INFO", logger="torchpalm"):
+        trainer.train(print_steps=5)
+    assert trainer.cur_train_step == 18 and trainer.skipped_steps == 2
+    assert "skipped 1 step(s) so far whose loss or gradient was NaN or infinite (the first at global step 3)" \
+        in caplog.text and "skipped 2 step(s)" in caplog.text
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    state = json.load(open(out / "ckpt.step18" / "trainer_state.json"))
+    assert state["nonfinite"] == {"first": 3, "skipped": 2}
+    resumed, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3, skip_nonfinite=True)
+    resumed.load_ckpt(str(out / "ckpt.step9"))
+    assert resumed.skipped_steps == 2
