@@ -4,7 +4,7 @@ Weights are safetensors; anything else loads with `torch.load(weights_only=True)
 A checkpoint directory `ckpt.step<N>/` holds:
     model.safetensors   backbone parameters as `backbone.<name>`, each head's as `<task name>.<name>`
     optimizer.pt        the torch optimizer state (tensors and numbers only)
-    rng.pt              torch CPU/CUDA RNG states
+    rng.pt              the trainer's random stream (torch CPU generator state, and its CUDA device's)
     trainer_state.json  step, epoch, reader positions, configs of the backbone and heads
     complete.json       written last: the name and size of every other file (the completeness marker)
 It is written to a temporary sibling directory `<name>.tmp-<random>`, fsynced, and renamed into place, so a crash

@@ -24,7 +24,9 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -201,8 +203,9 @@ class TrainLoop:
         # built or trained in between would change this one's losses. The loop keeps a stream of its own, swapped
         # in for its steps only (`own_rng`) and saved in checkpoints. It starts as a copy of the global state
         # now, so a script seeded with `torch.manual_seed` draws the very numbers it drew before streams were
-        # per trainer (the global RNG is not advanced: something built later may reuse those numbers for its
-        # initialisation, which correlates nothing that matters).
+        # per trainer. (The global RNG is not advanced, so a module built later initialises from the numbers
+        # this trainer's dropout uses; weights and dropout masks of different models sharing draws is harmless,
+        # and advancing it would change every seeded script's results.)
         self._rng = rng_state(device)
         # [first global step whose loss or gradient was not finite (0: none), number of such steps]
         self._nonfinite = torch.zeros(2, dtype=torch.int64, device=device)
@@ -415,37 +418,89 @@ class TrainLoop:
         progress = progress_bar(total_steps, self.global_step, "train")
         width = max(len(n) for n in self.tasks)
         last_time, last_step = time.time(), self.global_step
-        try:
-            while not finished():
-                try:
-                    task, batch = next(batches)
-                except StopIteration:
-                    break
-                loss = self.train_step(task, batch)
-                progress.update(1)
-                if print_steps > 0 and self.global_step % print_steps == 0:
-                    self.check_finite()
-                    now = time.time()
-                    speed = (self.global_step - last_step) / max(now - last_time, 1e-9)
-                    last_time, last_step = now, self.global_step
-                    value = float(loss)
-                    spe = max(self.tasks[task].steps_per_epoch, 1)
-                    step = self.task_steps[task]
-                    line = (f"step {(step - 1) % spe + 1}/{spe} (epoch {(step - 1) // spe}), loss: {value:.3f}, "
-                            f"speed: {speed:.2f} steps/s")
-                    if multi_task:
-                        line = f"global step: {self.global_step}, {task:>{width}}: {line}"
-                    logger.info("%s", line)
-                    lr = self.optimizer.lr_at(self.global_step)
-                    progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
-                stop = after_step(task) if after_step is not None else False  # PALM: after the step's log line
-                self.maybe_save(trainer_state)
-                if stop:
-                    break
-        finally:
-            progress.close()
-        self.check_finite()
-        self.maybe_save(trainer_state, force=True)
+        with deferred_signals() as interrupted:
+            try:
+                while not finished() and not interrupted:
+                    try:
+                        task, batch = next(batches)
+                    except StopIteration:
+                        break
+                    loss = self.train_step(task, batch)
+                    progress.update(1)
+                    if print_steps > 0 and self.global_step % print_steps == 0:
+                        self.check_finite()
+                        now = time.time()
+                        speed = (self.global_step - last_step) / max(now - last_time, 1e-9)
+                        last_time, last_step = now, self.global_step
+                        value = float(loss)
+                        spe = max(self.tasks[task].steps_per_epoch, 1)
+                        step = self.task_steps[task]
+                        line = (f"step {(step - 1) % spe + 1}/{spe} (epoch {(step - 1) // spe}), "
+                                f"loss: {value:.3f}, speed: {speed:.2f} steps/s")
+                        if multi_task:
+                            line = f"global step: {self.global_step}, {task:>{width}}: {line}"
+                        logger.info("%s", line)
+                        lr = self.optimizer.lr_at(self.global_step)
+                        progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
+                    stop = after_step(task) if after_step is not None else False  # PALM: after the log line
+                    self.maybe_save(trainer_state)
+                    if stop:
+                        break
+            finally:
+                progress.close()
+            self.check_finite()
+            self.maybe_save(trainer_state, force=True)  # also the checkpoint of an interrupted run
+        if interrupted:
+            logger.info("training stopped by %s after global step %d%s", interrupted.name, self.global_step,
+                        "" if self._save_path is not None else " (no saver set: nothing saved)")
+            raise interrupted.exception()
+
+class StopRequest:
+    """A SIGINT or SIGTERM that arrived while the loop ran (see `deferred_signals`); false while none did."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    def exception(self) -> BaseException:
+        """What the signal would have raised: KeyboardInterrupt for Ctrl-C, else exit status 128 + signal."""
+        return KeyboardInterrupt() if self.signum == signal.SIGINT else SystemExit(128 + self.signum)
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Holds SIGINT (Ctrl-C) and SIGTERM (schedulers' preemption) until the step in flight is done.
+
+    A KeyboardInterrupt raised inside a step leaves the reader one batch ahead of the step counter (the batch
+    was drawn, the step not counted, the update maybe half applied), so a checkpoint saved then skips a batch on
+    resume. Here the handler only records the signal: the loop finishes the step (its log line, a due
+    evaluation and save), saves a checkpoint, and then raises what the signal would have raised. A second
+    Ctrl-C stops at once, without saving. Signals reach only the main thread; elsewhere nothing is installed.
+    """
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        if request and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        request.signum = signum
+        logger.warning("%s received: finishing this step, then saving a checkpoint and stopping (Ctrl-C again "
+                       "stops at once, without saving)", signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 def progress_bar(total: int | None, initial: int, desc: str):

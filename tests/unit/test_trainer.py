@@ -421,3 +421,57 @@ def test_skip_nonfinite_skips_and_counts(tmp_path, uncased_vocab, tiny_config, c
     resumed, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3, skip_nonfinite=True)
     resumed.load_ckpt(str(out / "ckpt.step9"))
     assert resumed.skipped_steps == 2
+
+
+def record_losses(trainer) -> list[float]:
+    """The loss of every step `train()` runs, as the loop computed it."""
+    losses, step = [], trainer._loop.train_step
+
+    def recorded(task, batch):
+        loss = step(task, batch)
+        losses.append(float(loss))
+        return loss
+
+    trainer._loop.train_step = recorded
+    return losses
+
+
+def signal_inside_step(trainer, signum, at_step):
+    """Sends `signum` to this process in the middle of global step `at_step` (between forward and backward)."""
+    def hook(module, inputs, output):
+        if trainer.cur_train_step + 1 == at_step:
+            os.kill(os.getpid(), signum)
+    trainer._head.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_signal_during_train_saves_a_consistent_checkpoint(tmp_path, uncased_vocab, tiny_config, signum):
+    import signal
+
+    signum = getattr(signal, signum)
+    straight, _ = build(tmp_path, uncased_vocab, tiny_config)
+    expected = record_losses(straight)
+    straight.train(print_steps=0)
+
+    out = tmp_path / "out"
+    first, _ = build(tmp_path, uncased_vocab, tiny_config)
+    first.set_saver(str(out), 100)
+    got = record_losses(first)
+    signal_inside_step(first, signum, at_step=5)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt if signum == signal.SIGINT else SystemExit) as stopped:
+        first.train(print_steps=0)
+    if signum == signal.SIGTERM:
+        assert stopped.value.code == 128 + signal.SIGTERM
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    # step 5 was finished, not abandoned: the reader position matches the step counter in the checkpoint
+    assert first.cur_train_step == 5 and palm.checkpoint.latest(str(out)) == str(out / "ckpt.step5")
+    state = json.load(open(out / "ckpt.step5" / "trainer_state.json"))
+    assert state["step"] == 5 and state["tasks"]["cls"]["reader"]["position"] == 5
+
+    resumed, _ = build(tmp_path, uncased_vocab, tiny_config, seed=3)
+    resumed.set_saver(str(out), 100)
+    rest = record_losses(resumed)
+    assert resumed.resume() == str(out / "ckpt.step5")
+    resumed.train(print_steps=0)
+    assert got + rest == expected  # bit-identical to the uninterrupted run: no batch skipped or repeated
