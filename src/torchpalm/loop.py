@@ -310,7 +310,7 @@ class TrainLoop:
         if keep is not None:
             rate = (~keep).float() * rate
         for ema, live in self._ema_pairs:
-            ema.lerp_(live, rate)
+            ema.lerp_(live, rate if keep is None else rate.to(ema.dtype))  # a tensor weight must match the dtype
 
     @contextlib.contextmanager
     def ema_weights(self):

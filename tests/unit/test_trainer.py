@@ -319,18 +319,20 @@ def test_killed_saves_retention_latest_and_resume(tmp_path, uncased_vocab, tiny_
     (out / "ckpt.step16").mkdir()
     shutil.copy(out / "ckpt.step8" / "model.safetensors", out / "ckpt.step16")
     shutil.copytree(best, out / "best.cls.old")
+    shutil.copytree(best, out / "best.tag.old")  # killed between the renames: the only copy of best.tag
     (out / "notes.tmp-1").mkdir()
     assert palm.checkpoint.latest(str(out)) == str(out / "ckpt.step8")
 
     resumed, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3, seed=5)
     assert resumed.resume(str(tmp_path / "empty")) is None  # nothing saved yet: a fresh start
     resumed.set_saver(str(out), 4, max_to_keep=2)  # removes the leftovers of killed saves
-    assert sorted(os.listdir(out)) == ["best.cls", "ckpt.step16", "ckpt.step4", "ckpt.step8", "notes.tmp-1"]
+    assert sorted(os.listdir(out)) == ["best.cls", "best.tag", "ckpt.step16", "ckpt.step4", "ckpt.step8",
+                                       "notes.tmp-1"]
     assert resumed.resume() == str(out / "ckpt.step8") and resumed.cur_train_step == 8
     got = got[:8] + step_losses(resumed, 10)
     assert got == expected
     # the incomplete ckpt.step16 was replaced by a complete save; the last two periodic saves are kept
-    assert sorted(os.listdir(out)) == ["best.cls", "ckpt.step12", "ckpt.step16", "notes.tmp-1"]
+    assert sorted(os.listdir(out)) == ["best.cls", "best.tag", "ckpt.step12", "ckpt.step16", "notes.tmp-1"]
     assert palm.checkpoint.latest(str(out)) == str(out / "ckpt.step16")
     with pytest.raises(ValueError, match="max_to_keep must be an integer >= 1"):
         resumed.set_saver(str(out), 4, max_to_keep=0)
