@@ -314,7 +314,8 @@ class Trainer:
             logger.info("Warning: %s not found in %s.", name, model_path)
 
     def load_ckpt(self, model_path: str, training_state: bool = True) -> None:
-        """Loads a checkpoint: weights, and for training also optimizer, step counters, reader position, RNG.
+        """Loads a checkpoint: weights, and for training also optimizer, step counters, reader position and the
+        trainer's random stream.
 
         A checkpoint of a MultiHeadTrainer works too: this task's head and the shared backbone are read from it.
         `training_state=False` loads the weights only, to start a new training run from them (e.g. fine-tuning
@@ -365,6 +366,8 @@ class Trainer:
         none yet, so one script serves the first run and every restart."""
         if self._loop is None:
             raise RuntimeError("call build_backward(optimizer) before resume")
+        if self._own_loop() is None:
+            raise RuntimeError(f"task '{self._name}' belongs to a MultiHeadTrainer: call resume() on that")
         return resume_latest(self, save_path, self._saver_args)
 
     def _trainer_state(self) -> dict:

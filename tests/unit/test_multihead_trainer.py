@@ -193,6 +193,8 @@ def test_resume_from_the_latest_checkpoint_of_the_saver(tmp_path, uncased_vocab,
     assert os.listdir(out) == ["ckpt.step6"]
     resumed = Setup(tmp_path, uncased_vocab, tiny_config, seed=5)
     resumed.mh.set_saver(out, 3, max_to_keep=1)
+    with pytest.raises(RuntimeError, match="belongs to a MultiHeadTrainer: call resume"):
+        resumed.t_cls.resume()
     assert resumed.mh.resume() == os.path.join(out, "ckpt.step6")
     resumed.fit()
     assert got[:6] + resumed.losses(8) == expected
