@@ -4,10 +4,18 @@ Weights are safetensors; anything else loads with `torch.load(weights_only=True)
 A checkpoint directory `ckpt.step<N>/` holds:
     model.safetensors   backbone parameters as `backbone.<name>`, each head's as `<task name>.<name>`
     optimizer.pt        the torch optimizer state (tensors and numbers only)
-    rng.pt              torch CPU/CUDA RNG states
+    rng.pt              the trainer's random stream (torch CPU generator state, and its CUDA device's)
     trainer_state.json  step, epoch, reader positions, configs of the backbone and heads
-It is written to a temporary sibling directory, fsynced, and renamed into place, so a crash never leaves a
-half-written checkpoint under the final name.
+    complete.json       written last: the name and size of every other file (the completeness marker)
+It is written to a temporary sibling directory `<name>.tmp-<random>`, fsynced, and renamed into place, so a crash
+never leaves a half-written checkpoint under the final name. Loading checks the marker, so a folder that lost
+files afterwards (a partial copy, a hand-made folder with only model.safetensors) is refused by name instead of
+loading as step 0 with an empty optimizer. Folders written before the marker existed are accepted when they hold
+model.safetensors and trainer_state.json (what every earlier save wrote), with a log line.
+
+A save that was killed leaves `<name>.tmp-*` (or, when it replaced a checkpoint of the same name, `<name>.old`);
+`remove_stale` deletes those of torchpalm's names (`ckpt.step<N>`, `pred.step<N>`, `best.<task>`) and never a
+folder under its final name. `latest(save_path)` is the complete `ckpt.step<N>` with the largest N.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import tempfile
 
@@ -25,6 +34,11 @@ from safetensors.torch import load_file, save_file
 logger = logging.getLogger("torchpalm")
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.bin", "model.pt")
+MARKER = "complete.json"
+LEGACY_FILES = ("model.safetensors", "trainer_state.json")  # what every save wrote before the marker existed
+# a periodic save's name, and what a killed save of one of torchpalm's names leaves behind
+STEP_DIR = re.compile(r"(ckpt|pred)\.step(\d+)")
+LEFTOVER = re.compile(r"((?:ckpt|pred)\.step\d+|best\.[^.]+)\.(?:tmp-\w+|old)")
 
 
 def find_weights_file(path: str | os.PathLike) -> str:
@@ -107,6 +121,11 @@ def save_checkpoint(directory: str, model_state: dict[str, torch.Tensor], traine
             json.dump(trainer_state, f, indent=1)
         for name in os.listdir(tmp):
             _fsync_file(os.path.join(tmp, name))
+        # the marker last, after the others are on disk: its presence means everything it lists was written
+        sizes = {name: os.path.getsize(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
+        with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
+            json.dump({"files": sizes}, f, indent=1)
+        _fsync_file(os.path.join(tmp, MARKER))
         if os.path.exists(directory):
             # Re-saving the same step: move the old one aside first so the name is never empty-handed long.
             old = directory + ".old"
@@ -123,14 +142,103 @@ def save_checkpoint(directory: str, model_state: dict[str, torch.Tensor], traine
     return directory
 
 
+def incomplete_reason(directory: str) -> str | None:
+    """What a checkpoint directory lacks (None: it is complete, or a complete one written before the marker)."""
+    marker = os.path.join(directory, MARKER)
+    if not os.path.isfile(marker):
+        missing = [n for n in LEGACY_FILES if not os.path.isfile(os.path.join(directory, n))]
+        return f"no {MARKER} (written last by every save) and no {', '.join(missing)}" if missing else None
+    try:
+        with open(marker, encoding="utf-8") as f:
+            sizes = dict(json.load(f)["files"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{MARKER} is unreadable ({e})"
+    missing = [n for n in sizes if not os.path.isfile(os.path.join(directory, n))]
+    if missing:
+        return f"missing {', '.join(missing)} (listed in {MARKER})"
+    changed = [n for n, size in sizes.items() if os.path.getsize(os.path.join(directory, n)) != size]
+    if changed:
+        return f"{', '.join(changed)} differ in size from what {MARKER} records (truncated or overwritten)"
+    return None
+
+
+def is_complete(directory: str) -> bool:
+    return os.path.isdir(directory) and incomplete_reason(directory) is None
+
+
+def latest(save_path: str | os.PathLike) -> str | None:
+    """The complete training checkpoint `save_path/ckpt.step<N>` with the largest N, or None.
+
+    Leftovers of killed saves (`*.tmp-*`, `*.old`) and incomplete folders are never returned.
+    """
+    save_path = os.fspath(save_path)
+    if not os.path.isdir(save_path):
+        return None
+    steps = []
+    for name in os.listdir(save_path):
+        m = STEP_DIR.fullmatch(name)
+        if m and m.group(1) == "ckpt" and is_complete(os.path.join(save_path, name)):
+            steps.append((int(m.group(2)), name))
+    return os.path.join(save_path, max(steps)[1]) if steps else None
+
+
+def remove_stale(save_path: str | os.PathLike) -> list[str]:
+    """Deletes what killed saves left in `save_path`; returns the removed folders.
+
+    `<name>.tmp-*` is a save that never reached its rename: removed. `<name>.old` is the previous checkpoint of
+    a save that replaced one of the same name (best.<task>): removed when `<name>` exists, otherwise the kill
+    came between the two renames and it is put back. Only torchpalm's names are touched.
+    """
+    save_path = os.fspath(save_path)
+    removed = []
+    for name in sorted(os.listdir(save_path)) if os.path.isdir(save_path) else []:
+        m = LEFTOVER.fullmatch(name)
+        path = os.path.join(save_path, name)
+        if not m or not os.path.isdir(path):
+            continue
+        final = os.path.join(save_path, m.group(1))
+        if name.endswith(".old") and not os.path.exists(final) and is_complete(path):
+            os.replace(path, final)
+            logger.info("%s: restored from %s (a save was killed while replacing it)", final, name)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    if removed:
+        logger.info("removed %d unfinished save(s) in %s: %s", len(removed), save_path,
+                    ", ".join(os.path.basename(p) for p in removed))
+    return removed
+
+
+def prune(save_path: str, kind: str, keep: int) -> list[str]:
+    """Keeps the `keep` complete `<kind>.step<N>` folders with the largest N, deletes the older complete ones.
+
+    Incomplete folders and anything not named like a periodic save (best.<task>, user folders) are left alone.
+    """
+    steps = []
+    for name in os.listdir(save_path):
+        m = STEP_DIR.fullmatch(name)
+        if m and m.group(1) == kind and is_complete(os.path.join(save_path, name)):
+            steps.append((int(m.group(2)), os.path.join(save_path, name)))
+    old = [path for _, path in sorted(steps)[:-keep]]
+    for path in old:
+        shutil.rmtree(path)
+    return old
+
+
 def load_checkpoint_dir(directory: str) -> tuple[dict[str, torch.Tensor], dict, dict | None, dict | None]:
-    """Reads a checkpoint directory: (model state, trainer state, optimizer state or None, rng or None)."""
+    """Reads a checkpoint directory: (model state, trainer state, optimizer state or None, rng or None).
+
+    An incomplete directory is a `ValueError` naming it and what is missing."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"checkpoint directory not found: {directory}")
-    weights = os.path.join(directory, "model.safetensors")
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"{directory}: not a torchpalm checkpoint (no model.safetensors)")
-    model_state = load_file(weights, device="cpu")
+    problem = incomplete_reason(directory)
+    if problem is not None:
+        raise ValueError(f"{directory}: incomplete checkpoint, refused: {problem}. Was the save interrupted or "
+                         f"the folder copied in part? palm.checkpoint.latest(save_path) finds the last complete one")
+    if not os.path.isfile(os.path.join(directory, MARKER)):
+        logger.info("%s: no %s (saved before completeness markers); accepted since it holds %s", directory,
+                    MARKER, " and ".join(LEGACY_FILES))
+    model_state = load_file(os.path.join(directory, "model.safetensors"), device="cpu")
     trainer_state: dict = {}
     state_path = os.path.join(directory, "trainer_state.json")
     if os.path.isfile(state_path):

@@ -4,10 +4,15 @@ A task is a name, a head and a reader (`Task`). The loop owns everything else: t
 `nn.ModuleDict` of heads keyed by task name), the torch optimizer and the schedule, the EMA weights, the step
 counters (global and per task), checkpoints, and the progress log. A step is
 
-    batch of task t -> backbone -> head t -> loss -> backward -> (clip) -> optimizer step -> (EMA)
+    batch of task t -> backbone -> head t -> loss -> backward -> gradient norm -> (clip) -> optimizer step -> (EMA)
 
-and nothing in it waits for the device: the loss stays a tensor, and non-finite losses are detected on the
-device and reported at the next log line or checkpoint (the only places that read values back).
+and nothing in it waits for the device: the loss stays a tensor. A step whose loss or gradient is NaN or
+infinite is never applied: the gradient's global norm (one read of the gradients, shared with clipping) gives a
+flag on the device, and the fused optimizer (CUDA) skips its update on that flag, as it does under torch's
+GradScaler; the unfused one (CPU, where reading a tensor costs nothing) is not called. The flag is read back at
+the next log line, checkpoint or the end of training (the only places that read values back): an error naming
+the first such step, raised before anything is saved (so the last checkpoint predates it), or, with
+`skip_nonfinite`, a count of the skipped steps.
 
 Checkpoint names: the backbone's parameters as `backbone.<name>`, each head's as `<task>.<name>` (a head shared
 through `reuse_head_with` is stored once, under its owner), EMA weights as `ema.<those names>`.
@@ -19,7 +24,9 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -124,17 +131,22 @@ def load_model_state(backbone: nn.Module, heads: dict[str, nn.Module], tasks: di
             logger.info("Warning: %s.%s not found in %s.", tasks[name].head_owner, missing, source)
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """The state of torch's default generators that a step on `device` draws from (dropout): CPU and, on CUDA,
+    that device's."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and "cuda" in state:
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # checkpoints before per-trainer streams held every device's state
+            cuda = cuda[device.index if device.index is not None else torch.cuda.current_device()]
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def autocast(device: torch.device, precision: str):
@@ -160,19 +172,23 @@ class TrainLoop:
         weight_decay: decoupled weight decay (None: off); biases, norms and each head's `no_weight_decay()`
             are never decayed, and each head's `param_lr_scales()` become their groups' `lr_scale`.
         use_ema, ema_decay: keep an exponential moving average of the weights (used for prediction).
-        device, precision, grad_clip: see `Trainer`.
+        device, precision, grad_clip, skip_nonfinite: see `Trainer`.
     """
 
     def __init__(self, model: MultiTaskModel, tasks: dict[str, Task], optimizer: Optimizer,
                  weight_decay: float | None, use_ema: bool, ema_decay: float | None, device: torch.device,
-                 precision: str, grad_clip: float | None):
+                 precision: str, grad_clip: float | None, skip_nonfinite: bool = False):
         self.model, self.tasks, self.optimizer = model, tasks, optimizer
         self.device, self.precision, self.grad_clip = device, precision, grad_clip
+        self.skip_nonfinite = skip_nonfinite
         no_decay, lr_scales = set(), {}
         for name, head in model.heads.items():
             no_decay |= {f"heads.{name}.{n}" for n in head.no_weight_decay()}
             lr_scales.update({f"heads.{name}.{n}": s for n, s in head.param_lr_scales().items()})
         self.torch_optimizer = optimizer._build(param_groups(model, weight_decay, no_decay, lr_scales), device)
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        # fused torch optimizers take GradScaler's `found_inf` flag and skip the update on the device
+        self._skips_on_device = getattr(self.torch_optimizer, "_step_supports_amp_scaling", False)
         self.ema: dict[str, torch.Tensor] | None = None
         self.ema_decay = 0.0
         if use_ema:
@@ -183,10 +199,21 @@ class TrainLoop:
             self._ema_pairs = [(self.ema[k], live[k]) for k in self.ema]
         self.global_step = 0
         self.task_steps = dict.fromkeys(tasks, 0)
-        self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss since the check
+        # Dropout draws from torch's default generators, which every model in the process shares: a second model
+        # built or trained in between would change this one's losses. The loop keeps a stream of its own, swapped
+        # in for its steps only (`own_rng`) and saved in checkpoints. It starts as a copy of the global state
+        # now, so a script seeded with `torch.manual_seed` draws the very numbers it drew before streams were
+        # per trainer. (The global RNG is not advanced, so a module built later initialises from the numbers
+        # this trainer's dropout uses; weights and dropout masks of different models sharing draws is harmless,
+        # and advancing it would change every seeded script's results.)
+        self._rng = rng_state(device)
+        # [first global step whose loss or gradient was not finite (0: none), number of such steps]
+        self._nonfinite = torch.zeros(2, dtype=torch.int64, device=device)
+        self._skipped_reported = 0
         self._save_path: str | None = None
         self._save_steps: int | None = None
         self._save_types: tuple[str, ...] = ()
+        self._max_to_keep: int | None = None
         self._last_saved_step = -1
 
     # ---- state ----
@@ -208,38 +235,82 @@ class TrainLoop:
         return (self.task_steps[name] - 1) // spe if spe and self.task_steps[name] else 0
 
     # ---- one step ----
+    @contextlib.contextmanager
+    def own_rng(self):
+        """Runs the block on this loop's random stream, leaving the process's global one as it was.
+
+        Costs two state copies each way per step (5 KB on CPU, 16 bytes per CUDA device): nothing next to a step.
+        """
+        outside = rng_state(self.device)
+        set_rng_state(self._rng, self.device)
+        try:
+            yield
+        finally:
+            self._rng = rng_state(self.device)
+            set_rng_state(outside, self.device)
+
     def train_step(self, task: str, batch: dict) -> torch.Tensor:
         """One optimisation step of `task` on `batch`; returns the loss (a detached device tensor)."""
         self.model.train()
         lr = self.optimizer.lr_at(self.global_step)
         for group in self.torch_optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        with autocast(self.device, self.precision):
+        with autocast(self.device, self.precision), self.own_rng():
             loss = self.model(task, to_device(batch, self.device))["loss"]
         weight = self.tasks[task].loss_weight
         (loss * weight if weight != 1.0 else loss).backward()
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.torch_optimizer.step()
-        self.torch_optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self._update_ema()
         loss = loss.detach()
-        self._nonfinite |= ~torch.isfinite(loss)
+        # one pass over the gradients, shared with clipping (a NaN or inf anywhere makes the norm non-finite;
+        # so does a finite gradient too large for the norm's float32, which no update should apply either)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(self._params, self.grad_clip, norm)
+        bad = ~(torch.isfinite(norm) & torch.isfinite(loss))
+        self._nonfinite[0].masked_fill_(bad & (self._nonfinite[0] == 0), self.global_step + 1)
+        self._nonfinite[1] += bad
+        if self._skips_on_device:
+            self.torch_optimizer.found_inf = bad.float()  # the fused kernel leaves weights and moments as they are
+            self.torch_optimizer.step()
+            if self.ema is not None:
+                self._update_ema(keep=bad)
+        elif not bool(bad):  # unfused optimizers cannot skip on the device; on CPU this read costs nothing
+            self.torch_optimizer.step()
+            if self.ema is not None:
+                self._update_ema()
+        self.torch_optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         self.task_steps[task] += 1
         return loss
 
+    @property
+    def skipped_steps(self) -> int:
+        """Steps not applied because their loss or gradient was NaN or infinite (reads back from the device)."""
+        return int(self._nonfinite[1])
+
     def check_finite(self) -> None:
-        """Raises if any loss since the last check was NaN or infinite (reads one flag back from the device)."""
-        if bool(self._nonfinite):
-            raise FloatingPointError(f"a loss became non-finite at or before global step {self.global_step}; "
-                                     "lower the learning rate or enable grad_clip")
+        """Raises naming the first step whose loss or gradient was NaN or infinite (that step was not applied);
+        with `skip_nonfinite`, logs how many were skipped instead. Reads two numbers back from the device."""
+        first, skipped = self._nonfinite.tolist()
+        if not first:
+            return
+        if not self.skip_nonfinite:
+            raise FloatingPointError(
+                f"global step {first}: the loss or a gradient was NaN or infinite; that update was not applied, "
+                f"and nothing was saved from that step on (the last checkpoint predates it). Lower the learning "
+                f"rate, set Trainer(grad_clip=...), or pass Trainer(skip_nonfinite=True) to skip such steps")
+        if skipped > self._skipped_reported:
+            logger.warning("skipped %d step(s) so far whose loss or gradient was NaN or infinite (the first at "
+                           "global step %d)", skipped, first)
+            self._skipped_reported = skipped
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
+    def _update_ema(self, keep: torch.Tensor | None = None) -> None:
+        """Moves the EMA towards the live weights; not at all where `keep` (a device flag) is set."""
+        rate = 1.0 - self.ema_decay
+        if keep is not None:
+            rate = (~keep).float() * rate
         for ema, live in self._ema_pairs:
-            ema.lerp_(live, 1.0 - self.ema_decay)
+            ema.lerp_(live, rate if keep is None else rate.to(ema.dtype))  # a tensor weight must match the dtype
 
     @contextlib.contextmanager
     def ema_weights(self):
@@ -260,13 +331,17 @@ class TrainLoop:
                     live[k].copy_(v)
 
     # ---- checkpoints ----
-    def set_saver(self, save_path: str | None, save_steps: int | None, save_types: tuple[str, ...]) -> None:
-        """Saves every `save_steps` global steps (None: no periodic saving)."""
+    def set_saver(self, save_path: str | None, save_steps: int | None, save_types: tuple[str, ...],
+                  max_to_keep: int | None = None) -> None:
+        """Saves every `save_steps` global steps (None: no periodic saving), keeping the last `max_to_keep`
+        periodic saves of each type (None: all). Leftovers of killed saves in `save_path` are removed here."""
         if save_path is None or save_steps is None:
             self._save_path = self._save_steps = None
             return
         os.makedirs(save_path, exist_ok=True)
+        ckpt.remove_stale(save_path)
         self._save_path, self._save_steps, self._save_types = os.fspath(save_path), int(save_steps), save_types
+        self._max_to_keep = max_to_keep
 
     def save(self, directory: str, trainer_state: dict) -> str:
         """Writes a full training checkpoint (weights, EMA, optimizer, RNG, counters) atomically."""
@@ -274,8 +349,10 @@ class TrainLoop:
         state = self.state()
         if self.ema is not None:
             state.update({f"ema.{k}": v for k, v in self.ema.items()})
-        trainer_state = {"step": self.global_step, **trainer_state}
-        return ckpt.save_checkpoint(directory, state, trainer_state, self.torch_optimizer.state_dict(), rng_state())
+        first, skipped = self._nonfinite.tolist()
+        trainer_state = {"step": self.global_step, "nonfinite": {"first": first, "skipped": skipped},
+                         **trainer_state}
+        return ckpt.save_checkpoint(directory, state, trainer_state, self.torch_optimizer.state_dict(), self._rng)
 
     def maybe_save(self, trainer_state: Callable[[], dict], force: bool = False) -> None:
         if self._save_path is None or self._last_saved_step == self.global_step:
@@ -293,13 +370,24 @@ class TrainLoop:
             for name in self.tasks:
                 logger.info("%s: predict model saved at %s", name, path)
             logger.info("predict model has been saved at %s", path)
+        if self._max_to_keep is not None:
+            for kind in ("ckpt", "pred"):
+                for path in ckpt.prune(self._save_path, kind, self._max_to_keep):
+                    logger.info("removed %s (max_to_keep=%d)", path, self._max_to_keep)
 
     def load_training_state(self, state: dict, opt_state: dict | None, rng: dict | None,
-                            model_state_: dict[str, torch.Tensor]) -> None:
+                            model_state_: dict[str, torch.Tensor], source: str) -> None:
         """Restores counters, optimizer, EMA and RNG from a checkpoint (the weights are loaded separately)."""
-        if opt_state is not None:
-            self.torch_optimizer.load_state_dict(opt_state)
+        if opt_state is None:
+            # resuming from it would restart Adam's moments at the saved step: a different run, silently
+            raise ValueError(f"{source}: no optimizer.pt, so it cannot resume training (a 'predict' export or a "
+                             f"weights-only folder); load_ckpt(path, training_state=False) starts a new run from "
+                             f"its weights")
+        self.torch_optimizer.load_state_dict(opt_state)
         self.global_step = int(state.get("step", 0))
+        nonfinite = state.get("nonfinite", {})
+        self._nonfinite.copy_(torch.tensor([nonfinite.get("first", 0), nonfinite.get("skipped", 0)]))
+        self._skipped_reported = int(nonfinite.get("skipped", 0))
         for name in self.tasks:
             task_state = state.get("tasks", {}).get(name, {})
             self.task_steps[name] = int(task_state.get("step", self.global_step if len(self.tasks) == 1 else 0))
@@ -308,7 +396,7 @@ class TrainLoop:
                 if k.startswith("ema.") and k[4:] in self.ema:
                     self.ema[k[4:]].copy_(v)
         if rng is not None:
-            set_rng_state(rng)
+            self._rng = rng  # the stream the saved run's next step would have drawn from
         self._last_saved_step = self.global_step
 
     # ---- the loop ----
@@ -330,37 +418,89 @@ class TrainLoop:
         progress = progress_bar(total_steps, self.global_step, "train")
         width = max(len(n) for n in self.tasks)
         last_time, last_step = time.time(), self.global_step
-        try:
-            while not finished():
-                try:
-                    task, batch = next(batches)
-                except StopIteration:
-                    break
-                loss = self.train_step(task, batch)
-                progress.update(1)
-                if print_steps > 0 and self.global_step % print_steps == 0:
-                    self.check_finite()
-                    now = time.time()
-                    speed = (self.global_step - last_step) / max(now - last_time, 1e-9)
-                    last_time, last_step = now, self.global_step
-                    value = float(loss)
-                    spe = max(self.tasks[task].steps_per_epoch, 1)
-                    step = self.task_steps[task]
-                    line = (f"step {(step - 1) % spe + 1}/{spe} (epoch {(step - 1) // spe}), loss: {value:.3f}, "
-                            f"speed: {speed:.2f} steps/s")
-                    if multi_task:
-                        line = f"global step: {self.global_step}, {task:>{width}}: {line}"
-                    logger.info("%s", line)
-                    lr = self.optimizer.lr_at(self.global_step)
-                    progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
-                stop = after_step(task) if after_step is not None else False  # PALM: after the step's log line
-                self.maybe_save(trainer_state)
-                if stop:
-                    break
-        finally:
-            progress.close()
-        self.check_finite()
-        self.maybe_save(trainer_state, force=True)
+        with deferred_signals() as interrupted:
+            try:
+                while not finished() and not interrupted:
+                    try:
+                        task, batch = next(batches)
+                    except StopIteration:
+                        break
+                    loss = self.train_step(task, batch)
+                    progress.update(1)
+                    if print_steps > 0 and self.global_step % print_steps == 0:
+                        self.check_finite()
+                        now = time.time()
+                        speed = (self.global_step - last_step) / max(now - last_time, 1e-9)
+                        last_time, last_step = now, self.global_step
+                        value = float(loss)
+                        spe = max(self.tasks[task].steps_per_epoch, 1)
+                        step = self.task_steps[task]
+                        line = (f"step {(step - 1) % spe + 1}/{spe} (epoch {(step - 1) // spe}), "
+                                f"loss: {value:.3f}, speed: {speed:.2f} steps/s")
+                        if multi_task:
+                            line = f"global step: {self.global_step}, {task:>{width}}: {line}"
+                        logger.info("%s", line)
+                        lr = self.optimizer.lr_at(self.global_step)
+                        progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
+                    stop = after_step(task) if after_step is not None else False  # PALM: after the log line
+                    self.maybe_save(trainer_state)
+                    if stop:
+                        break
+            finally:
+                progress.close()
+            self.check_finite()
+            self.maybe_save(trainer_state, force=True)  # also the checkpoint of an interrupted run
+        if interrupted:
+            logger.info("training stopped by %s after global step %d%s", interrupted.name, self.global_step,
+                        "" if self._save_path is not None else " (no saver set: nothing saved)")
+            raise interrupted.exception()
+
+class StopRequest:
+    """A SIGINT or SIGTERM that arrived while the loop ran (see `deferred_signals`); false while none did."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    def exception(self) -> BaseException:
+        """What the signal would have raised: KeyboardInterrupt for Ctrl-C, else exit status 128 + signal."""
+        return KeyboardInterrupt() if self.signum == signal.SIGINT else SystemExit(128 + self.signum)
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Holds SIGINT (Ctrl-C) and SIGTERM (schedulers' preemption) until the step in flight is done.
+
+    A KeyboardInterrupt raised inside a step leaves the reader one batch ahead of the step counter (the batch
+    was drawn, the step not counted, the update maybe half applied), so a checkpoint saved then skips a batch on
+    resume. Here the handler only records the signal: the loop finishes the step (its log line, a due
+    evaluation and save), saves a checkpoint, and then raises what the signal would have raised. A second
+    Ctrl-C stops at once, without saving. Signals reach only the main thread; elsewhere nothing is installed.
+    """
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        if request and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        request.signum = signum
+        logger.warning("%s received: finishing this step, then saving a checkpoint and stopping (Ctrl-C again "
+                       "stops at once, without saving)", signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 def progress_bar(total: int | None, initial: int, desc: str):

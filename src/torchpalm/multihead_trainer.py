@@ -43,6 +43,7 @@ from .trainer import (
     head_record,
     load_pretrained_backbone,
     outputs_to_numpy,
+    resume_latest,
     saver_args,
 )
 
@@ -124,6 +125,12 @@ class MultiHeadTrainer:
         return self._model
 
     @property
+    def skipped_steps(self) -> int:
+        """Steps not applied because their loss or gradient was NaN or infinite (the first trainer's
+        `skip_nonfinite`, like its precision and grad_clip, applies to the joint loop)."""
+        return self._loop.skipped_steps if self._loop is not None else 0
+
+    @property
     def torch_optimizer(self) -> torch.optim.Optimizer | None:
         return self._loop.torch_optimizer if self._loop is not None else None
 
@@ -163,7 +170,7 @@ class MultiHeadTrainer:
         first = self._trainers[0]
         self._optimizer = optimizer
         self._loop = TrainLoop(self._model, self.tasks, optimizer, weight_decay, use_ema, ema_decay, self.device,
-                               first._precision, first._grad_clip)
+                               first._precision, first._grad_clip, first._skip_nonfinite)
         for t in self._trainers:
             t._loop, t._multi_task, t._optimizer = self._loop, self, optimizer
         if self._saver_args is not None:
@@ -290,7 +297,7 @@ class MultiHeadTrainer:
             logger.info("loading checkpoint into train program")
         load_model_state(backbone, heads, self.tasks, state, model_path)
         if training and training_state and self._loop is not None:
-            self._loop.load_training_state(trainer_state, opt_state, rng, state)
+            self._loop.load_training_state(trainer_state, opt_state, rng, state, model_path)
             for t in self._trainers:
                 t._restore_reader(trainer_state.get("tasks", {}).get(t.name, {}).get("reader"))
             self._pending_sampler = trainer_state.get("sampler")
@@ -301,11 +308,19 @@ class MultiHeadTrainer:
                 self._plan(readers, self._reference, self._num_epochs)
         logger.info("Load model from %s", model_path)
 
-    def set_saver(self, save_path: str, save_steps: int, save_type: str = "ckpt") -> None:
+    def set_saver(self, save_path: str, save_steps: int, save_type: str = "ckpt",
+                  max_to_keep: int | None = None) -> None:
         """Saves the backbone and every head every `save_steps` global steps (see `Trainer.set_saver`)."""
-        self._saver_args = saver_args(save_path, save_steps, save_type, self._pred_backbone is not None)
+        self._saver_args = saver_args(save_path, save_steps, save_type, self._pred_backbone is not None, max_to_keep)
         if self._loop is not None:
             self._loop.set_saver(*self._saver_args)
+
+    def resume(self, save_path: str | None = None) -> str | None:
+        """Continues from the latest complete checkpoint in `save_path` (default: the `set_saver` path); returns
+        the folder loaded, or None when there is none yet (see `Trainer.resume`)."""
+        if self._loop is None:
+            raise RuntimeError("call build_backward(optimizer) before resume")
+        return resume_latest(self, save_path, self._saver_args)
 
     def _trainer_state(self) -> dict:
         return {

@@ -36,7 +36,6 @@ from .loop import (
     ensure_console_logging,
     load_model_state,
     progress_bar,
-    set_rng_state,
     to_device,
 )
 from .optimizer import Optimizer
@@ -102,11 +101,14 @@ class Trainer:
             a classifier's cross-entropy is one number per sentence), and with Adam's shared second-moment
             estimate on the backbone the larger one sets the step size for both; weights rebalance that.
             Logged losses are unweighted.
+        skip_nonfinite: a step whose loss or gradient is NaN or infinite is never applied; by default training
+            then stops with an error naming that step (at the next log line, checkpoint or the end, before
+            anything is saved). True skips such steps and goes on, logging how many (`skipped_steps`).
     """
 
     def __init__(self, name: str, mix_ratio: float = 1.0, reuse_head_with: str | None = None,
                  device: str | torch.device | None = None, precision: str = "auto",
-                 grad_clip: float | None = None, loss_weight: float = 1.0):
+                 grad_clip: float | None = None, loss_weight: float = 1.0, skip_nonfinite: bool = False):
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"task name must be a non-empty string without '.', got {name!r}")
         if precision not in ("auto", "bf16", "fp16", "fp32"):
@@ -120,6 +122,7 @@ class Trainer:
         self.device = torch.device(device) if device is not None else default_device()
         self._precision = precision
         self._grad_clip = grad_clip
+        self._skip_nonfinite = bool(skip_nonfinite)
         self._task = Task(name, head=None, mix_ratio=float(mix_ratio), reuse_head_with=reuse_head_with,
                           loss_weight=float(loss_weight))
         self._backbone = self._head = self._model = None
@@ -168,6 +171,11 @@ class Trainer:
     @property
     def cur_train_epoch(self) -> int:
         return self._loop.task_epoch(self._name) if self._loop is not None else 0
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps not applied because their loss or gradient was NaN or infinite (`skip_nonfinite`)."""
+        return self._loop.skipped_steps if self._loop is not None else 0
 
     @property
     def steps_per_epoch(self) -> int | None:
@@ -240,7 +248,7 @@ class Trainer:
             raise RuntimeError("call build_forward(backbone, head) before build_backward")
         self._optimizer = optimizer
         self._loop = TrainLoop(self._model, {self._name: self._task}, optimizer, weight_decay, use_ema, ema_decay,
-                               self.device, self._precision, self._grad_clip)
+                               self.device, self._precision, self._grad_clip, self._skip_nonfinite)
         if self._saver_args is not None:
             self._loop.set_saver(*self._saver_args)
         self._sync_schedule()
@@ -306,7 +314,8 @@ class Trainer:
             logger.info("Warning: %s not found in %s.", name, model_path)
 
     def load_ckpt(self, model_path: str, training_state: bool = True) -> None:
-        """Loads a checkpoint: weights, and for training also optimizer, step counters, reader position, RNG.
+        """Loads a checkpoint: weights, and for training also optimizer, step counters, reader position and the
+        trainer's random stream.
 
         A checkpoint of a MultiHeadTrainer works too: this task's head and the shared backbone are read from it.
         `training_state=False` loads the weights only, to start a new training run from them (e.g. fine-tuning
@@ -323,12 +332,10 @@ class Trainer:
         task = dataclasses.replace(self._task, reuse_head_with=owner if owner != self._name else None)
         load_model_state(backbone, {self._name: head}, {self._name: task}, state, model_path)
         if training_state and self._loop is not None and self._own_loop() is not None:
-            self._loop.load_training_state(trainer_state, opt_state, rng, state)
+            self._loop.load_training_state(trainer_state, opt_state, rng, state, model_path)
             self._restore_reader(trainer_state.get("tasks", {}).get(self._name, {}).get("reader"))
             if self._evaluator is not None and trainer_state.get("evaluation"):
                 self._evaluator.load_state_dict(trainer_state["evaluation"])
-        elif training_state and self._backbone is not None and rng is not None:
-            set_rng_state(rng)
         logger.info("Load model from %s", model_path)
 
     def _restore_reader(self, reader_state: dict | None) -> None:
@@ -341,12 +348,27 @@ class Trainer:
             self._pending_reader_state = reader_state
 
     # ---- saving ----
-    def set_saver(self, save_path: str, save_steps: int, save_type: str = "ckpt") -> None:
+    def set_saver(self, save_path: str, save_steps: int, save_type: str = "ckpt",
+                  max_to_keep: int | None = None) -> None:
         """Saves every `save_steps` steps to `save_path/ckpt.step<N>` ('ckpt': weights + training state,
-        for resuming) and/or `save_path/pred.step<N>` ('predict': weights + configs, for inference)."""
-        self._saver_args = saver_args(save_path, save_steps, save_type, self._pred_backbone is not None)
+        for resuming) and/or `save_path/pred.step<N>` ('predict': weights + configs, for inference).
+
+        `max_to_keep`: keep only the last this many of each (None: all); `best.<task>` folders of
+        `set_evaluation` are never removed. Unfinished saves of a killed run in `save_path` are removed here.
+        """
+        self._saver_args = saver_args(save_path, save_steps, save_type, self._pred_backbone is not None, max_to_keep)
         if self._loop is not None:
             self._loop.set_saver(*self._saver_args)
+
+    def resume(self, save_path: str | None = None) -> str | None:
+        """Continues training from the latest complete checkpoint in `save_path` (default: the `set_saver`
+        path): `load_ckpt(palm.checkpoint.latest(save_path))`. Returns the folder loaded, or None when there is
+        none yet, so one script serves the first run and every restart."""
+        if self._loop is None:
+            raise RuntimeError("call build_backward(optimizer) before resume")
+        if self._own_loop() is None:
+            raise RuntimeError(f"task '{self._name}' belongs to a MultiHeadTrainer: call resume() on that")
+        return resume_latest(self, save_path, self._saver_args)
 
     def _trainer_state(self) -> dict:
         return {
@@ -519,9 +541,22 @@ def load_pretrained_backbone(backbone: nn.Module, model_path: str) -> None:
     logger.info("")
 
 
-def saver_args(save_path, save_steps, save_type: str, can_export: bool) -> tuple:
+def resume_latest(trainer, save_path: str | None, saver_args: tuple | None) -> str | None:
+    """`trainer.load_ckpt` of the latest complete checkpoint in `save_path` or the saver's path (None: none)."""
+    save_path = save_path if save_path is not None else (saver_args[0] if saver_args else None)
+    if save_path is None:
+        raise ValueError("resume() needs save_path, or set_saver(save_path, ...) first")
+    path = ckpt.latest(save_path)
+    if path is None:
+        logger.info("no complete checkpoint in %s: training starts from the beginning", save_path)
+        return None
+    trainer.load_ckpt(path)
+    return path
+
+
+def saver_args(save_path, save_steps, save_type: str, can_export: bool, max_to_keep: int | None = None) -> tuple:
     """Checks `set_saver`'s arguments (PALM's README order `(save_steps, save_path)` is accepted too) and returns
-    `(save_path, save_steps, save types)` for `TrainLoop.set_saver`."""
+    `(save_path, save_steps, save types, max_to_keep)` for `TrainLoop.set_saver`."""
     if isinstance(save_path, int) and isinstance(save_steps, (str, os.PathLike)):
         save_path, save_steps = save_steps, save_path
     types = tuple(t.strip() for t in str(save_type).split(",") if t.strip())
@@ -531,7 +566,10 @@ def saver_args(save_path, save_steps, save_type: str, can_export: bool) -> tuple
         raise ValueError(f"save_steps must be >= 1, got {save_steps}")
     if save_path is not None and "predict" in types and not can_export:
         raise RuntimeError("save_type 'predict' needs build_predict_forward(pred_backbone, pred_head) first")
-    return save_path, save_steps, types
+    if max_to_keep is not None and (isinstance(max_to_keep, bool) or int(max_to_keep) != max_to_keep
+                                    or max_to_keep < 1):
+        raise ValueError(f"max_to_keep must be an integer >= 1 or None (keep all), got {max_to_keep!r}")
+    return save_path, save_steps, types, max_to_keep
 
 
 def backbone_record(backbone: nn.Module | None) -> dict:

@@ -180,6 +180,67 @@ def test_resume_is_exact(tmp_path, uncased_vocab, tiny_config):
     assert got[9:] == again.losses(7)
 
 
+def test_resume_from_the_latest_checkpoint_of_the_saver(tmp_path, uncased_vocab, tiny_config):
+    straight = Setup(tmp_path, uncased_vocab, tiny_config)
+    straight.fit()
+    expected = straight.losses(14)
+
+    out = str(tmp_path / "out")
+    first = Setup(tmp_path, uncased_vocab, tiny_config)
+    first.mh.set_saver(out, 3, max_to_keep=1)
+    first.fit()
+    got = first.losses(8)
+    assert os.listdir(out) == ["ckpt.step6"]
+    resumed = Setup(tmp_path, uncased_vocab, tiny_config, seed=5)
+    resumed.mh.set_saver(out, 3, max_to_keep=1)
+    with pytest.raises(RuntimeError, match="belongs to a MultiHeadTrainer: call resume"):
+        resumed.t_cls.resume()
+    assert resumed.mh.resume() == os.path.join(out, "ckpt.step6")
+    resumed.fit()
+    assert got[:6] + resumed.losses(8) == expected
+
+
+def test_ctrl_c_in_a_step_saves_and_resumes_exactly(tmp_path, uncased_vocab, tiny_config):
+    import signal
+
+    def recorded(s):
+        losses, step = [], s.mh._loop.train_step
+
+        def train_step(task, batch):
+            if s.mh.cur_train_step + 1 == s.interrupt_at:  # inside the step: the batch is drawn, not yet trained
+                os.kill(os.getpid(), signal.SIGINT)
+            loss = step(task, batch)
+            losses.append((task, float(loss)))
+            return loss
+
+        s.mh._loop.train_step = train_step
+        return losses
+
+    straight = Setup(tmp_path, uncased_vocab, tiny_config)
+    straight.interrupt_at = None
+    expected = recorded(straight)
+    straight.fit()
+    straight.mh.train(print_steps=0)
+
+    out = str(tmp_path / "out")
+    first = Setup(tmp_path, uncased_vocab, tiny_config)
+    first.interrupt_at = 7
+    got = recorded(first)
+    first.mh.set_saver(out, 100)
+    first.fit()
+    with pytest.raises(KeyboardInterrupt):
+        first.mh.train(print_steps=0)
+    assert palm.checkpoint.latest(out) == os.path.join(out, "ckpt.step7")
+    resumed = Setup(tmp_path, uncased_vocab, tiny_config, seed=5)
+    resumed.interrupt_at = None
+    rest = recorded(resumed)
+    resumed.mh.set_saver(out, 100)
+    resumed.fit()
+    resumed.mh.resume()
+    resumed.mh.train(print_steps=0)
+    assert got + rest == expected
+
+
 def test_checkpoint_holds_every_head_and_single_task_trainers_predict_from_it(tmp_path, uncased_vocab, tiny_config):
     s = Setup(tmp_path, uncased_vocab, tiny_config, lr=5e-3)
     s.fit(epochs=3)

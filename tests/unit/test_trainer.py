@@ -34,7 +34,7 @@ def write_data(tmp_path, n=48, name="train.tsv"):
 
 
 def build(tmp_path, vocab, config, name="cls", epochs=2, batch=8, lr=3e-3, seed=0, backbone_cls=None,
-          dropout=0.1, precision="auto"):
+          dropout=0.1, precision="auto", adam=None, use_ema=False, **trainer_kw):
     torch.manual_seed(seed)
     backbone_cls = backbone_cls or palm.backbone.BERT
     reader = palm.reader.ClassifyReader(vocab, 32, seed=seed, do_lower_case=True)
@@ -42,11 +42,11 @@ def build(tmp_path, vocab, config, name="cls", epochs=2, batch=8, lr=3e-3, seed=
     backbone = backbone_cls.from_config(config)
     reader.register_with(backbone)
     head = palm.head.Classify(2, config["hidden_size"], dropout)
-    trainer = palm.Trainer(name, device="cpu", precision=precision)
+    trainer = palm.Trainer(name, device="cpu", precision=precision, **trainer_kw)
     loss = trainer.build_forward(backbone, head)
     steps = reader.num_examples * (epochs or 1) // batch
-    adam = palm.optimizer.Adam(loss, lr, palm.lr_sched.TriangularSchedualer(2, steps))
-    trainer.build_backward(adam, weight_decay=0.01)
+    adam = (adam or palm.optimizer.Adam)(loss, lr, palm.lr_sched.TriangularSchedualer(2, steps))
+    trainer.build_backward(adam, weight_decay=0.01, use_ema=use_ema)
     trainer.fit_reader(reader)
     return trainer, reader
 
@@ -116,7 +116,7 @@ def test_saver_writes_atomic_checkpoints_and_final(tmp_path, uncased_vocab, tiny
     assert sorted(os.listdir(save_dir)) == ["ckpt.step10", "ckpt.step12", "ckpt.step5"]
     assert "checkpoint has been saved at" in caplog.text
     files = sorted(os.listdir(save_dir / "ckpt.step12"))
-    assert files == ["model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json"]
+    assert files == ["complete.json", "model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json"]
     state = json.load(open(save_dir / "ckpt.step12" / "trainer_state.json"))
     assert state["step"] == 12 and state["heads"]["cls"]["config"]["num_classes"] == 2
     from safetensors.torch import load_file
@@ -259,3 +259,221 @@ def test_predict_export_and_bf16_autocast(tmp_path, uncased_vocab, tiny_config):
     atol = 4e-4
     np.testing.assert_allclose(exported_probs("pred.step6"), final, rtol=0, atol=atol)
     assert np.abs(exported_probs("pred.step3") - final).max() > 5 * atol
+
+
+def test_incomplete_checkpoints_are_refused_by_name(tmp_path, uncased_vocab, tiny_config, caplog):
+    import shutil
+
+    trainer, _ = build(tmp_path, uncased_vocab, tiny_config)
+    step_losses(trainer, 3)
+    path = trainer.save(str(tmp_path / "ckpt"))
+    marker = json.load(open(os.path.join(path, "complete.json")))  # written last, listing every other file
+    assert sorted(marker["files"]) == ["model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json"]
+
+    def copy(name, drop=(), truncate=None):
+        target = str(tmp_path / name)
+        shutil.copytree(path, target)
+        for f in drop:
+            os.remove(os.path.join(target, f))
+        if truncate:
+            with open(os.path.join(target, truncate), "r+b") as f:
+                f.truncate(100)
+        return target
+
+    fresh, _ = build(tmp_path, uncased_vocab, tiny_config)
+    # a folder with only model.safetensors used to load as step 0 with an empty optimizer
+    only_weights = copy("only_weights", drop=["complete.json", "optimizer.pt", "rng.pt", "trainer_state.json"])
+    with pytest.raises(ValueError, match=r"only_weights: incomplete checkpoint.*no complete.json.*trainer_state"):
+        fresh.load_ckpt(only_weights)
+    with pytest.raises(ValueError, match=r"no_opt: incomplete checkpoint.*missing optimizer.pt"):
+        fresh.load_ckpt(copy("no_opt", drop=["optimizer.pt"]))
+    with pytest.raises(ValueError, match=r"cut: incomplete checkpoint.*model.safetensors differ in size"):
+        fresh.load_ckpt(copy("cut", truncate="model.safetensors"))
+    assert fresh.cur_train_step == 0
+    # written before the marker existed: accepted (it holds model.safetensors and trainer_state.json), logged
+    with caplog.at_level("INFO", logger="torchpalm"):
+        fresh.load_ckpt(copy("legacy", drop=["complete.json"]))
+    assert fresh.cur_train_step == 3 and "saved before completeness markers" in caplog.text
+    # a weights-only folder cannot resume training (it would restart Adam at step N), but starts a new run
+    weights_only = copy("weights_only", drop=["optimizer.pt", "rng.pt", "complete.json"])
+    with pytest.raises(ValueError, match=r"weights_only: no optimizer.pt, so it cannot resume training"):
+        fresh.load_ckpt(weights_only)
+    fresh.load_ckpt(weights_only, training_state=False)
+
+
+def test_killed_saves_retention_latest_and_resume(tmp_path, uncased_vocab, tiny_config):
+    import shutil
+
+    straight, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3)
+    expected = step_losses(straight, 18)
+
+    out = tmp_path / "out"
+    first, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3)
+    first.set_saver(str(out), 4, max_to_keep=2)
+    best = first.save(str(out / "best.cls"))  # what set_evaluation keeps: never removed by max_to_keep
+    got = step_losses(first, 10)
+    assert sorted(os.listdir(out)) == ["best.cls", "ckpt.step4", "ckpt.step8"]
+    # what a SIGKILL leaves: a save killed before its rename (even one that wrote everything), a folder that
+    # lost files, a best.* replacement killed after the old one was moved aside; and a user's own folder
+    shutil.copytree(out / "ckpt.step8", out / "ckpt.step12.tmp-k1ll3d")
+    (out / "ckpt.step16").mkdir()
+    shutil.copy(out / "ckpt.step8" / "model.safetensors", out / "ckpt.step16")
+    shutil.copytree(best, out / "best.cls.old")
+    shutil.copytree(best, out / "best.tag.old")  # killed between the renames: the only copy of best.tag
+    (out / "notes.tmp-1").mkdir()
+    assert palm.checkpoint.latest(str(out)) == str(out / "ckpt.step8")
+
+    resumed, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3, seed=5)
+    assert resumed.resume(str(tmp_path / "empty")) is None  # nothing saved yet: a fresh start
+    resumed.set_saver(str(out), 4, max_to_keep=2)  # removes the leftovers of killed saves
+    assert sorted(os.listdir(out)) == ["best.cls", "best.tag", "ckpt.step16", "ckpt.step4", "ckpt.step8",
+                                       "notes.tmp-1"]
+    assert resumed.resume() == str(out / "ckpt.step8") and resumed.cur_train_step == 8
+    got = got[:8] + step_losses(resumed, 10)
+    assert got == expected
+    # the incomplete ckpt.step16 was replaced by a complete save; the last two periodic saves are kept
+    assert sorted(os.listdir(out)) == ["best.cls", "best.tag", "ckpt.step12", "ckpt.step16", "notes.tmp-1"]
+    assert palm.checkpoint.latest(str(out)) == str(out / "ckpt.step16")
+    with pytest.raises(ValueError, match="max_to_keep must be an integer >= 1"):
+        resumed.set_saver(str(out), 4, max_to_keep=0)
+
+
+def test_two_models_in_one_process_train_as_each_alone(tmp_path, uncased_vocab, tiny_config):
+    # dropout is on (0.1 in the backbone and the head), so every loss depends on the random stream it draws
+    alone, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3)
+    expected = step_losses(alone, 12)
+
+    a, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3)
+    b, _ = build(tmp_path, uncased_vocab, tiny_config, seed=1)  # built after A, reseeding the global RNG
+    got = []
+    for _ in range(12):
+        got += step_losses(a, 1)
+        step_losses(b, 1)
+        torch.rand(3)  # the script's own draws from the global RNG
+    assert got == expected
+    # and a step leaves the global RNG where it was
+    torch.manual_seed(3)
+    reference = torch.rand(4)
+    torch.manual_seed(3)
+    a.train_one_step(a.get_one_batch())
+    assert torch.equal(torch.rand(4), reference)
+
+
+class FusedAdam(palm.optimizer.Adam):
+    """The fused kernel CUDA uses (it runs on CPU too): it skips a flagged update on the device."""
+
+    def _build(self, param_groups, device):
+        return torch.optim.AdamW(param_groups, lr=self._lr, betas=self.betas, eps=self.eps, fused=True)
+
+
+def poison_gradient(trainer, steps):
+    """Makes the gradient of the head's weight NaN (the loss stays finite) in the given 1-based global steps."""
+    def hook(grad):
+        return grad * float("nan") if trainer.cur_train_step + 1 in steps else grad
+    trainer._head.classifier.weight.register_hook(hook)
+
+
+@pytest.mark.parametrize("adam", [palm.optimizer.Adam, FusedAdam], ids=["unfused", "fused"])
+def test_nonfinite_gradient_is_never_applied(tmp_path, uncased_vocab, tiny_config, adam):
+    import copy
+
+    out = tmp_path / "out"
+    trainer, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3, adam=adam, use_ema=True)
+    trainer.set_saver(str(out), 2)
+    poison_gradient(trainer, {5})
+    # train(): the error comes at the next read-back (here the save at step 6) and names step 5; nothing after
+    # step 4 was saved
+    with pytest.raises(FloatingPointError, match=r"global step 5: the loss or a gradient was NaN or infinite"):
+        trainer.train(print_steps=0)
+    assert palm.checkpoint.latest(str(out)) == str(out / "ckpt.step4") and trainer.cur_train_step == 6
+
+    # train_one_step reads the loss back anyway, so it raises at once: weights, moments and EMA are untouched
+    trainer, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3, adam=adam, use_ema=True)
+    poison_gradient(trainer, {5})
+    step_losses(trainer, 4)
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    ema = {k: v.clone() for k, v in trainer._loop.ema.items()}
+    moments = copy.deepcopy(trainer.torch_optimizer.state_dict()["state"])
+    with pytest.raises(FloatingPointError, match="global step 5"):
+        step_losses(trainer, 1)
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    for k, v in trainer._loop.ema.items():
+        assert torch.equal(v, ema[k]), k
+    for i, state in trainer.torch_optimizer.state_dict()["state"].items():
+        for k, v in state.items():
+            assert torch.equal(v, moments[i][k]), (i, k)
+    with pytest.raises(FloatingPointError, match="global step 5"):
+        trainer.save(str(tmp_path / "after"))
+
+
+def test_skip_nonfinite_skips_and_counts(tmp_path, uncased_vocab, tiny_config, caplog):
+    out = tmp_path / "out"
+    trainer, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3, skip_nonfinite=True)
+    trainer.set_saver(str(out), 9)
+    poison_gradient(trainer, {3, 7})
+    with caplog.at_level("INFO", logger="torchpalm"):
+        trainer.train(print_steps=5)
+    assert trainer.cur_train_step == 18 and trainer.skipped_steps == 2
+    assert "skipped 1 step(s) so far whose loss or gradient was NaN or infinite (the first at global step 3)" \
+        in caplog.text and "skipped 2 step(s)" in caplog.text
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    state = json.load(open(out / "ckpt.step18" / "trainer_state.json"))
+    assert state["nonfinite"] == {"first": 3, "skipped": 2}
+    resumed, _ = build(tmp_path, uncased_vocab, tiny_config, epochs=3, skip_nonfinite=True)
+    resumed.load_ckpt(str(out / "ckpt.step9"))
+    assert resumed.skipped_steps == 2
+
+
+def record_losses(trainer) -> list[float]:
+    """The loss of every step `train()` runs, as the loop computed it."""
+    losses, step = [], trainer._loop.train_step
+
+    def recorded(task, batch):
+        loss = step(task, batch)
+        losses.append(float(loss))
+        return loss
+
+    trainer._loop.train_step = recorded
+    return losses
+
+
+def signal_inside_step(trainer, signum, at_step):
+    """Sends `signum` to this process in the middle of global step `at_step` (between forward and backward)."""
+    def hook(module, inputs, output):
+        if trainer.cur_train_step + 1 == at_step:
+            os.kill(os.getpid(), signum)
+    trainer._head.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_signal_during_train_saves_a_consistent_checkpoint(tmp_path, uncased_vocab, tiny_config, signum):
+    import signal
+
+    signum = getattr(signal, signum)
+    straight, _ = build(tmp_path, uncased_vocab, tiny_config)
+    expected = record_losses(straight)
+    straight.train(print_steps=0)
+
+    out = tmp_path / "out"
+    first, _ = build(tmp_path, uncased_vocab, tiny_config)
+    first.set_saver(str(out), 100)
+    got = record_losses(first)
+    signal_inside_step(first, signum, at_step=5)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt if signum == signal.SIGINT else SystemExit) as stopped:
+        first.train(print_steps=0)
+    if signum == signal.SIGTERM:
+        assert stopped.value.code == 128 + signal.SIGTERM
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    # step 5 was finished, not abandoned: the reader position matches the step counter in the checkpoint
+    assert first.cur_train_step == 5 and palm.checkpoint.latest(str(out)) == str(out / "ckpt.step5")
+    state = json.load(open(out / "ckpt.step5" / "trainer_state.json"))
+    assert state["step"] == 5 and state["tasks"]["cls"]["reader"]["position"] == 5
+
+    resumed, _ = build(tmp_path, uncased_vocab, tiny_config, seed=3)
+    resumed.set_saver(str(out), 100)
+    rest = record_losses(resumed)
+    assert resumed.resume() == str(out / "ckpt.step5")
+    resumed.train(print_steps=0)
+    assert got + rest == expected  # bit-identical to the uninterrupted run: no batch skipped or repeated
