@@ -22,20 +22,20 @@ from torchpalm.cli import main
 WORDS = ["good", "bad", "movie", "plot", "actor", "film", "story", "great", "awful", "scene"]
 
 
-def sentences(n: int, seed: int = 0) -> list[tuple[int, list[str]]]:
-    """(label, words): label 1 iff the sentence contains "good"."""
+def sentences(n: int, seed: int = 0, every: int = 2) -> list[tuple[int, list[str]]]:
+    """(label, words): label 1 iff the sentence contains "good", which all but every `every`-th one do."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         words = [str(w) for w in rng.choice(WORDS[1:], size=int(rng.integers(2, 6)))]
-        if i % 2:
+        if i % every:
             words.insert(int(rng.integers(0, len(words) + 1)), "good")
-        out.append((i % 2, words))
+        out.append((int(i % every != 0), words))
     return out
 
 
-def write_cls(path, n, seed=0) -> str:
-    rows = ["label\ttext_a"] + [f"{label}\t{' '.join(s)}" for label, s in sentences(n, seed)]
+def write_cls(path, n, seed=0, every=2) -> str:
+    rows = ["label\ttext_a"] + [f"{label}\t{' '.join(s)}" for label, s in sentences(n, seed, every)]
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return str(path)
 
@@ -63,7 +63,7 @@ def write_config(tmp_path, vocab, tasks, name="run.yaml", **train) -> str:
     cfg = {"backbone": {"type": "bert", "config": "tiny.json", "vocab": vocab},
            "tasks": tasks,
            "optimizer": {"type": "adam", "lr": 3e-3, "weight_decay": 0.01},
-           "schedule": {"type": "triangular", "warmup": 0.1},
+           "schedule": {"type": "triangular", "warmup": 0.5},
            "train": {"epochs": 2, "batch_size": 8, "max_len": 32, "seed": 0, "save_path": "out", "print_steps": 3,
                      "device": "cpu", **train}}
     path = tmp_path / name
@@ -75,7 +75,8 @@ def cls_task(tmp_path, **extra) -> dict:
     return {"name": "cls", "reader": {"type": "classify", "do_lower_case": True},
             "head": {"type": "classify", "num_classes": 2, "dropout_prob": 0.1},
             "train_file": os.path.basename(write_cls(tmp_path / "train.tsv", 24)),
-            "dev_file": os.path.basename(write_cls(tmp_path / "dev.tsv", 12, seed=1)),
+            # 3/4 of the dev labels are 1 (the training file is balanced): a score on the wrong file shows
+            "dev_file": os.path.basename(write_cls(tmp_path / "dev.tsv", 12, seed=1, every=4)),
             "predict_file": "dev.tsv", **extra}
 
 
@@ -88,14 +89,15 @@ def script_run(tmp_path, vocab) -> dict:
     reader.register_with(backbone)
     trainer = palm.Trainer("cls", device="cpu")
     loss = trainer.build_forward(backbone, palm.head.Classify(2, TINY_CONFIG["hidden_size"], 0.1))
-    sched = palm.lr_sched.TriangularSchedualer(0.1, None)
+    sched = palm.lr_sched.TriangularSchedualer(0.5, None)
     trainer.build_backward(palm.optimizer.Adam(loss, 3e-3, sched), weight_decay=0.01)
     trainer.fit_reader(reader)
     trainer.train(print_steps=0)
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_single_task_train_predict_evaluate(tmp_path, uncased_vocab, capsys):
+def test_single_task_train_predict_evaluate(tmp_path, uncased_vocab, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     path = write_config(tmp_path, uncased_vocab, [cls_task(tmp_path)])
     assert main(["train", path]) == 0
     ckpt = tmp_path / "out" / "ckpt.step6"  # 2 epochs of 24 // 8 batches
@@ -111,7 +113,7 @@ def test_single_task_train_predict_evaluate(tmp_path, uncased_vocab, capsys):
     assert main(["predict", path, "--checkpoint", str(ckpt)]) == 0
     lines = (tmp_path / "out" / "predict" / "cls" / "predictions.json").read_text().splitlines()
     predicted = [json.loads(x)["label"] for x in lines]
-    gold = [label for label, _ in sentences(12, seed=1)]
+    gold = [label for label, _ in sentences(12, seed=1, every=4)]
     assert len(predicted) == 12
 
     assert main(["evaluate", path, "--checkpoint", str(ckpt), "--output", str(tmp_path / "ev")]) == 0
@@ -125,8 +127,11 @@ def test_single_task_train_predict_evaluate(tmp_path, uncased_vocab, capsys):
     assert main(["predict", path, "--checkpoint", str(ckpt), "--input", other, "--output",
                  str(tmp_path / "p2")]) == 0
     assert len((tmp_path / "p2" / "cls" / "predictions.json").read_text().splitlines()) == 5
-    assert main(["train", path, "--set", "train.epochs=1", "--set", "train.save_path=" + str(tmp_path / "o1")]) == 0
-    assert (tmp_path / "o1" / "ckpt.step3").is_dir()
+    # relative paths: in the file relative to the file, on the command line relative to the working directory
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert main(["train", path, "--set", "train.epochs=1", "--set", "train.save_path=o1"]) == 0
+    assert (tmp_path / "cwd" / "o1" / "ckpt.step3").is_dir()
 
 
 def test_two_task_train_predict_evaluate(tmp_path, uncased_vocab):
@@ -157,6 +162,18 @@ def test_two_task_train_predict_evaluate(tmp_path, uncased_vocab):
     metrics = json.loads((tmp_path / "out" / "evaluate" / "metrics.json").read_text())
     # the final evaluation during training saw the same weights
     assert {t: pytest.approx(m) for t, m in metrics.items()} == dev
+
+
+def test_pairwise_match_builds_a_pairwise_backbone(tmp_path, uncased_vocab):
+    rows = ["text_a\ttext_b\ttext_b_neg"] + [f"{' '.join(s)}\t{' '.join(s[::-1])}\tbad plot"
+                                             for _, s in sentences(16)]
+    (tmp_path / "pairs.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    task = {"name": "rank", "reader": {"type": "match", "learning_strategy": "pairwise", "do_lower_case": True},
+            "head": {"type": "match", "num_classes": 1, "learning_strategy": "pairwise"},
+            "train_file": "pairs.tsv"}
+    # (the pairwise head reads the backbone's `*_neg` outputs, which only an `is_pairwise` backbone gives)
+    assert main(["train", write_config(tmp_path, uncased_vocab, [task], epochs=1)]) == 0
+    assert (tmp_path / "out" / "ckpt.step2").is_dir()
 
 
 EXAMPLES = ["classification", "matching", "tagging", "multi_task"]
@@ -225,6 +242,7 @@ BAD = {
                           ['tasks[0].reader.do_lower_case: expected boolean, got string "yes"']),
     "wrong type head": (lambda r: r["tasks"][0]["head"].update(dropout_prob="high"),
                         ['tasks[0].head.dropout_prob: expected number, got string "high"']),
+    "boolean for a number": (lambda r: r["train"].update(epochs=True), ["train.epochs: expected number, got boolean true"]),
     "wrong type task": (lambda r: r["tasks"][1].update(aux="no"), ['tasks[1].aux: expected boolean, got string']),
     "wrong choice": (lambda r: r["schedule"].update(type="cosine"),
                      ["schedule.type: 'cosine' is not one of triangular, warmup, none"]),
