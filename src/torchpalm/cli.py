@@ -116,16 +116,18 @@ def train(cfg: dict, dry_run: bool = False) -> str | None:
     # 4. heads  5. one trainer per task, all on the same backbone
     trainers = {}
     for t in tasks:
-        trainer = trainers[t["name"]] = palm.Trainer(
-            t["name"], mix_ratio=t["mix_ratio"], device=tr["device"], precision=tr["precision"],
-            grad_clip=tr["grad_clip"], loss_weight=t["loss_weight"])
+        with C.blame(t["path"]):
+            trainer = trainers[t["name"]] = palm.Trainer(
+                t["name"], mix_ratio=t["mix_ratio"], device=tr["device"], precision=tr["precision"],
+                grad_clip=tr["grad_clip"], loss_weight=t["loss_weight"])
         if t["aux"]:
             trainer.set_as_aux()
         loss_var = trainer.build_forward(
             backbone, C.build_head(t, config, "train", C.reader_label_map(readers[t["name"]])))
     if multi:
         options = {k: v for k, v in cfg["multi_task"].items() if k != "reference"}
-        runner = palm.MultiHeadTrainer(list(trainers.values()), **options)
+        with C.blame("multi_task"):
+            runner = palm.MultiHeadTrainer(list(trainers.values()), **options)
         loss_var = runner.build_forward()
     else:
         runner = trainer

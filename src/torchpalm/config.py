@@ -27,6 +27,7 @@ as a Python package with `get_model_path()` (as the MiniLM checkpoint `gt_all_mi
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import inspect
@@ -43,6 +44,7 @@ import yaml
 from . import backbone as backbones
 from . import head as heads
 from . import reader as readers
+from .reader import DataError
 
 __all__ = ["ConfigError", "load", "validate", "apply_overrides"]
 
@@ -302,6 +304,8 @@ def validate(raw: dict, base_dir: str = ".", cwd_keys: set[str] = frozenset()) -
         if names.count(t["name"]) > 1 or not t["name"] or "." in t["name"]:
             raise ConfigError(f"{t['path']}.name: {t['name']!r}: task names must be distinct, non-empty and "
                               f"without '.' (names: {names})")
+    if len(names) > 1 and all(t["aux"] for t in cfg["tasks"]):
+        raise ConfigError("tasks: every task has aux: true; at least one main task must decide the end of training")
     cfg["multi_task"] = _multi_task(raw.get("multi_task"), names)
     for t in cfg["tasks"]:
         _check_required(t, cfg)
@@ -453,6 +457,18 @@ def _check_required(task: dict, cfg: dict) -> None:
 
 
 # ---------------------------------------------------------------- building
+@contextlib.contextmanager
+def blame(where: str):
+    """A constructor's complaint about a value (ValueError, ...) as a ConfigError naming the config key it came
+    from; data errors already name their file and line and pass through."""
+    try:
+        yield
+    except (ConfigError, DataError, FileNotFoundError):
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{where}: {e.args[0] if e.args else e}") from e
+
+
 def model_dir(pretrained: str | None) -> str | None:
     """The directory `backbone.pretrained` names (`package:NAME`: that package's `get_model_path()`)."""
     if pretrained is None or not pretrained.startswith("package:"):
@@ -487,7 +503,9 @@ def backbone_files(cfg: dict) -> tuple[dict, str, str | None]:
 
 
 def build_backbone(cfg: dict, config: dict, phase: str):
-    return getattr(backbones, BACKBONES[cfg["backbone"]["type"]]).from_config(config, phase=phase)
+    cls = getattr(backbones, BACKBONES[cfg["backbone"]["type"]])
+    with blame(f"backbone.config ({cls.__name__})"):
+        return cls.from_config(config, phase=phase)
 
 
 def build_reader(task: dict, cfg: dict, vocab: str, phase: str, label_map: Mapping[str, int] | None = None):
@@ -504,7 +522,8 @@ def build_reader(task: dict, cfg: dict, vocab: str, phase: str, label_map: Mappi
         options.setdefault("max_len", cfg["train"]["max_len"])
     kwargs = {k: v for k, v in options.items() if k in ctor}
     load_kwargs = {k: v for k, v in options.items() if k not in ctor}
-    return cls(vocab, phase=phase, **kwargs), load_kwargs
+    with blame(f"{task['path']}.reader ({cls.__name__})"):
+        return cls(vocab, phase=phase, **kwargs), load_kwargs
 
 
 def build_head(task: dict, config: dict, phase: str, label_map: Mapping[str, int] | None):
@@ -518,7 +537,8 @@ def build_head(task: dict, config: dict, phase: str, label_map: Mapping[str, int
     for name, value in implied.items():
         if name in params and name not in kwargs and value is not None:
             kwargs[name] = value
-    return cls(input_dim=config["hidden_size"], phase=phase, **kwargs)
+    with blame(f"{task['path']}.head ({cls.__name__})"):
+        return cls(input_dim=config["hidden_size"], phase=phase, **kwargs)
 
 
 def reader_label_map(reader) -> dict[str, int] | None:

@@ -260,6 +260,32 @@ def test_bad_config_is_a_clear_error_before_building(case, tmp_path, uncased_voc
     assert not (tmp_path / "out").exists()
 
 
+BUILD_ERRORS = {
+    # values only a constructor can judge: its message, under the key the value came from
+    "reader value": (lambda r: r["tasks"][0]["reader"].update(lang="fr"),
+                     "tasks[0].reader (ClassifyReader): lang must be one of 'en', 'english', 'cn', 'chinese', got 'fr'"),
+    "head value": (lambda r: r["tasks"][1]["head"].update(num_classes=1),
+                   "tasks[1].head (Classify): num_classes must be >= 2, got 1"),
+    "task value": (lambda r: r["tasks"][1].update(loss_weight=0), "tasks[1]: loss_weight must be > 0, got 0"),
+    "multi-task value": (lambda r: r.update(multi_task={"sampling": "random"}), "multi_task: "),
+    "backbone config": (lambda r: r["backbone"].update(config={"hidden_size": 32}),
+                        "backbone.config (BERT): "),
+    "all aux": (lambda r: [t.update(aux=True) for t in r["tasks"]], "tasks: every task has aux: true"),
+    # bad data: the file and line, and what was expected
+    "unknown label": (lambda r: r["tasks"][0]["reader"].update(label_map=["neg", "pos"]),
+                      "train.tsv:2: "),
+    "missing file": (lambda r: r["tasks"][1].update(train_file="nowhere.tsv"), "nowhere.tsv"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BUILD_ERRORS))
+def test_bad_values_and_data_name_their_key_or_line(case, tmp_path, uncased_vocab, capsys):
+    edit, fragment = BUILD_ERRORS[case]
+    assert main(["train", bad_config(tmp_path, uncased_vocab, edit), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+
+
 def test_bad_set_override(tmp_path, uncased_vocab, capsys):
     path = write_config(tmp_path, uncased_vocab, [cls_task(tmp_path)])
     assert main(["train", path, "--set", "tasks[3].name=x"]) == 2
