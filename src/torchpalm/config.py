@@ -28,6 +28,7 @@ as a Python package with `get_model_path()` (as the MiniLM checkpoint `gt_all_mi
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import importlib
 import inspect
@@ -146,7 +147,7 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> tuple[dict, set[str]]:
     """Applies `--set key.path=value` overrides (the value is YAML: `3`, `true`, `[a, b]`); returns the new
     config and the overridden key paths (their relative paths are relative to the working directory)."""
-    raw = json.loads(json.dumps(raw))  # a copy (the YAML has only JSON types)
+    raw = copy.deepcopy(raw)
     done = set()
     for item in overrides:
         key, sep, text = item.partition("=")

@@ -55,7 +55,17 @@ def write_tags(path, n, seed=0) -> str:
     return str(path)
 
 
-WRITERS = {"classify": write_cls, "match": write_pairs, "sequence_label": write_tags}
+def write_squad(path, n, seed=0) -> str:
+    """SQuAD-style questions whose answer is the first word of the context."""
+    paragraphs = [{"context": " ".join(s), "qas": [{"id": f"q{i}", "question": "which word comes first",
+                                                   "answers": [{"text": s[0], "answer_start": 0}]}]}
+                  for i, (_, s) in enumerate(sentences(n, seed))]
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}),
+                    encoding="utf-8")
+    return str(path)
+
+
+WRITERS = {"classify": write_cls, "match": write_pairs, "sequence_label": write_tags, "mrc": write_squad}
 
 
 def write_config(tmp_path, vocab, tasks, name="run.yaml", **train) -> str:
@@ -164,6 +174,24 @@ def test_two_task_train_predict_evaluate(tmp_path, uncased_vocab):
     assert {t: pytest.approx(m) for t, m in metrics.items()} == dev
 
 
+def test_mrc_train_predict_evaluate(tmp_path, uncased_vocab):
+    task = {"name": "qa", "reader": {"type": "mrc", "max_query_len": 8, "doc_stride": 8, "do_lower_case": True},
+            "head": {"type": "mrc", "do_lower_case": True},  # max_query_len: the reader's
+            "train_file": write_squad(tmp_path / "train.json", 16), "dev_file": write_squad(tmp_path / "dev.json", 6, 1),
+            "predict_file": "dev.json"}
+    path = write_config(tmp_path, uncased_vocab, [task], epochs=1)
+    assert main(["train", path]) == 0
+    (ckpt,) = (tmp_path / "out").glob("ckpt.step*")
+    assert main(["predict", path, "--checkpoint", str(ckpt)]) == 0
+    answers = json.loads((tmp_path / "out" / "predict" / "qa" / "predictions.json").read_text())
+    assert sorted(answers) == [f"q{i}" for i in range(6)]
+    assert main(["evaluate", path, "--checkpoint", str(ckpt)]) == 0
+    metrics = json.loads((tmp_path / "out" / "evaluate" / "metrics.json").read_text())["qa"]
+    gold = {f"q{i}": s[0] for i, (_, s) in enumerate(sentences(6, 1))}
+    exact = np.mean([answers[q].strip().lower() == gold[q] for q in gold])
+    assert set(metrics) == {"f1", "exact_match"} and metrics["exact_match"] == pytest.approx(exact)
+
+
 def test_pairwise_match_builds_a_pairwise_backbone(tmp_path, uncased_vocab):
     rows = ["text_a\ttext_b\ttext_b_neg"] + [f"{' '.join(s)}\t{' '.join(s[::-1])}\tbad plot"
                                              for _, s in sentences(16)]
@@ -176,7 +204,7 @@ def test_pairwise_match_builds_a_pairwise_backbone(tmp_path, uncased_vocab):
     assert (tmp_path / "out" / "ckpt.step2").is_dir()
 
 
-EXAMPLES = ["classification", "matching", "tagging", "multi_task"]
+EXAMPLES = ["classification", "matching", "tagging", "multi_task", "mrc"]
 
 
 @pytest.mark.parametrize("example", EXAMPLES)
@@ -192,6 +220,8 @@ def test_example_config_validates_and_builds(example, tmp_path, uncased_vocab, c
         sets += [f"tasks[{i}].{key}={small}" for key in ("train_file", "dev_file", "predict_file")]
         if "max_len" in task["reader"]:
             sets.append(f"tasks[{i}].reader.max_len=32")
+        if task["reader"]["type"] == "mrc":  # a question and a window within 32 sub-tokens
+            sets += [f"tasks[{i}].reader.max_query_len=8", f"tasks[{i}].reader.doc_stride=8"]
         if C.label_map_option(task["reader"]) is not None:
             sets.append(f"tasks[{i}].reader.label_map_config=[O, B-POS]")
     assert main(["train", str(path), "--dry-run", *(x for s in sets for x in ("--set", s))]) == 0
