@@ -210,22 +210,17 @@ def input_files(cfg: dict, inputs: Sequence[str]) -> dict[str, str]:
 
 def evaluate(cfg: dict, checkpoint: str, output: str | None) -> dict[str, dict]:
     """Each task's default metric (torchpalm.evaluation) on its dev file; printed and written as JSON."""
-    from .evaluation import DEFAULT_METRICS
-
     files = C.backbone_files(cfg)
     metrics = {}
     for t in cfg["tasks"]:
-        head_class = C.HEADS[t["head"]["type"]]
-        if t["dev_file"] is None or head_class not in DEFAULT_METRICS:
-            why = "no dev_file" if t["dev_file"] is None else f"no default metric for the {head_class} head"
-            logger.info("task %s: %s: skipped", t["name"], why)
+        if t["dev_file"] is None:  # (validation made sure a dev_file has a metric)
+            logger.info("task %s: no dev_file: skipped", t["name"])
             continue
         trainer, reader = predict_trainer(t, cfg, files, t["dev_file"], checkpoint,
                                           train_label_map(t, cfg, files[1]))
         metrics[t["name"]] = trainer.evaluate(reader)
     if not metrics:
-        raise ConfigError("no task can be evaluated: set tasks[i].dev_file (a labelled file) on a task whose head "
-                          f"has a default metric ({', '.join(k for k in C.HEADS if C.HEADS[k] in DEFAULT_METRICS)})")
+        raise ConfigError("no task has a dev_file (a labelled file) to evaluate on")
     output = output or os.path.join(cfg["train"]["save_path"], "evaluate")
     report(metrics, os.path.join(output, "metrics.json"))
     return metrics

@@ -45,6 +45,7 @@ import yaml
 from . import backbone as backbones
 from . import head as heads
 from . import reader as readers
+from .evaluation import DEFAULT_METRICS
 from .reader import DataError
 
 __all__ = ["ConfigError", "load", "validate", "apply_overrides"]
@@ -154,30 +155,31 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> tuple[dict, set[str]
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=3")
         parts = [p for p in key.strip().replace("[", ".").replace("]", "").split(".") if p]
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
         node = raw
         for k, part in enumerate(parts[:-1]):
-            node = _child(node, part, ".".join(parts[: k + 1]), create=True)
+            node = _child(node, part, _dotted(parts[: k + 1]))
         last = parts[-1]
-        value = yaml.safe_load(text) if text.strip() else None
         if isinstance(node, list):
-            _child(node, last, key)  # checks the index
-            node[int(last)] = value
-        else:
-            node[last] = value
+            _child(node, last, _dotted(parts))  # checks the index
+            last = int(last)
+        node[last] = value
         done.add(_dotted(parts))
     return raw, done
 
 
-def _child(node, part: str, where: str, create: bool = False):
+def _child(node, part: str, where: str):
+    """`node[part]` on the way down a `--set` path; a missing mapping is created (validation judges it)."""
     if isinstance(node, list):
         if not part.isdigit() or int(part) >= len(node):
             raise ConfigError(f"--set {where}: {part!r} is not an index of this list of {len(node)}")
         return node[int(part)]
     if not isinstance(node, dict):
         raise ConfigError(f"--set {where}: the value there is a {type(node).__name__}, not a mapping")
-    if part not in node or node[part] is None:
-        if not create:
-            raise ConfigError(f"--set {where}: no such key")
+    if node.get(part) is None:
         node[part] = {}
     return node[part]
 
@@ -305,6 +307,11 @@ def validate(raw: dict, base_dir: str = ".", cwd_keys: set[str] = frozenset()) -
         if names.count(t["name"]) > 1 or not t["name"] or "." in t["name"]:
             raise ConfigError(f"{t['path']}.name: {t['name']!r}: task names must be distinct, non-empty and "
                               f"without '.' (names: {names})")
+    for t in cfg["tasks"]:
+        head_class = HEADS[t["head"]["type"]]
+        if t["dev_file"] is not None and head_class not in DEFAULT_METRICS:
+            raise ConfigError(f"{t['path']}.dev_file: the {head_class} head has no default metric to score a dev "
+                              f"file with (heads that have one: {', '.join(DEFAULT_METRICS)})")
     if len(names) > 1 and all(t["aux"] for t in cfg["tasks"]):
         raise ConfigError("tasks: every task has aux: true; at least one main task must decide the end of training")
     cfg["multi_task"] = _multi_task(raw.get("multi_task"), names)

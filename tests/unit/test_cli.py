@@ -192,6 +192,21 @@ def test_mrc_train_predict_evaluate(tmp_path, uncased_vocab):
     assert set(metrics) == {"f1", "exact_match"} and metrics["exact_match"] == pytest.approx(exact)
 
 
+def test_mask_lm_trains_and_has_no_default_metric(tmp_path, uncased_vocab, capsys):
+    rows = ["text_a"] + [" ".join(s) for _, s in sentences(16)]
+    (tmp_path / "text.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    task = {"name": "mlm", "reader": {"type": "mask_lm", "do_lower_case": True},
+            "head": {"type": "mask_lm"},  # vocab_size and hidden_act: the backbone's
+            "train_file": "text.tsv", "dev_file": "text.tsv"}
+    path = write_config(tmp_path, uncased_vocab, [task], epochs=1)
+    assert main(["train", path]) == 2
+    assert "tasks[0].dev_file: the MaskLM head has no default metric" in capsys.readouterr().err
+    assert main(["train", path, "--set", "tasks[0].dev_file=null"]) == 0
+    assert main(["evaluate", path, "--checkpoint", str(tmp_path / "out" / "ckpt.step2"),
+                 "--set", "tasks[0].dev_file=null"]) == 2
+    assert "no task has a dev_file" in capsys.readouterr().err
+
+
 def test_pairwise_match_builds_a_pairwise_backbone(tmp_path, uncased_vocab):
     rows = ["text_a\ttext_b\ttext_b_neg"] + [f"{' '.join(s)}\t{' '.join(s[::-1])}\tbad plot"
                                              for _, s in sentences(16)]
@@ -319,7 +334,9 @@ def test_bad_values_and_data_name_their_key_or_line(case, tmp_path, uncased_voca
 def test_bad_set_override(tmp_path, uncased_vocab, capsys):
     path = write_config(tmp_path, uncased_vocab, [cls_task(tmp_path)])
     assert main(["train", path, "--set", "tasks[3].name=x"]) == 2
-    assert "--set tasks.3: '3' is not an index of this list of 1" in capsys.readouterr().err
+    assert "--set tasks[3]: '3' is not an index of this list of 1" in capsys.readouterr().err
+    assert main(["train", path, "--set", "optimizer={type: adam"]) == 2
+    assert "the value is not valid YAML" in capsys.readouterr().err
     assert main(["train", path, "--set", "train.epochs"]) == 2
     assert "expected key.path=value" in capsys.readouterr().err
     assert main(["train", path, "--set", "tasks[0].reader.max_lne=3"]) == 2
