@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
+import torchpalm as palm
+
 from . import config as C
 from .config import ConfigError
 from .reader import DataError
@@ -44,14 +46,12 @@ A misspelt, missing or mistyped key is an error naming its path, e.g. tasks[0].r
 # ---------------------------------------------------------------- building blocks
 def make_schedule(cfg: dict):
     """The schedule, its length left to the trainer (it knows the exact number of steps it will run)."""
-    from . import lr_sched
-
     s = cfg["schedule"]
     if s["type"] == "none":
         return None
     if s["type"] == "warmup":
-        return lr_sched.WarmupSchedualer(s["warmup"])
-    return lr_sched.TriangularSchedualer(s["warmup"], None, decay_from_warmup_end=s["decay_from_warmup_end"])
+        return palm.lr_sched.WarmupSchedualer(s["warmup"])
+    return palm.lr_sched.TriangularSchedualer(s["warmup"], None, decay_from_warmup_end=s["decay_from_warmup_end"])
 
 
 def need(task: dict, key: str, command: str, alternative: str = "") -> str:
@@ -77,8 +77,6 @@ def predict_trainer(task: dict, cfg: dict, files: tuple, data_file: str, checkpo
     """A Trainer named like the task with its predict side built over `data_file` (PALM's predict script):
     predict reader, predict backbone and head, then the checkpoint's weights; or, given the training `trainer`,
     its trained weights (evaluation during training). Returns (trainer, reader)."""
-    import torchpalm as palm
-
     config, vocab, _ = files
     reader, load_kwargs = C.build_reader(task, cfg, vocab, "predict", label_map)
     reader.load_data(data_file, cfg["train"]["batch_size"], **load_kwargs)
@@ -96,8 +94,6 @@ def predict_trainer(task: dict, cfg: dict, files: tuple, data_file: str, checkpo
 def train(cfg: dict, dry_run: bool = False) -> str | None:
     """PALM's 8 steps for one task (Trainer) or several (MultiHeadTrainer); returns the final checkpoint.
     `dry_run` builds everything (data read, weights loaded) and stops before the first step."""
-    import torchpalm as palm
-
     files = config, vocab, pretrained = C.backbone_files(cfg)
     tr, tasks, multi = cfg["train"], cfg["tasks"], len(cfg["tasks"]) > 1
     if not multi and tr["epochs"] != int(tr["epochs"]):

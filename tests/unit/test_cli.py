@@ -355,6 +355,10 @@ def test_help_on_every_command(capsys):
     out = subprocess.run([sys.executable, "-m", "torchpalm", "--help"], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, check=True).stdout
     assert "train" in out and "convert" in out and "download" not in out
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["scripts"] == {"torchpalm": "torchpalm.cli:main"}  # the console script
+    assert any(d.startswith("pyyaml") for d in project["dependencies"])
 
 
 def test_convert_round_trip_is_exact(tmp_path, tiny_config, uncased_vocab):
