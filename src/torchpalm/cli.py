@@ -157,7 +157,9 @@ def train(cfg: dict, dry_run: bool = False) -> str | None:
         print(f"dry run: {len(tasks)} task(s) built ({', '.join(readers)}); not training")
         return None
     runner.train(print_steps=tr["print_steps"])
-    final = runner.save(os.path.join(tr["save_path"], f"ckpt.step{runner.cur_train_step}"))
+    final = os.path.join(tr["save_path"], f"ckpt.step{runner.cur_train_step}")
+    if not os.path.isdir(final):  # (with save_steps set, the saver has written the last step itself)
+        runner.save(final)
     logger.info("final checkpoint: %s", final)
     if dev_tasks:
         if tr["evaluate_every"] is not None:

@@ -142,6 +142,10 @@ def test_single_task_train_predict_evaluate(tmp_path, uncased_vocab, capsys, mon
     monkeypatch.chdir(tmp_path / "cwd")
     assert main(["train", path, "--set", "train.epochs=1", "--set", "train.save_path=o1"]) == 0
     assert (tmp_path / "cwd" / "o1" / "ckpt.step3").is_dir()
+    # with periodic saving, the last step is saved once, by the saver
+    assert main(["train", path, "--set", "train.epochs=1", "--set", "train.save_path=o2", "--set",
+                 "train.save_steps=2"]) == 0
+    assert sorted(os.listdir(tmp_path / "cwd" / "o2")) == ["ckpt.step2", "ckpt.step3", "dev_metrics.json"]
 
 
 def test_two_task_train_predict_evaluate(tmp_path, uncased_vocab):
