@@ -68,7 +68,8 @@ def train_label_map(task: dict, cfg: dict, vocab: str) -> dict | None:
         return None
     need(task, "train_file", "predict/evaluate", " (its tags give the label map; or set reader.label_map_config)")
     reader, load_kwargs = C.build_reader(task, cfg, vocab, "train")
-    reader.load_data(task["train_file"], cfg["train"]["batch_size"], **load_kwargs)
+    with C.blame(f"{task['path']}.train_file"):
+        reader.load_data(task["train_file"], cfg["train"]["batch_size"], **load_kwargs)
     return reader.label_map
 
 
@@ -79,7 +80,8 @@ def predict_trainer(task: dict, cfg: dict, files: tuple, data_file: str, checkpo
     its trained weights (evaluation during training). Returns (trainer, reader)."""
     config, vocab, _ = files
     reader, load_kwargs = C.build_reader(task, cfg, vocab, "predict", label_map)
-    reader.load_data(data_file, cfg["train"]["batch_size"], **load_kwargs)
+    with C.blame(f"{task['path']} ({data_file})"):
+        reader.load_data(data_file, cfg["train"]["batch_size"], **load_kwargs)
     backbone = C.build_backbone(cfg, config, "predict")
     reader.register_with(backbone)
     trainer = trainer or palm.Trainer(task["name"], device=cfg["train"]["device"],
@@ -103,8 +105,9 @@ def train(cfg: dict, dry_run: bool = False) -> str | None:
     readers = {}
     for t in tasks:
         readers[t["name"]], load_kwargs = C.build_reader(t, cfg, vocab, "train")
-        readers[t["name"]].load_data(need(t, "train_file", "train"), tr["batch_size"],
-                                     num_epochs=None if multi else int(tr["epochs"]), **load_kwargs)
+        with C.blame(f"{t['path']}.train_file"):
+            readers[t["name"]].load_data(need(t, "train_file", "train"), tr["batch_size"],
+                                         num_epochs=None if multi else int(tr["epochs"]), **load_kwargs)
     # 2. backbone  3. register every reader with it
     backbone = C.build_backbone(cfg, config, "train")
     for reader in readers.values():

@@ -46,6 +46,7 @@ from . import backbone as backbones
 from . import head as heads
 from . import reader as readers
 from .evaluation import DEFAULT_METRICS
+from .multihead_trainer import MultiHeadTrainer
 from .reader import DataError
 
 __all__ = ["ConfigError", "load", "validate", "apply_overrides"]
@@ -322,8 +323,6 @@ def validate(raw: dict, base_dir: str = ".", cwd_keys: set[str] = frozenset()) -
 
 def _multi_task(raw, names: list[str]) -> dict:
     """`multi_task`: MultiHeadTrainer's constructor options (by signature) and the sampling `reference`."""
-    from .multihead_trainer import MultiHeadTrainer
-
     params = _params(MultiHeadTrainer.__init__, MULTI_TASK_WIRED)
     valid = [*params, "reference"]
     raw = {} if raw is None else raw

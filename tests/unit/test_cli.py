@@ -324,12 +324,21 @@ BUILD_ERRORS = {
     "unknown label": (lambda r: r["tasks"][0]["reader"].update(label_map=["neg", "pos"]),
                       "train.tsv:2: "),
     "missing file": (lambda r: r["tasks"][1].update(train_file="nowhere.tsv"), "nowhere.tsv"),
+    "unrecognised format": (lambda r: r["tasks"][0].update(reader={"type": "sequence_label", "label_map_config": None},
+                                                           head={"type": "sequence_label"}, dev_file=None,
+                                                           train_file="odd.tsv"),
+                            "odd.tsv:1: expected a word and a tag (at least 2 columns), got 1 column 'justoneword'"),
+    "tags without the no-entity tag": (lambda r: r["tasks"][0].update(
+        reader={"type": "sequence_label", "label_map_config": None}, head={"type": "sequence_label"}, dev_file=None,
+        train_file="four.tsv"), "tasks[0].train_file: no_entity_label 'O' is not in the label map"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BUILD_ERRORS))
 def test_bad_values_and_data_name_their_key_or_line(case, tmp_path, uncased_vocab, capsys):
     edit, fragment = BUILD_ERRORS[case]
+    (tmp_path / "odd.tsv").write_text("justoneword\n", encoding="utf-8")
+    (tmp_path / "four.tsv").write_text("a\tb\tc\td\n", encoding="utf-8")
     assert main(["train", bad_config(tmp_path, uncased_vocab, edit), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
