@@ -53,10 +53,13 @@ def read_conll(path: str, limit: int = 0) -> tuple[list[list[str]], list[list[st
 
 
 def write_conll(path: str, sents: list[list[str]], tags: list[list[str]]) -> str:
-    with open(path, "w", encoding="utf-8") as f:
+    """Writes atomically (a temporary file renamed into place): runs with other seeds may read it meanwhile."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
         for words, ts in zip(sents, tags, strict=True):
             f.writelines(f"{w} {t}\n" for w, t in zip(words, ts, strict=True))
             f.write("\n")
+    os.replace(tmp, path)
     return path
 
 
