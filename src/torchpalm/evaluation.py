@@ -87,10 +87,13 @@ class Evaluator:
         patience: stop after this many evaluations without improvement (None: never stop early).
         min_delta: the least increase that counts as an improvement.
         save: `save(directory)` writes a checkpoint of the model at this moment.
+        on_record: called with `{"step", "eval": {task: scores}, "aggregate"?}` after each evaluation (the
+            loop's `metrics.jsonl`).
     """
 
     def __init__(self, trainers: list, every_steps: int, weights: dict[str, float] | None, monitor: str,
-                 save_dir: str | None, patience: int | None, min_delta: float, save: Callable[[str], str]):
+                 save_dir: str | None, patience: int | None, min_delta: float, save: Callable[[str], str],
+                 on_record: Callable[[dict], None] | None = None):
         names = [t.name for t in trainers]
         if not trainers:
             raise ValueError("no task has a dev set: call trainer.set_dev(dev_reader) first")
@@ -108,7 +111,7 @@ class Evaluator:
             raise ValueError(f"patience must be >= 1 or None, got {patience}")
         self.trainers, self.every_steps, self.weights = trainers, int(every_steps), weights
         self.monitor, self.save_dir, self.patience, self.min_delta = monitor, save_dir, patience, float(min_delta)
-        self._save = save
+        self._save, self._on_record = save, on_record
         if save_dir is not None:
             checkpoint.remove_stale(save_dir)  # a best.<task> save killed in an earlier run
         self.history: list[dict] = []
@@ -136,6 +139,9 @@ class Evaluator:
         if weighted:
             record["aggregate"] = sum(main_values[n] * w for n, w in weighted.items()) / sum(weighted.values())
         self.history.append(record)
+        if self._on_record is not None:
+            self._on_record({"step": step, "eval": record["tasks"],
+                             **({"aggregate": record["aggregate"]} if "aggregate" in record else {})})
         improved = {key: self._update_best(key, value, step)
                     for key, value in [*main_values.items(), ("aggregate", record.get("aggregate"))]
                     if value is not None}

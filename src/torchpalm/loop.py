@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from .metrics_log import MetricsLog
 from .optimizer import Optimizer, param_groups
 
 logger = logging.getLogger("torchpalm")
@@ -214,6 +215,7 @@ class TrainLoop:
         self._save_steps: int | None = None
         self._save_types: tuple[str, ...] = ()
         self._max_to_keep: int | None = None
+        self.metrics_log: MetricsLog | None = None
         self._last_saved_step = -1
 
     # ---- state ----
@@ -336,12 +338,18 @@ class TrainLoop:
         """Saves every `save_steps` global steps (None: no periodic saving), keeping the last `max_to_keep`
         periodic saves of each type (None: all). Leftovers of killed saves in `save_path` are removed here."""
         if save_path is None or save_steps is None:
-            self._save_path = self._save_steps = None
+            self._save_path = self._save_steps = self.metrics_log = None
             return
         os.makedirs(save_path, exist_ok=True)
         ckpt.remove_stale(save_path)
         self._save_path, self._save_steps, self._save_types = os.fspath(save_path), int(save_steps), save_types
         self._max_to_keep = max_to_keep
+        self.metrics_log = MetricsLog(save_path)
+
+    def log_metrics(self, record: dict) -> None:
+        """Appends a record to `<save_path>/metrics.jsonl` (when a saver is set)."""
+        if self.metrics_log is not None:
+            self.metrics_log.write(record)
 
     def save(self, directory: str, trainer_state: dict) -> str:
         """Writes a full training checkpoint (weights, EMA, optimizer, RNG, counters) atomically."""
@@ -415,6 +423,8 @@ class TrainLoop:
             after_step: called with the task name after each step (finish messages, evaluation); returning
                 True stops training early.
         """
+        if self.metrics_log is not None:  # the history continues from this step (a fresh run: from 0); lines a
+            self.metrics_log.drop_after(self.global_step)  # killed run wrote after its last checkpoint go
         progress = progress_bar(total_steps, self.global_step, "train")
         width = max(len(n) for n in self.tasks)
         last_time, last_step = time.time(), self.global_step
@@ -442,6 +452,10 @@ class TrainLoop:
                         logger.info("%s", line)
                         lr = self.optimizer.lr_at(self.global_step)
                         progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
+                        self.log_metrics({"step": self.global_step, "task": task, "task_step": step,
+                                          "epoch": (step - 1) // spe, "loss": value,
+                                          "lr": self.optimizer.lr_at(self.global_step - 1),
+                                          "steps_per_second": speed, "time": now})
                     stop = after_step(task) if after_step is not None else False  # PALM: after the log line
                     self.maybe_save(trainer_state)
                     if stop:

@@ -374,7 +374,7 @@ class MultiHeadTrainer:
         with_dev = [t for t in self._trainers if t._dev is not None]
         self._evaluator = Evaluator(with_dev, every_steps, weights, monitor,
                                     best_checkpoint_dir(save_best, save_dir, self._saver_args), patience, min_delta,
-                                    self.save)
+                                    self.save, on_record=lambda record: self._loop.log_metrics(record))
 
     @property
     def eval_history(self) -> list[dict]:

@@ -437,7 +437,7 @@ class Trainer:
             raise RuntimeError("call build_backward before set_evaluation")
         self._evaluator = Evaluator([self], every_steps, None, self._name,
                                     best_checkpoint_dir(save_best, save_dir, self._saver_args), patience, min_delta,
-                                    self.save)
+                                    self.save, on_record=lambda record: self._loop.log_metrics(record))
 
     # ---- training ----
     def train_one_step(self, batch: dict) -> dict[str, np.ndarray]:

@@ -575,3 +575,57 @@ def test_single_task_trainer_evaluates_too(tmp_path, uncased_vocab, tiny_config)
     assert os.path.isdir(tmp_path / "o" / "best.c") and not os.path.exists(tmp_path / "o" / "best.aggregate")
     final = trainer.evaluate()["accuracy"]
     assert final == trainer.eval_history[-1]["tasks"]["c"]["accuracy"]
+
+
+def test_metrics_jsonl_holds_the_log_and_the_evaluations_and_resume_drops_later_lines(tmp_path, uncased_vocab,
+                                                                                       tiny_config, caplog):
+    from torchpalm.metrics_log import read_metrics
+
+    def build(out):
+        torch.manual_seed(0)
+        f = write_cls(tmp_path / "c.tsv", 24)
+        reader = palm.reader.ClassifyReader(uncased_vocab, 32, seed=0, do_lower_case=True)
+        reader.load_data(f, 4, num_epochs=3)  # 6 steps per epoch, 18 in all
+        backbone = palm.backbone.BERT.from_config(tiny_config)
+        reader.register_with(backbone)
+        trainer = palm.Trainer("c", device="cpu")
+        adam = palm.optimizer.Adam(trainer.build_forward(backbone, palm.head.Classify(2, 32)), 5e-3,
+                                   palm.lr_sched.TriangularSchedualer(3, None))
+        trainer.build_backward(adam)
+        trainer.fit_reader(reader)
+        dev = palm.reader.ClassifyReader(uncased_vocab, 32, do_lower_case=True, phase="predict")
+        dev.load_data(f, 8)
+        pb = palm.backbone.BERT.from_config(tiny_config, phase="predict")
+        dev.register_with(pb)
+        trainer.build_predict_forward(pb, palm.head.Classify(2, 32, phase="predict"))
+        trainer.set_dev(dev)
+        trainer.set_saver(str(out), 6)
+        trainer.set_evaluation(every_steps=9, save_best=False)
+        return trainer, adam
+
+    out = tmp_path / "run"
+    trainer, adam = build(out)
+    with caplog.at_level("INFO", logger="torchpalm"):
+        trainer.train(print_steps=4)
+    records = read_metrics(str(out))
+    logged = [r for r in records if "loss" in r]
+    assert [r["step"] for r in logged] == [4, 8, 12, 16]
+    assert [(r["task_step"], r["epoch"]) for r in logged] == [(4, 0), (8, 1), (12, 1), (16, 2)]
+    assert [r["lr"] for r in logged] == [adam.lr_at(s - 1) for s in (4, 8, 12, 16)]  # the rate each step used
+    shown = [f"loss: {r['loss']:.3f}" for r in logged]  # the console's numbers, unrounded
+    assert all(line in caplog.text for line in shown)
+    evals = [r for r in records if "eval" in r]
+    assert [(r["step"], r["eval"]) for r in evals] == [(h["step"], h["tasks"]) for h in trainer.eval_history]
+    assert [r["step"] for r in evals] == [9, 18]
+    # a killed run resumed from its step-12 checkpoint: the lines of steps 13-18 go, the run writes them again
+    resumed, _ = build(out)
+    resumed.load_ckpt(str(out / "ckpt.step12"))
+    resumed.train(print_steps=4)
+    again = read_metrics(str(out))
+    assert [r["step"] for r in again if "loss" in r] == [4, 8, 12, 16]
+    assert [r["loss"] for r in again if "loss" in r] == [r["loss"] for r in logged]  # exact resume
+    assert [r["step"] for r in again if "eval" in r] == [9, 18]
+    # a fresh run in the same folder starts a new history
+    fresh, _ = build(out)
+    fresh.train(print_steps=8)
+    assert [r["step"] for r in read_metrics(str(out)) if "loss" in r] == [8, 16]
