@@ -198,6 +198,20 @@ def _conll_file(tmp_path, n_sentences):
     return str(path), {t: i for i, t in enumerate(labels)}
 
 
+TAGGER_PAIRS = [("emission.weight", "classifier.weight"), ("emission.bias", "classifier.bias")]
+
+
+def _tagging_start(tmp_path, vocab, hf_class, seed):
+    """A random HF token classifier saved as a pretrained directory, and a train reader over 96 CoNLL sentences."""
+    path, label_map = _conll_file(tmp_path, 96)
+    torch.manual_seed(seed)
+    hf = hf_class(_hf_config(num_labels=len(label_map)))
+    hf_dir = _save_hf(hf, vocab, tmp_path)
+    reader = palm.reader.SequenceLabelReader(vocab, 24, label_map, do_lower_case=True, seed=seed + 3)
+    reader.load_data(path, BATCH, num_epochs=EPOCHS)
+    return hf, reader, label_map, hf_dir
+
+
 def _token_labels(batch):
     """HF token-classification labels: each word's tag on its first sub-token, -100 everywhere else."""
     labels = torch.full_like(batch["token_ids"], -100)
@@ -210,21 +224,15 @@ def _token_labels(batch):
 def test_softmax_sequence_label_trains_like_bert_for_token_classification(tmp_path, uncased_vocab):
     from transformers import BertForTokenClassification
 
-    path, label_map = _conll_file(tmp_path, 96)
-    torch.manual_seed(2)
-    hf = BertForTokenClassification(_hf_config(num_labels=len(label_map)))
-    hf_dir = _save_hf(hf, uncased_vocab, tmp_path)
-    reader = palm.reader.SequenceLabelReader(uncased_vocab, 24, label_map, do_lower_case=True, seed=5)
-    reader.load_data(path, BATCH, num_epochs=EPOCHS)
+    hf, reader, label_map, hf_dir = _tagging_start(tmp_path, uncased_vocab, BertForTokenClassification, seed=2)
     head = palm.head.SequenceLabel(len(label_map), CONFIG["hidden_size"], use_crf=False)
-    pairs = [("emission.weight", "classifier.weight"), ("emission.bias", "classifier.bias")]
-    _copy_head(head, hf, pairs)
+    _copy_head(head, hf, TAGGER_PAIRS)
     trainer, batches = _build("conll", reader, head, hf_dir, 96 // BATCH * EPOCHS, True)
     assert any(bool((b["word_starts"][:, 1:] - b["word_starts"][:, :-1] > 1).any()) for b in batches)  # sub-words
     opt, sched = _hf_optimizer(hf, len(batches), True)
     ours, theirs = _train_side_by_side(
         trainer, batches, hf, lambda b: hf(**_hf_inputs(b), labels=_token_labels(b)).loss, opt, sched)
-    _assert_same_training(ours, theirs, trainer, hf, pairs)
+    _assert_same_training(ours, theirs, trainer, hf, TAGGER_PAIRS)
 
 
 def _crf_nll(emissions, tags, lengths, start, end, trans):
@@ -244,16 +252,10 @@ def _crf_nll(emissions, tags, lengths, start, end, trans):
 def test_crf_sequence_label_trains_like_a_hand_written_crf_on_hf_emissions(tmp_path, uncased_vocab):
     from transformers import BertForTokenClassification
 
-    path, label_map = _conll_file(tmp_path, 96)
-    torch.manual_seed(3)
-    hf = BertForTokenClassification(_hf_config(num_labels=len(label_map)))
-    hf_dir = _save_hf(hf, uncased_vocab, tmp_path)
-    reader = palm.reader.SequenceLabelReader(uncased_vocab, 24, label_map, do_lower_case=True, seed=6)
-    reader.load_data(path, BATCH, num_epochs=EPOCHS)
+    hf, reader, label_map, hf_dir = _tagging_start(tmp_path, uncased_vocab, BertForTokenClassification, seed=3)
     multiplier = 20.0
     head = palm.head.SequenceLabel(len(label_map), CONFIG["hidden_size"], crf_lr_multiplier=multiplier)
-    pairs = [("emission.weight", "classifier.weight"), ("emission.bias", "classifier.bias")]
-    _copy_head(head, hf, pairs)
+    _copy_head(head, hf, TAGGER_PAIRS)
     crf = {k: torch.nn.Parameter(getattr(head.crf, k).detach().clone())
            for k in ("start_transitions", "end_transitions", "transitions")}
     trainer, batches = _build("conll", reader, head, hf_dir, 96 // BATCH * EPOCHS, True)
@@ -270,7 +272,7 @@ def test_crf_sequence_label_trains_like_a_hand_written_crf_on_hf_emissions(tmp_p
     ours, theirs = _train_side_by_side(trainer, batches, hf, hf_loss, opt, sched)
     # The CRF loss sums over a sentence's words (~25x the gradient of a mean), and so is its float noise: an
     # embedding element whose true gradient is ~1e-7 gets an Adam step of noisy sign, up to ~2e-4 apart here.
-    _assert_same_training(ours, theirs, trainer, hf, pairs, weight_tol=5 * TOL)
+    _assert_same_training(ours, theirs, trainer, hf, TAGGER_PAIRS, weight_tol=5 * TOL)
     for name, p in crf.items():
         assert (trainer.model.heads["conll"].crf.get_parameter(name) - p).abs().max().item() <= TOL, name
     assert (crf["transitions"] - head.crf.transitions).abs().max() > 0  # (the head object is the trained one)

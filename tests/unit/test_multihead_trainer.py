@@ -552,22 +552,30 @@ def test_early_stopping_on_a_task_metric(tmp_path, uncased_vocab, tiny_config, c
         s.mh.set_evaluation(every_steps=4, monitor="slot", save_best=False)
 
 
-def test_single_task_trainer_evaluates_too(tmp_path, uncased_vocab, tiny_config):
+def single_task_with_dev(tmp_path, vocab, config, schedule=None):
+    """A single-task Trainer on 24 classification rows (batch 4, 3 epochs: 18 steps) whose dev set is the same
+    file, read by a predict-phase reader. Returns the trainer and its optimizer."""
     torch.manual_seed(0)
     f = write_cls(tmp_path / "c.tsv", 24)
-    reader = palm.reader.ClassifyReader(uncased_vocab, 32, seed=0, do_lower_case=True)
+    reader = palm.reader.ClassifyReader(vocab, 32, seed=0, do_lower_case=True)
     reader.load_data(f, 4, num_epochs=3)
-    backbone = palm.backbone.BERT.from_config(tiny_config)
+    backbone = palm.backbone.BERT.from_config(config)
     reader.register_with(backbone)
     trainer = palm.Trainer("c", device="cpu")
-    trainer.build_backward(palm.optimizer.Adam(trainer.build_forward(backbone, palm.head.Classify(2, 32)), 5e-3))
+    adam = palm.optimizer.Adam(trainer.build_forward(backbone, palm.head.Classify(2, 32)), 5e-3, schedule)
+    trainer.build_backward(adam)
     trainer.fit_reader(reader)
-    dev = palm.reader.ClassifyReader(uncased_vocab, 32, do_lower_case=True, phase="predict")
+    dev = palm.reader.ClassifyReader(vocab, 32, do_lower_case=True, phase="predict")
     dev.load_data(f, 8)
-    pb = palm.backbone.BERT.from_config(tiny_config, phase="predict")
+    pb = palm.backbone.BERT.from_config(config, phase="predict")
     dev.register_with(pb)
     trainer.build_predict_forward(pb, palm.head.Classify(2, 32, phase="predict"))
     trainer.set_dev(dev)
+    return trainer, adam
+
+
+def test_single_task_trainer_evaluates_too(tmp_path, uncased_vocab, tiny_config):
+    trainer, _ = single_task_with_dev(tmp_path, uncased_vocab, tiny_config)
     trainer.set_evaluation(every_steps=5, save_dir=str(tmp_path / "o"))
     trainer.train(print_steps=0)
     steps = [h["step"] for h in trainer.eval_history]
@@ -581,24 +589,9 @@ def test_metrics_jsonl_holds_the_log_and_the_evaluations_and_resume_drops_later_
                                                                                        tiny_config, caplog):
     from torchpalm.metrics_log import read_metrics
 
-    def build(out):
-        torch.manual_seed(0)
-        f = write_cls(tmp_path / "c.tsv", 24)
-        reader = palm.reader.ClassifyReader(uncased_vocab, 32, seed=0, do_lower_case=True)
-        reader.load_data(f, 4, num_epochs=3)  # 6 steps per epoch, 18 in all
-        backbone = palm.backbone.BERT.from_config(tiny_config)
-        reader.register_with(backbone)
-        trainer = palm.Trainer("c", device="cpu")
-        adam = palm.optimizer.Adam(trainer.build_forward(backbone, palm.head.Classify(2, 32)), 5e-3,
-                                   palm.lr_sched.TriangularSchedualer(3, None))
-        trainer.build_backward(adam)
-        trainer.fit_reader(reader)
-        dev = palm.reader.ClassifyReader(uncased_vocab, 32, do_lower_case=True, phase="predict")
-        dev.load_data(f, 8)
-        pb = palm.backbone.BERT.from_config(tiny_config, phase="predict")
-        dev.register_with(pb)
-        trainer.build_predict_forward(pb, palm.head.Classify(2, 32, phase="predict"))
-        trainer.set_dev(dev)
+    def build(out):  # 6 steps per epoch, 18 in all
+        trainer, adam = single_task_with_dev(tmp_path, uncased_vocab, tiny_config,
+                                             palm.lr_sched.TriangularSchedualer(3, None))
         trainer.set_saver(str(out), 6)
         trainer.set_evaluation(every_steps=9, save_best=False)
         return trainer, adam
