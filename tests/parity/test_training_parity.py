@@ -107,7 +107,11 @@ def _build(trainer_name, reader, head, hf_dir, n_steps, hf_style):
     return trainer, batches
 
 
-def _assert_same_training(ours, theirs, trainer, hf_model, head_pairs, prefix="bert.", weight_tol=TOL):
+def _assert_same_training(ours, theirs, trainer, hf_model, head_pairs, prefix="bert.", weight_tol=TOL,
+                          noise_only=()):
+    """`noise_only`: parameters whose true gradient is zero, so Adam moves them by float noise normalised to
+    about lr per step, in a direction that depends on the summation order (the thread count): they are only
+    checked to stay within Adam's largest possible step, lr (1 - beta1) / sqrt(1 - beta2) = 3.16 lr, per step."""
     assert len(ours) == len(theirs) >= 20
     diffs = [abs(a - b) for a, b in zip(ours, theirs, strict=True)]
     assert max(diffs) <= TOL, f"per-step loss differences: {diffs}"
@@ -117,6 +121,10 @@ def _assert_same_training(ours, theirs, trainer, hf_model, head_pairs, prefix="b
     expected.update({hf_name: trainer.model.heads[trainer.name].get_parameter(ours_name)
                      for ours_name, hf_name in head_pairs})
     assert set(expected) >= {n for n in hf_state if n.startswith(prefix)}  # every backbone weight compared
+    for n in noise_only:
+        bound = 3.17 * LR * len(ours)
+        assert (expected.pop(n) - hf_model.initial_state[n]).abs().max().item() <= bound, n
+        assert (hf_state[n] - hf_model.initial_state[n]).abs().max().item() <= bound, n
     worst = max(((expected[n] - hf_state[n]).abs().max().item(), n) for n in expected)
     assert worst[0] <= weight_tol, worst
     # and each tensor's change over training agrees to 1% (a rule applied to a few parameters, such as weight decay
@@ -302,4 +310,6 @@ def test_mrc_trains_like_bert_for_question_answering(tmp_path, uncased_vocab):
         return (F.cross_entropy(start, b["start_positions"]) + F.cross_entropy(end, b["end_positions"])) / 2
 
     ours, theirs = _train_side_by_side(trainer, batches, hf, hf_loss, opt, sched)
-    _assert_same_training(ours, theirs, trainer, hf, pairs)
+    # the start/end bias is added to every position of a softmax over positions, which ignores a shift: no true
+    # gradient (with one thread instead of two it ended 1.3e-4 apart, all noise)
+    _assert_same_training(ours, theirs, trainer, hf, pairs, noise_only=("qa_outputs.bias",))
