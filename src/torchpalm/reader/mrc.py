@@ -227,6 +227,8 @@ class MRCReader(Reader):
             instead of raising DataError.
     """
 
+    supported_tokenizers = ("wordpiece",)  # the window layout and answer offsets assume WordPiece
+
     def __init__(
         self,
         vocab_path: str | os.PathLike,
