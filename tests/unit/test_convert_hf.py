@@ -27,8 +27,9 @@ def make_hf(model_type: str, model_dir, seed: int = 0) -> str:
     torch.manual_seed(seed)
     if model_type == "bert":
         model = transformers.BertModel(transformers.BertConfig(**SMALL))
-    else:
-        model = transformers.ErnieModel(transformers.ErnieConfig(**SMALL, task_type_vocab_size=3, use_task_id=True))
+    else:  # "ernie", or "ernie-no-task": HF's ERNIE without the task embedding (use_task_id false)
+        model = transformers.ErnieModel(transformers.ErnieConfig(**SMALL, task_type_vocab_size=3,
+                                                                 use_task_id=model_type == "ernie"))
     model.save_pretrained(model_dir)
     (model_dir / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
                                                    + [f"w{i}" for i in range(115)]) + "\n", encoding="utf-8")
@@ -40,9 +41,10 @@ def ids_and_mask(pad: int):
     return ids, (ids != pad).long()
 
 
-@pytest.mark.parametrize("model_type", ["bert", "roberta", "ernie"])
-def test_hf_to_torchpalm_to_hf_is_exact_and_loads_with_automodel(tmp_path, model_type):
-    hf_dir = make_hf(model_type, tmp_path / "hf")
+@pytest.mark.parametrize("variant", ["bert", "roberta", "ernie", "ernie-no-task"])
+def test_hf_to_torchpalm_to_hf_is_exact_and_loads_with_automodel(tmp_path, variant):
+    hf_dir = make_hf(variant, tmp_path / "hf")
+    model_type = variant.split("-")[0]
     assert from_hf(hf_dir, tmp_path / "tp") == str(tmp_path / "tp")
     to_hf(tmp_path / "tp", tmp_path / "back")
     original, back = load_file(os.path.join(hf_dir, "model.safetensors")), load_file(str(tmp_path / "back" /
@@ -67,6 +69,7 @@ def test_hf_to_torchpalm_to_hf_is_exact_and_loads_with_automodel(tmp_path, model
     # the torchpalm side: the backbone class its config names, loaded by load_pretrain, equals HF
     config = json.load(open(tmp_path / "tp" / "config.json"))
     assert config["model_type"] == model_type
+    assert reloaded.config.to_dict().get("use_task_id") == hf.config.to_dict().get("use_task_id")
     cls = {"bert": palm.backbone.BERT, "roberta": palm.backbone.RoBERTa, "ernie": palm.backbone.ERNIE}[model_type]
     ours = cls.from_config(config, phase="predict")
     state, file = palm.checkpoint.load_backbone_weights(str(tmp_path / "tp"))
@@ -76,6 +79,25 @@ def test_hf_to_torchpalm_to_hf_is_exact_and_loads_with_automodel(tmp_path, model
     with torch.no_grad():
         got = ours(batch)["encoder_outputs"]
     assert (got - expected)[mask.bool()].abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("task_model", ["RobertaForMaskedLM", "ErnieForMaskedLM"])
+def test_task_model_directories_convert_their_base_model(tmp_path, task_model):
+    """HF task models prefix the base model (`roberta.*`, `ernie.*`) and add a head, which is left out."""
+    if task_model.startswith("Roberta"):
+        config = transformers.RobertaConfig(**{**SMALL, "max_position_embeddings": 130, "type_vocab_size": 1})
+    else:
+        config = transformers.ErnieConfig(**SMALL, task_type_vocab_size=3, use_task_id=True)
+    torch.manual_seed(0)
+    model = getattr(transformers, task_model)(config)
+    model.save_pretrained(tmp_path / "hf")
+    from_hf(tmp_path / "hf", tmp_path / "tp")
+    to_hf(tmp_path / "tp", tmp_path / "back")
+    base = model.base_model.state_dict()
+    back = load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert sorted(back) == sorted(k for k in base if not k.endswith("position_ids"))
+    for name, value in back.items():
+        assert torch.equal(value, base[name]), name
 
 
 def test_torchpalm_checkpoint_to_hf_and_back_is_exact(tmp_path):

@@ -122,6 +122,8 @@ TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json", "t
                    "special_tokens_map.json")
 # keys of torchpalm/PALM backbone configs that HF configs spell differently or do not have
 _OURS_ONLY = ("sent_type_vocab_size", "use_task_emb", "is_pairwise")
+# Masked-LM checkpoints (roberta-base, BertForMaskedLM saves) have no pooler; transformers initialises it then.
+_OPTIONAL = ("pooler.weight", "pooler.bias")
 
 
 class ConversionError(ValueError):
@@ -176,8 +178,17 @@ def _skeleton(model_type: str, config: dict):
                               ) from None
 
 
-def _check_tensors(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], file: str, what: str) -> None:
-    """Every expected tensor is present with its shape; errors name the tensor, the file and the expectation."""
+def _check_tensors(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], file: str, what: str,
+                   optional: tuple[str, ...] = ()) -> None:
+    """Every expected tensor is present with its shape; errors name the tensor, the file and the expectation.
+
+    `optional` tensors may be absent (a note is logged); when present their shape is checked too."""
+    absent_optional = [k for k in optional if k in expected and k not in got]
+    if absent_optional:
+        logger.warning("%s: no %s (the pooler of checkpoints saved from a masked-LM model, e.g. roberta-base); it "
+                       "is left out, and a model loading this keeps its own initialisation, as transformers does",
+                       file, " / ".join(absent_optional))
+    expected = {k: v for k, v in expected.items() if k not in absent_optional}
     missing = [k for k in expected if k not in got]
     if missing:
         raise ConversionError(f"{file}: missing tensor {missing[0]!r} (expected shape {list(expected[missing[0]].shape)}"
@@ -244,7 +255,8 @@ def from_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> str:
         config.setdefault("use_task_id", any(k.endswith("task_type_embeddings.weight") for k in hf_state))
     expected = _skeleton(model_type, config).state_dict()
     stripped = {_strip(k): v for k, v in hf_state.items()}
-    _check_tensors(stripped, torchpalm_to_hf(expected), file, f"an HF {model_type} model with this config.json")
+    _check_tensors(stripped, torchpalm_to_hf(expected), file, f"an HF {model_type} model with this config.json",
+                   tuple(_PLAIN[k] for k in _OPTIONAL))
     converted, unused = hf_to_torchpalm(hf_state)
     # e.g. a task embedding in the weights of a config with use_task_id false: HF's model ignores it too
     unused += [torchpalm_to_hf({k: v}).popitem()[0] for k, v in converted.items() if k not in expected]
@@ -316,7 +328,7 @@ def to_hf(src: str | os.PathLike, out_dir: str | os.PathLike) -> str:
     skeleton = _skeleton(model_type, config)
     expected = skeleton.state_dict()
     what = f"the {type(skeleton).__name__} that {config_source} describes"
-    _check_tensors(state, expected, file, what)
+    _check_tensors(state, expected, file, what, _OPTIONAL)
     extra = sorted(set(state) - set(expected))
     if extra:
         raise ConversionError(f"{file}: tensor {extra[0]!r} has no place in {what} (HF {MODEL_TYPES[model_type][0]})"
