@@ -25,9 +25,9 @@ logger = logging.getLogger("torchpalm")
 
 CONFIG_HELP = """\
 config (YAML; relative paths are relative to the config file):
-  backbone:   type (bert|ernie), pretrained (HF dir, torchpalm checkpoint, package:NAME or null),
+  backbone:   type (bert|ernie|roberta), pretrained (HF dir, torchpalm checkpoint, package:NAME or null),
               config (config.json path or inline mapping; default <pretrained>/config.json),
-              vocab (default <pretrained>/vocab.txt)
+              vocab (default <pretrained>/vocab.txt; roberta: the <pretrained> dir, read as byte-level BPE)
   tasks:      a list (or one mapping) of: name, reader {type: classify|match|sequence_label|mrc|mask_lm,
               options = the reader class's constructor/load_data parameters}, head {type: the same kinds,
               options = the head class's constructor parameters}, train_file, dev_file, predict_file,
@@ -280,6 +280,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--to", dest="target_format", required=True, choices=["hf", "torchpalm"])
     s.add_argument("src", help="source model directory (or weights file)")
     s.add_argument("dst", help="output directory")
+    s.add_argument("--tokenizer", default=None, metavar="DIR", help="--to hf: copy the tokenizer files from DIR "
+                   "(default: the source directory; a training checkpoint holds none)")
     return p
 
 
@@ -292,7 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if conversion is None:
                 p.error(f"convert: --from {args.source_format} --to {args.target_format} is no conversion "
                         f"(available: hf -> torchpalm, torchpalm -> hf)")
-            print(conversion(args.src, args.dst))
+            extra = {"tokenizer_dir": args.tokenizer} if args.tokenizer is not None else {}
+            if extra and args.target_format != "hf":
+                p.error("convert: --tokenizer is for --to hf (from hf, the tokenizer files come along)")
+            print(conversion(args.src, args.dst, **extra))
             return 0
         cfg = C.load(args.config, args.set)
         if args.command == "train":

@@ -51,3 +51,28 @@ def test_tiny_roberta_trains_a_classify_head_and_predicts(tmp_path):
     results = trainer.predict(output_dir=str(tmp_path / "pred"))
     lines = [json.loads(x) for x in open(tmp_path / "pred" / "predictions.json")]
     assert len(results) == len(lines) == 10 and all(abs(sum(r["probs"]) - 1) < 1e-5 for r in lines)
+
+
+def test_yaml_config_with_a_roberta_backbone_trains_and_evaluates(tmp_path):
+    """`backbone: {type: roberta, pretrained: DIR}`: the readers read DIR's BPE files, load_pretrain its weights."""
+    import yaml
+
+    from torchpalm.cli import main
+
+    model_dir = make_hf_roberta(tmp_path / "roberta")
+    write_data(tmp_path / "train.tsv", 32, seed=7)
+    write_data(tmp_path / "dev.tsv", 8, seed=8)
+    cfg = {"backbone": {"type": "roberta", "pretrained": model_dir},
+           "tasks": [{"name": "cls", "reader": {"type": "classify"}, "head": {"type": "classify", "num_classes": 2},
+                      "train_file": "train.tsv", "dev_file": "dev.tsv"}],
+           "optimizer": {"type": "adam", "lr": 1e-3},
+           "train": {"epochs": 1, "batch_size": 8, "max_len": 48, "seed": 0, "save_path": "out", "device": "cpu"}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert main(["train", str(tmp_path / "run.yaml")]) == 0
+    state = json.load(open(tmp_path / "out" / "ckpt.step4" / "trainer_state.json"))
+    assert state["backbone"]["class"] == "RoBERTa"
+    # and the checkpoint converts to an HF RoBERTa directory
+    assert main(["convert", "--from", "torchpalm", "--to", "hf", str(tmp_path / "out" / "ckpt.step4"),
+                 str(tmp_path / "hf_out"), "--tokenizer", model_dir]) == 0
+    assert json.load(open(tmp_path / "hf_out" / "config.json"))["model_type"] == "roberta"
+    assert sorted(os.listdir(tmp_path / "hf_out")) == ["config.json", "merges.txt", "model.safetensors", "vocab.json"]

@@ -307,13 +307,14 @@ def hf_config(backbone, original: dict | None = None) -> dict:
     return config
 
 
-def to_hf(src: str | os.PathLike, out_dir: str | os.PathLike) -> str:
+def to_hf(src: str | os.PathLike, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None) -> str:
     """Converts a torchpalm checkpoint or converted directory into an HF model directory that
     `transformers.AutoModel.from_pretrained(out_dir)` loads as BertModel, RobertaModel or ErnieModel.
 
     The backbone class comes from the checkpoint's trainer_state.json, else from config.json (`model_type`;
     PALM's ERNIE configs and task embeddings say ERNIE). Writes model.safetensors (HF names, no prefix),
-    config.json and the tokenizer files found next to the weights. Head parameters are not converted.
+    config.json and the tokenizer files found in `tokenizer_dir` (default: next to the weights; a training
+    checkpoint holds none, so pass the model directory it started from). Head parameters are not converted.
 
     Raises:
         ConversionError: a tensor missing, of the wrong shape, or with no place in the HF model (named with
@@ -335,5 +336,8 @@ def to_hf(src: str | os.PathLike, out_dir: str | os.PathLike) -> str:
                               f"{f'; {len(extra) - 1} more' if len(extra) > 1 else ''}")
     _write_weights(torchpalm_to_hf(state), out_dir)
     _write_config(hf_config(skeleton, config if "model_type" in config else None), out_dir)
-    _copy_tokenizer_files(src_dir, out_dir)
+    tokenizer_dir = os.fspath(tokenizer_dir) if tokenizer_dir is not None else src_dir
+    if not _copy_tokenizer_files(tokenizer_dir, out_dir):
+        logger.warning("%s holds no tokenizer files (%s): %s has the model only; pass tokenizer_dir (the CLI's "
+                       "--tokenizer) to add them", tokenizer_dir, ", ".join(TOKENIZER_FILES), out_dir)
     return out_dir
