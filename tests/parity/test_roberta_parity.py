@@ -43,7 +43,7 @@ def test_roberta_matches_transformers_through_the_reader(tmp_path, pair):
             assert (expected.pooler_output - got["sentence_embedding"]).abs().max().item() <= TOL
 
 
-def test_small_roberta_fixture_matches_transformers():
+def test_small_roberta_fixture_matches_transformers(tmp_path):
     """fastNLP's tiny random RoBERTa: legacy torch file, no `roberta.` prefix, no pad_token_id in its config."""
     model_dir = str(shared("tiny_random_fixtures", "small_roberta"))
     config_file = os.path.join(model_dir, "config.json")
@@ -62,6 +62,13 @@ def test_small_roberta_fixture_matches_transformers():
         expected, got = hf(input_ids=ids, attention_mask=mask), ours({"token_ids": ids, "input_mask": mask})
     assert max_diff(expected.last_hidden_state, got["encoder_outputs"], mask) <= TOL
     assert (expected.pooler_output - got["sentence_embedding"]).abs().max().item() <= TOL
+    # converted to torchpalm and back, it is an HF RobertaModel directory with the same outputs
+    palm.convert.from_hf(model_dir, tmp_path / "tp")
+    palm.convert.to_hf(tmp_path / "tp", tmp_path / "hf")
+    reloaded = transformers.AutoModel.from_pretrained(tmp_path / "hf").eval()
+    assert type(reloaded).__name__ == "RobertaModel" and reloaded.config.pad_token_id == 1
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids, attention_mask=mask).last_hidden_state, expected.last_hidden_state)
 
 
 def test_bert_format_roberta_zh_loads_into_bert(tmp_path, chinese_vocab):

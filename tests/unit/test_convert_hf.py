@@ -153,6 +153,8 @@ def test_missing_or_misshapen_tensors_name_the_tensor_the_file_and_the_expectati
         to_hf(tmp_path / "tp", tmp_path / "out")
     with pytest.raises(ConversionError, match="no config.json"):
         from_hf(tmp_path / "tp", tmp_path / "out")
+    with pytest.raises(ConversionError, match="is the source directory"):
+        from_hf(tmp_path / "hf2", tmp_path / "hf2")
 
 
 def test_cli_converts_roberta_both_ways_and_reports_bad_input(tmp_path, capsys):

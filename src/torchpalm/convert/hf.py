@@ -209,15 +209,21 @@ def _copy_tokenizer_files(src_dir: str, out_dir: str) -> list[str]:
     return copied
 
 
+def _check_out_dir(src_dir: str, out_dir: str) -> None:
+    """The output may not be the source (its weights would be overwritten) nor hold other weights files (which
+    would make the directory ambiguous to load)."""
+    if os.path.abspath(src_dir) == os.path.abspath(out_dir):
+        raise ConversionError(f"{out_dir} is the source directory; write the conversion to another one")
+    for name in ("pytorch_model.bin", "model.bin", "model.pt"):
+        if os.path.isfile(os.path.join(out_dir, name)):
+            raise ConversionError(f"{out_dir} already holds {name}; write the conversion to an empty directory")
+
+
 def _write_weights(state: dict[str, torch.Tensor], out_dir: str) -> None:
     from safetensors.torch import save_file
 
     os.makedirs(out_dir, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out_dir, "model.safetensors"))
-    # a weights file of another name would be found first or make the directory ambiguous for find_weights_file
-    for name in ("pytorch_model.bin", "model.bin", "model.pt"):
-        if os.path.isfile(os.path.join(out_dir, name)):
-            raise ConversionError(f"{out_dir} already holds {name}; write the conversion to an empty directory")
 
 
 def _write_config(config: dict, out_dir: str) -> None:
@@ -247,6 +253,7 @@ def from_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> str:
     if not os.path.isfile(config_file):
         raise ConversionError(f"{hf_dir}: no config.json (an HF model directory holds config.json and the weights)")
     config = _read_json(config_file)
+    _check_out_dir(hf_dir, out_dir)
     file = ckpt.find_weights_file(hf_dir)
     hf_state = ckpt.load_state_file(file)
     model_type = model_type_of(config, hf_state)
@@ -325,6 +332,7 @@ def to_hf(src: str | os.PathLike, out_dir: str | os.PathLike, tokenizer_dir: str
     src, out_dir = os.fspath(src), os.fspath(out_dir)
     state, file = ckpt.load_backbone_weights(src)
     src_dir = src if os.path.isdir(src) else os.path.dirname(src)
+    _check_out_dir(src_dir, out_dir)
     config, model_type, config_source = _source_config(src_dir, state)
     skeleton = _skeleton(model_type, config)
     expected = skeleton.state_dict()
