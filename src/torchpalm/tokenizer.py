@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from tokenizers import AddedToken, Tokenizer, decoders, normalizers
+from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
 from tokenizers.models import BPE, WordPiece
 from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer, ByteLevel
@@ -171,6 +171,8 @@ class ByteLevelBPETokenizer:
                                  ) from None
             tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
             tok.decoder = decoders.ByteLevel()
+            # character offsets without the leading space of "Ġword" (as HF's trim_offsets=True), for MRC
+            tok.post_processor = processors.ByteLevel(trim_offsets=True)
             self.vocab_path = vocab_json
         self.vocab = tok.get_vocab(with_added_tokens=True)
         missing = [t for t in BPE_SPECIALS.values() if t not in self.vocab]

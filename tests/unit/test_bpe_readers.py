@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -114,8 +115,8 @@ def test_sequence_label_reader_labels_each_words_first_bpe_piece(bpe_dir, hf_tok
 def test_bad_tokenizer_files_and_unsupported_readers_are_clear_errors(bpe_dir, tmp_path):
     with pytest.raises(ValueError, match=r"ClassifyReader takes tokenizer= one of \['wordpiece', 'bpe'\]"):
         palm.reader.ClassifyReader(bpe_dir, 16, tokenizer="sentencepiece")
-    with pytest.raises(ValueError, match="MRCReader takes tokenizer= one of"):
-        palm.reader.MRCReader(bpe_dir, 64, 16, 32, tokenizer="bpe")
+    with pytest.raises(ValueError, match="max_len .5. leaves no room .* and 4 special tokens"):
+        palm.reader.MRCReader(bpe_dir, 5, 1, 32, tokenizer="bpe")  # <s> q </s></s> _ </s>
     with pytest.raises(ValueError, match="MaskLMReader takes tokenizer= one of"):
         palm.reader.MaskLMReader(bpe_dir, 64, tokenizer="bpe")
     (tmp_path / "only_vocab").mkdir()
@@ -133,3 +134,41 @@ def test_bad_tokenizer_files_and_unsupported_readers_are_clear_errors(bpe_dir, t
     if os.path.isdir(small):
         with pytest.raises(ValueError, match="merges.txt: not a usable BPE vocabulary and merges pair"):
             load_tokenizer("bpe", small)
+
+
+def test_mrc_reader_with_bpe_matches_transformers_layout_and_answer_positions(bpe_dir, hf_tokenizer, tmp_path):
+    question = "which word is in the middle"
+    paragraphs, answers = [], []
+    for i, context in enumerate(sentences(8, seed=9) + ["Ünïcödé words,  spaced  out: it is great"]):
+        words = list(re.finditer(r"\S+", context))
+        middle = words[len(words) // 2]  # in the last context, the word after a double space
+        answers.append(middle.group())
+        paragraphs.append({"context": context, "qas": [{"id": f"q{i}", "question": question, "answers": [
+            {"text": middle.group(), "answer_start": middle.start()}]}]})
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"data": [{"title": "t", "paragraphs": paragraphs}]}), encoding="utf-8")
+    reader = palm.reader.MRCReader(bpe_dir, 128, 32, 32, tokenizer="bpe", seed=0)
+    reader.load_data(str(path), batch_size=4)
+    assert len(reader.features) == len(paragraphs)  # one window each
+    for f, ex, answer in zip(reader.features, reader.examples, answers, strict=True):
+        enc = hf_tokenizer(question, ex.context)  # <s> q </s></s> context </s>
+        assert f.token_ids.tolist() == enc["input_ids"]
+        assert f.start_position == enc.char_to_token(ex.start_char, sequence_index=1)
+        assert f.end_position == enc.char_to_token(ex.end_char - 1, sequence_index=1)
+        # what the MRC head cuts out for a predicted (start, end): exactly the answer, no leading space
+        lo, hi = f.token_offsets[f.start_position - f.doc_offset][0], f.token_offsets[f.end_position - f.doc_offset][1]
+        assert ex.context[lo:hi] == answer
+
+    # windows over a long context keep the layout and max_len
+    long_context = " ".join(sentences(12, seed=10))
+    path.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": long_context, "qas": [
+        {"id": "q", "question": question, "answers": [{"text": "x", "answer_start": 0}]}]}]}]}), encoding="utf-8")
+    reader = palm.reader.MRCReader(bpe_dir, 48, 32, 8, tokenizer="bpe", phase="predict")
+    reader.load_data(str(path), batch_size=4)
+    q_ids = hf_tokenizer(question, add_special_tokens=False)["input_ids"]
+    doc_ids = hf_tokenizer(long_context, add_special_tokens=False)["input_ids"]
+    assert len(reader.features) > 2
+    for f in reader.features:
+        assert len(f.token_ids) <= 48 and f.doc_offset == len(q_ids) + 3
+        window = doc_ids[f.doc_start:f.doc_start + f.num_doc_tokens]
+        assert f.token_ids.tolist() == [0, *q_ids, 2, 2, *window, 2]
