@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 
@@ -26,9 +25,9 @@ logger = logging.getLogger("torchpalm")
 
 CONFIG_HELP = """\
 config (YAML; relative paths are relative to the config file):
-  backbone:   type (bert|ernie), pretrained (HF dir, torchpalm checkpoint, package:NAME or null),
+  backbone:   type (bert|ernie|roberta), pretrained (HF dir, torchpalm checkpoint, package:NAME or null),
               config (config.json path or inline mapping; default <pretrained>/config.json),
-              vocab (default <pretrained>/vocab.txt)
+              vocab (default <pretrained>/vocab.txt; roberta: the <pretrained> dir, read as byte-level BPE)
   tasks:      a list (or one mapping) of: name, reader {type: classify|match|sequence_label|mrc|mask_lm,
               options = the reader class's constructor/load_data parameters}, head {type: the same kinds,
               options = the head class's constructor parameters}, train_file, dev_file, predict_file,
@@ -238,72 +237,7 @@ def report(metrics: dict, path: str) -> None:
 
 
 # ---------------------------------------------------------------- convert
-def convert_hf_to_torchpalm(src: str, dst: str) -> str:
-    """An HF BertModel directory -> `dst/model.safetensors` with torchpalm's `backbone.<name>` keys (what
-    `load_pretrain` and checkpoints hold), plus its config.json and vocab.txt."""
-    from safetensors.torch import save_file
-
-    from . import checkpoint as ckpt
-    from .convert import hf_to_torchpalm
-
-    file = ckpt.find_weights_file(src)
-    converted, unused = hf_to_torchpalm(ckpt.load_state_file(file))
-    if not converted:
-        raise ConfigError(f"{file}: no HF BERT parameters found")
-    if unused:
-        logger.info("%s: %d tensors without a torchpalm backbone counterpart were left out (e.g. %s)", file,
-                    len(unused), unused[:3])
-    os.makedirs(dst, exist_ok=True)
-    save_file({f"backbone.{k}": v.contiguous() for k, v in converted.items()}, os.path.join(dst, "model.safetensors"))
-    copy_side_files(src, dst)
-    return dst
-
-
-def convert_torchpalm_to_hf(src: str, dst: str) -> str:
-    """A torchpalm checkpoint (or converted) directory -> an HF BertModel directory (model.safetensors,
-    config.json, vocab.txt). Only the backbone is converted; parameters HF's BERT has no place for (an
-    ERNIE's task embedding) are an error."""
-    from safetensors.torch import save_file
-
-    from . import checkpoint as ckpt
-    from .convert import hf_to_torchpalm, torchpalm_to_hf
-
-    state, file = ckpt.load_backbone_weights(src)
-    hf = torchpalm_to_hf(state)
-    lost = sorted(set(state) - set(hf_to_torchpalm(hf)[0]))
-    if lost:
-        raise ConfigError(f"{file}: {lost} have no HF BertModel counterpart; this backbone cannot be converted")
-    os.makedirs(dst, exist_ok=True)
-    save_file(hf, os.path.join(dst, "model.safetensors"))
-    copy_side_files(src, dst)
-    if not os.path.isfile(os.path.join(dst, "config.json")):
-        write_hf_config(src, dst)
-    return dst
-
-
-def copy_side_files(src: str, dst: str) -> None:
-    src_dir = src if os.path.isdir(src) else os.path.dirname(src)
-    for name in ("config.json", "vocab.txt"):
-        if os.path.isfile(os.path.join(src_dir, name)) and os.path.abspath(src_dir) != os.path.abspath(dst):
-            shutil.copyfile(os.path.join(src_dir, name), os.path.join(dst, name))
-
-
-def write_hf_config(src: str, dst: str) -> None:
-    """config.json from the backbone record of a checkpoint's trainer_state.json (HF's key names)."""
-    state_file = os.path.join(src, "trainer_state.json")
-    if not os.path.isfile(state_file):
-        logger.warning("%s has no config.json nor trainer_state.json: write %s/config.json yourself", src, dst)
-        return
-    with open(state_file, encoding="utf-8") as f:
-        record = json.load(f).get("backbone", {})
-    if record.get("class") != "BERT":
-        raise ConfigError(f"{state_file}: the backbone is {record.get('class')!r}; only BERT converts to HF")
-    config = {"architectures": ["BertModel"], "model_type": "bert", **record["config"]}
-    with open(os.path.join(dst, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=1)
-
-
-CONVERSIONS = {("hf", "torchpalm"): convert_hf_to_torchpalm, ("torchpalm", "hf"): convert_torchpalm_to_hf}
+CONVERSIONS = {("hf", "torchpalm"): palm.convert.from_hf, ("torchpalm", "hf"): palm.convert.to_hf}
 
 
 # ---------------------------------------------------------------- argument parsing
@@ -335,15 +269,19 @@ def parser() -> argparse.ArgumentParser:
                     "(accuracy, entity F1, answer F1); printed and written to <output>/metrics.json.")
     s.add_argument("--checkpoint", required=True, help="checkpoint directory")
     s.add_argument("--output", default=None, help="output directory (default <train.save_path>/evaluate)")
-    s = sub.add_parser("convert", help="Convert BERT weights between HF and torchpalm.",
-                       description="Convert a BERT backbone: --from hf --to torchpalm reads an HF BertModel "
-                       "directory and writes model.safetensors with torchpalm names (backbone.*), loadable by "
-                       "load_pretrain; --from torchpalm --to hf reads a torchpalm checkpoint and writes an HF "
-                       "BertModel directory. config.json and vocab.txt are copied along.", formatter_class=fmt)
+    s = sub.add_parser("convert", help="Convert BERT/RoBERTa/ERNIE weights between HF and torchpalm.",
+                       description="Convert a BERT, RoBERTa or ERNIE backbone: --from hf --to torchpalm reads an HF "
+                       "model directory and writes model.safetensors with torchpalm names (backbone.*), loadable "
+                       "by load_pretrain; --from torchpalm --to hf reads a torchpalm checkpoint (or converted "
+                       "directory) and writes one that transformers.AutoModel.from_pretrained loads. config.json "
+                       "and the tokenizer files (vocab.txt, vocab.json, merges.txt, tokenizer.json) come along.",
+                       formatter_class=fmt)
     s.add_argument("--from", dest="source_format", required=True, choices=["hf", "torchpalm"])
     s.add_argument("--to", dest="target_format", required=True, choices=["hf", "torchpalm"])
     s.add_argument("src", help="source model directory (or weights file)")
     s.add_argument("dst", help="output directory")
+    s.add_argument("--tokenizer", default=None, metavar="DIR", help="--to hf: copy the tokenizer files from DIR "
+                   "(default: the source directory; a training checkpoint holds none)")
     return p
 
 
@@ -356,7 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if conversion is None:
                 p.error(f"convert: --from {args.source_format} --to {args.target_format} is no conversion "
                         f"(available: hf -> torchpalm, torchpalm -> hf)")
-            print(conversion(args.src, args.dst))
+            extra = {"tokenizer_dir": args.tokenizer} if args.tokenizer is not None else {}
+            if extra and args.target_format != "hf":
+                p.error("convert: --tokenizer is for --to hf (from hf, the tokenizer files come along)")
+            print(conversion(args.src, args.dst, **extra))
             return 0
         cfg = C.load(args.config, args.set)
         if args.command == "train":
@@ -365,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             predict(cfg, args.checkpoint, args.input, args.output)
         else:
             evaluate(cfg, args.checkpoint, args.output)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, palm.convert.ConversionError) as e:
         print(f"torchpalm {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -3,7 +3,7 @@
 A config names a backbone, one task or several (each a reader, a head and its files), an optimizer, a schedule
 and the training settings; `torchpalm train|predict|evaluate` (torchpalm/cli.py) run it. Layout:
 
-    backbone:  {type: bert|ernie, pretrained: DIR|null, config: FILE|{...}|null, vocab: FILE|null}
+    backbone:  {type: bert|ernie|roberta, pretrained: DIR|null, config: FILE|{...}|null, vocab: FILE|null}
     tasks:     a list of {name, reader: {type, ...}, head: {type, ...}, train_file, dev_file, predict_file,
                mix_ratio, aux, loss_weight} (a single mapping is one task)
     optimizer: {type: adam, lr, weight_decay}
@@ -72,7 +72,7 @@ class Key:
 NUMBER = (int, float)
 OPT_STR, OPT_INT, OPT_NUMBER = (str, type(None)), (int, type(None)), (int, float, type(None))
 
-BACKBONES = {"bert": "BERT", "ernie": "ERNIE"}
+BACKBONES = {"bert": "BERT", "ernie": "ERNIE", "roberta": "RoBERTa"}
 READERS = {"classify": "ClassifyReader", "match": "MatchReader", "sequence_label": "SequenceLabelReader",
            "mrc": "MRCReader", "mask_lm": "MaskLMReader"}
 HEADS = {"classify": "Classify", "match": "Match", "sequence_label": "SequenceLabel", "mrc": "MRC",
@@ -495,13 +495,15 @@ def backbone_files(cfg: dict) -> tuple[dict, str, str | None]:
     b = cfg["backbone"]
     pretrained = model_dir(b["pretrained"])
     config = b["config"] if b["config"] is not None else os.path.join(pretrained, "config.json")
-    vocab = b["vocab"] if b["vocab"] is not None else os.path.join(pretrained, "vocab.txt")
+    # RoBERTa's byte-level BPE reads its files (tokenizer.json, or vocab.json + merges.txt) from the model dir
+    default_vocab = pretrained if b["type"] == "roberta" else os.path.join(str(pretrained), "vocab.txt")
+    vocab = b["vocab"] if b["vocab"] is not None else default_vocab
     if not isinstance(config, dict):
         if not os.path.isfile(config):
             raise ConfigError(f"backbone.config: file not found: {config}")
         with open(config, encoding="utf-8") as f:
             config = json.load(f)
-    if not os.path.isfile(vocab):
+    if not os.path.exists(vocab):
         raise ConfigError(f"backbone.vocab: file not found: {vocab}")
     # a pairwise Match reader yields the negative pair too, which the backbone must encode
     if any(t["reader"].get("learning_strategy") == "pairwise" for t in cfg["tasks"]):
@@ -525,6 +527,8 @@ def build_reader(task: dict, cfg: dict, vocab: str, phase: str, label_map: Mappi
         if key in ctor and options.get(key) is None and label_map is not None:
             options[key] = dict(label_map)
     options.setdefault("seed", cfg["train"]["seed"])
+    if cfg["backbone"]["type"] == "roberta":
+        options.setdefault("tokenizer", "bpe")
     if cfg["train"]["max_len"] is not None:
         options.setdefault("max_len", cfg["train"]["max_len"])
     kwargs = {k: v for k, v in options.items() if k in ctor}

@@ -408,14 +408,20 @@ def test_convert_checkpoint_to_hf_and_refusals(tmp_path, uncased_vocab, capsys):
     state = load_file(str(ckpt / "model.safetensors"))
     torch.testing.assert_close(hf.embeddings.word_embeddings.weight, state["backbone.word_embeddings.weight"],
                                rtol=0, atol=0)
-    # an ERNIE task embedding has no place in HF's BertModel: an error, not a silent drop
+    # an ERNIE (PALM-style config, task embedding) converts to HF's ErnieModel, task embedding included
     ernie = palm.backbone.ERNIE.from_config({**TINY_CONFIG, "task_type_vocab_size": 3})
+    torch.nn.init.normal_(ernie.task_embeddings.weight)
     from safetensors.torch import save_file
 
     (tmp_path / "ernie").mkdir()
     save_file({f"backbone.{k}": v.contiguous() for k, v in ernie.state_dict().items()},
               str(tmp_path / "ernie" / "model.safetensors"))
     assert main(["convert", "--from", "torchpalm", "--to", "hf", str(tmp_path / "ernie"), str(tmp_path / "x")]) == 2
-    assert "task_embeddings.weight" in capsys.readouterr().err
+    assert "config.json" in capsys.readouterr().err  # nothing says what the backbone is
+    (tmp_path / "ernie" / "config.json").write_text(json.dumps({**TINY_CONFIG, "task_type_vocab_size": 3}))
+    assert main(["convert", "--from", "torchpalm", "--to", "hf", str(tmp_path / "ernie"), str(tmp_path / "x")]) == 0
+    hf_ernie = transformers.AutoModel.from_pretrained(tmp_path / "x")
+    assert type(hf_ernie).__name__ == "ErnieModel"
+    assert torch.equal(hf_ernie.embeddings.task_type_embeddings.weight, ernie.task_embeddings.weight)
     with pytest.raises(SystemExit):
         main(["convert", "--from", "hf", "--to", "hf", str(tmp_path / "hf"), str(tmp_path / "y")])

@@ -1,6 +1,7 @@
-"""Backbones: BERT and ERNIE encoders (`nn.Module`s returning PALM's named outputs)."""
+"""Backbones: BERT, ERNIE and RoBERTa encoders (`nn.Module`s returning PALM's named outputs)."""
 
 from .bert import BERT
 from .ernie import ERNIE
+from .roberta import RoBERTa
 
-__all__ = ["BERT", "ERNIE"]
+__all__ = ["BERT", "ERNIE", "RoBERTa"]

@@ -42,7 +42,7 @@ class ERNIE(BERT):
 
     @classmethod
     def from_config(cls, config, phase: str = "train") -> ERNIE:
-        """Builds ERNIE from a parsed `ernie_config.json` (or its path)."""
+        """Builds ERNIE from a parsed `ernie_config.json` or HF `ErnieModel` `config.json` (or its path)."""
         config = load_config(config)
         kwargs = cls._kwargs_from_config(config)
         kwargs["sent_type_vocab_size"] = kwargs.pop("type_vocab_size")
@@ -52,7 +52,8 @@ class ERNIE(BERT):
             kwargs["task_type_vocab_size"] = config["type_vocab_size"]
         else:
             raise KeyError("ERNIE config lacks 'task_type_vocab_size' (and 'type_vocab_size' to fall back on)")
-        kwargs["use_task_emb"] = config.get("use_task_emb", True)
+        # PALM's configs say use_task_emb (default True); HF's ErnieConfig says use_task_id
+        kwargs["use_task_emb"] = config.get("use_task_emb", config.get("use_task_id", True))
         return cls(**kwargs, phase=phase)
 
     @property

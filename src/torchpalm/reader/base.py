@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..tokenizer import WordPieceTokenizer
+from ..tokenizer import ByteLevelBPETokenizer, WordPieceTokenizer, load_tokenizer
 
 logger = logging.getLogger("torchpalm")
 
@@ -309,14 +309,18 @@ class Reader:
     and encode a file into a list of per-example dicts) and `_collate(examples, rng)` (one batch).
 
     Args:
-        vocab_path: vocabulary file.
+        vocab_path: vocabulary file (`vocab.txt`), or the model directory holding the tokenizer files.
         max_len: maximum sequence length including [CLS]/[SEP].
-        tokenizer: only 'wordpiece' exists (kept for PALM's signature).
+        tokenizer: 'wordpiece' (BERT, ERNIE; `vocab.txt`) or 'bpe' (RoBERTa's byte-level BPE: `vocab_path` is
+            the model directory with `tokenizer.json` or `vocab.json` + `merges.txt`, or one of those files).
         lang: 'en'/'english' or 'cn'/'chinese'; Chinese deletes ASCII spaces from text columns (PALM's for_cn).
         seed: seed of this reader's own RNG (shuffling, masking); None draws one from OS entropy.
         do_lower_case: lower-case and strip accents (True for uncased vocabularies).
         phase: 'train' (labels, shuffle, drop last partial batch) or 'predict' (one ordered pass, all rows).
     """
+
+    # the `tokenizer=` names this reader can work with (see torchpalm.tokenizer.load_tokenizer)
+    supported_tokenizers: tuple[str, ...] = ("wordpiece", "bpe")
 
     def __init__(
         self,
@@ -332,12 +336,13 @@ class Reader:
             raise ValueError(f"phase must be 'train' or 'predict', got {phase!r}")
         if lang.lower() not in ("en", "english", "cn", "chinese"):
             raise ValueError(f"lang must be one of 'en', 'english', 'cn', 'chinese', got {lang!r}")
-        if tokenizer != "wordpiece":
-            raise ValueError(f"only the 'wordpiece' tokenizer is available, got {tokenizer!r}")
+        if tokenizer not in self.supported_tokenizers:
+            raise ValueError(f"{type(self).__name__} takes tokenizer= one of {list(self.supported_tokenizers)}, "
+                             f"got {tokenizer!r}")
         if max_len < 3:
             raise ValueError(f"max_len must be at least 3 ([CLS] x [SEP]), got {max_len}")
         self._vocab_path = os.fspath(vocab_path)
-        self._tokenizer = WordPieceTokenizer(vocab_path, do_lower_case=do_lower_case)
+        self._tokenizer = load_tokenizer(tokenizer, vocab_path, do_lower_case=do_lower_case)
         self._max_len = max_len
         self._for_cn = lang.lower() in ("cn", "chinese")
         self._phase = phase
@@ -469,7 +474,7 @@ class Reader:
         return self._phase
 
     @property
-    def tokenizer(self) -> WordPieceTokenizer:
+    def tokenizer(self) -> WordPieceTokenizer | ByteLevelBPETokenizer:
         return self._tokenizer
 
     @property

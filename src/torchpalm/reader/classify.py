@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..tokenizer import build_inputs
 from .base import DataError, Reader, collate_common, load_label_map, preview
 
 # The gold label of a predict row whose name is not in the label map: scored as a miss, never an error.
@@ -107,8 +106,8 @@ class ClassifyReader(Reader):
         encoded = encode_text_columns(self, rows, ("text_a", "text_b") if has_b else ("text_a",))
         examples = []
         for i, (line_no, row) in enumerate(rows):
-            ids, segs = build_inputs(encoded["text_a"][i], encoded["text_b"][i] if has_b else None,
-                                     self._max_len, self._tokenizer.cls_id, self._tokenizer.sep_id)
+            ids, segs = self._tokenizer.build_inputs(encoded["text_a"][i], encoded["text_b"][i] if has_b else None,
+                                                     self._max_len)
             ex = {"token_ids": ids, "segment_ids": segs, "line": line_no}
             if "label" in row:
                 ex["label"] = self._label(row["label"], path, line_no)

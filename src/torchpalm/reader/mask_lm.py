@@ -57,6 +57,8 @@ class MaskLMReader(Reader):
             written in the text; see the module docstring).
     """
 
+    supported_tokenizers = ("wordpiece",)  # [MASK] and ## pieces (whole-word masking) are WordPiece's
+
     def __init__(
         self,
         vocab_path: str | os.PathLike,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from ..tokenizer import build_inputs
 from .base import COMMON_OUTPUTS, collate_common
 from .classify import ClassifyReader, encode_text_columns
 
@@ -97,14 +96,14 @@ class MatchReader(ClassifyReader):
         rows = self._read_rows(path, required=required, optional=optional)
         text_columns = ("text_a", "text_b", "text_b_neg") if self._pairwise_train() else ("text_a", "text_b")
         encoded = encode_text_columns(self, rows, text_columns)
-        cls_id, sep_id = self._tokenizer.cls_id, self._tokenizer.sep_id
+        build_inputs = self._tokenizer.build_inputs  # the model's pair template ([SEP] or </s></s> between)
         examples = []
         for i, (line_no, row) in enumerate(rows):
-            ids, segs = build_inputs(encoded["text_a"][i], encoded["text_b"][i], self._max_len, cls_id, sep_id)
+            ids, segs = build_inputs(encoded["text_a"][i], encoded["text_b"][i], self._max_len)
             ex = {"token_ids": ids, "segment_ids": segs, "line": line_no}
             if self._pairwise_train():
                 ex["token_ids_neg"], ex["segment_ids_neg"] = build_inputs(
-                    encoded["text_a"][i], encoded["text_b_neg"][i], self._max_len, cls_id, sep_id)
+                    encoded["text_a"][i], encoded["text_b_neg"][i], self._max_len)
             if "label" in row:
                 ex["label"] = self._label(row["label"], path, line_no)
             examples.append(ex)

@@ -16,7 +16,8 @@ File format (SQuAD v1.1 / v2.0, CMRC2018; a `.zip` holding one `.json` also work
 Windows follow BERT (spec §5.5): the query is truncated to `max_query_len` sub-tokens, a window holds at most
 `max_len - len(query) - 3` document sub-tokens, the next window starts `min(window_len, doc_stride)` later, and
 the last window is the first that reaches the end of the document. Sequence: `[CLS] query [SEP] doc [SEP]`,
-segment ids 0 up to the first [SEP], then 1.
+segment ids 0 up to the first [SEP], then 1 (RoBERTa's byte-level BPE, `tokenizer='bpe'`: `<s> query </s></s>
+doc </s>`, one more special token, so a window holds one document token less).
 
 Yields the common backbone inputs plus, in train, `start_positions [B]` and `end_positions [B]` (int64 positions
 in the sequence; 0 = [CLS] for "no answer in this window"), and in predict `unique_ids [B]` (int64).
@@ -76,7 +77,7 @@ class MRCFeature:
         doc_span_index: index of the window among its example's windows.
         token_ids: `[CLS] query [SEP] doc_window [SEP]` ids, shape [n].
         segment_ids: 0 up to and including the first [SEP], 1 after, shape [n].
-        doc_offset: sequence position of the first document token (`len(query) + 2`).
+        doc_offset: sequence position of the first document token (`len(query) + 2`; + 3 with RoBERTa's BPE).
         doc_start: index of the window's first sub-token among all sub-tokens of the context.
         token_offsets: [n_doc, 2] character (start, end) in the context of each document token of the window;
             sequence position `p` holds document token `p - doc_offset`.
@@ -214,7 +215,8 @@ class MRCReader(Reader):
         max_len: maximum sequence length, [CLS]/[SEP] included.
         max_query_len: the question is truncated to this many sub-tokens.
         doc_stride: how far the next window starts after the previous one (at most the window length).
-        tokenizer: only 'wordpiece'.
+        tokenizer: 'wordpiece', or 'bpe' for RoBERTa (`<s> query </s></s> doc </s>`; offsets without the
+            leading space of a piece, so answers are exact slices of the context).
         lang: accepted for PALM's signature; one tokenisation serves every language (spaces are kept, because
             answers are character slices of the original context).
         seed: seed of the shuffling RNG.
@@ -246,9 +248,6 @@ class MRCReader(Reader):
             raise ValueError(f"max_query_len must be >= 0, got {max_query_len}")
         if doc_stride < 1:
             raise ValueError(f"doc_stride must be >= 1, got {doc_stride}")
-        if max_len - max_query_len - 3 < 1:
-            raise ValueError(f"max_len ({max_len}) leaves no room for the document after a query of up to "
-                             f"max_query_len={max_query_len} tokens and 3 special tokens")
         self._max_query_len = max_query_len
         self._doc_stride = doc_stride
         self._remove_noanswer = remove_noanswer
@@ -258,6 +257,10 @@ class MRCReader(Reader):
         self._dataset: dict | None = None
         super().__init__(vocab_path, max_len, tokenizer=tokenizer, lang=lang, seed=seed,
                          do_lower_case=do_lower_case, phase=phase)
+        specials = 2 + self._tokenizer.pair_separators  # [CLS] q [SEP] d [SEP], or <s> q </s></s> d </s>
+        if max_len - max_query_len - specials < 1:
+            raise ValueError(f"max_len ({max_len}) leaves no room for the document after a query of up to "
+                             f"max_query_len={max_query_len} tokens and {specials} special tokens")
 
     # ---- register protocol ----
     def _task_outputs(self):
@@ -362,6 +365,7 @@ class MRCReader(Reader):
 
         train = self._phase == "train"
         cls_id, sep_id = self._tokenizer.cls_id, self._tokenizer.sep_id
+        seps = self._tokenizer.pair_separators  # [SEP] between query and document, or RoBERTa's </s></s>
         features: list[MRCFeature] = []
         kept: list[MRCExample] = []
         windows_dropped = 0
@@ -377,8 +381,8 @@ class MRCReader(Reader):
                     counts["bad"] += 1
                     continue
             example_index = len(kept)
-            doc_offset = len(query) + 2
-            spans = doc_spans(len(doc_ids), self._max_len - len(query) - 3, self._doc_stride)
+            doc_offset = len(query) + 1 + seps
+            spans = doc_spans(len(doc_ids), self._max_len - len(query) - 2 - seps, self._doc_stride)
             flags = max_context_flags(spans, len(doc_ids))
             n_before = len(features)
             for span_index, ((start, length), is_max) in enumerate(zip(spans, flags)):
@@ -392,7 +396,7 @@ class MRCReader(Reader):
                         elif self._remove_noanswer:
                             windows_dropped += 1
                             continue
-                token_ids = np.concatenate([[cls_id], query, [sep_id], doc_ids[start:start + length], [sep_id]])
+                token_ids = np.concatenate([[cls_id], query, [sep_id] * seps, doc_ids[start:start + length], [sep_id]])
                 segment_ids = np.zeros(len(token_ids), dtype=np.int64)
                 segment_ids[doc_offset:] = 1
                 features.append(MRCFeature(

@@ -26,7 +26,8 @@ Detection (`file_format=None`) looks at the first non-blank line only, so it is 
 A 'lines' file whose first sentence has one token looks like CoNLL (rule 3); its first multi-tag line then stops
 the CoNLL parse with an error that says so and asks for `file_format='lines'`, instead of reading "O O O" as a tag.
 
-Unlike PALM, labels are per WORD, not per sub-token (spec §17.10): every word is WordPiece-tokenised and the
+Unlike PALM, labels are per WORD, not per sub-token (spec §17.10): every word is tokenised (WordPiece; or
+RoBERTa's byte-level BPE, where every word but a sentence's first carries its leading space, "Ġword") and the
 head scores the hidden state of its first sub-token. Batch layout (beside the common backbone inputs):
 
     word_starts  [B, W] int64  position of each word's first sub-token in `token_ids` (padded with 0)
@@ -376,15 +377,22 @@ class SequenceLabelReader(Reader):
                 if not s.words:
                     raise DataError(f"{path}:{s.line}: the sentence has no words")
 
-        # Encode each distinct word once, all in one batched call (MSRA: 2.2M characters, ~5k distinct).
+        # Encode each distinct word once, all in one batched call (MSRA: 2.2M characters, ~5k distinct). A word
+        # encodes as it reads in running text: byte-level BPE marks a word after a space ("Ġword", `word_prefix`),
+        # so a sentence's first word (no space before it) is encoded on its own where that differs.
+        tok, unk = self._tokenizer, [self._tokenizer.unk_id]
         distinct = list(dict.fromkeys(w for s in sentences for w in s.words))
-        unk = [self._tokenizer.unk_id]
-        pieces_of = {w: (ids or unk) for w, ids in zip(distinct, self._tokenizer.encode_words(distinct), strict=True)}
+        pieces_of = {w: (ids or unk) for w, ids in
+                     zip(distinct, tok.encode_batch([tok.word_prefix + w for w in distinct]), strict=True)}
+        first_pieces_of = pieces_of
+        if tok.word_prefix:
+            firsts = list(dict.fromkeys(s.words[0] for s in sentences if s.words))
+            first_pieces_of = {w: (ids or unk) for w, ids in zip(firsts, tok.encode_batch(firsts), strict=True)}
 
-        budget, cls_id, sep_id = self._max_len - 2, self._tokenizer.cls_id, self._tokenizer.sep_id
+        budget, cls_id, sep_id = self._max_len - 2, tok.cls_id, tok.sep_id
         examples, n_truncated = [], 0
         for s in sentences:
-            pieces = [pieces_of[w] for w in s.words]
+            pieces = [first_pieces_of[w] if k == 0 else pieces_of[w] for k, w in enumerate(s.words)]
             ends = np.cumsum([len(p) for p in pieces], dtype=np.int64)
             kept = int(np.searchsorted(ends, budget, side="right"))  # whole words that fit
             flat = [i for p in pieces[:kept] for i in p]
