@@ -20,6 +20,7 @@ import torchpalm as palm
 
 from . import config as C
 from .config import ConfigError
+from .convert.paddle import PaddleFormatError, convert_paddle_to_torchpalm
 from .reader import DataError
 
 logger = logging.getLogger("torchpalm")
@@ -303,7 +304,8 @@ def write_hf_config(src: str, dst: str) -> None:
         json.dump(config, f, indent=1)
 
 
-CONVERSIONS = {("hf", "torchpalm"): convert_hf_to_torchpalm, ("torchpalm", "hf"): convert_torchpalm_to_hf}
+CONVERSIONS = {("hf", "torchpalm"): convert_hf_to_torchpalm, ("torchpalm", "hf"): convert_torchpalm_to_hf,
+               ("paddle", "torchpalm"): convert_paddle_to_torchpalm}
 
 
 # ---------------------------------------------------------------- argument parsing
@@ -339,8 +341,11 @@ def parser() -> argparse.ArgumentParser:
                        description="Convert a BERT backbone: --from hf --to torchpalm reads an HF BertModel "
                        "directory and writes model.safetensors with torchpalm names (backbone.*), loadable by "
                        "load_pretrain; --from torchpalm --to hf reads a torchpalm checkpoint and writes an HF "
-                       "BertModel directory. config.json and vocab.txt are copied along.", formatter_class=fmt)
-    s.add_argument("--from", dest="source_format", required=True, choices=["hf", "torchpalm"])
+                       "BertModel directory; --from paddle --to torchpalm reads a PaddlePALM/ERNIE Paddle parameter folder. "
+                       "config.json and vocab.txt are copied along.", formatter_class=fmt)
+    s.add_argument("--from", dest="source_format", required=True, choices=["hf", "torchpalm", "paddle"],
+                   help="paddle: a PaddlePALM/ERNIE model folder (params/ + *_config.json + vocab.txt), its "
+                   "params/ folder, or a PALM ckpt.step<N> folder (to torchpalm only)")
     s.add_argument("--to", dest="target_format", required=True, choices=["hf", "torchpalm"])
     s.add_argument("src", help="source model directory (or weights file)")
     s.add_argument("dst", help="output directory")
@@ -355,7 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             conversion = CONVERSIONS.get((args.source_format, args.target_format))
             if conversion is None:
                 p.error(f"convert: --from {args.source_format} --to {args.target_format} is no conversion "
-                        f"(available: hf -> torchpalm, torchpalm -> hf)")
+                        f"(available: "
+                        f"{', '.join(f'{a} -> {b}' for a, b in CONVERSIONS)})")
             print(conversion(args.src, args.dst))
             return 0
         cfg = C.load(args.config, args.set)
@@ -365,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             predict(cfg, args.checkpoint, args.input, args.output)
         else:
             evaluate(cfg, args.checkpoint, args.output)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, PaddleFormatError) as e:
         print(f"torchpalm {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
