@@ -303,3 +303,19 @@ def test_a_wrong_shape_names_the_variable_and_both_shapes(tmp_path):
 def test_a_folder_without_weights_says_what_was_looked_for(tmp_path):
     with pytest.raises(FileNotFoundError, match="no weights file found.*Paddle parameter files"):
         load_backbone_weights(str(tmp_path))
+
+
+def test_a_palm_checkpoint_into_a_training_trainer_starts_a_fresh_run_from_its_weights(tmp_path, caplog):
+    model = hf_model()
+    files = paddle_names_by_hand(model.state_dict())
+    files.update({"cls.cls_out_w": torch.randn(H, 2), "cls.cls_out_b": torch.randn(2)})
+    write_params(tmp_path / "ckpt.step7", files)
+    backbone = palm.backbone.BERT.from_config(hf_config())
+    trainer = palm.Trainer("cls", device="cpu")
+    loss = trainer.build_forward(backbone, palm.head.Classify(2, H))
+    trainer.build_backward(palm.optimizer.Adam(loss, 1e-3))
+    with caplog.at_level("WARNING", logger="torchpalm"):
+        trainer.load_ckpt(str(tmp_path / "ckpt.step7"))  # PALM resumed from such folders; we take the weights
+    assert "PaddlePALM checkpoint: training starts at step 0" in caplog.text
+    backbone.eval()
+    assert_same_outputs(backbone, model, batch())
