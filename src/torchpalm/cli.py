@@ -27,8 +27,9 @@ logger = logging.getLogger("torchpalm")
 
 CONFIG_HELP = """\
 config (YAML; relative paths are relative to the config file):
-  backbone:   type (bert|ernie), pretrained (HF dir, torchpalm checkpoint, package:NAME or null),
-              config (config.json path or inline mapping; default <pretrained>/config.json),
+  backbone:   type (bert|ernie), pretrained (HF dir, torchpalm checkpoint, Paddle model, package:NAME or null),
+              config (config.json path or inline mapping; default <pretrained>/config.json, or PALM's
+              ernie_config.json / bert_config.json, also above a params/ folder),
               vocab (default <pretrained>/vocab.txt)
   tasks:      a list (or one mapping) of: name, reader {type: classify|match|sequence_label|mrc|mask_lm,
               options = the reader class's constructor/load_data parameters}, head {type: the same kinds,

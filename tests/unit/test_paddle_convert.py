@@ -91,7 +91,7 @@ def write_model(root, model, name="bert") -> str:
     with open(os.path.join(root, f"{name}_config.json"), "w") as f:
         json.dump(config, f)
     with open(os.path.join(root, "vocab.txt"), "w") as f:
-        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + [f"w{i}" for i in range(VOCAB - 4)]) + "\n")
+        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(VOCAB - 5)]) + "\n")
     return os.path.join(root, "params")
 
 
@@ -319,3 +319,21 @@ def test_a_palm_checkpoint_into_a_training_trainer_starts_a_fresh_run_from_its_w
     assert "PaddlePALM checkpoint: training starts at step 0" in caplog.text
     backbone.eval()
     assert_same_outputs(backbone, model, batch())
+
+
+@pytest.mark.parametrize("where", ["root", "params"])
+def test_a_config_run_takes_a_paddle_model_folder_as_pretrained(tmp_path, where, capsys, caplog):
+    import yaml
+
+    write_model(tmp_path / "ERNIE-tiny", hf_model(ernie=True), name="ernie")
+    (tmp_path / "train.tsv").write_text("label\ttext_a\n1\tw1 w2 w3\n0\tw4 w5\n", encoding="utf-8")
+    pretrained = "ERNIE-tiny" if where == "root" else "ERNIE-tiny/params"
+    cfg = {"backbone": {"type": "ernie", "pretrained": pretrained},  # config and vocab found PALM's way
+           "tasks": [{"name": "cls", "reader": {"type": "classify"}, "head": {"type": "classify", "num_classes": 2},
+                      "train_file": "train.tsv"}],
+           "optimizer": {"type": "adam", "lr": 1e-3}, "schedule": {"type": "none"},
+           "train": {"epochs": 1, "batch_size": 2, "max_len": 16, "device": "cpu", "save_path": "out"}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    with caplog.at_level("INFO", logger="torchpalm"):
+        assert cli_main(["train", str(tmp_path / "run.yaml"), "--dry-run"]) == 0, capsys.readouterr().err
+    assert "Loading pretraining parameters from" in caplog.text and "not found in" not in caplog.text
