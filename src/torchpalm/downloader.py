@@ -273,7 +273,7 @@ def _download_one(model: PretrainedModel, path: str, revision: str | None, cache
         folder = _fetch_from_hub(model, target, revision, cache_dir)
         commit = os.path.basename(os.path.normpath(folder))
         _install(model, folder, f"hub:{model.repo}@{commit}", target, link=True)
-    print(f"{model.name} is ready at {target}")
+    logger.info("%s is ready at %s", model.name, target)
     return target
 
 
