@@ -20,7 +20,7 @@ import torchpalm as palm
 
 from . import config as C
 from .config import ConfigError
-from .convert.paddle import PaddleFormatError, convert_paddle_to_torchpalm
+from .convert.paddle import PaddleFormatError, convert_paddle_to_torchpalm, convert_torchpalm_to_paddle
 from .reader import DataError
 
 logger = logging.getLogger("torchpalm")
@@ -306,7 +306,7 @@ def write_hf_config(src: str, dst: str) -> None:
 
 
 CONVERSIONS = {("hf", "torchpalm"): convert_hf_to_torchpalm, ("torchpalm", "hf"): convert_torchpalm_to_hf,
-               ("paddle", "torchpalm"): convert_paddle_to_torchpalm}
+               ("paddle", "torchpalm"): convert_paddle_to_torchpalm, ("torchpalm", "paddle"): convert_torchpalm_to_paddle}
 
 
 # ---------------------------------------------------------------- argument parsing
@@ -342,12 +342,14 @@ def parser() -> argparse.ArgumentParser:
                        description="Convert a BERT backbone: --from hf --to torchpalm reads an HF BertModel "
                        "directory and writes model.safetensors with torchpalm names (backbone.*), loadable by "
                        "load_pretrain; --from torchpalm --to hf reads a torchpalm checkpoint and writes an HF "
-                       "BertModel directory; --from paddle --to torchpalm reads a PaddlePALM/ERNIE Paddle parameter folder. "
+                       "BertModel directory; --from paddle --to torchpalm reads a PaddlePALM/ERNIE Paddle parameter folder "
+                       "(and --from torchpalm --to paddle writes one). "
                        "config.json and vocab.txt are copied along.", formatter_class=fmt)
     s.add_argument("--from", dest="source_format", required=True, choices=["hf", "torchpalm", "paddle"],
                    help="paddle: a PaddlePALM/ERNIE model folder (params/ + *_config.json + vocab.txt), its "
                    "params/ folder, or a PALM ckpt.step<N> folder (to torchpalm only)")
-    s.add_argument("--to", dest="target_format", required=True, choices=["hf", "torchpalm"])
+    s.add_argument("--to", dest="target_format", required=True, choices=["hf", "torchpalm", "paddle"],
+                   help="paddle: a PaddlePALM model folder (params/ + *_config.json + vocab.txt), backbone only")
     s.add_argument("src", help="source model directory (or weights file)")
     s.add_argument("dst", help="output directory")
     s = sub.add_parser("download", help="Download a pretrained model by PaddlePALM's name (list them with --list).",

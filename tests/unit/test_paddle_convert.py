@@ -337,3 +337,21 @@ def test_a_config_run_takes_a_paddle_model_folder_as_pretrained(tmp_path, where,
     with caplog.at_level("INFO", logger="torchpalm"):
         assert cli_main(["train", str(tmp_path / "run.yaml"), "--dry-run"]) == 0, capsys.readouterr().err
     assert "Loading pretraining parameters from" in caplog.text and "not found in" not in caplog.text
+
+
+def test_torchpalm_to_paddle_cli_writes_the_original_files_back_byte_for_byte(tmp_path):
+    model = hf_model(ernie=True)
+    write_model(tmp_path / "ERNIE-tiny", model, name="ernie")
+    assert cli_main(["convert", "--from", "paddle", "--to", "torchpalm", str(tmp_path / "ERNIE-tiny"),
+                     str(tmp_path / "tp")]) == 0
+    assert cli_main(["convert", "--from", "torchpalm", "--to", "paddle", str(tmp_path / "tp"),
+                     str(tmp_path / "back")]) == 0
+    original, back = tmp_path / "ERNIE-tiny" / "params", tmp_path / "back" / "params"
+    assert sorted(os.listdir(back)) == sorted(os.listdir(original))
+    assert all((back / n).read_bytes() == (original / n).read_bytes() for n in os.listdir(original))
+    assert sorted(os.listdir(tmp_path / "back")) == ["ernie_config.json", "params", "vocab.txt"]
+    # and PALM's layout loads again
+    ernie = palm.backbone.ERNIE.from_config(str(tmp_path / "back" / "ernie_config.json"), phase="predict")
+    state, source = load_backbone_weights(str(tmp_path / "back"), ernie.config)
+    assert assign_state(ernie, state, source) == []
+    assert_same_outputs(ernie, model, batch(task_ids=True))
