@@ -355,3 +355,26 @@ def test_torchpalm_to_paddle_cli_writes_the_original_files_back_byte_for_byte(tm
     state, source = load_backbone_weights(str(tmp_path / "back"), ernie.config)
     assert assign_state(ernie, state, source) == []
     assert_same_outputs(ernie, model, batch(task_ids=True))
+
+
+def test_multihead_trainer_load_pretrain_and_load_ckpt_read_paddle_folders(tmp_path):
+    model = hf_model()
+    params = write_model(tmp_path / "BERT-tiny", model)
+    w_a, w_b = torch.randn(H, 2), torch.randn(H, 3)
+    files = {**read_params(params), "a.cls_out_w": w_a, "a.cls_out_b": torch.zeros(2), "b.cls_out_w": w_b,
+             "b.cls_out_b": torch.ones(3)}
+    write_params(tmp_path / "ckpt.step9", files)
+    pb = palm.backbone.BERT.from_config(hf_config(), phase="predict")
+    heads = {"a": palm.head.Classify(2, H, phase="predict"), "b": palm.head.Classify(3, H, phase="predict")}
+    trainers = []
+    for name, head in heads.items():
+        t = palm.Trainer(name, device="cpu")
+        t.build_predict_forward(pb, head)
+        trainers.append(t)
+    mh = palm.MultiHeadTrainer(trainers)
+    mh.build_predict_forward()
+    mh.load_pretrain(params)
+    assert_same_outputs(pb, model, batch())
+    mh.load_ckpt(str(tmp_path / "ckpt.step9"))  # a PALM multi-task checkpoint: both heads
+    assert torch.equal(heads["a"].classifier.weight, w_a.T) and torch.equal(heads["b"].classifier.weight, w_b.T)
+    assert torch.equal(heads["b"].classifier.bias, torch.ones(3))
