@@ -1,14 +1,27 @@
 """torchpalm: PaddlePALM's NLP fine-tuning, pretraining and multi-task learning framework on PyTorch.
 
 `import torchpalm as palm` gives PALM's public surface: `palm.reader`, `palm.backbone`, `palm.head`,
-`palm.optimizer`, `palm.lr_sched`, `palm.Trainer`, `palm.MultiHeadTrainer`. Importing has no side effects.
+`palm.optimizer`, `palm.lr_sched`, `palm.Trainer`, `palm.MultiHeadTrainer`, `palm.downloader`, `palm.convert`.
+Importing has no side effects.
 """
 
-from . import backbone, checkpoint, convert, head, loop, lr_sched, metrics, optimizer, reader, sampling
+from . import (
+    backbone,
+    checkpoint,
+    convert,
+    downloader,
+    head,
+    loop,
+    lr_sched,
+    metrics,
+    optimizer,
+    reader,
+    sampling,
+)
 from .multihead_trainer import MultiHeadTrainer
 from .trainer import Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["MultiHeadTrainer", "Trainer", "backbone", "checkpoint", "convert", "head", "loop", "lr_sched", "metrics",
-           "optimizer", "reader", "sampling"]
+__all__ = ["MultiHeadTrainer", "Trainer", "backbone", "checkpoint", "convert", "downloader", "head", "loop",
+           "lr_sched", "metrics", "optimizer", "reader", "sampling"]

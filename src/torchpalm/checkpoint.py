@@ -55,7 +55,8 @@ def find_weights_file(path: str | os.PathLike) -> str:
     bins = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin")))
     if len(bins) == 1:
         return os.path.join(path, bins[0])
-    raise FileNotFoundError(f"{path}: no weights file found (looked for {', '.join(WEIGHT_FILES)})")
+    raise FileNotFoundError(f"{path}: no weights file found (looked for {', '.join(WEIGHT_FILES)}, and for "
+                            f"Paddle parameter files such as word_embedding here or in params/)")
 
 
 def load_state_file(path: str) -> dict[str, torch.Tensor]:
@@ -231,6 +232,13 @@ def load_checkpoint_dir(directory: str) -> tuple[dict[str, torch.Tensor], dict, 
     An incomplete directory is a `ValueError` naming it and what is missing."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"checkpoint directory not found: {directory}")
+    if not os.path.isfile(os.path.join(directory, "model.safetensors")):
+        from .convert.paddle import load_paddle_model, params_dir
+
+        if params_dir(directory) is not None:  # a PaddlePALM checkpoint or parameter directory: weights only
+            logger.info("%s: a PaddlePALM (Paddle 1.x) directory: its backbone and head weights are loaded, its "
+                        "optimizer moments and counters are not", directory)
+            return load_paddle_model(directory), {"format": "paddle"}, None, None
     problem = incomplete_reason(directory)
     if problem is not None:
         raise ValueError(f"{directory}: incomplete checkpoint, refused: {problem}. Was the save interrupted or "
@@ -250,11 +258,22 @@ def load_checkpoint_dir(directory: str) -> tuple[dict[str, torch.Tensor], dict, 
     return model_state, trainer_state, optimizer_state, rng_state
 
 
-def load_backbone_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
-    """Backbone tensors in torchpalm names from an HF model directory/file or a torchpalm checkpoint."""
-    from .convert import hf_to_torchpalm
+def load_backbone_weights(path: str | os.PathLike, config: dict | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """Backbone tensors in torchpalm names from an HF model directory/file, a torchpalm checkpoint, or a
+    PaddlePALM/ERNIE Paddle parameter directory (`<model>/params`, `<model>`, a PALM `ckpt.step<N>`).
 
-    file = find_weights_file(path)
+    `config` (the backbone's) lets a Paddle directory's shapes be checked against the model, by Paddle name."""
+    from .convert import hf_to_torchpalm
+    from .convert.paddle import load_paddle_model, params_dir
+
+    try:
+        file = find_weights_file(path)
+    except FileNotFoundError:
+        paddle_dir = params_dir(path) if os.path.isdir(path) else None
+        if paddle_dir is None:
+            raise
+        state = load_paddle_model(paddle_dir, config)
+        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, paddle_dir
     state = load_state_file(file)
     if any(k.startswith("backbone.") for k in state):
         heads = sorted({k.split(".", 1)[0] for k in state if not k.startswith(("backbone.", "ema."))})

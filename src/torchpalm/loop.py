@@ -386,6 +386,10 @@ class TrainLoop:
     def load_training_state(self, state: dict, opt_state: dict | None, rng: dict | None,
                             model_state_: dict[str, torch.Tensor], source: str) -> None:
         """Restores counters, optimizer, EMA and RNG from a checkpoint (the weights are loaded separately)."""
+        if state.get("format") == "paddle":
+            logger.warning("%s: a PaddlePALM checkpoint: training starts at step 0 from its weights, with a fresh "
+                           "optimizer (Paddle's Adam moments are not imported)", source)
+            return
         if opt_state is None:
             # resuming from it would restart Adam's moments at the saved step: a different run, silently
             raise ValueError(f"{source}: no optimizer.pt, so it cannot resume training (a 'predict' export or a "

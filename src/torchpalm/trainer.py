@@ -299,7 +299,8 @@ class Trainer:
         return self._pred_backbone, self._pred_head
 
     def load_pretrain(self, model_path: str, convert: bool = False) -> None:
-        """Loads backbone weights from an HF model directory/file or a torchpalm checkpoint (non-strict)."""
+        """Loads backbone weights from an HF model directory/file, a torchpalm checkpoint or a PaddlePALM/ERNIE
+        Paddle parameter directory (`<model>/params`, as PALM's downloader left it) (non-strict)."""
         backbone = self._weights()[0]
         if backbone is None:
             raise RuntimeError("call build_forward or build_predict_forward before load_pretrain")
@@ -309,7 +310,7 @@ class Trainer:
         """Loads pretrained backbone weights into the predict backbone (head stays as initialised)."""
         if self._pred_backbone is None:
             raise RuntimeError("call build_predict_forward before load_predict_model")
-        state, file = ckpt.load_backbone_weights(model_path)
+        state, file = ckpt.load_backbone_weights(model_path, backbone_config(self._pred_backbone))
         for name in ckpt.assign_state(self._pred_backbone, state, file):
             logger.info("Warning: %s not found in %s.", name, model_path)
 
@@ -533,9 +534,15 @@ def outputs_to_numpy(outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
             for k, v in outputs.items() if k != "loss"}
 
 
+def backbone_config(backbone: nn.Module) -> dict | None:
+    """The backbone's config dict (hidden_size, ...), against which a Paddle parameter directory is checked."""
+    config = getattr(backbone, "config", None)
+    return config if isinstance(config, dict) else None
+
+
 def load_pretrained_backbone(backbone: nn.Module, model_path: str) -> None:
     logger.info("Loading pretraining parameters from %s...", model_path)
-    state, file = ckpt.load_backbone_weights(model_path)
+    state, file = ckpt.load_backbone_weights(model_path, backbone_config(backbone))
     for name in ckpt.assign_state(backbone, state, file):
         logger.info("Warning: %s not found in %s.", name, model_path)
     logger.info("")

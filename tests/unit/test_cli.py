@@ -357,17 +357,17 @@ def test_bad_set_override(tmp_path, uncased_vocab, capsys):
 
 
 def test_help_on_every_command(capsys):
-    for command in ([], ["train"], ["predict"], ["evaluate"], ["convert"]):
+    for command in ([], ["train"], ["predict"], ["evaluate"], ["convert"], ["download"]):
         with pytest.raises(SystemExit) as e:
             main([*command, "--help"])
         assert e.value.code == 0
         out = capsys.readouterr().out
         assert "usage: torchpalm" in out
-        if command != ["convert"]:
+        if command not in (["convert"], ["download"]):
             assert "tasks:" in out and "optimizer:" in out  # the config's description
     out = subprocess.run([sys.executable, "-m", "torchpalm", "--help"], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, check=True).stdout
-    assert "train" in out and "convert" in out and "download" not in out
+    assert "train" in out and "convert" in out and "download" in out
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert project["scripts"] == {"torchpalm": "torchpalm.cli:main"}  # the console script
