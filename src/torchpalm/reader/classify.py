@@ -46,7 +46,7 @@ def rows_from_inputs(inputs: list, required: tuple[str, ...], optional: tuple[st
         elif isinstance(item, Sequence) and 0 < len(item) <= len(columns):
             row = dict(zip(columns, item))
         else:
-            raise TypeError(f"input {n}: expected a text, a tuple of texts {columns[:len(columns)]} or a dict with "
+            raise TypeError(f"input {n}: expected a text, a tuple of texts {columns} or a dict with "
                             f"those keys, got {item!r:.80}")
         missing = [c for c in required if c not in row]
         bad = [c for c, v in row.items() if not isinstance(v, str)]
