@@ -118,15 +118,21 @@ def export(trainer, out_dir: str | os.PathLike, onnx: bool = False) -> str:
     Uses the EMA weights when training keeps them (as predictions do). `onnx=True` adds `model.onnx`
     (see `Predictor.to_onnx`). `palm.Predictor.load(out_dir)` rebuilds the model.
     """
-    from .trainer import backbone_record, head_record
-
     backbone, tasks = trainer_tasks(trainer)
     loop = getattr(trainer, "_loop", None)
-    write_bundle = bundle_writer(backbone, tasks, onnx)
     with loop.ema_weights() if loop is not None else contextlib.nullcontext():
-        state = {"step": loop.global_step if loop is not None else 0, "backbone": backbone_record(backbone),
-                 "heads": {t.name: head_record(t.head) for t in tasks}}
-        ckpt.save_checkpoint(os.fspath(out_dir), model_state(backbone, tasks), state, write_extra=write_bundle)
+        return write(backbone, tasks, out_dir, onnx, loop.global_step if loop is not None else 0)
+
+
+def write(backbone: nn.Module, tasks: list[BundleTask], out_dir: str | os.PathLike, onnx: bool = False,
+          step: int = 0) -> str:
+    """Writes the bundle of these modules and readers to `out_dir` atomically (see `export`); returns its path."""
+    from .trainer import backbone_record, head_record
+
+    state = {"step": step, "backbone": backbone_record(backbone),
+             "heads": {t.name: head_record(t.head) for t in tasks}}
+    ckpt.save_checkpoint(os.fspath(out_dir), model_state(backbone, tasks), state,
+                         write_extra=bundle_writer(backbone, tasks, onnx))
     return os.path.abspath(out_dir)
 
 
