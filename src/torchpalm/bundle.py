@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+
+logger = logging.getLogger("torchpalm")
 
 FORMAT = "torchpalm-inference-bundle"
 FORMAT_VERSION = 1  # raise when a reader of this version could not load what is written
@@ -101,6 +104,19 @@ def bundle_writer(backbone: nn.Module, tasks: list[BundleTask], onnx: bool = Fal
             Predictor.load(directory, device="cpu", _unfinished=True).to_onnx(os.path.join(directory, ONNX_FILE))
 
     return write
+
+
+def periodic_writer(trainer):
+    """For a 'predict' save during training: the bundle writer, or None (weights and configs only, logged)
+    when a task cannot be described (a reader of the user's own without `export_options`)."""
+    try:
+        backbone, tasks = trainer_tasks(trainer)
+        for t in tasks:
+            t.reader.export_options()
+    except (NotImplementedError, RuntimeError, ValueError) as e:
+        logger.info("predict save without bundle.json (palm.Predictor cannot load it; load_ckpt can): %s", e)
+        return None
+    return bundle_writer(backbone, tasks)
 
 
 def model_state(backbone: nn.Module, tasks: list[BundleTask]) -> dict[str, torch.Tensor]:

@@ -174,7 +174,7 @@ class MultiHeadTrainer:
                                first._precision, first._grad_clip, first._skip_nonfinite)
         for t in self._trainers:
             t._loop, t._multi_task, t._optimizer = self._loop, self, optimizer
-        self._loop.bundle_files = lambda: bundle.bundle_writer(*bundle.trainer_tasks(self))
+        self._loop.bundle_files = lambda: bundle.periodic_writer(self)
         if self._saver_args is not None:
             self._loop.set_saver(*self._saver_args)
         self._sync_schedule()

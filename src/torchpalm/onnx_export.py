@@ -65,7 +65,10 @@ def export_onnx(predictor, tasks: list[str], path: str) -> str:
         dynamic.append({0: batch_dim, 1: second} if rank == 2 else {0: batch_dim})
     model = ExportedModel(backbone, heads, wanted).eval()
     args = tuple(sample[k].to(predictor.device) for k in wanted)
+    # one self-contained file, unless the weights pass protobuf's 2 GB limit (then `<path>.data` beside it)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     with torch.no_grad():
         torch.onnx.export(model, args, path, input_names=wanted, output_names=list(heads), dynamo=True,
-                          dynamic_shapes=(tuple(dynamic),), optimize=True, verbose=False)
+                          dynamic_shapes=(tuple(dynamic),), optimize=True, verbose=False,
+                          external_data=weight_bytes > 1.8e9)
     return path

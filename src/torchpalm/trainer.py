@@ -253,7 +253,7 @@ class Trainer:
         self._optimizer = optimizer
         self._loop = TrainLoop(self._model, {self._name: self._task}, optimizer, weight_decay, use_ema, ema_decay,
                                self.device, self._precision, self._grad_clip, self._skip_nonfinite)
-        self._loop.bundle_files = lambda: bundle.bundle_writer(*bundle.trainer_tasks(self))
+        self._loop.bundle_files = lambda: bundle.periodic_writer(self)
         if self._saver_args is not None:
             self._loop.set_saver(*self._saver_args)
         self._sync_schedule()
@@ -356,7 +356,8 @@ class Trainer:
     def set_saver(self, save_path: str, save_steps: int, save_type: str = "ckpt",
                   max_to_keep: int | None = None) -> None:
         """Saves every `save_steps` steps to `save_path/ckpt.step<N>` ('ckpt': weights + training state,
-        for resuming) and/or `save_path/pred.step<N>` ('predict': weights + configs, for inference).
+        for resuming) and/or `save_path/pred.step<N>` ('predict': an inference bundle, `palm.Predictor.load`;
+        see `torchpalm.bundle`).
 
         `max_to_keep`: keep only the last this many of each (None: all); `best.<task>` folders of
         `set_evaluation` are never removed. Unfinished saves of a killed run in `save_path` are removed here.

@@ -138,7 +138,7 @@ def test_exported_bundle_predicts_what_the_trainer_predicts(tmp_path, single):
         predictor.predict(["one text", ("a", "pair")])
 
 
-def test_set_saver_predict_writes_bundles(tmp_path, single):
+def test_set_saver_predict_writes_bundles(tmp_path, single, monkeypatch):
     single.cls.set_saver(str(tmp_path / "out"), 2, save_type="predict")
     for _ in range(2):
         single.cls.train_one_step(single.cls.get_one_batch())
@@ -147,6 +147,14 @@ def test_set_saver_predict_writes_bundles(tmp_path, single):
     predictor = palm.Predictor.load(saved, device="cpu")
     np.testing.assert_array_equal(probs(predictor.predict(single.test_cls, batch_size=single.batch)),
                                   probs(expected))
+    # a reader that cannot describe itself (one of the user's own) still gets its weights saved, as before
+    monkeypatch.delattr(palm.reader.ClassifyReader, "export_options")
+    for _ in range(2):
+        single.cls.train_one_step(single.cls.get_one_batch())
+    saved = tmp_path / "out" / f"pred.step{single.cls.cur_train_step}"
+    assert {"model.safetensors", "complete.json"} <= set(os.listdir(saved)) and "bundle.json" not in os.listdir(saved)
+    with pytest.raises(NotImplementedError, match="ClassifyReader cannot be exported"):
+        palm.export(single.cls, tmp_path / "explicit")
 
 
 def test_multi_head_bundle_predicts_every_head_with_one_backbone_pass(tmp_path, multi):
@@ -286,7 +294,8 @@ def test_trainer_predict_from_four_threads_returns_every_result(single):
 def test_onnx_export_of_a_backbone_with_two_heads_matches_pytorch(tmp_path, multi):
     ort = pytest.importorskip("onnxruntime")
     path = palm.export(multi.mh, tmp_path / "bundle", onnx=True)
-    assert "model.onnx" in json.load(open(os.path.join(path, "complete.json")))["files"]
+    files = json.load(open(os.path.join(path, "complete.json")))["files"]
+    assert "model.onnx" in files and "model.onnx.data" not in files  # one self-contained file
     predictor = palm.Predictor.load(path, device="cpu")
     session = ort.InferenceSession(os.path.join(path, "model.onnx"))
     names = [i.name for i in session.get_inputs()]
