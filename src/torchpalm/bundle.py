@@ -79,6 +79,8 @@ def trainer_tasks(trainer) -> tuple[nn.Module, list[BundleTask]]:
 
 def describe(backbone: nn.Module, tasks: list[BundleTask], directory: str) -> dict:
     """Writes each reader's files under `directory/reader.<task>/`; returns the content of bundle.json."""
+    if not isinstance(getattr(backbone, "config", None), dict):
+        raise ValueError(f"backbone {type(backbone).__name__} has no `config` dict to rebuild it from")
     described = {}
     for t in tasks:
         folder = f"reader.{t.name}"
@@ -113,6 +115,8 @@ def periodic_writer(trainer):
         backbone, tasks = trainer_tasks(trainer)
         for t in tasks:
             t.reader.export_options()
+        if not isinstance(getattr(backbone, "config", None), dict):
+            raise ValueError(f"backbone {type(backbone).__name__} has no `config` dict to rebuild it from")
     except (NotImplementedError, RuntimeError, ValueError) as e:
         logger.info("predict save without bundle.json (palm.Predictor cannot load it; load_ckpt can): %s", e)
         return None
