@@ -1,7 +1,8 @@
 """torchpalm: PaddlePALM's NLP fine-tuning, pretraining and multi-task learning framework on PyTorch.
 
 `import torchpalm as palm` gives PALM's public surface: `palm.reader`, `palm.backbone`, `palm.head`,
-`palm.optimizer`, `palm.lr_sched`, `palm.Trainer`, `palm.MultiHeadTrainer`, `palm.downloader`, `palm.convert`.
+`palm.optimizer`, `palm.lr_sched`, `palm.Trainer`, `palm.MultiHeadTrainer`, `palm.downloader`, `palm.convert`;
+and, for inference without the training script, `palm.export(trainer, dir)` and `palm.Predictor.load(dir)`.
 Importing has no side effects.
 """
 
@@ -18,10 +19,12 @@ from . import (
     reader,
     sampling,
 )
+from .bundle import export
 from .multihead_trainer import MultiHeadTrainer
+from .predictor import Predictor
 from .trainer import Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["MultiHeadTrainer", "Trainer", "backbone", "checkpoint", "convert", "downloader", "head", "loop",
-           "lr_sched", "metrics", "optimizer", "reader", "sampling"]
+__all__ = ["MultiHeadTrainer", "Predictor", "Trainer", "backbone", "checkpoint", "convert", "downloader", "export",
+           "head", "loop", "lr_sched", "metrics", "optimizer", "reader", "sampling"]

@@ -27,6 +27,7 @@ import pickle
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -103,9 +104,23 @@ def _fsync_file(path: str) -> None:
         os.fsync(f.fileno())
 
 
+def _files_under(directory: str) -> list[str]:
+    """Every file under `directory`, as sorted '/'-separated relative paths."""
+    found = []
+    for root, _, names in os.walk(directory):
+        rel = os.path.relpath(root, directory)
+        found += [name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}" for name in names]
+    return sorted(found)
+
+
 def save_checkpoint(directory: str, model_state: dict[str, torch.Tensor], trainer_state: dict,
-                    optimizer_state: dict | None = None, rng_state: dict | None = None) -> str:
-    """Writes a checkpoint directory atomically (temporary directory, fsync, rename)."""
+                    optimizer_state: dict | None = None, rng_state: dict | None = None,
+                    write_extra: Callable[[str], None] | None = None) -> str:
+    """Writes a checkpoint directory atomically (temporary directory, fsync, rename).
+
+    `write_extra(tmp_dir)` adds files of its own (an inference bundle's description and tokenizer files); they
+    are written before the marker, fsynced and listed in it like the others (files in subfolders too).
+    """
     directory = os.path.abspath(directory)
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
@@ -120,10 +135,13 @@ def save_checkpoint(directory: str, model_state: dict[str, torch.Tensor], traine
             torch.save(rng_state, os.path.join(tmp, "rng.pt"))
         with open(os.path.join(tmp, "trainer_state.json"), "w", encoding="utf-8") as f:
             json.dump(trainer_state, f, indent=1)
-        for name in os.listdir(tmp):
+        if write_extra is not None:
+            write_extra(tmp)
+        files = _files_under(tmp)
+        for name in files:
             _fsync_file(os.path.join(tmp, name))
         # the marker last, after the others are on disk: its presence means everything it lists was written
-        sizes = {name: os.path.getsize(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
+        sizes = {name: os.path.getsize(os.path.join(tmp, name)) for name in files}
         with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
             json.dump({"files": sizes}, f, indent=1)
         _fsync_file(os.path.join(tmp, MARKER))

@@ -1,4 +1,5 @@
-"""The `torchpalm` command: train, predict, evaluate and convert, driven by a YAML config (torchpalm/config.py).
+"""The `torchpalm` command: train, predict, evaluate, export and convert, driven by a YAML config
+(torchpalm/config.py).
 
 Each command runs PaddlePALM's flow on the objects a script would build (readers, backbone, heads, `Trainer` or
 `MultiHeadTrainer`, Adam and a schedule), so a config run and the equivalent script do the same thing.
@@ -196,6 +197,56 @@ def predict(cfg: dict, checkpoint: str, inputs: Sequence[str], output: str | Non
     return written
 
 
+def export(cfg: dict, checkpoint: str, out: str, onnx: bool = False) -> str:
+    """An inference bundle (torchpalm.bundle) of the config's tasks with the checkpoint's weights."""
+    from . import bundle
+
+    config, vocab, _ = C.backbone_files(cfg)
+    backbone = C.build_backbone(cfg, config, "predict")
+    tasks = []
+    for t in cfg["tasks"]:
+        reader, _ = C.build_reader(t, cfg, vocab, "predict", train_label_map(t, cfg, vocab))
+        reader.register_with(backbone)
+        trainer = palm.Trainer(t["name"], device="cpu")
+        trainer.build_predict_forward(backbone, C.build_head(t, config, "predict", C.reader_label_map(reader)))
+        trainer.load_ckpt(checkpoint)  # the shared backbone and this task's head
+        tasks.append(bundle.BundleTask(t["name"], trainer._pred_head, reader, t["name"]))
+    path = bundle.write(backbone, tasks, out, onnx)
+    print(path)
+    return path
+
+
+def predict_bundle(bundle_dir: str, inputs: Sequence[str], output: str | None, task: str | None = None) -> None:
+    """Predicts files with an inference bundle (no config): JSON lines per task to <output>/<task>/
+    predictions.json, or to stdout without --output."""
+    try:
+        predictor = palm.Predictor.load(bundle_dir)
+    except ValueError as e:  # a newer format version, an incomplete bundle: the message says what and where
+        raise ConfigError(str(e)) from None
+    if not inputs:
+        raise ConfigError("--bundle needs --input FILE (or TASK=FILE with several tasks)")
+    by_task = {}
+    for item in inputs:
+        name, sep, path = item.partition("=")
+        if not sep or name not in predictor.tasks:
+            name, path = task, item
+        for n in [name] if name is not None else predictor.tasks:
+            by_task[n] = path
+    for name, path in by_task.items():
+        results = predictor.predict(path, task=name)
+        if isinstance(results, dict):  # MRC: {question id: answer}
+            results = [{"id": qid, "answer": answer} for qid, answer in results.items()]
+        lines = [json.dumps(r, ensure_ascii=False) for r in results]
+        if output is None:
+            for line in lines:
+                print(line if len(by_task) == 1 else f"{name}\t{line}")
+            continue
+        os.makedirs(os.path.join(output, name), exist_ok=True)
+        with open(os.path.join(output, name, "predictions.json"), "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+        print(f"{name}: {os.path.join(output, name, 'predictions.json')}")
+
+
 def input_files(cfg: dict, inputs: Sequence[str]) -> dict[str, str]:
     """`--input FILE` (one task) or `--input TASK=FILE` (any task) as {task: absolute path}."""
     names = [t["name"] for t in cfg["tasks"]]
@@ -252,7 +303,7 @@ def parser() -> argparse.ArgumentParser:
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_text, description=help_text, epilog=CONFIG_HELP, formatter_class=fmt)
-        s.add_argument("config", help="the YAML config file")
+        s.add_argument("config", nargs="?" if name == "predict" else None, help="the YAML config file")
         s.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override a config value (YAML), e.g. train.epochs=3 or tasks[0].reader.max_len=64; "
                             "repeatable")
@@ -263,8 +314,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="build everything (read the data, load the weights) "
                    "and stop before training: checks a config")
     s = with_config("predict", "Predict each task's predict_file with a checkpoint: <output>/<task>/"
-                    "predictions.json.")
-    s.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. outputs/ckpt.step100)")
+                    "predictions.json. Or, with --bundle DIR (an inference bundle, no config), predict --input.")
+    s.add_argument("--checkpoint", help="checkpoint directory (e.g. outputs/ckpt.step100)")
+    s.add_argument("--bundle", help="an inference bundle (torchpalm export, palm.export) instead of CONFIG and "
+                   "--checkpoint; results go to <output>/<task>/predictions.json, or to stdout without --output")
+    s.add_argument("--task", help="with --bundle: predict this task only")
     s.add_argument("--input", action="append", default=[], metavar="[TASK=]FILE",
                    help="predict FILE instead of the predict_file (TASK=FILE with several tasks); repeatable")
     s.add_argument("--output", default=None, help="output directory (default <train.save_path>/predict)")
@@ -272,6 +326,11 @@ def parser() -> argparse.ArgumentParser:
                     "(accuracy, entity F1, answer F1); printed and written to <output>/metrics.json.")
     s.add_argument("--checkpoint", required=True, help="checkpoint directory")
     s.add_argument("--output", default=None, help="output directory (default <train.save_path>/evaluate)")
+    s = with_config("export", "Write an inference bundle (weights, configs, reader options, tokenizer files) "
+                    "of the config's tasks with a checkpoint's weights, for palm.Predictor.load or predict --bundle.")
+    s.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    s.add_argument("--out", required=True, help="the bundle directory to write")
+    s.add_argument("--onnx", action="store_true", help="also write model.onnx (backbone + every head)")
     s = sub.add_parser("convert", help="Convert BERT/RoBERTa/ERNIE weights between HF, Paddle and torchpalm.",
                        description="Convert a BERT, RoBERTa or ERNIE backbone: --from hf --to torchpalm reads an HF "
                        "model directory and writes model.safetensors with torchpalm names (backbone.*), loadable "
@@ -336,9 +395,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ValueError as e:  # an unknown model name: the message lists the valid ones
                 raise ConfigError(str(e)) from None
             return 0
+        if args.command == "predict" and args.bundle is not None:
+            predict_bundle(args.bundle, args.input, args.output, args.task)
+            return 0
+        if args.command == "predict" and args.config is None:
+            p.error("predict: give CONFIG --checkpoint CKPT, or --bundle DIR")
+        if args.command == "predict" and args.checkpoint is None:
+            p.error("predict: --checkpoint is required with a CONFIG (or use --bundle DIR)")
         cfg = C.load(args.config, args.set)
         if args.command == "train":
             train(cfg, dry_run=args.dry_run)
+        elif args.command == "export":
+            export(cfg, args.checkpoint, args.out, args.onnx)
         elif args.command == "predict":
             predict(cfg, args.checkpoint, args.input, args.output)
         else:

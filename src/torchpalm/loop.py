@@ -163,6 +163,11 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def same_inputs(a: dict, b: dict, keys: list[str]) -> bool:
+    """Do two batches give the backbone the same inputs (so one backbone pass serves the heads of both)?"""
+    return all(k in a and k in b and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in keys)
+
+
 class TrainLoop:
     """Trains one backbone and the heads of `tasks` with one optimizer.
 
@@ -217,6 +222,9 @@ class TrainLoop:
         self._max_to_keep: int | None = None
         self.metrics_log: MetricsLog | None = None
         self._last_saved_step = -1
+        # what a 'predict' save adds to the weights to make an inference bundle (`torchpalm.bundle`): set by
+        # the trainer, which knows the readers; returns a `write_extra` for `checkpoint.save_checkpoint`
+        self.bundle_files: Callable[[], Callable[[str], None]] | None = None
 
     # ---- state ----
     def state(self) -> dict[str, torch.Tensor]:
@@ -373,8 +381,10 @@ class TrainLoop:
             logger.info("checkpoint has been saved at %s", path)
         if "predict" in self._save_types:
             path = os.path.join(self._save_path, f"pred.step{self.global_step}")
+            extra = self.bundle_files() if self.bundle_files is not None else None
             with self.ema_weights():
-                ckpt.save_checkpoint(path, self.state(), {"step": self.global_step, **trainer_state()})
+                ckpt.save_checkpoint(path, self.state(), {"step": self.global_step, **trainer_state()},
+                                     write_extra=extra)
             for name in self.tasks:
                 logger.info("%s: predict model saved at %s", name, path)
             logger.info("predict model has been saved at %s", path)

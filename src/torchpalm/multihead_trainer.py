@@ -31,9 +31,10 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from . import bundle
 from . import checkpoint as ckpt
 from .evaluation import Evaluator, best_checkpoint_dir
-from .loop import MultiTaskModel, TrainLoop, autocast, load_model_state, progress_bar, to_device
+from .loop import MultiTaskModel, TrainLoop, autocast, load_model_state, progress_bar, same_inputs, to_device
 from .optimizer import Optimizer
 from .sampling import TaskSampler, run_length, step_budgets
 from .trainer import (
@@ -173,6 +174,7 @@ class MultiHeadTrainer:
                                first._precision, first._grad_clip, first._skip_nonfinite)
         for t in self._trainers:
             t._loop, t._multi_task, t._optimizer = self._loop, self, optimizer
+        self._loop.bundle_files = lambda: bundle.periodic_writer(self)
         if self._saver_args is not None:
             self._loop.set_saver(*self._saver_args)
         self._sync_schedule()
@@ -478,9 +480,16 @@ class MultiHeadTrainer:
         active = [t for t in self._trainers if t._pred_reader is not None]
         if not active:
             raise RuntimeError("fit predict readers first: merge_inference_readers(readers)")
-        for t in active:
-            if t._pred_iterator is None:
-                t.fit_reader(t._pred_reader, phase="predict")
+        with contextlib.ExitStack() as locks:  # the tasks' predict() calls share these readers and heads
+            for t in active:
+                locks.enter_context(t._predict_lock)
+            return self._predict_locked(active, output_dir, print_steps)
+
+    def _predict_locked(self, active: list[Trainer], output_dir: str | None, print_steps: int) -> dict[str, list]:
+        iterators = {}
+        for t in active:  # a whole pass over every reader, whatever an earlier call consumed
+            t._pred_reader.reset()
+            iterators[t.name] = iter(t._pred_reader)
         backbone = self._pred_backbone or active[0]._pred_backbone
         backbone.eval()
         groups: dict[tuple, list[Trainer]] = {}
@@ -497,7 +506,7 @@ class MultiHeadTrainer:
                     t._pred_head.reset()
                     t._pred_head.eval()
                 progress = progress_bar(group[0]._pred_reader.steps_per_epoch, 0, "predict")
-                for k, batches in enumerate(zip(*(t._pred_iterator for t in group)), 1):
+                for k, batches in enumerate(zip(*(iterators[t.name] for t in group)), 1):
                     self._predict_group(backbone, group, batches, keys)
                     progress.update(1)
                     if print_steps > 0 and k % print_steps == 0:
@@ -515,7 +524,7 @@ class MultiHeadTrainer:
         batches = [to_device(b, self.device) for b in batches]
         features_of: list[tuple[dict, dict]] = []  # (backbone inputs, features) computed for this step
         for t, batch in zip(group, batches):
-            features = next((f for inputs, f in features_of if _same_inputs(inputs, batch, keys)), None)
+            features = next((f for inputs, f in features_of if same_inputs(inputs, batch, keys)), None)
             with autocast(self.device, t._precision):
                 if features is None:
                     features = backbone(batch)
@@ -523,9 +532,3 @@ class MultiHeadTrainer:
                     features_of.append((batch, features))
                 outputs = t._pred_head(features, batch)
             t._pred_head.batch_postprocess(outputs_to_numpy(outputs))
-
-
-def _same_inputs(a: dict, b: dict, keys: list[str]) -> bool:
-    return all(k in a and k in b and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in keys)
-
-

@@ -106,6 +106,19 @@ class WordPieceTokenizer:
         """Ids of each pre-split word separately (for word-level labels and MRC token maps)."""
         return self.encode_batch(words)
 
+    def save(self, directory: str | os.PathLike) -> dict[str, str]:
+        """Writes the files this tokenizer is built from into `directory` (an inference bundle); returns the
+        reader constructor arguments that name them, relative to `directory` (`{"vocab_path": "vocab.txt"}`).
+
+        A tokenizer of another kind (byte-level BPE) writes its own files and returns its own arguments.
+        """
+        ids = sorted(self.vocab.items(), key=lambda item: item[1])
+        dense = [i for _, i in ids] == list(range(len(ids)))
+        with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as f:
+            for token, i in ids:  # one token per line when the ids are 0..n-1, else ERNIE's `token<TAB>id`
+                f.write(f"{token}\n" if dense else f"{token}\t{i}\n")
+        return {"vocab_path": "vocab.txt"}
+
     def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
         return [self.vocab.get(t, self.unk_id) for t in tokens]
 

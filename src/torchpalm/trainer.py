@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import bundle
 from . import checkpoint as ckpt
 from .evaluation import Evaluator, best_checkpoint_dir, default_metric
 from .loop import (
@@ -137,6 +139,8 @@ class Trainer:
         self._saver_args: tuple | None = None  # set_saver before build_backward: applied when the loop exists
         self._dev: tuple | None = None  # (dev reader, metric)
         self._evaluator: Evaluator | None = None
+        # predict() calls share the reader's position, the head's buffer and the EMA swap: one at a time
+        self._predict_lock = threading.RLock()
 
     # ---- properties (PALM names) ----
     @property
@@ -249,6 +253,7 @@ class Trainer:
         self._optimizer = optimizer
         self._loop = TrainLoop(self._model, {self._name: self._task}, optimizer, weight_decay, use_ema, ema_decay,
                                self.device, self._precision, self._grad_clip, self._skip_nonfinite)
+        self._loop.bundle_files = lambda: bundle.periodic_writer(self)
         if self._saver_args is not None:
             self._loop.set_saver(*self._saver_args)
         self._sync_schedule()
@@ -352,7 +357,8 @@ class Trainer:
     def set_saver(self, save_path: str, save_steps: int, save_type: str = "ckpt",
                   max_to_keep: int | None = None) -> None:
         """Saves every `save_steps` steps to `save_path/ckpt.step<N>` ('ckpt': weights + training state,
-        for resuming) and/or `save_path/pred.step<N>` ('predict': weights + configs, for inference).
+        for resuming) and/or `save_path/pred.step<N>` ('predict': an inference bundle, `palm.Predictor.load`;
+        see `torchpalm.bundle`).
 
         `max_to_keep`: keep only the last this many of each (None: all); `best.<task>` folders of
         `set_evaluation` are never removed. Unfinished saves of a killed run in `save_path` are removed here.
@@ -414,14 +420,11 @@ class Trainer:
             if self._dev is None:
                 raise RuntimeError(f"task '{self._name}' has no dev set: call set_dev(reader) or pass a reader")
             reader, metric = self._dev[0], metric or self._dev[1]
+        if self._pred_backbone is None:
+            raise RuntimeError("call build_predict_forward(pred_backbone, pred_head) before evaluate")
         metric = metric or default_metric(self._pred_head)
-        saved = (self._pred_reader, self._pred_iterator)
-        self.fit_reader(reader, phase="predict")
-        try:
-            results = self.predict(print_steps=0)
-        finally:
-            self._pred_reader, self._pred_iterator = saved
-        return metric(results, reader)
+        check_reader_fits(reader, self._pred_backbone, self._pred_head)
+        return metric(self._predict_reader(reader, None, print_steps=0), reader)
 
     def set_evaluation(self, every_steps: int, save_best: bool = True, patience: int | None = None,
                        min_delta: float = 0.0, save_dir: str | None = None) -> None:
@@ -494,25 +497,36 @@ class Trainer:
         return outputs_to_numpy(outputs)
 
     def predict(self, output_dir: str | None = None, print_steps: int = 1000):
-        """Predicts over the fitted predict reader; writes `output_dir/predictions.json`; returns the results."""
-        if self._pred_iterator is None:
+        """Predicts the fitted predict reader (one full, ordered pass); writes `output_dir/predictions.json`;
+        returns the results.
+
+        Safe to call from several threads: calls run one at a time (they share the reader's position, the
+        head's results buffer and, with EMA, the weights swapped in), and each returns every result. For
+        concurrent serving, `palm.Predictor` runs calls in parallel.
+        """
+        if self._pred_reader is None:
             raise RuntimeError("call fit_reader(pred_reader, phase='predict') before predict()")
-        reader, head = self._pred_reader, self._pred_head
-        head.reset()
-        progress = progress_bar(reader.steps_per_epoch, 0, f"{self._name} predict")
-        last_time = time.time()
-        with self._ema_weights():
-            for k, batch in enumerate(self._pred_iterator, 1):
-                head.batch_postprocess(self.predict_one_batch(batch))
-                progress.update(1)
-                if print_steps > 0 and k % print_steps == 0:
-                    now = time.time()
-                    logger.info("batch %d/%d, speed: %.2f steps/s", k, reader.steps_per_epoch,
-                                print_steps / max(now - last_time, 1e-9))
-                    last_time = now
-        progress.close()
-        self._pred_iterator = None  # a reader is single-use for predict, as in PALM
-        return finish_prediction(reader, head, output_dir)
+        return self._predict_reader(self._pred_reader, output_dir, print_steps)
+
+    def _predict_reader(self, reader, output_dir: str | None, print_steps: int):
+        with self._predict_lock:
+            head = self._pred_head
+            head.reset()
+            reader.reset()  # a whole pass, whatever get_one_batch('predict') or an earlier call consumed
+            progress = progress_bar(reader.steps_per_epoch, 0, f"{self._name} predict")
+            last_time = time.time()
+            with self._ema_weights():
+                for k, batch in enumerate(reader, 1):
+                    head.batch_postprocess(self.predict_one_batch(batch))
+                    progress.update(1)
+                    if print_steps > 0 and k % print_steps == 0:
+                        now = time.time()
+                        logger.info("batch %d/%d, speed: %.2f steps/s", k, reader.steps_per_epoch,
+                                    print_steps / max(now - last_time, 1e-9))
+                        last_time = now
+            progress.close()
+            self._pred_iterator = None  # the fitted iterator was used up by this pass (PALM: single use)
+            return finish_prediction(reader, head, output_dir)
 
     def reset_buffer(self) -> None:
         if self._pred_head is not None:

@@ -225,10 +225,12 @@ class BERT(nn.Module):
         """Runs one branch (the plain inputs, or the `_neg` ones) through the encoder."""
         # 1. embeddings: word + position + segment (+ task, ERNIE), then LayerNorm and dropout
         emb = F.dropout(self.embed_norm(self.embed(batch, suffix)), self.hidden_dropout, self.training)
-        # 2. key-padding mask as an additive bias [B, 1, 1, L]; None when nothing is padded (faster kernels)
+        # 2. key-padding mask as an additive bias [B, 1, 1, L]; None when nothing is padded (faster kernels).
+        # Whether anything is padded depends on the data, which a traced graph (torch.compile, torch.export,
+        # ONNX) cannot branch on: there the bias is always built (all zeros when nothing is padded).
         mask = batch.get("input_mask" + suffix)
         attn_bias = None
-        if mask is not None and not bool(mask.all()):
+        if mask is not None and (torch.compiler.is_compiling() or not bool(mask.all())):
             attn_bias = torch.zeros(mask.shape, dtype=emb.dtype, device=emb.device)
             attn_bias = attn_bias.masked_fill(mask == 0, torch.finfo(emb.dtype).min)[:, None, None, :]
         # 3. post-LN transformer layers

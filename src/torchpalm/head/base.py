@@ -49,6 +49,11 @@ class Head(nn.Module):
         """Constructor arguments, JSON-serialisable, to rebuild this head without the training script."""
         return {}
 
+    def export_output(self, backbone_outputs: dict, batch: dict) -> torch.Tensor:
+        """The one tensor this head contributes to an exported (ONNX) graph: its `logits` by default. Heads
+        whose prediction needs a search (a CRF's Viterbi path) export the scores the search runs on."""
+        return self(backbone_outputs, batch)["logits"]
+
     def no_weight_decay(self) -> set[str]:
         """Names of parameters (relative to this head) that must not be weight-decayed."""
         return set()

@@ -15,6 +15,7 @@ import math
 import os
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -120,6 +121,11 @@ class MRC(Head):
             out["loss"] = (F.cross_entropy(start_logits, batch["start_positions"])
                            + F.cross_entropy(end_logits, batch["end_positions"])) / 2
         return out
+
+    def export_output(self, backbone_outputs, batch):
+        """Start and end logits stacked as [B, L, 2] (padding positions at `PAD_LOGIT`)."""
+        out = self(backbone_outputs, batch)
+        return torch.stack([out["start_logits"], out["end_logits"]], dim=-1)
 
     def batch_postprocess(self, outputs):
         if "unique_ids" not in outputs:

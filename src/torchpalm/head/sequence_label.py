@@ -114,11 +114,7 @@ class SequenceLabel(Head):
         Shapes: encoder_outputs [B, L, H], word_starts [B, W], seq_lens [B], label_ids [B, W] ->
         logits [B, W, C], predictions [B, W], loss [].
         """
-        enc = backbone_outputs["encoder_outputs"]
-        starts = batch["word_starts"]
-        # gather each word's first sub-token state: [B, W] -> [B, W, H]
-        words = enc.gather(1, starts.unsqueeze(-1).expand(-1, -1, enc.size(-1)))
-        logits = self.emission(self.dropout(words)).float()
+        logits = self.export_output(backbone_outputs, batch)
         lengths = batch["seq_lens"].to(logits.device)
         mask = torch.arange(logits.size(1), device=logits.device)[None, :] < lengths[:, None]
         out = {"logits": logits, "seq_lens": lengths}
@@ -133,6 +129,15 @@ class SequenceLabel(Head):
         if labels is None or not self.training:  # decoding is wasted work inside a training step
             out["predictions"] = self.decode(logits, mask)
         return out
+
+    def export_output(self, backbone_outputs, batch):
+        """Emission scores [B, W, C] of each word's first sub-token (a CRF's Viterbi search runs on these with
+        the `crf.*_transitions` weights; without a CRF their argmax is the prediction)."""
+        enc = backbone_outputs["encoder_outputs"]
+        starts = batch["word_starts"]
+        # gather each word's first sub-token state: [B, W] -> [B, W, H]
+        words = enc.gather(1, starts.unsqueeze(-1).expand(-1, -1, enc.size(-1)))
+        return self.emission(self.dropout(words)).float()
 
     @torch.no_grad()
     def decode(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -344,6 +344,7 @@ class Reader:
         self._vocab_path = os.fspath(vocab_path)
         self._tokenizer = load_tokenizer(tokenizer, vocab_path, do_lower_case=do_lower_case)
         self._max_len = max_len
+        self._lang = lang
         self._for_cn = lang.lower() in ("cn", "chinese")
         self._phase = phase
         self._seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**63))
@@ -443,6 +444,44 @@ class Reader:
             raise DataError(f"{self._input_file}: no examples")
         self._epoch, self._position = 0, 0
         logger.debug("%s: %d examples from %s", type(self).__name__, len(self._examples), self._input_file)
+
+    def load_inputs(self, inputs: Sequence, batch_size: int) -> None:
+        """Encodes in-memory inputs (what `palm.Predictor.predict` takes) instead of a file, for one ordered pass.
+
+        What an input is depends on the reader (`_examples_from_inputs`): a text, a (text_a, text_b) pair, a list
+        of words, a (question, context) pair.
+        """
+        if self._phase != "predict":
+            raise ValueError(f"{type(self).__name__}: load_inputs is for predict-phase readers")
+        if isinstance(inputs, str | bytes | os.PathLike) or not isinstance(inputs, Sequence):
+            raise TypeError(f"inputs must be a list (of texts, pairs, ...), got {type(inputs).__name__}")
+        if not inputs:
+            raise ValueError("inputs is empty: nothing to predict")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self._input_file, self._batch_size, self._num_epochs, self._shuffle = "<inputs>", batch_size, None, False
+        self._examples = self._examples_from_inputs(list(inputs))
+        self._epoch, self._position = 0, 0
+
+    def _examples_from_inputs(self, inputs: list) -> list[dict]:
+        raise NotImplementedError(f"{type(self).__name__} does not take in-memory inputs; pass a file")
+
+    # ---- inference bundles ----
+    def export_options(self) -> dict:
+        """The constructor arguments (JSON values) that rebuild this reader for prediction, besides the
+        tokenizer's files (`export`). Readers of other kinds override this, adding their own options."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be exported to an inference bundle: it defines "
+                                  f"no export_options()")
+
+    def _base_options(self) -> dict:
+        return {"max_len": self._max_len, "lang": self._lang, "do_lower_case": self._tokenizer.do_lower_case}
+
+    def export(self, directory: str | os.PathLike) -> dict:
+        """Writes this reader's tokenizer files into `directory`; returns `{"class", "options", "files"}`, what
+        `torchpalm.bundle` records to rebuild the reader (files are relative to `directory`)."""
+        os.makedirs(directory, exist_ok=True)
+        options = self.export_options()
+        return {"class": type(self).__name__, "options": options, "files": self._tokenizer.save(directory)}
 
     def _read_rows(self, path: str, required: Sequence[str], optional: Sequence[str] = ()) -> list:
         """The table rows of `path` in the format and with the columns `load_data` was given."""

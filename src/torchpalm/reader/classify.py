@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from .base import DataError, Reader, collate_common, load_label_map, preview
+from .base import COLUMN_ALIASES, DataError, Reader, collate_common, load_label_map, preview
 
 # The gold label of a predict row whose name is not in the label map: scored as a miss, never an error.
 UNKNOWN_LABEL = -1
@@ -30,6 +30,33 @@ def parse_label(value: str, path: str, line_no: int) -> int:
     if label < 0:
         raise DataError(f"{path}:{line_no}: label must be >= 0, got {label}")
     return label
+
+
+def rows_from_inputs(inputs: list, required: tuple[str, ...], optional: tuple[str, ...]) -> list:
+    """Table rows `(input number, {column: text})` from texts, tuples of texts (in the order of `required` then
+    `optional`) or dicts; every input must have the columns the first one has."""
+    columns = (*required, *optional)
+    rows = []
+    for n, item in enumerate(inputs, 1):
+        if isinstance(item, str):
+            item = (item,)
+        if isinstance(item, Mapping):
+            row = {COLUMN_ALIASES.get(k, k): v for k, v in item.items() if COLUMN_ALIASES.get(k, k) in columns}
+        elif isinstance(item, Sequence) and 0 < len(item) <= len(columns):
+            row = dict(zip(columns, item))
+        else:
+            raise TypeError(f"input {n}: expected a text, a tuple of texts {columns} or a dict with "
+                            f"those keys, got {item!r:.80}")
+        missing = [c for c in required if c not in row]
+        bad = [c for c, v in row.items() if not isinstance(v, str)]
+        if missing or bad:
+            raise ValueError(f"input {n}: {'lacks ' + str(missing) if missing else f'{bad} must be strings'} "
+                             f"(each input: {' + '.join(columns)})")
+        if rows and set(row) != set(rows[0][1]):
+            raise ValueError(f"input {n} has {sorted(row)} but input 1 has {sorted(rows[0][1])}; predict one kind "
+                             f"at a time (texts or pairs)")
+        rows.append((n, row))
+    return rows
 
 
 class ClassifyReader(Reader):
@@ -98,10 +125,20 @@ class ClassifyReader(Reader):
         raise DataError(f"{path}:{line_no}: label {name!r} is not in the label map ({self._label_map_source}); "
                         f"known labels: {preview(list(self._label_map))}")
 
+    def export_options(self) -> dict:
+        return {**self._base_options(), "label_map": self.label_map}
+
+    def _examples_from_inputs(self, inputs: list) -> list[dict]:
+        """Texts, (text_a, text_b) pairs, or dicts with those keys; all of one kind."""
+        return self._encode_rows(rows_from_inputs(inputs, ("text_a",), ("text_b",)), "<inputs>")
+
     def _load_examples(self, path):
         need_label = self._phase == "train"
         rows = self._read_rows(path, required=("text_a", "label") if need_label else ("text_a",),
                                optional=("text_b",) if need_label else ("text_b", "label"))
+        return self._encode_rows(rows, path)
+
+    def _encode_rows(self, rows: list, path: str) -> list[dict]:
         has_b = "text_b" in rows[0][1]
         encoded = encode_text_columns(self, rows, ("text_a", "text_b") if has_b else ("text_a",))
         examples = []

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from .base import COMMON_OUTPUTS, collate_common
-from .classify import ClassifyReader, encode_text_columns
+from .classify import ClassifyReader, encode_text_columns, rows_from_inputs
 
 STRATEGIES = ("pointwise", "pairwise")
 NEG_OUTPUTS = {f"{k}_neg": v for k, v in COMMON_OUTPUTS.items()}
@@ -91,9 +91,18 @@ class MatchReader(ClassifyReader):
         # A predict file may be the training file itself: text_b_neg and label are then ignored / kept.
         return ("text_a", "text_b"), ("label",)
 
+    def export_options(self) -> dict:
+        return {**super().export_options(), "learning_strategy": self._learning_strategy}
+
+    def _examples_from_inputs(self, inputs: list) -> list[dict]:
+        """(text_a, text_b) pairs, or dicts with those keys."""
+        return self._encode_rows(rows_from_inputs(inputs, ("text_a", "text_b"), ()), "<inputs>")
+
     def _load_examples(self, path):
         required, optional = self._columns()
-        rows = self._read_rows(path, required=required, optional=optional)
+        return self._encode_rows(self._read_rows(path, required=required, optional=optional), path)
+
+    def _encode_rows(self, rows: list, path: str) -> list[dict]:
         text_columns = ("text_a", "text_b", "text_b_neg") if self._pairwise_train() else ("text_a", "text_b")
         encoded = encode_text_columns(self, rows, text_columns)
         build_inputs = self._tokenizer.build_inputs  # the model's pair template ([SEP] or </s></s> between)

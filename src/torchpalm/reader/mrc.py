@@ -30,6 +30,7 @@ import logging
 import os
 import unicodedata
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -348,8 +349,27 @@ class MRCReader(Reader):
                         f"(pass skip_bad_examples=True to skip such questions)")
 
     # ---- features ----
+    def export_options(self) -> dict:
+        return {**self._base_options(), "max_query_len": self._max_query_len, "doc_stride": self._doc_stride,
+                "with_negative": self._with_negative}
+
+    def _examples_from_inputs(self, inputs: list) -> list[dict]:
+        """(question, context) pairs, or dicts with 'question' and 'context'; question ids are "1", "2", ..."""
+        qas = []
+        for n, item in enumerate(inputs, 1):
+            if isinstance(item, dict):
+                item = (item.get("question"), item.get("context"))
+            if not (isinstance(item, Sequence) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+                raise TypeError(f"input {n}: expected a (question, context) pair of strings, got {item!r:.80}")
+            qas.append({"paragraphs": [{"context": item[1], "qas": [{"id": str(n), "question": item[0]}]}]})
+        self._dataset = {"data": qas}
+        return self._encode_dataset("<inputs>")
+
     def _load_examples(self, path):
         self._dataset = read_squad_json(path)
+        return self._encode_dataset(path)
+
+    def _encode_dataset(self, path: str) -> list[MRCFeature]:
         examples, counts = self._parse(path, self._dataset)
         tok = self._tokenizer._tok
         logger.info("converting examples to features...")

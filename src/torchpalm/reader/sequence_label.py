@@ -362,9 +362,29 @@ class SequenceLabelReader(Reader):
         self._load_format = file_format or self._file_format
         super().load_data(input_file, batch_size, num_epochs, shuffle_train=shuffle_train, columns=columns)
 
+    def export_options(self) -> dict:
+        return {**self._base_options(), "label_map_config": self.label_map, "no_entity_label": self._no_entity_label,
+                "file_format": self._file_format}
+
+    def _examples_from_inputs(self, inputs: list) -> list[dict]:
+        """Lists of words, or sentences: split on whitespace, or into characters for Chinese (lang 'cn')."""
+        sentences = []
+        for n, item in enumerate(inputs, 1):
+            if isinstance(item, str):
+                words = [c for c in item if not c.isspace()] if self._for_cn else item.split()
+            elif isinstance(item, Sequence) and all(isinstance(w, str) for w in item):
+                words = [w for w in item if w != ""]
+            else:
+                raise TypeError(f"input {n}: expected a sentence or a list of words, got {item!r:.80}")
+            sentences.append(TaggedSentence(n, words, None, [n] * len(words)))
+        return self._encode_sentences(sentences, "<inputs>")
+
     def _load_examples(self, path):
         self._used_format, sentences = read_tagged_file(path, self._load_format, self._phase == "train",
                                                         self._file_columns)
+        return self._encode_sentences(sentences, path)
+
+    def _encode_sentences(self, sentences: list[TaggedSentence], path: str) -> list[dict]:
         has_tags = sentences[0].tags is not None
         if self._label_map is None:
             tags = sorted({t for s in sentences for t in s.tags})

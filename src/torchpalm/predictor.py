@@ -1,0 +1,197 @@
+"""Predictor: a model rebuilt from an inference bundle (`torchpalm.bundle`), safe to call from many threads.
+
+    predictor = palm.Predictor.load("bundle/")
+    predictor.predict(["a sentence", "another"])          # classification: label names and probabilities
+    predictor.predict([("a", "b")])                         # matching: pairs
+    predictor.predict([["New", "York"], "a sentence"])      # tagging: words (or sentences split on spaces)
+    predictor.predict([("question?", "context ...")])       # MRC: answers
+    predictor.predict("test.tsv")                           # a file in the reader's format
+    predictor.predict(texts, task="intent")                 # one task of a multi-head bundle
+    predictor.to_onnx("model.onnx")
+
+Thread safety: a call never writes to anything another call reads. The model is in eval mode and only read
+(under `torch.no_grad`); each call encodes its inputs with its own shallow copy of the task's reader (the
+tokenizer is shared; encoding only reads it) and collects results in its own copy of the head (the head's
+parameters are shared, its results buffer is not).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from . import backbone as backbone_module
+from . import checkpoint as ckpt
+from . import head as head_module
+from . import reader as reader_module
+from .bundle import BUNDLE_FILE, read_spec
+from .head.base import Head
+from .loop import autocast, default_device, same_inputs, to_device
+from .reader.base import Reader
+from .trainer import finish_prediction, outputs_to_numpy
+
+# inputs the exported graph never needs (bookkeeping the reader passes through to post-processing)
+NOT_MODEL_INPUTS = ("unique_ids",)
+
+
+def _lookup(module, name: str, base: type, what: str, source: str) -> type:
+    """A class named in bundle.json, found in torchpalm's own package only (loading never imports other code)."""
+    cls = getattr(module, str(name), None) if not str(name).startswith("_") else None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        known = sorted(n for n in getattr(module, "__all__", ()) if isinstance(getattr(module, n, None), type))
+        raise ValueError(f"{source}: unknown {what} class {name!r} (torchpalm knows {known})")
+    return cls
+
+
+class Predictor:
+    """A backbone and one or more task heads with their readers, for prediction only. Build with `load`."""
+
+    def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module], readers: dict[str, Reader],
+                 device: torch.device, precision: str = "fp32", source: str = "<modules>"):
+        self.backbone = backbone.to(device).eval()
+        self.heads = {name: head.to(device).eval() for name, head in heads.items()}
+        self.readers = readers
+        self.device, self.precision, self.source = device, precision, source
+
+    @classmethod
+    def load(cls, bundle_dir: str | os.PathLike, device: str | torch.device | None = None,
+             precision: str = "fp32", _unfinished: bool = False) -> Predictor:
+        """Rebuilds the model of an inference bundle written by `palm.export` or `set_saver(save_type='predict')`.
+
+        Args:
+            bundle_dir: the bundle folder.
+            device: default CUDA if available, else CPU.
+            precision: 'fp32' (default: outputs as the training run's evaluation on CPU), 'bf16', 'fp16' or
+                'auto' (bf16 autocast on CUDA).
+
+        Raises:
+            FileNotFoundError: the folder, bundle.json, the weights or a reader's file is missing (named).
+            ValueError: a bundle of a newer format version (both versions named), an incomplete bundle, an
+                unknown class, or weights that do not fit the configs.
+        """
+        directory = os.fspath(bundle_dir)
+        spec = read_spec(directory, check_complete=not _unfinished)
+        where = os.path.join(directory, BUNDLE_FILE)
+        bb = spec["backbone"]
+        backbone = _lookup(backbone_module, bb.get("class"), nn.Module, "backbone", where).from_config(
+            bb["config"], phase="predict")
+        heads, readers, owners = {}, {}, {}
+        for name, task in spec["tasks"].items():
+            try:
+                head_spec, reader_spec = task["head"], task["reader"]
+                config = dict(head_spec["config"])
+                owners[name] = task.get("weights_of", name)
+            except (KeyError, TypeError) as e:
+                raise ValueError(f"{where}: task {name!r} lacks {e} (expected head, reader and weights_of)") from None
+            if "pred_output_path" in config:  # a training run's output folder means nothing here
+                config["pred_output_path"] = None
+            heads[name] = _lookup(head_module, head_spec.get("class"), Head, "head", where)(**config, phase="predict")
+            files = {}
+            for arg, rel in reader_spec.get("files", {}).items():
+                files[arg] = os.path.join(directory, rel)
+                if not os.path.isfile(files[arg]):
+                    raise FileNotFoundError(f"{directory}: missing {rel} (task {name!r}: its reader's {arg}, "
+                                            f"listed in {BUNDLE_FILE})")
+            reader_cls = _lookup(reader_module, reader_spec.get("class"), Reader, "reader", where)
+            readers[name] = reader_cls(**files, **reader_spec.get("options", {}), phase="predict")
+            readers[name].register_with(backbone)
+            heads[name].check_reader(readers[name])  # label-map size; the tagger's no-entity id
+        weights = os.path.join(directory, "model.safetensors")
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"{directory}: missing model.safetensors (the weights)")
+        state = load_file(weights, device="cpu")
+        missing = [f"backbone.{k}" for k in ckpt.assign_state(
+            backbone, {k[9:]: v for k, v in state.items() if k.startswith("backbone.")}, weights)]
+        for name, head in heads.items():
+            prefix = owners[name] + "."
+            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            missing += [f"{owners[name]}.{k}" for k in ckpt.assign_state(head, own, weights)]
+        if missing:
+            raise ValueError(f"{weights}: lacks {len(missing)} tensor(s) the bundle's model needs, e.g. {missing[:5]}")
+        device = torch.device(device) if device is not None else default_device()
+        return cls(backbone, heads, readers, device, precision, directory)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.heads)
+
+    def _task_names(self, task: str | None) -> list[str]:
+        if task is None:
+            return self.tasks
+        if task not in self.heads:
+            raise KeyError(f"no task {task!r} in {self.source} (tasks: {self.tasks})")
+        return [task]
+
+    @torch.no_grad()
+    def predict(self, inputs: Sequence | str | os.PathLike, task: str | None = None, batch_size: int = 32):
+        """Predicts `inputs`: a list (texts, (text_a, text_b) pairs, word lists, (question, context) pairs, as
+        each task's reader takes them) or the path of a file in the reader's format.
+
+        Returns the task's results (a bundle with one task, or `task=`), else `{task: results}`. Results, one
+        per input in order: classification and matching `{"index", "label", "label_name" (with a label map),
+        "probs", "logits"}`; tagging `{"index", "words", "tags", "tag_ids"}`; MRC the answer text (a file:
+        `{question id: answer}`). Tasks that read the same text share one backbone pass per batch.
+        """
+        names = self._task_names(task)
+        readers = {n: self._reader_for(n, inputs, batch_size) for n in names}
+        buffers = {n: copy.copy(self.heads[n]) for n in names}  # own results buffer; parameters shared
+        for buffer in buffers.values():
+            buffer.reset()
+        keys = list(self.backbone.inputs_attr)
+        by_steps: dict[int, list[str]] = {}  # tasks whose batches line up can share backbone passes
+        for n in names:
+            by_steps.setdefault(readers[n].steps_per_epoch, []).append(n)
+        for group in by_steps.values():
+            for batches in zip(*(iter(readers[n]) for n in group)):
+                computed: list[tuple[dict, dict]] = []  # (backbone inputs, features) of this step
+                for n, batch in zip(group, batches):
+                    batch = to_device(batch, self.device)
+                    with autocast(self.device, self.precision):
+                        features = next((f for b, f in computed if same_inputs(b, batch, keys)), None)
+                        if features is None:
+                            features = self.backbone(batch)
+                            computed.append((batch, features))
+                        outputs = self.heads[n](features, batch)
+                    buffers[n].batch_postprocess(outputs_to_numpy(outputs))
+        results = {n: self._plain(finish_prediction(readers[n], buffers[n], None), inputs) for n in names}
+        return results[names[0]] if len(names) == 1 and (task is not None or len(self.heads) == 1) else results
+
+    def _reader_for(self, name: str, inputs, batch_size: int) -> Reader:
+        reader = copy.copy(self.readers[name])  # this call's own position, examples and epoch outputs
+        if isinstance(inputs, str | os.PathLike):
+            reader.load_data(inputs, batch_size)
+        else:
+            reader.load_inputs(inputs, batch_size)
+        return reader
+
+    @staticmethod
+    def _plain(results, inputs):
+        """Plain Python values: tag sequences as dicts; MRC answers of a list of inputs as a list in order."""
+        if isinstance(results, dict):
+            if isinstance(inputs, str | os.PathLike):
+                return results
+            return [results.get(str(n), "") for n in range(1, len(inputs) + 1)]
+        return [{"index": i, "words": r.words, "tags": r.tags, "tag_ids": list(r)} if hasattr(r, "tags") else r
+                for i, r in enumerate(results)]
+
+    # ---- ONNX ----
+    def to_onnx(self, path: str | os.PathLike, tasks: Sequence[str] | None = None) -> str:
+        """Exports the backbone and the heads of `tasks` (default all) as one ONNX graph (`torch.onnx.export`,
+        dynamo): one backbone pass, one output per task named after it (`Head.export_output`: logits;
+        emission scores for a tagger; [B, L, 2] start/end logits for MRC), batch and sequence axes dynamic.
+
+        Inputs are the backbone's (`token_ids`, `position_ids`, `segment_ids`, `input_mask`, ERNIE's
+        `task_ids`) and the heads' (`word_starts`, `seq_lens` for tagging), int64, as the readers yield them.
+        """
+        from .onnx_export import export_onnx
+
+        names = list(tasks) if tasks is not None else self.tasks
+        for n in names:
+            self._task_names(n)
+        return export_onnx(self, names, os.fspath(path))
+
