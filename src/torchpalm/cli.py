@@ -20,6 +20,7 @@ import torchpalm as palm
 
 from . import config as C
 from .config import ConfigError
+from .metrics_log import plot_metrics
 from .reader import DataError
 
 logger = logging.getLogger("torchpalm")
@@ -37,7 +38,7 @@ config (YAML; relative paths are relative to the config file):
   schedule:   type (triangular|warmup|none), warmup (steps, or a float < 1: fraction of the run),
               decay_from_warmup_end
   train:      epochs, batch_size, max_len, seed, save_path, save_steps, print_steps, evaluate_every,
-              device, precision, grad_clip
+              device, precision, grad_clip, tensorboard
   multi_task: sampling, temperature, max_examples, anneal_to, seed, reference (several tasks only)
 A misspelt, missing or mistyped key is an error naming its path, e.g. tasks[0].reader.max_len.
 """
@@ -144,7 +145,8 @@ def train(cfg: dict, dry_run: bool = False) -> str | None:
     # 8. pretrained weights, saver, dev sets, train
     if pretrained is not None:
         runner.load_pretrain(pretrained)
-    runner.set_saver(save_path=tr["save_path"], save_steps=tr["save_steps"], save_type="ckpt")
+    runner.set_saver(save_path=tr["save_path"], save_steps=tr["save_steps"], save_type="ckpt",
+                     tensorboard=tr["tensorboard"])
     dev_tasks = [t for t in tasks if t["dev_file"] is not None]
     for t in dev_tasks:
         trainer = trainers[t["name"]]
@@ -344,6 +346,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--to", dest="target_format", required=True, choices=["hf", "torchpalm"])
     s.add_argument("src", help="source model directory (or weights file)")
     s.add_argument("dst", help="output directory")
+    s = sub.add_parser("plot", help="Draw a run's loss, learning-rate and dev-metric curves into a PNG.",
+                       description="Draw the curves of <save_path>/metrics.jsonl (written by training with a "
+                       "saver) into a PNG, as training does at its end (needs matplotlib).", formatter_class=fmt)
+    s.add_argument("save_path", help="the run's save_path (or its metrics.jsonl)")
+    s.add_argument("-o", "--output", default=None, help="the PNG to write (default <save_path>/metrics.png)")
     return p
 
 
@@ -357,6 +364,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 p.error(f"convert: --from {args.source_format} --to {args.target_format} is no conversion "
                         f"(available: hf -> torchpalm, torchpalm -> hf)")
             print(conversion(args.src, args.dst))
+            return 0
+        if args.command == "plot":
+            try:
+                print(plot_metrics(args.save_path, args.output))
+            except (ImportError, ValueError) as e:  # no matplotlib; a metrics file with nothing to draw
+                print(f"torchpalm plot: error: {e}", file=sys.stderr)
+                return 2
             return 0
         cfg = C.load(args.config, args.set)
         if args.command == "train":

@@ -9,7 +9,7 @@ and the training settings; `torchpalm train|predict|evaluate` (torchpalm/cli.py)
     optimizer: {type: adam, lr, weight_decay}
     schedule:  {type: triangular|warmup|none, warmup: steps (int) or fraction (float < 1), decay_from_warmup_end}
     train:     {epochs, batch_size, max_len, seed, save_path, save_steps, print_steps, evaluate_every, device,
-               precision, grad_clip}
+               precision, grad_clip, tensorboard}
     multi_task: {sampling, temperature, max_examples, anneal_to, seed, reference}   (several tasks only)
 
 The reader and head options are the parameters of their classes' constructors (and of the reader's
@@ -118,6 +118,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "device": Key(OPT_STR, None),
         "precision": Key((str,), "auto", ("auto", "bf16", "fp16", "fp32")),
         "grad_clip": Key(OPT_NUMBER, None),
+        "tensorboard": Key((bool,), False),
     },
 }
 TOP = {"backbone": REQUIRED, "tasks": REQUIRED, "optimizer": REQUIRED, "schedule": {}, "train": {},
