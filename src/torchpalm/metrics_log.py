@@ -6,8 +6,8 @@ Written by the training loop at every log line (`{"step", "task", "task_step", "
 output. A resumed run drops the lines past the step it resumes from, so the file never holds two histories.
 
 Every record goes through `MetricsLog.write`, the one place that also writes TensorBoard (optional, `pip install
-tensorboard`): `loss/<task>`, `lr`, `steps_per_second/<task>`, `eval/<task>/<metric>` and `eval/aggregate`, at the
-global step; a resumed run purges the events past its step as it does the lines. At the end of training
+tensorboard`): `loss/<task>`, `lr`, `steps_per_second/<task>`, `eval/<task>/<metric>` and (several tasks) `eval/aggregate`,
+at the global step; a resumed run purges the events past its step as it does the lines. At the end of training
 `<save_path>/metrics.png` shows the curves (optional, matplotlib); `plot_metrics(save_path)` or
 `torchpalm plot <save_path>` redraws them from a finished run.
 """
@@ -114,7 +114,7 @@ def tensorboard_scalars(record: dict) -> list[tuple[str, float]]:
     if "eval" in record:
         scalars = [(f"eval/{task}/{name}", value) for task, scores in record["eval"].items()
                    for name, value in scores.items()]
-        if "aggregate" in record:
+        if "aggregate" in record and len(record["eval"]) > 1:  # with one task it is that task's metric
             scalars.append(("eval/aggregate", record["aggregate"]))
         return scalars
     task = record["task"]
@@ -166,7 +166,7 @@ def curve_series(records: Iterable[dict]) -> dict[str, dict[str, Series]]:
             for task, scores in r["eval"].items():
                 for name, value in scores.items():
                     add(f"{task} (dev)", name, r["step"], value)
-            if "aggregate" in r:
+            if "aggregate" in r and len(r["eval"]) > 1:
                 add("aggregate (dev)", "aggregate", r["step"], r["aggregate"])
         elif "loss" in r:
             add("loss", r["task"], r["step"], r["loss"])
