@@ -100,7 +100,13 @@ class MetricsLog:
             except ImportError:
                 logger.debug("matplotlib is not installed: no %s", PLOT_NAME)
                 return
-        path = plot_metrics(self.path)
+        try:
+            path = plot_metrics(self.path)
+        except Exception as e:  # noqa: BLE001 - a drawing that was not asked for never fails a finished run
+            if self.plot:
+                raise
+            logger.warning("could not draw %s: %s", PLOT_NAME, e)
+            return
         logger.info("training curves drawn in %s", path)
 
     def close(self) -> None:

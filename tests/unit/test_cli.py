@@ -144,8 +144,9 @@ def test_single_task_train_predict_evaluate(tmp_path, uncased_vocab, capsys, mon
     assert (tmp_path / "cwd" / "o1" / "ckpt.step3").is_dir()
     # with periodic saving, the last step is saved once, by the saver
     assert main(["train", path, "--set", "train.epochs=1", "--set", "train.save_path=o2", "--set",
-                 "train.save_steps=2"]) == 0
-    assert sorted(os.listdir(tmp_path / "cwd" / "o2")) == ["ckpt.step2", "ckpt.step3", "dev_metrics.json", "metrics.jsonl"]
+                 "train.save_steps=2", "--set", "train.tensorboard=true"]) == 0
+    assert sorted(os.listdir(tmp_path / "cwd" / "o2")) == ["ckpt.step2", "ckpt.step3", "dev_metrics.json",
+                                                         "metrics.jsonl", "metrics.png", "tensorboard"]
 
 
 def test_two_task_train_predict_evaluate(tmp_path, uncased_vocab):

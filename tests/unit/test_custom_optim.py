@@ -156,7 +156,7 @@ def test_multi_task_keeps_groups_crf_scale_and_the_trainers_length(tmp_path, unc
     mh, sched, _ = multi(tmp_path, uncased_vocab, tiny_config)
     total = mh._overall_train_steps
     assert sched.num_train_steps == total and total >= 20
-    groups = mh._loop.torch_optimizer.param_groups
+    groups = mh.torch_optimizer.param_groups
     crf = mh.model.heads["tag"]
     no_decay = {f"heads.tag.{n}" for n in crf.no_weight_decay()}
     assert no_decay and {id(p) for g in groups if g["weight_decay"] == WD for p in g["params"]} == \
@@ -164,7 +164,7 @@ def test_multi_task_keeps_groups_crf_scale_and_the_trainers_length(tmp_path, unc
     assert sorted(g["lr_scale"] for g in groups) == [1.0, 1.0, CRF_SCALE]
     assert {id(p) for g in groups if g["lr_scale"] == CRF_SCALE for p in g["params"]} == \
         {id(p) for n, p in crf.named_parameters() if n in crf.param_lr_scales()}
-    seen = record_lrs(mh._loop)
+    seen = record_lrs(mh)
     mh.train(print_steps=0)
     twin = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-3)
     twin_sched, twin_lrs = warmup_then_cosine(twin, total), []
