@@ -34,9 +34,10 @@ config (YAML; relative paths are relative to the config file):
               options = the reader class's constructor/load_data parameters}, head {type: the same kinds,
               options = the head class's constructor parameters}, train_file, dev_file, predict_file,
               mix_ratio, aux, loss_weight
-  optimizer:  type (adam), lr, weight_decay
+  optimizer:  type (adam, or a torch.optim class: SGD, AdamW, ...), lr, weight_decay, options (its arguments)
   schedule:   type (triangular|warmup|none), warmup (steps, or a float < 1: fraction of the run),
-              decay_from_warmup_end
+              decay_from_warmup_end; or type (a torch.optim.lr_scheduler class: CosineAnnealingLR, ...),
+              options (its arguments; the value num_train_steps is the run's length)
   train:      epochs, batch_size, max_len, seed, save_path, save_steps, print_steps, evaluate_every,
               device, precision, grad_clip, tensorboard
   multi_task: sampling, temperature, max_examples, anneal_to, seed, reference (several tasks only)
@@ -45,9 +46,19 @@ A misspelt, missing or mistyped key is an error naming its path, e.g. tasks[0].r
 
 
 # ---------------------------------------------------------------- building blocks
+def make_optimizer(cfg: dict, loss_var):
+    """PALM's Adam or a torch.optim optimizer, with the config's schedule."""
+    opt = cfg["optimizer"]
+    if opt["type"] == "adam":
+        return palm.optimizer.Adam(loss_var, opt["lr"], make_schedule(cfg), **opt["options"])
+    return palm.optimizer.Torch(C.TORCH_OPTIMIZERS[opt["type"]], opt["lr"], make_schedule(cfg), **opt["options"])
+
+
 def make_schedule(cfg: dict):
     """The schedule, its length left to the trainer (it knows the exact number of steps it will run)."""
     s = cfg["schedule"]
+    if s["type"] in C.TORCH_SCHEDULES:
+        return palm.lr_sched.Torch(C.TORCH_SCHEDULES[s["type"]], **s["options"])
     if s["type"] == "none":
         return None
     if s["type"] == "warmup":
@@ -133,8 +144,7 @@ def train(cfg: dict, dry_run: bool = False) -> str | None:
         runner = trainer
     # 6. optimizer, schedule, backward
     opt = cfg["optimizer"]
-    runner.build_backward(palm.optimizer.Adam(loss_var, opt["lr"], make_schedule(cfg)),
-                          weight_decay=opt["weight_decay"])
+    runner.build_backward(make_optimizer(cfg, loss_var), weight_decay=opt["weight_decay"])
     # 7. fit the readers
     if multi:
         main_tasks = [t["name"] for t in tasks if not t["aux"]]
