@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import weakref
 from collections.abc import Iterable
 
 logger = logging.getLogger("torchpalm")
@@ -24,6 +25,14 @@ logger = logging.getLogger("torchpalm")
 FILE_NAME = "metrics.jsonl"
 PLOT_NAME = "metrics.png"
 EXTRAS_HINT = "pip install 'torchpalm[logging]'"
+
+
+def check_extras(tensorboard: bool, plot: bool | None) -> None:
+    """Raises ImportError now, naming the package, when what was asked for is not installed."""
+    if tensorboard:
+        _summary_writer_class()
+    if plot:
+        _matplotlib_figure()
 
 
 def _summary_writer_class():
@@ -50,9 +59,8 @@ class MetricsLog:
         self.path = os.path.join(self.directory, FILE_NAME)
         self.tensorboard_dir = os.fspath(tensorboard_dir) if tensorboard_dir is not None else None
         self.plot = plot
+        check_extras(tensorboard_dir is not None, plot)  # asked for and missing: an error now, not after training
         self._writer_class = _summary_writer_class() if tensorboard_dir is not None else None
-        if plot:
-            _matplotlib_figure()  # asked for: a missing matplotlib is an error now, not after training
         self._writer = None
         self._purge_step: int | None = None
 
@@ -70,6 +78,8 @@ class MetricsLog:
         if self._writer is None:
             # purge_step: TensorBoard drops the events of earlier runs in this folder from that step on
             self._writer = self._writer_class(self.tensorboard_dir, purge_step=self._purge_step, flush_secs=10)
+            # a script's own train_one_step loop never reaches finish(): flush at exit all the same
+            weakref.finalize(self, self._writer.close)
         return self._writer
 
     def drop_after(self, step: int) -> None:

@@ -38,6 +38,7 @@ from .loop import (
     progress_bar,
     to_device,
 )
+from .metrics_log import check_extras
 from .optimizer import Optimizer
 
 logger = logging.getLogger("torchpalm")
@@ -587,6 +588,7 @@ def saver_args(save_path, save_steps, save_type: str, can_export: bool, max_to_k
         raise ValueError(f"tensorboard must be True, False or a directory, got {tensorboard!r}")
     if plot not in (None, True, False):
         raise ValueError(f"plot must be None (when matplotlib is installed), True or False, got {plot!r}")
+    check_extras(tensorboard_dir is not None, plot)
     return save_path, save_steps, types, max_to_keep, tensorboard_dir, plot
 
 

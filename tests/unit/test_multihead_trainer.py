@@ -733,6 +733,8 @@ def test_logging_extras_are_needed_only_when_asked_for(tmp_path, uncased_vocab, 
 
     for module in ("torch.utils.tensorboard", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(ImportError, match="tensorboard package"):  # before build_backward too
+        palm.Trainer("early").set_saver(str(tmp_path / "o"), 100, tensorboard=True)
     trainer, _ = single_task_with_dev(tmp_path, uncased_vocab, tiny_config)
     with pytest.raises(ImportError, match="tensorboard package.*torchpalm\\[logging\\]"):
         trainer.set_saver(str(tmp_path / "o"), 100, tensorboard=True)
