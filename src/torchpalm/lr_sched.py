@@ -200,5 +200,5 @@ Scheduler = Schedualer
 TriangularScheduler = TriangularSchedualer
 WarmupScheduler = WarmupSchedualer
 
-__all__ = ["NUM_TRAIN_STEPS", "Schedualer", "Torch", "Scheduler", "TriangularSchedualer", "TriangularScheduler", "WarmupSchedualer",
-           "WarmupScheduler"]
+__all__ = ["NUM_TRAIN_STEPS", "Schedualer", "Scheduler", "Torch", "TriangularSchedualer", "TriangularScheduler",
+           "WarmupSchedualer", "WarmupScheduler"]
