@@ -21,6 +21,7 @@ import torchpalm as palm
 from . import config as C
 from .config import ConfigError
 from .convert.paddle import PaddleFormatError, convert_paddle_to_torchpalm, convert_torchpalm_to_paddle
+from .metrics_log import plot_metrics
 from .reader import DataError
 
 logger = logging.getLogger("torchpalm")
@@ -35,20 +36,31 @@ config (YAML; relative paths are relative to the config file):
               options = the reader class's constructor/load_data parameters}, head {type: the same kinds,
               options = the head class's constructor parameters}, train_file, dev_file, predict_file,
               mix_ratio, aux, loss_weight
-  optimizer:  type (adam), lr, weight_decay
+  optimizer:  type (adam, or a torch.optim class: SGD, AdamW, ...), lr, weight_decay, options (its arguments)
   schedule:   type (triangular|warmup|none), warmup (steps, or a float < 1: fraction of the run),
-              decay_from_warmup_end
+              decay_from_warmup_end; or type (a torch.optim.lr_scheduler class: CosineAnnealingLR, ...),
+              options (its arguments; the value num_train_steps is the run's length)
   train:      epochs, batch_size, max_len, seed, save_path, save_steps, print_steps, evaluate_every,
-              device, precision, grad_clip
+              device, precision, grad_clip, tensorboard
   multi_task: sampling, temperature, max_examples, anneal_to, seed, reference (several tasks only)
 A misspelt, missing or mistyped key is an error naming its path, e.g. tasks[0].reader.max_len.
 """
 
 
 # ---------------------------------------------------------------- building blocks
+def make_optimizer(cfg: dict, loss_var):
+    """PALM's Adam or a torch.optim optimizer, with the config's schedule."""
+    opt = cfg["optimizer"]
+    if opt["type"] == "adam":
+        return palm.optimizer.Adam(loss_var, opt["lr"], make_schedule(cfg), **opt["options"])
+    return palm.optimizer.Torch(C.TORCH_OPTIMIZERS[opt["type"]], opt["lr"], make_schedule(cfg), **opt["options"])
+
+
 def make_schedule(cfg: dict):
     """The schedule, its length left to the trainer (it knows the exact number of steps it will run)."""
     s = cfg["schedule"]
+    if s["type"] in C.TORCH_SCHEDULES:
+        return palm.lr_sched.Torch(C.TORCH_SCHEDULES[s["type"]], **s["options"])
     if s["type"] == "none":
         return None
     if s["type"] == "warmup":
@@ -134,8 +146,7 @@ def train(cfg: dict, dry_run: bool = False) -> str | None:
         runner = trainer
     # 6. optimizer, schedule, backward
     opt = cfg["optimizer"]
-    runner.build_backward(palm.optimizer.Adam(loss_var, opt["lr"], make_schedule(cfg)),
-                          weight_decay=opt["weight_decay"])
+    runner.build_backward(make_optimizer(cfg, loss_var), weight_decay=opt["weight_decay"])
     # 7. fit the readers
     if multi:
         main_tasks = [t["name"] for t in tasks if not t["aux"]]
@@ -146,7 +157,8 @@ def train(cfg: dict, dry_run: bool = False) -> str | None:
     # 8. pretrained weights, saver, dev sets, train
     if pretrained is not None:
         runner.load_pretrain(pretrained)
-    runner.set_saver(save_path=tr["save_path"], save_steps=tr["save_steps"], save_type="ckpt")
+    runner.set_saver(save_path=tr["save_path"], save_steps=tr["save_steps"], save_type="ckpt",
+                     tensorboard=tr["tensorboard"])
     dev_tasks = [t for t in tasks if t["dev_file"] is not None]
     for t in dev_tasks:
         trainer = trainers[t["name"]]
@@ -359,6 +371,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("dir", nargs="?", default=".", help="parent directory (default: .)")
     s.add_argument("--revision", default=None, help="Hub branch, tag or commit (default: main)")
     s.add_argument("--cache-dir", default=None, help="Hub cache (default: huggingface_hub's)")
+    s = sub.add_parser("plot", help="Draw a run's loss, learning-rate and dev-metric curves into a PNG.",
+                       description="Draw the curves of <save_path>/metrics.jsonl (written by training with a "
+                       "saver) into a PNG, as training does at its end (needs matplotlib).", formatter_class=fmt)
+    s.add_argument("save_path", help="the run's save_path (or its metrics.jsonl)")
+    s.add_argument("-o", "--output", default=None, help="the PNG to write (default <save_path>/metrics.png)")
     return p
 
 
@@ -402,6 +419,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error("predict: give CONFIG --checkpoint CKPT, or --bundle DIR")
         if args.command == "predict" and args.checkpoint is None:
             p.error("predict: --checkpoint is required with a CONFIG (or use --bundle DIR)")
+        if args.command == "plot":
+            try:
+                print(plot_metrics(args.save_path, args.output))
+            except (ImportError, ValueError) as e:  # no matplotlib; a metrics file with nothing to draw
+                print(f"torchpalm plot: error: {e}", file=sys.stderr)
+                return 2
+            return 0
         cfg = C.load(args.config, args.set)
         if args.command == "train":
             train(cfg, dry_run=args.dry_run)

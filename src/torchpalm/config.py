@@ -6,10 +6,12 @@ and the training settings; `torchpalm train|predict|evaluate` (torchpalm/cli.py)
     backbone:  {type: bert|ernie|roberta, pretrained: DIR|null, config: FILE|{...}|null, vocab: FILE|null}
     tasks:     a list of {name, reader: {type, ...}, head: {type, ...}, train_file, dev_file, predict_file,
                mix_ratio, aux, loss_weight} (a single mapping is one task)
-    optimizer: {type: adam, lr, weight_decay}
+    optimizer: {type: adam or a torch.optim class (SGD, AdamW, ...), lr, weight_decay, options: {its arguments}}
     schedule:  {type: triangular|warmup|none, warmup: steps (int) or fraction (float < 1), decay_from_warmup_end}
+               or {type: a torch.optim.lr_scheduler class (CosineAnnealingLR, ...), options: {its arguments}},
+               where the option value `num_train_steps` is the run length the trainer computes
     train:     {epochs, batch_size, max_len, seed, save_path, save_steps, print_steps, evaluate_every, device,
-               precision, grad_clip}
+               precision, grad_clip, tensorboard}
     multi_task: {sampling, temperature, max_examples, anneal_to, seed, reference}   (several tasks only)
 
 The reader and head options are the parameters of their classes' constructors (and of the reader's
@@ -40,12 +42,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import yaml
 
 from . import backbone as backbones
 from . import head as heads
 from . import reader as readers
 from .evaluation import DEFAULT_METRICS
+from .lr_sched import NUM_TRAIN_STEPS
 from .multihead_trainer import MultiHeadTrainer
 from .reader import DataError
 
@@ -78,6 +82,20 @@ READERS = {"classify": "ClassifyReader", "match": "MatchReader", "sequence_label
 HEADS = {"classify": "Classify", "match": "Match", "sequence_label": "SequenceLabel", "mrc": "MRC",
          "mask_lm": "MaskLM"}
 
+def _subclasses_in(module, base: type) -> dict[str, type]:
+    return {name: obj for name, obj in sorted(vars(module).items())
+            if isinstance(obj, type) and issubclass(obj, base) and obj is not base and not name.startswith("_")}
+
+
+# torch's optimizers, and its schedules that are a function of the step alone (not ones built from other
+# schedules or functions, which a YAML value cannot hold, nor ReduceLROnPlateau, which follows a metric)
+TORCH_OPTIMIZERS = _subclasses_in(torch.optim, torch.optim.Optimizer)
+TORCH_SCHEDULES = {name: cls for name, cls in _subclasses_in(torch.optim.lr_scheduler,
+                                                              torch.optim.lr_scheduler.LRScheduler).items()
+                   if name not in ("ReduceLROnPlateau", "SequentialLR", "ChainedScheduler", "LambdaLR",
+                                   "MultiplicativeLR")}
+PALM_SCHEDULES = ("triangular", "warmup", "none")
+
 SECTIONS: dict[str, dict[str, Key]] = {
     "backbone": {
         "type": Key((str,), "bert", tuple(BACKBONES)),
@@ -97,14 +115,16 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "loss_weight": Key(NUMBER, 1.0),
     },
     "optimizer": {
-        "type": Key((str,), "adam", ("adam",)),
+        "type": Key((str,), "adam", ("adam", *TORCH_OPTIMIZERS)),
         "lr": Key(NUMBER, REQUIRED),
         "weight_decay": Key(OPT_NUMBER, None),
+        "options": Key((dict, type(None)), None),
     },
     "schedule": {
-        "type": Key((str,), "triangular", ("triangular", "warmup", "none")),
+        "type": Key((str,), "triangular", (*PALM_SCHEDULES, *TORCH_SCHEDULES)),
         "warmup": Key(NUMBER, 0.1),
         "decay_from_warmup_end": Key((bool,), False),
+        "options": Key((dict, type(None)), None),
     },
     "train": {
         "epochs": Key(NUMBER, 1),
@@ -118,6 +138,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "device": Key(OPT_STR, None),
         "precision": Key((str,), "auto", ("auto", "bf16", "fp16", "fp32")),
         "grad_clip": Key(OPT_NUMBER, None),
+        "tensorboard": Key((bool,), False),
     },
 }
 TOP = {"backbone": REQUIRED, "tasks": REQUIRED, "optimizer": REQUIRED, "schedule": {}, "train": {},
@@ -259,6 +280,23 @@ def _section(raw, path: str, keys: dict[str, Key], base_dir: str, cwd_keys: set[
     return out
 
 
+def _class_options(where: str, options: dict | None, cls: type | None, wired: tuple[str, ...]) -> dict:
+    """A torch class's keyword arguments from the config: unknown or wired names are errors naming them;
+    YAML lists become tuples (`betas: [0.9, 0.98]`)."""
+    options = dict(options or {})
+    if cls is None:  # palm's Adam
+        valid = ["betas", "eps"]
+    else:
+        valid = [n for n, p in inspect.signature(cls).parameters.items()
+                 if n not in wired and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    for key in options:
+        if key not in valid:
+            hint = difflib.get_close_matches(key, valid, n=1)
+            raise ConfigError(f"{_join(where, key)}: unknown option{f' (did you mean {hint[0]}?)' if hint else ''}"
+                              f"{' (set by the trainer)' if key in wired else ''}; valid options: {', '.join(valid)}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+
+
 def resolve_path(value: str, base_dir: str) -> str:
     """`~` and `${VAR}` expanded, relative paths joined to `base_dir`; `package:NAME` is left as it is."""
     if value.startswith("package:"):
@@ -284,7 +322,17 @@ def validate(raw: dict, base_dir: str = ".", cwd_keys: set[str] = frozenset()) -
                        "config.json is needed)")
     if b["pretrained"] is None and b["vocab"] is None:
         raise _missing("backbone", "vocab", SECTIONS["backbone"], " (without `pretrained`, vocab.txt is needed)")
-    s = cfg["schedule"]
+    o, s = cfg["optimizer"], cfg["schedule"]
+    o["options"] = _class_options("optimizer.options", o["options"], TORCH_OPTIMIZERS.get(o["type"]),
+                                  ("params", "lr", "weight_decay"))
+    if s["type"] in PALM_SCHEDULES:
+        if s["options"]:
+            raise ConfigError(f"schedule.options: the {s['type']!r} schedule takes warmup and "
+                              f"decay_from_warmup_end, not options (options are a torch schedule's arguments)")
+    else:
+        s["options"] = _class_options("schedule.options", s["options"], TORCH_SCHEDULES[s["type"]],
+                                      ("optimizer", "last_epoch", "verbose"))
+        s["options"] = {k: NUM_TRAIN_STEPS if v == "num_train_steps" else v for k, v in s["options"].items()}
     if s["warmup"] < 0 or (isinstance(s["warmup"], float) and s["warmup"] >= 1):
         raise ConfigError(f"schedule.warmup: expected a number of steps (integer >= 0) or a fraction of the run "
                           f"(0 <= float < 1), got {s['warmup']!r}")

@@ -184,6 +184,9 @@ class TrainLoop:
     def __init__(self, model: MultiTaskModel, tasks: dict[str, Task], optimizer: Optimizer,
                  weight_decay: float | None, use_ema: bool, ema_decay: float | None, device: torch.device,
                  precision: str, grad_clip: float | None, skip_nonfinite: bool = False):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"build_backward(optimizer=...) takes a torchpalm optimizer, got {optimizer!r}; wrap a "
+                            f"torch one as palm.optimizer.Torch(torch.optim.SGD, lr=..., momentum=...)")
         self.model, self.tasks, self.optimizer = model, tasks, optimizer
         self.device, self.precision, self.grad_clip = device, precision, grad_clip
         self.skip_nonfinite = skip_nonfinite
@@ -191,7 +194,7 @@ class TrainLoop:
         for name, head in model.heads.items():
             no_decay |= {f"heads.{name}.{n}" for n in head.no_weight_decay()}
             lr_scales.update({f"heads.{name}.{n}": s for n, s in head.param_lr_scales().items()})
-        self.torch_optimizer = optimizer._build(param_groups(model, weight_decay, no_decay, lr_scales), device)
+        self.torch_optimizer = optimizer.build(param_groups(model, weight_decay, no_decay, lr_scales), device)
         self._params = [p for p in model.parameters() if p.requires_grad]
         # fused torch optimizers take GradScaler's `found_inf` flag and skip the update on the device
         self._skips_on_device = getattr(self.torch_optimizer, "_step_supports_amp_scaling", False)
@@ -237,8 +240,8 @@ class TrainLoop:
 
     def set_total_steps(self, total: int, certain: bool = True) -> None:
         """Tells the learning-rate schedule how many steps the run takes (see `Schedualer.set_total_steps`)."""
-        if self.optimizer._sched is not None:
-            self.optimizer._sched.set_total_steps(total, certain)
+        if self.optimizer.schedule is not None and hasattr(self.optimizer.schedule, "set_total_steps"):
+            self.optimizer.schedule.set_total_steps(total, certain)
 
     def task_epoch(self, name: str) -> int:
         spe = self.tasks[name].steps_per_epoch
@@ -342,22 +345,35 @@ class TrainLoop:
 
     # ---- checkpoints ----
     def set_saver(self, save_path: str | None, save_steps: int | None, save_types: tuple[str, ...],
-                  max_to_keep: int | None = None) -> None:
+                  max_to_keep: int | None = None, tensorboard_dir: str | None = None,
+                  plot: bool | None = None) -> None:
         """Saves every `save_steps` global steps (None: no periodic saving), keeping the last `max_to_keep`
-        periodic saves of each type (None: all). Leftovers of killed saves in `save_path` are removed here."""
+        periodic saves of each type (None: all). Leftovers of killed saves in `save_path` are removed here.
+        The training log goes to `<save_path>/metrics.jsonl` and, given `tensorboard_dir`, to TensorBoard
+        there; `plot` draws `<save_path>/metrics.png` at the end of training (None: if matplotlib is there)."""
         if save_path is None or save_steps is None:
+            if tensorboard_dir is not None:
+                raise ValueError("TensorBoard logging goes with the saver: set_saver(save_path, save_steps, "
+                                 "tensorboard=True)")
             self._save_path = self._save_steps = self.metrics_log = None
             return
         os.makedirs(save_path, exist_ok=True)
         ckpt.remove_stale(save_path)
         self._save_path, self._save_steps, self._save_types = os.fspath(save_path), int(save_steps), save_types
         self._max_to_keep = max_to_keep
-        self.metrics_log = MetricsLog(save_path)
+        if self.metrics_log is not None:
+            self.metrics_log.close()
+        self.metrics_log = MetricsLog(save_path, tensorboard_dir=tensorboard_dir, plot=plot)
 
     def log_metrics(self, record: dict) -> None:
-        """Appends a record to `<save_path>/metrics.jsonl` (when a saver is set)."""
+        """Appends a record to `<save_path>/metrics.jsonl` and TensorBoard (when a saver is set)."""
         if self.metrics_log is not None:
             self.metrics_log.write(record)
+
+    def finish_logs(self) -> None:
+        """End of `train()`: flushes TensorBoard and draws the curves (`<save_path>/metrics.png`)."""
+        if self.metrics_log is not None:
+            self.metrics_log.finish()
 
     def save(self, directory: str, trainer_state: dict) -> str:
         """Writes a full training checkpoint (weights, EMA, optimizer, RNG, counters) atomically."""

@@ -2,11 +2,18 @@
 
 `t` is 0 at the first training step. A schedule returns the factor applied to the optimizer's base rate;
 it has no state of its own (the trainer's step counter is the state), so resuming cannot drift.
+
+A custom schedule subclasses `Schedualer` and implements `lr_factor(t)`; to let the trainer fill in the length of
+the run, set `self.num_train_steps = None` in `__init__` and read it in `lr_factor` (`set_total_steps` fills it
+before training starts). Any `torch.optim.lr_scheduler` works through `Torch`.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+
+import torch
 
 logger = logging.getLogger("torchpalm")
 
@@ -26,7 +33,12 @@ class Schedualer:
     num_train_steps: int | None = None
 
     def lr_factor(self, t: int) -> float:
+        """The factor on the base learning rate of update number `t` (0-based)."""
         raise NotImplementedError
+
+    def learning_rate(self, t: int, base_lr: float) -> float:
+        """The learning rate of update `t` for an optimizer whose base rate is `base_lr`."""
+        return base_lr * self.lr_factor(t)
 
     def set_total_steps(self, total: int, certain: bool = True) -> None:
         """Called by the trainer once it knows how many steps training runs (`fit_reader`), so the schedule
@@ -107,10 +119,86 @@ class WarmupSchedualer(Schedualer):
         return t / self.warmup_steps if t < self.warmup_steps else 1.0
 
 
+class _NumTrainSteps:
+    def __repr__(self) -> str:
+        return "palm.lr_sched.NUM_TRAIN_STEPS"
+
+
+NUM_TRAIN_STEPS = _NumTrainSteps()
+"""Placeholder for an argument of `Torch` that the trainer fills with the number of steps training runs."""
+
+
+class Torch(Schedualer):
+    """Any `torch.optim.lr_scheduler` schedule, e.g.
+
+        palm.lr_sched.Torch(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=palm.lr_sched.NUM_TRAIN_STEPS)
+
+    Args:
+        scheduler: a scheduler class, or any callable `(optimizer, **kwargs) -> scheduler` (for schedules built
+            from others, such as `SequentialLR`).
+        **kwargs: its arguments (not the optimizer); `NUM_TRAIN_STEPS` in their place is replaced by the
+            number of steps the trainer computes for the run (`fit_reader`), as `num_train_steps=None` does for
+            `TriangularSchedualer`.
+
+    The rate of step `t` is the rate torch's scheduler sets after `t` calls of `scheduler.step()`, replayed
+    on a one-parameter twin optimizer whose base rate is the real optimizer's (so absolute rates such as
+    `eta_min` or OneCycleLR's `max_lr` mean what they mean in torch). The replay is cached, and being a
+    function of the step, the schedule resumes exactly with no state of its own in checkpoints. Heads'
+    `param_lr_scales()` multiply the scheduled rate of their groups. Schedules that follow a metric
+    (`ReduceLROnPlateau`) or change momentum (`cycle_momentum=True`) cannot be replayed and are refused.
+    """
+
+    def __init__(self, scheduler, **kwargs):
+        if not callable(scheduler) or isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+            raise TypeError(f"palm.lr_sched.Torch takes a scheduler class or factory (e.g. "
+                            f"torch.optim.lr_scheduler.CosineAnnealingLR), not {scheduler!r}")
+        if isinstance(scheduler, type) and issubclass(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            raise ValueError("ReduceLROnPlateau follows a metric, not the step count: it cannot be a torchpalm "
+                             "schedule (use evaluation with early stopping, or a step-based schedule)")
+        try:
+            accepted = inspect.signature(scheduler).parameters
+        except (TypeError, ValueError):
+            accepted = {}
+        if "cycle_momentum" in accepted and kwargs.get("cycle_momentum", True):
+            raise ValueError(f"{getattr(scheduler, '__name__', scheduler)}: pass cycle_momentum=False (only the "
+                             f"learning rate is scheduled; cycling the momentum is not replayed)")
+        self.scheduler, self.kwargs = scheduler, kwargs
+        if any(v is NUM_TRAIN_STEPS for v in kwargs.values()):
+            self.num_train_steps = None  # filled by the trainer (set_total_steps)
+        self._replay_key = None
+
+    def learning_rate(self, t: int, base_lr: float) -> float:
+        key = (float(base_lr), self.num_train_steps)
+        if key != self._replay_key:
+            self._start_replay(*key)
+        while len(self._lrs) <= t:
+            self._twin.step()  # no gradient: a no-op that keeps torch's "optimizer.step() first" check quiet
+            self._twin_scheduler.step()
+            self._lrs.append(self._twin.param_groups[0]["lr"])
+        return self._lrs[t]
+
+    def lr_factor(self, t: int) -> float:
+        return self.learning_rate(t, 1.0)
+
+    def _start_replay(self, base_lr: float, num_train_steps: int | None) -> None:
+        if "num_train_steps" in vars(self) and num_train_steps is None:
+            raise RuntimeError("the schedule's NUM_TRAIN_STEPS is not known yet: fit a reader to the trainer first")
+        kwargs = {k: num_train_steps if v is NUM_TRAIN_STEPS else v for k, v in self.kwargs.items()}
+        self._twin = torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=base_lr)
+        self._twin_scheduler = self.scheduler(self._twin, **kwargs)
+        self._lrs = [self._twin.param_groups[0]["lr"]]
+        self._replay_key = (base_lr, num_train_steps)
+
+    def config(self) -> dict:
+        name = getattr(self.scheduler, "__qualname__", repr(self.scheduler))
+        return {"class": "Torch", "scheduler": name, **{k: v if v is not NUM_TRAIN_STEPS else "NUM_TRAIN_STEPS"
+                                                        for k, v in self.kwargs.items()}}
+
+
 # Correctly spelled aliases.
 Scheduler = Schedualer
 TriangularScheduler = TriangularSchedualer
 WarmupScheduler = WarmupSchedualer
 
-__all__ = ["Schedualer", "Scheduler", "TriangularSchedualer", "TriangularScheduler", "WarmupSchedualer",
-           "WarmupScheduler"]
+__all__ = ["NUM_TRAIN_STEPS", "Schedualer", "Scheduler", "Torch", "TriangularSchedualer", "TriangularScheduler",
+           "WarmupSchedualer", "WarmupScheduler"]

@@ -311,9 +311,11 @@ class MultiHeadTrainer:
         logger.info("Load model from %s", model_path)
 
     def set_saver(self, save_path: str, save_steps: int, save_type: str = "ckpt",
-                  max_to_keep: int | None = None) -> None:
-        """Saves the backbone and every head every `save_steps` global steps (see `Trainer.set_saver`)."""
-        self._saver_args = saver_args(save_path, save_steps, save_type, self._pred_backbone is not None, max_to_keep)
+                  max_to_keep: int | None = None, tensorboard: bool | str = False, plot: bool | None = None) -> None:
+        """Saves the backbone and every head every `save_steps` global steps; logs to metrics.jsonl, TensorBoard
+        and metrics.png (see `Trainer.set_saver`)."""
+        self._saver_args = saver_args(save_path, save_steps, save_type, self._pred_backbone is not None, max_to_keep,
+                                      tensorboard, plot)
         if self._loop is not None:
             self._loop.set_saver(*self._saver_args)
 
@@ -419,6 +421,7 @@ class MultiHeadTrainer:
                        multi_task=True, after_step=self._after_step)
         self._maybe_evaluate(final=True)
         self._log_task_mix()
+        self._loop.finish_logs()
 
     def _log_task_mix(self) -> None:
         """The realised share of steps of each task next to the sampler's expectation."""

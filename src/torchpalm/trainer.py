@@ -40,6 +40,7 @@ from .loop import (
     progress_bar,
     to_device,
 )
+from .metrics_log import check_extras
 from .optimizer import Optimizer
 
 logger = logging.getLogger("torchpalm")
@@ -355,15 +356,21 @@ class Trainer:
 
     # ---- saving ----
     def set_saver(self, save_path: str, save_steps: int, save_type: str = "ckpt",
-                  max_to_keep: int | None = None) -> None:
+                  max_to_keep: int | None = None, tensorboard: bool | str = False, plot: bool | None = None) -> None:
         """Saves every `save_steps` steps to `save_path/ckpt.step<N>` ('ckpt': weights + training state,
         for resuming) and/or `save_path/pred.step<N>` ('predict': an inference bundle, `palm.Predictor.load`;
         see `torchpalm.bundle`).
 
         `max_to_keep`: keep only the last this many of each (None: all); `best.<task>` folders of
         `set_evaluation` are never removed. Unfinished saves of a killed run in `save_path` are removed here.
+
+        The training log goes to `save_path/metrics.jsonl` (see `torchpalm.metrics_log`); `tensorboard=True`
+        also writes TensorBoard scalars to `save_path/tensorboard` (or the directory given instead of True;
+        needs the tensorboard package), and `plot` draws the curves into `save_path/metrics.png` at the end of
+        `train()` (None: when matplotlib is installed; True: required; False: never).
         """
-        self._saver_args = saver_args(save_path, save_steps, save_type, self._pred_backbone is not None, max_to_keep)
+        self._saver_args = saver_args(save_path, save_steps, save_type, self._pred_backbone is not None, max_to_keep,
+                                      tensorboard, plot)
         if self._loop is not None:
             self._loop.set_saver(*self._saver_args)
 
@@ -475,6 +482,7 @@ class Trainer:
         self._loop.run(batches, lambda: self._loop.task_steps[name] >= budget, budget, print_steps,
                        self._trainer_state, multi_task=False, after_step=lambda _: self._maybe_evaluate())
         self._maybe_evaluate(final=True)
+        self._loop.finish_logs()
 
     def _maybe_evaluate(self, final: bool = False) -> bool:
         """Runs the dev evaluation when it is due (or at the end); True means stop early."""
@@ -575,9 +583,10 @@ def resume_latest(trainer, save_path: str | None, saver_args: tuple | None) -> s
     return path
 
 
-def saver_args(save_path, save_steps, save_type: str, can_export: bool, max_to_keep: int | None = None) -> tuple:
+def saver_args(save_path, save_steps, save_type: str, can_export: bool, max_to_keep: int | None = None,
+               tensorboard: bool | str = False, plot: bool | None = None) -> tuple:
     """Checks `set_saver`'s arguments (PALM's README order `(save_steps, save_path)` is accepted too) and returns
-    `(save_path, save_steps, save types, max_to_keep)` for `TrainLoop.set_saver`."""
+    `(save_path, save_steps, save types, max_to_keep, tensorboard_dir, plot)` for `TrainLoop.set_saver`."""
     if isinstance(save_path, int) and isinstance(save_steps, (str, os.PathLike)):
         save_path, save_steps = save_steps, save_path
     types = tuple(t.strip() for t in str(save_type).split(",") if t.strip())
@@ -590,7 +599,18 @@ def saver_args(save_path, save_steps, save_type: str, can_export: bool, max_to_k
     if max_to_keep is not None and (isinstance(max_to_keep, bool) or int(max_to_keep) != max_to_keep
                                     or max_to_keep < 1):
         raise ValueError(f"max_to_keep must be an integer >= 1 or None (keep all), got {max_to_keep!r}")
-    return save_path, save_steps, types, max_to_keep
+    if tensorboard is True:
+        tensorboard_dir = os.path.join(os.fspath(save_path), "tensorboard") if save_path is not None else None
+    elif tensorboard is False or tensorboard is None:
+        tensorboard_dir = None
+    elif isinstance(tensorboard, (str, os.PathLike)):
+        tensorboard_dir = os.fspath(tensorboard)
+    else:
+        raise ValueError(f"tensorboard must be True, False or a directory, got {tensorboard!r}")
+    if plot not in (None, True, False):
+        raise ValueError(f"plot must be None (when matplotlib is installed), True or False, got {plot!r}")
+    check_extras(tensorboard_dir is not None, plot)
+    return save_path, save_steps, types, max_to_keep, tensorboard_dir, plot
 
 
 def backbone_record(backbone: nn.Module | None) -> dict:

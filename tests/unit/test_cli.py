@@ -144,8 +144,9 @@ def test_single_task_train_predict_evaluate(tmp_path, uncased_vocab, capsys, mon
     assert (tmp_path / "cwd" / "o1" / "ckpt.step3").is_dir()
     # with periodic saving, the last step is saved once, by the saver
     assert main(["train", path, "--set", "train.epochs=1", "--set", "train.save_path=o2", "--set",
-                 "train.save_steps=2"]) == 0
-    assert sorted(os.listdir(tmp_path / "cwd" / "o2")) == ["ckpt.step2", "ckpt.step3", "dev_metrics.json", "metrics.jsonl"]
+                 "train.save_steps=2", "--set", "train.tensorboard=true"]) == 0
+    assert sorted(os.listdir(tmp_path / "cwd" / "o2")) == ["ckpt.step2", "ckpt.step3", "dev_metrics.json",
+                                                         "metrics.jsonl", "metrics.png", "tensorboard"]
 
 
 def test_two_task_train_predict_evaluate(tmp_path, uncased_vocab):
@@ -425,3 +426,43 @@ def test_convert_checkpoint_to_hf_and_refusals(tmp_path, uncased_vocab, capsys):
     assert torch.equal(hf_ernie.embeddings.task_type_embeddings.weight, ernie.task_embeddings.weight)
     with pytest.raises(SystemExit):
         main(["convert", "--from", "hf", "--to", "hf", str(tmp_path / "hf"), str(tmp_path / "y")])
+
+
+def test_torch_optimizer_and_schedule_from_the_config(tmp_path, uncased_vocab, capsys):
+    """`optimizer.type: SGD` and `schedule.type: CosineAnnealingLR` build palm.optimizer.Torch and
+    palm.lr_sched.Torch: the same weights as that script; bad options name their key."""
+    path = write_config(tmp_path, uncased_vocab, [cls_task(tmp_path)], save_steps=100)
+    cfg = yaml.safe_load(open(path))
+    cfg["optimizer"] = {"type": "SGD", "lr": 0.05, "weight_decay": 0.01, "options": {"momentum": 0.9}}
+    cfg["schedule"] = {"type": "CosineAnnealingLR", "options": {"T_max": "num_train_steps", "eta_min": 0.001}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", path]) == 0
+    state = load_file(str(tmp_path / "out" / "ckpt.step6" / "model.safetensors"))
+    # the script: PALM's 8 steps with the torch optimizer and schedule
+    torch.manual_seed(0)
+    reader = palm.reader.ClassifyReader(uncased_vocab, 32, seed=0, do_lower_case=True)
+    reader.load_data(str(tmp_path / "train.tsv"), 8, num_epochs=2)
+    backbone = palm.backbone.BERT.from_config(TINY_CONFIG)
+    reader.register_with(backbone)
+    trainer = palm.Trainer("cls", device="cpu")
+    loss_var = trainer.build_forward(backbone, palm.head.Classify(2, 32, 0.1))
+    sched = palm.lr_sched.Torch(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=palm.lr_sched.NUM_TRAIN_STEPS,
+                                eta_min=0.001)
+    trainer.build_backward(palm.optimizer.Torch(torch.optim.SGD, 0.05, sched, loss_var, momentum=0.9), 0.01)
+    trainer.fit_reader(reader)
+    trainer.train(print_steps=0)
+    assert sched.num_train_steps == 6
+    for name, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(state[name.replace("heads.", "", 1)], value, rtol=0, atol=0, msg=name)
+    for section, options, message in [
+        ("optimizer", {"momentun": 0.9}, "optimizer.options.momentun: unknown option (did you mean momentum?)"),
+        ("optimizer", {"weight_decay": 0.1}, "optimizer.options.weight_decay: unknown option (set by the trainer)"),
+        ("schedule", {"T_maxx": 3}, "schedule.options.T_maxx: unknown option (did you mean T_max?)")]:
+        cfg[section]["options"] = options
+        (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+        assert main(["train", path]) == 2 and message in capsys.readouterr().err
+        cfg = yaml.safe_load(open(tmp_path / "run.yaml"))
+        cfg["optimizer"]["options"], cfg["schedule"]["options"] = {"momentum": 0.9}, {"T_max": "num_train_steps"}
+    cfg["optimizer"]["type"] = "SDG"
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", path]) == 2 and "optimizer.type: 'SDG' is not one of adam, " in capsys.readouterr().err

@@ -622,3 +622,126 @@ def test_metrics_jsonl_holds_the_log_and_the_evaluations_and_resume_drops_later_
     fresh, _ = build(out)
     fresh.train(print_steps=8)
     assert [r["step"] for r in read_metrics(str(out)) if "loss" in r] == [8, 16]
+
+
+# ---- TensorBoard scalars and the curve plot (the same records as metrics.jsonl) ----
+def tensorboard_events(directory) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the event files in `directory`, read back by TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def scalars_of_jsonl(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """What TensorBoard should hold, from metrics.jsonl (float32, as event files store scalars)."""
+    want: dict[str, list] = {}
+
+    def add(tag, step, value):
+        want.setdefault(tag, []).append((step, float(np.float32(value))))
+
+    for r in records:
+        if "eval" in r:
+            for task, scores in r["eval"].items():
+                for name, value in scores.items():
+                    add(f"eval/{task}/{name}", r["step"], value)
+            if "aggregate" in r and len(r["eval"]) > 1:  # one task: its own metric
+                add("eval/aggregate", r["step"], r["aggregate"])
+        else:
+            add(f"loss/{r['task']}", r["step"], r["loss"])
+            add("lr", r["step"], r["lr"])
+            add(f"steps_per_second/{r['task']}", r["step"], r["steps_per_second"])
+    return want
+
+
+def is_png(path) -> bool:
+    import matplotlib.image
+
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    return magic == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(str(path)).ndim == 3
+
+
+def test_tensorboard_holds_what_metrics_jsonl_holds_also_after_a_resume(tmp_path, uncased_vocab, tiny_config):
+    from torchpalm.metrics_log import read_metrics
+
+    def build(out):  # 18 steps, checkpoints every 6, evaluations at 9 and 18
+        trainer, _ = single_task_with_dev(tmp_path, uncased_vocab, tiny_config,
+                                          palm.lr_sched.TriangularSchedualer(3, None))
+        trainer.set_saver(str(out), 6, tensorboard=True)
+        trainer.set_evaluation(every_steps=9, save_best=False)
+        return trainer
+
+    out = tmp_path / "run"
+    build(out).train(print_steps=4)
+    first = tensorboard_events(out / "tensorboard")
+    assert first == scalars_of_jsonl(read_metrics(str(out)))
+    assert set(first) == {"loss/c", "lr", "steps_per_second/c", "eval/c/accuracy"}
+    assert [step for step, _ in first["loss/c"]] == [4, 8, 12, 16] and is_png(out / "metrics.png")
+    # a killed run resumed from step 12: TensorBoard drops the later events, as metrics.jsonl its lines
+    resumed = build(out)
+    resumed.load_ckpt(str(out / "ckpt.step12"))
+    resumed.train(print_steps=4)
+    again = tensorboard_events(out / "tensorboard")
+    assert again == scalars_of_jsonl(read_metrics(str(out)))
+    assert [step for step, _ in again["steps_per_second/c"]] == [4, 8, 12, 16]
+    assert again["steps_per_second/c"][3] != first["steps_per_second/c"][3]  # step 16 is the resumed run's
+
+
+def test_multi_task_tensorboard_and_the_plotted_series(tmp_path, uncased_vocab, tiny_config, monkeypatch):
+    from torchpalm import metrics_log
+    from torchpalm.metrics_log import read_metrics
+
+    drawn = []
+    real_draw = metrics_log.draw_panels
+    monkeypatch.setattr(metrics_log, "draw_panels", lambda panels, path: drawn.append(panels) or
+                        real_draw(panels, path))
+    s = Setup(tmp_path, uncased_vocab, tiny_config)
+    s.fit(epochs=1)
+    dev_readers(s)
+    out, tb = tmp_path / "out", tmp_path / "tb"
+    s.mh.set_saver(str(out), 1000, tensorboard=str(tb))
+    s.mh.set_evaluation(every_steps=7, save_best=False)
+    s.mh.train(print_steps=3)
+    records = read_metrics(str(out))
+    events = tensorboard_events(tb)
+    assert events == scalars_of_jsonl(records)
+    assert {"loss/tag", "loss/cls", "eval/tag/f1", "eval/cls/accuracy", "eval/aggregate"} <= set(events)
+    # the plot got every task's losses, the rate and each evaluation metric, at their global steps
+    (panels,) = drawn
+    losses = {task: ([r["step"] for r in records if r.get("task") == task],
+                     [r["loss"] for r in records if r.get("task") == task]) for task in ("tag", "cls")}
+    evals = [r for r in records if "eval" in r]
+    assert panels["loss"] == losses and all(losses[t][0] for t in losses)
+    assert panels["learning rate"]["lr"][1] == [r["lr"] for r in records if "loss" in r]
+    assert panels["tag (dev)"]["f1"] == ([r["step"] for r in evals], [r["eval"]["tag"]["f1"] for r in evals])
+    assert panels["cls (dev)"]["accuracy"][1] == [r["eval"]["cls"]["accuracy"] for r in evals]
+    assert panels["aggregate (dev)"]["aggregate"][1] == [r["aggregate"] for r in evals] and len(evals) >= 2
+    assert is_png(out / "metrics.png")
+    # and the command line redraws it from the finished run
+    from torchpalm.cli import main
+
+    assert main(["plot", str(out), "-o", str(tmp_path / "again.png")]) == 0 and is_png(tmp_path / "again.png")
+    assert len(drawn) == 2 and drawn[1] == panels
+
+
+def test_logging_extras_are_needed_only_when_asked_for(tmp_path, uncased_vocab, tiny_config, monkeypatch, capsys):
+    import sys
+
+    from torchpalm.cli import main
+
+    for module in ("torch.utils.tensorboard", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(ImportError, match="tensorboard package"):  # before build_backward too
+        palm.Trainer("early").set_saver(str(tmp_path / "o"), 100, tensorboard=True)
+    trainer, _ = single_task_with_dev(tmp_path, uncased_vocab, tiny_config)
+    with pytest.raises(ImportError, match="tensorboard package.*torchpalm\\[logging\\]"):
+        trainer.set_saver(str(tmp_path / "o"), 100, tensorboard=True)
+    with pytest.raises(ImportError, match="needs matplotlib"):
+        trainer.set_saver(str(tmp_path / "o"), 100, plot=True)
+    trainer.set_saver(str(tmp_path / "o"), 100)  # not asked for: metrics.jsonl only, no error
+    trainer.train(print_steps=6)
+    assert os.listdir(tmp_path / "o") and not os.path.exists(tmp_path / "o" / "metrics.png")
+    assert main(["plot", str(tmp_path / "o")]) == 2 and "needs matplotlib" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "nothing")]) == 2 and "no metrics file" in capsys.readouterr().err

@@ -362,7 +362,7 @@ def test_two_models_in_one_process_train_as_each_alone(tmp_path, uncased_vocab, 
 class FusedAdam(palm.optimizer.Adam):
     """The fused kernel CUDA uses (it runs on CPU too): it skips a flagged update on the device."""
 
-    def _build(self, param_groups, device):
+    def build(self, param_groups, device):
         return torch.optim.AdamW(param_groups, lr=self._lr, betas=self.betas, eps=self.eps, fused=True)
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import Backbone
+
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),  # exact erf form, as Paddle's and HF's "gelu"
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -97,7 +99,7 @@ class EncoderLayer(nn.Module):
         return self.ffn_norm(x + F.dropout(f, self.hidden_dropout, self.training))
 
 
-class BERT(nn.Module):
+class BERT(Backbone):
     """BERT backbone.
 
     Args follow PALM's constructor (spec §7.1); `intermediate_size` (default 4H) and `layer_norm_eps`

@@ -19,6 +19,19 @@ class Head(nn.Module):
     when the batch carries labels. After each predict batch the trainer calls `batch_postprocess(outputs)`
     with numpy arrays, and `epoch_postprocess(post_inputs, output_dir)` at the end, which writes
     `output_dir/predictions.json` and returns the results. Heads never print; they log.
+
+    A head of your own (see docs/customizing.md) subclasses this and defines:
+
+    * `inputs_attrs`: `{"reader": {name: (shape, dtype)}, "backbone": {name: (shape, dtype)}}`, the batch
+      fields and backbone outputs `forward` reads (checked by `build_forward` and `fit_reader`); the reader
+      part usually depends on `self.phase` (labels only in 'train').
+    * `forward(backbone_outputs, batch) -> dict`: as above. The trainer backpropagates `loss`.
+    * for prediction, `batch_postprocess(outputs)` appending to `self._results` (the base `epoch_postprocess`
+      returns and writes them) and, if needed, `epoch_postprocess`.
+
+    Optional: `config()` (constructor arguments, saved in checkpoints), `no_weight_decay()` and
+    `param_lr_scales()` (the optimizer's parameter groups), `check_reader(reader)` (validate the data before
+    training). Evaluation during training scores a custom head with `trainer.set_dev(reader, metric=fn)`.
     """
 
     def __init__(self, phase: str = "train"):

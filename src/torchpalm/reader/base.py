@@ -305,8 +305,24 @@ def collate_common(token_seqs: Sequence[np.ndarray], segment_seqs: Sequence[np.n
 class Reader:
     """Base reader: PALM's register protocol, `load_data`, and resumable, shardable batch iteration.
 
-    Subclasses implement `_task_outputs()` (their own yielded names -> attrs), `_load_examples(path)` (parse
-    and encode a file into a list of per-example dicts) and `_collate(examples, rng)` (one batch).
+    A reader of your own subclasses this and implements three hooks (the built-in readers are examples):
+
+    * `_task_outputs() -> {name: (shape, dtype)}`: the fields of its own that batches carry (labels, ...);
+      they may depend on `self.phase` (no labels in 'predict'). The backbone's inputs come on top
+      (`register_with`), and heads name what they read in `inputs_attrs["reader"]`.
+    * `_load_examples(path) -> list[dict]`: parses and encodes the whole file ONCE, one dict per example
+      (e.g. `token_ids` as a numpy array and a label). `self._read_rows(path, required, optional)` parses
+      TSV/CSV/JSON-lines tables with `load_data`'s format and columns; `self.tokenizer` encodes
+      (`encode(text) -> ids`, `cls_id`, `sep_id`, `pad_id`); `self.max_len` bounds the length with [CLS]/[SEP].
+      Raise `DataError` naming `path:line` for a bad row.
+    * `_collate(examples, rng) -> dict[str, Tensor]`: one batch; `collate_common(token_seqs, segment_seqs,
+      pad_id)` builds the backbone inputs (`token_ids`, `position_ids`, `segment_ids`, `input_mask`,
+      `task_ids`, each `[batch, seq]` int64). Any randomness draws from `rng` (seeded by epoch and position,
+      so resuming is exact).
+
+    Shuffling, batching, epochs, sharding and `state_dict()` are the base class's. Optional, for evaluation
+    and prediction: `gold_labels()` (what the default accuracy metric scores against) and
+    `get_epoch_outputs()` (what a head's `epoch_postprocess` receives, e.g. `id2label`).
 
     Args:
         vocab_path: vocabulary file (`vocab.txt`), or the model directory holding the tokenizer files.
@@ -515,6 +531,18 @@ class Reader:
     @property
     def tokenizer(self) -> WordPieceTokenizer | ByteLevelBPETokenizer:
         return self._tokenizer
+
+    @property
+    def examples(self) -> list[dict]:
+        """The examples `load_data` encoded (what `_load_examples` returned), in file order."""
+        if self._examples is None:
+            raise RuntimeError(f"{type(self).__name__}: call load_data() first")
+        return self._examples
+
+    @property
+    def max_len(self) -> int:
+        """The longest sequence, [CLS] and [SEP] included."""
+        return self._max_len
 
     @property
     def steps_per_epoch(self) -> int:

@@ -1,0 +1,40 @@
+"""Backbone base class: what the trainers, readers and heads ask of an encoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """An encoder from a batch of token ids to named features, shared by every task's head.
+
+    A backbone is a plain `nn.Module`; subclassing this class only makes the contract explicit. To write one
+    (e.g. around any HuggingFace encoder, see docs/customizing.md), provide:
+
+    * `inputs_attr`: `{name: (shape, dtype)}` of the batch fields `forward` reads, e.g. `{"token_ids": ([-1, -1],
+      "int64"), "input_mask": ([-1, -1], "int64")}`. `reader.register_with(backbone)` makes the reader yield
+      them and `fit_reader` checks that it can. The built-in readers yield `token_ids`, `position_ids`,
+      `segment_ids`, `input_mask` (1 = token, 0 = padding) and `task_ids`, each `[batch, seq]` int64.
+    * `outputs_attr`: `{name: (shape, dtype)}` of what `forward` returns; `build_forward` checks that it has
+      what the head reads (`head.inputs_attrs["backbone"]`). The built-in heads read `sentence_embedding`
+      `[batch, hidden]` (Classify), `sentence_pair_embedding` (Match), `encoder_outputs` `[batch, seq, hidden]`
+      (SequenceLabel, MRC) and also `embedding_table` `[vocab, hidden]` (MaskLM).
+    * `forward(batch) -> dict[str, Tensor]`: the features named in `outputs_attr`.
+
+    Optional: `config`, a JSON-serialisable dict written into checkpoints (`trainer_state.json`) so a saved
+    model can be rebuilt without the training script. For prediction, build a second instance with the same
+    structure and pass it to `build_predict_forward`: it shares the trained weights by parameter name.
+    `load_pretrain` assigns a weights file's tensors by these parameter names.
+    """
+
+    @property
+    def inputs_attr(self) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} must define inputs_attr: {{name: (shape, dtype)}}")
+
+    @property
+    def outputs_attr(self) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} must define outputs_attr: {{name: (shape, dtype)}}")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(batch) -> dict of tensors")
