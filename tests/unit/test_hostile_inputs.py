@@ -75,7 +75,7 @@ BAD_CONFIG_VALUES = [
 
 
 @pytest.mark.parametrize(("key", "value", "error", "expected"), BAD_CONFIG_VALUES,
-                         ids=[f"{k}={v!r}" for k, v, _, _ in BAD_CONFIG_VALUES])
+                         ids=[f"{k}-{v}" for k, v, _, _ in BAD_CONFIG_VALUES])
 def test_bad_config_values_name_file_and_key(tmp_path, tiny_config, key, value, error, expected):
     path = write_config(tmp_path, {**tiny_config, key: value})
     with pytest.raises(error) as info:
