@@ -282,6 +282,11 @@ def test_max_context_flags_match_on_edge_cases():
         for a, b in zip(mrc_module.max_context_flags(spans, n), quadratic_max_context_flags(spans, n), strict=True):
             assert a.dtype == bool
             np.testing.assert_array_equal(a, b)
+    # hand-made windows where a later one is longer: only the 0.01 * length term decides token 2 (to window 1)
+    spans = [(0, 4), (1, 6)]
+    for a, b in zip(mrc_module.max_context_flags(spans, 7), quadratic_max_context_flags(spans, 7), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert mrc_module.max_context_flags(spans, 7)[1][1]
 
 
 def test_long_context_encodes_in_linear_memory(tmp_path, uncased_vocab):
