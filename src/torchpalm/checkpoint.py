@@ -82,8 +82,8 @@ def torch_load_safely(path: str):
                          f"could run code{f' ({first.strip()})' if first else ''}. torchpalm writes only tensors "
                          f"and numbers here; was the file replaced?") from None
     except (RuntimeError, EOFError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable torch file, truncated or corrupt ({str(e).splitlines()[0]})"
-                         ) from None
+        reason = str(e).splitlines()[0].split(". ")[0]  # torch's first sentence; the rest is generic advice
+        raise ValueError(f"{path}: not a readable torch file, truncated or corrupt ({reason})") from None
 
 
 def load_state_file(path: str) -> dict[str, torch.Tensor]:
