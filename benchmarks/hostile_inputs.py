@@ -248,7 +248,10 @@ def write_benchmarks(table: str) -> None:
         "Command: `python benchmarks/hostile_inputs.py --write`. Each input is refused where the components are "
         "connected or the file is read, before training, with the file (and key or line) and what was expected; "
         "`<tmp>` is the script's temporary folder. The rows marked accepted are documented behaviour. The MRC "
-        "time is on this file's machine while other jobs shared its two cores.", width=115)
+        "time is on this file's machine while other jobs shared its two cores. Before the fix, the max-context "
+        "step alone (the windows x tokens table, kept as `quadratic_max_context_flags` in "
+        "tests/unit/test_hostile_inputs.py) took 88.7 s and 3.3 GiB on that context; now 0.4 s and 3 MiB "
+        "(measured once, 2026-12-01, tracemalloc peak).", width=115)
     section = f"### Hostile and mistaken inputs ({time.strftime('%Y-%m-%d')})\n\n{intro}\n\n{table}\n"
     if "\n## Reliability\n" not in text:
         text = text.rstrip("\n") + "\n\n## Reliability\n\n"

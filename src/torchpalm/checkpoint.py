@@ -79,8 +79,9 @@ def torch_load_safely(path: str):
         # torch's own message suggests weights_only=False, which would run the file's code: never do that
         first = next((line for line in str(e).splitlines() if "Unsupported" in line or "global" in line), "")
         raise ValueError(f"{path}: refused to load: the file holds pickled objects other than tensors, which "
-                         f"could run code{f' ({first.strip()})' if first else ''}. torchpalm writes only tensors "
-                         f"and numbers here; was the file replaced?") from None
+                         f"could run code{f' ({first.strip()})' if first else ''}. Convert a model from elsewhere to "
+                         f"safetensors; torchpalm's own files hold only tensors and numbers, so this one was "
+                         f"altered") from None
     except (RuntimeError, EOFError, ValueError) as e:
         reason = str(e).splitlines()[0].split(". ")[0]  # torch's first sentence; the rest is generic advice
         raise ValueError(f"{path}: not a readable torch file, truncated or corrupt ({reason})") from None
