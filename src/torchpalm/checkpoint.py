@@ -20,6 +20,7 @@ folder under its final name. `latest(save_path)` is the complete `ckpt.step<N>` 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from safetensors.torch import load_file, save_file
 
 logger = logging.getLogger("torchpalm")
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # "no space left" and "quota exceeded": the same advice
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.bin", "model.pt")
 MARKER = "complete.json"
 LEGACY_FILES = ("model.safetensors", "trainer_state.json")  # what every save wrote before the marker existed
@@ -60,15 +62,38 @@ def find_weights_file(path: str | os.PathLike) -> str:
                             f"Paddle parameter files such as word_embedding here or in params/)")
 
 
+def read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """`safetensors.torch.load_file` on CPU; a truncated or corrupt file is a ValueError naming it."""
+    try:
+        return load_file(path, device="cpu")
+    except (OSError, MemoryError):
+        raise
+    except Exception as e:  # SafetensorError and the like: the bytes are not a whole safetensors file
+        raise ValueError(f"{path}: not a readable safetensors file, truncated or corrupt ({e})") from None
+
+
+def torch_load_safely(path: str):
+    """`torch.load(weights_only=True)`: a file holding other pickled objects is refused (never run), and a
+    truncated or corrupt one is a ValueError naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's own message suggests weights_only=False, which would run the file's code: never do that
+        first = next((line for line in str(e).splitlines() if "Unsupported" in line or "global" in line), "")
+        raise ValueError(f"{path}: refused to load: the file holds pickled objects other than tensors, which "
+                         f"could run code{f' ({first.strip()})' if first else ''}. Convert a model from elsewhere to "
+                         f"safetensors; torchpalm's own files hold only tensors and numbers, so this one was "
+                         f"altered") from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        reason = str(e).splitlines()[0].split(". ")[0]  # torch's first sentence; the rest is generic advice
+        raise ValueError(f"{path}: not a readable torch file, truncated or corrupt ({reason})") from None
+
+
 def load_state_file(path: str) -> dict[str, torch.Tensor]:
     """Loads a tensor dict from safetensors, or from a torch file without executing any pickled code."""
     if path.endswith(".safetensors"):
-        return load_file(path, device="cpu")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path}: refused to load: the file holds pickled objects other than tensors, which "
-                         f"could run code ({str(e).splitlines()[0]}). Convert it to safetensors.") from None
+        return read_safetensors(path)
+    state = torch_load_safely(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -79,16 +104,40 @@ def load_state_file(path: str) -> dict[str, torch.Tensor]:
 def assign_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
     """Copies matching tensors into `module`; a shape mismatch is an error naming the tensor and file.
 
+    Integer or bool tensors where the model holds floats (copying would silently cast them), and NaN or
+    infinite values (every output would be NaN from the first step) are refused the same way.
     Returns the names of the module's parameters that `state` lacks.
     """
     own = module.state_dict()
     for name, value in state.items():
-        if name in own and own[name].shape != value.shape:
+        if name not in own:
+            continue
+        if own[name].shape != value.shape:
             raise ValueError(f"{source}: parameter '{name}' has shape {tuple(value.shape)} in the file but "
                              f"{tuple(own[name].shape)} in the model (is the config right for this checkpoint?)")
+        if own[name].is_floating_point() and not value.is_floating_point():
+            raise TypeError(f"{source}: parameter '{name}' is {value.dtype} in the file but the model holds "
+                            f"{own[name].dtype} weights there (a corrupt or mislabelled file?)")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"{source}: parameter '{name}' holds {bad} NaN or infinite value(s) of "
+                             f"{value.numel()}; refusing weights that would make every output NaN")
     usable = {k: v for k, v in state.items() if k in own}
     module.load_state_dict(usable, strict=False)
     return [k for k in own if k not in usable]
+
+
+def check_writable(save_path: str | os.PathLike) -> None:
+    """Creates `save_path` if needed and checks that a file can be written there (`set_saver` calls it, so a
+    read-only or mistyped folder is an error at setup, not at the first save hours later)."""
+    save_path = os.fspath(save_path)
+    try:
+        os.makedirs(save_path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=save_path):
+            pass
+    except OSError as e:
+        raise PermissionError(f"cannot write checkpoints to the save folder {save_path}: "
+                              f"{e.strerror or e}") from None
 
 
 def _fsync_dir(path: str) -> None:
@@ -155,8 +204,13 @@ def save_checkpoint(directory: str, model_state: dict[str, torch.Tensor], traine
         else:
             os.replace(tmp, directory)
         _fsync_dir(parent)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            raise OSError(e.errno, f"the disk holding {parent} is full ({os.strerror(e.errno)}) while saving "
+                                   f"checkpoint {os.path.basename(directory)}: the unfinished copy was removed and "
+                                   f"earlier checkpoints are untouched. Free some space (or keep fewer "
+                                   f"checkpoints: set_saver(..., max_to_keep=K)) and save again") from e
         raise
     return directory
 
@@ -264,15 +318,20 @@ def load_checkpoint_dir(directory: str) -> tuple[dict[str, torch.Tensor], dict, 
     if not os.path.isfile(os.path.join(directory, MARKER)):
         logger.info("%s: no %s (saved before completeness markers); accepted since it holds %s", directory,
                     MARKER, " and ".join(LEGACY_FILES))
-    model_state = load_file(os.path.join(directory, "model.safetensors"), device="cpu")
+    model_state = read_safetensors(os.path.join(directory, "model.safetensors"))
     trainer_state: dict = {}
     state_path = os.path.join(directory, "trainer_state.json")
     if os.path.isfile(state_path):
         with open(state_path, encoding="utf-8") as f:
-            trainer_state = json.load(f)
+            try:
+                trainer_state = json.load(f)
+            except (ValueError, RecursionError) as e:
+                raise ValueError(f"{state_path}: not a readable trainer state ({e})") from None
+        if not isinstance(trainer_state, dict):
+            raise ValueError(f"{state_path}: expected a JSON object, got {type(trainer_state).__name__}")
     opt_path, rng_path = os.path.join(directory, "optimizer.pt"), os.path.join(directory, "rng.pt")
-    optimizer_state = torch.load(opt_path, map_location="cpu", weights_only=True) if os.path.isfile(opt_path) else None
-    rng_state = torch.load(rng_path, map_location="cpu", weights_only=True) if os.path.isfile(rng_path) else None
+    optimizer_state = torch_load_safely(opt_path) if os.path.isfile(opt_path) else None
+    rng_state = torch_load_safely(rng_path) if os.path.isfile(rng_path) else None
     return model_state, trainer_state, optimizer_state, rng_state
 
 

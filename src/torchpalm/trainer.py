@@ -81,6 +81,8 @@ def check_reader_fits(reader, backbone: nn.Module, head: nn.Module) -> None:
     """PALM's fit-time checks (spec §2.6): the reader yields what backbone and head read; the data suits the head."""
     if reader.batch_size is None:
         raise RuntimeError(f"{type(reader).__name__}: call load_data() before fit_reader()")
+    if hasattr(backbone, "check_reader"):
+        backbone.check_reader(reader)  # max_len and vocabulary within the backbone's tables
     provided = reader.outputs_attr
     check_io(provided, backbone.inputs_attr, f"backbone {type(backbone).__name__} needs reader outputs "
              f"(did you call reader.register_with(backbone)?)")
@@ -610,6 +612,8 @@ def saver_args(save_path, save_steps, save_type: str, can_export: bool, max_to_k
     if plot not in (None, True, False):
         raise ValueError(f"plot must be None (when matplotlib is installed), True or False, got {plot!r}")
     check_extras(tensorboard_dir is not None, plot)
+    if save_path is not None:
+        ckpt.check_writable(save_path)
     return save_path, save_steps, types, max_to_keep, tensorboard_dir, plot
 
 

@@ -54,17 +54,110 @@ def load_config(config: dict | str | os.PathLike) -> dict:
         raise FileNotFoundError(f"backbone config file not found: {path}")
     with open(path, encoding="utf-8") as f:
         try:
-            return json.load(f)
+            config = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{e.lineno}: invalid JSON in backbone config: {e.msg}") from None
+        except RecursionError:
+            raise ValueError(f"{path}: backbone config nested too deeply to parse (a config is one flat "
+                             f"object)") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object {{key: value}}, got {type(config).__name__}")
+    return config
 
 
-def _require(config: dict, key: str, alternatives: tuple[str, ...] = ()):
+def config_source(config: dict | str | os.PathLike) -> str:
+    """How error messages name a config: its file path, or 'the config dict'."""
+    if isinstance(config, dict):
+        return "the config dict"
+    path = os.fspath(config)
+    return os.path.join(path, "config.json") if os.path.isdir(path) else path
+
+
+# Sizes that must be whole numbers of at least 1, and the floats with their allowed range.
+POSITIVE_INT_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+                     "max_position_embeddings", "type_vocab_size", "sent_type_vocab_size", "task_type_vocab_size",
+                     "intermediate_size")
+PROBABILITY_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+POSITIVE_FLOAT_KEYS = ("initializer_range", "layer_norm_eps")
+# Building a model is one Python object per layer: 10^6 layers hangs for minutes before failing. The deepest
+# published encoders have hundreds of layers (DeepNet: 1,000 across encoder and decoder).
+MAX_LAYERS = 4096
+MAX_PARAMETERS_WITHOUT_MEMORY_INFO = 10**11
+
+
+def estimate_parameters(hidden: int, layers: int, vocab: int, positions: int, types: int,
+                        intermediate: int | None) -> int:
+    """The parameter count of a BERT with these sizes (embeddings, layers, pooler), without building it."""
+    inter = intermediate or 4 * hidden
+    embeddings = (vocab + positions + types) * hidden + 2 * hidden
+    per_layer = 4 * hidden * hidden + 2 * hidden * inter + 9 * hidden + inter  # qkv, out, FFN, 2 LayerNorms
+    return embeddings + layers * per_layer + hidden * hidden + hidden
+
+
+def _physical_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_config(values: dict, source: str) -> None:
+    """Refuses backbone sizes that cannot work, before anything is built, naming `source` and the key.
+
+    Catches what would otherwise fail deep inside torch or hang: a string or float where a size belongs, sizes
+    below 1, heads that do not divide hidden_size, dropout outside [0, 1), and models whose fp32 weights alone
+    would not fit in this machine's memory (or have more than `MAX_LAYERS` layers).
+    """
+    def bad(key, expected):
+        return f"{source}: '{key}' must be {expected}, got {values[key]!r}"
+
+    for key in POSITIVE_INT_KEYS:
+        if values.get(key) is None:
+            continue
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(bad(key, "an integer"))
+        if value < 1:
+            raise ValueError(bad(key, "at least 1"))
+    for key in PROBABILITY_KEYS:
+        if key in values and (isinstance(values[key], bool) or not isinstance(values[key], int | float)):
+            raise TypeError(bad(key, "a number in [0, 1)"))
+        if key in values and not 0 <= values[key] < 1:
+            raise ValueError(bad(key, "a number in [0, 1)"))
+    for key in POSITIVE_FLOAT_KEYS:
+        if key in values and (isinstance(values[key], bool) or not isinstance(values[key], int | float)):
+            raise TypeError(bad(key, "a positive number"))
+        if key in values and not values[key] > 0:
+            raise ValueError(bad(key, "a positive number"))
+    hidden, heads = values.get("hidden_size"), values.get("num_attention_heads")
+    if hidden and heads and hidden % heads:
+        raise ValueError(f"{source}: 'hidden_size' {hidden} is not divisible by 'num_attention_heads' {heads}")
+    layers = values.get("num_hidden_layers")
+    if layers and layers > MAX_LAYERS:
+        raise ValueError(f"{source}: 'num_hidden_layers' {layers} is beyond any trainable encoder (at most "
+                         f"{MAX_LAYERS}); is the config right?")
+    sizes = ("hidden_size", "num_hidden_layers", "vocab_size", "max_position_embeddings")
+    if all(values.get(k) for k in sizes):
+        types = values.get("type_vocab_size") or values.get("sent_type_vocab_size") or 0
+        n = estimate_parameters(values["hidden_size"], layers, values["vocab_size"],
+                                values["max_position_embeddings"], types, values.get("intermediate_size"))
+        memory = _physical_memory_bytes()
+        if memory is not None and 4 * n > memory:
+            raise ValueError(f"{source}: these sizes make {n:,} parameters, {4 * n / 2**30:,.1f} GiB of fp32 "
+                             f"weights alone, more than this machine's {memory / 2**30:,.1f} GiB of memory "
+                             f"('hidden_size' {values['hidden_size']}, 'num_hidden_layers' {layers}, "
+                             f"'vocab_size' {values['vocab_size']}); is the config right?")
+        if memory is None and n > MAX_PARAMETERS_WITHOUT_MEMORY_INFO:
+            raise ValueError(f"{source}: these sizes make {n:,} parameters, more than "
+                             f"{MAX_PARAMETERS_WITHOUT_MEMORY_INFO:,}; is the config right?")
+
+
+def _require(config: dict, key: str, alternatives: tuple[str, ...] = (), source: str = "backbone config"):
     for k in (key, *alternatives):
         if k in config:
             return config[k]
     names = " or ".join(repr(k) for k in (key, *alternatives))
-    raise KeyError(f"backbone config lacks {names}; present keys: {sorted(config)}")
+    raise KeyError(f"{source} lacks {names}; present keys: {sorted(config)}")
 
 
 class EncoderLayer(nn.Module):
@@ -134,6 +227,14 @@ class BERT(Backbone):
             raise ValueError(f"hidden_act {hidden_act!r} is not supported; choose one of {sorted(ACTIVATIONS)}")
         if phase not in ("train", "predict"):
             raise ValueError(f"phase must be 'train' or 'predict', got {phase!r}")
+        check_config(dict(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                          num_attention_heads=num_attention_heads, vocab_size=vocab_size,
+                          max_position_embeddings=max_position_embeddings, type_vocab_size=type_vocab_size,
+                          hidden_dropout_prob=hidden_dropout_prob,
+                          attention_probs_dropout_prob=attention_probs_dropout_prob,
+                          initializer_range=initializer_range, intermediate_size=intermediate_size,
+                          layer_norm_eps=layer_norm_eps), f"{type(self).__name__} arguments")
+        self.config_source = f"{type(self).__name__} arguments"  # what error messages call the config
         self.config = {
             "hidden_size": hidden_size,
             "num_hidden_layers": num_hidden_layers,
@@ -168,17 +269,21 @@ class BERT(Backbone):
 
     @classmethod
     def _kwargs_from_config(cls, config: dict | str | os.PathLike) -> dict:
-        config = load_config(config)
+        source, config = config_source(config), load_config(config)
+
+        def need(key, alternatives=()):
+            return _require(config, key, alternatives, source)
+
         return {
-            "hidden_size": _require(config, "hidden_size"),
-            "num_hidden_layers": _require(config, "num_hidden_layers"),
-            "num_attention_heads": _require(config, "num_attention_heads"),
-            "vocab_size": _require(config, "vocab_size"),
-            "max_position_embeddings": _require(config, "max_position_embeddings"),
-            "type_vocab_size": _require(config, "sent_type_vocab_size", ("type_vocab_size",)),
-            "hidden_act": _require(config, "hidden_act"),
-            "hidden_dropout_prob": _require(config, "hidden_dropout_prob"),
-            "attention_probs_dropout_prob": _require(config, "attention_probs_dropout_prob"),
+            "hidden_size": need("hidden_size"),
+            "num_hidden_layers": need("num_hidden_layers"),
+            "num_attention_heads": need("num_attention_heads"),
+            "vocab_size": need("vocab_size"),
+            "max_position_embeddings": need("max_position_embeddings"),
+            "type_vocab_size": need("sent_type_vocab_size", ("type_vocab_size",)),
+            "hidden_act": need("hidden_act"),
+            "hidden_dropout_prob": need("hidden_dropout_prob"),
+            "attention_probs_dropout_prob": need("attention_probs_dropout_prob"),
             "initializer_range": config.get("initializer_range", 0.02),
             "is_pairwise": config.get("is_pairwise", False),
             "intermediate_size": config.get("intermediate_size"),
@@ -189,7 +294,32 @@ class BERT(Backbone):
     @classmethod
     def from_config(cls, config: dict | str | os.PathLike, phase: str = "train") -> BERT:
         """Builds the backbone from a parsed `bert_config.json` / HF `config.json` (or its path)."""
-        return cls(**cls._kwargs_from_config(config), phase=phase)
+        return cls._build(cls._kwargs_from_config(config), config_source(config), phase)
+
+    @classmethod
+    def _build(cls, kwargs: dict, source: str, phase: str) -> BERT:
+        """The backbone of checked `kwargs`; errors and later fit checks name `source` (the config file)."""
+        check_config(kwargs, source)
+        backbone = cls(**kwargs, phase=phase)
+        backbone.config_source = source
+        return backbone
+
+    def check_reader(self, reader) -> None:
+        """Refuses a reader whose sequences or token ids this backbone cannot embed (PALM crashed at step 1 with
+        an IndexError): `max_len` above `max_position_embeddings`, or a vocabulary with more ids than
+        `vocab_size`. Called by `reader.register_with(backbone)` and `Trainer.fit_reader`."""
+        max_len = getattr(reader, "_max_len", None)
+        positions = self.config["max_position_embeddings"]
+        if max_len is not None and max_len > positions:
+            raise ValueError(f"{type(reader).__name__} max_len={max_len} is above the backbone's "
+                             f"'max_position_embeddings' {positions} ({self.config_source}): positions past "
+                             f"{positions - 1} have no embedding; use max_len <= {positions}")
+        tokenizer = getattr(reader, "_tokenizer", None)
+        if tokenizer is not None and tokenizer.vocab_size > self.config["vocab_size"]:
+            raise ValueError(f"the vocabulary {tokenizer.vocab_path} has {tokenizer.vocab_size} ids but the "
+                             f"backbone's 'vocab_size' is {self.config['vocab_size']} ({self.config_source}): "
+                             f"ids from {self.config['vocab_size']} up have no embedding; is it the vocab.txt "
+                             f"that goes with this config?")
 
     def reset_parameters(self) -> None:
         """Truncated-normal(initializer_range) weights, zero biases, unit LayerNorms (spec §7.3)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .bert import BACKBONE_INPUTS, BERT, load_config
+from .bert import BACKBONE_INPUTS, BERT, config_source, load_config
 
 
 class ERNIE(BERT):
@@ -43,7 +43,7 @@ class ERNIE(BERT):
     @classmethod
     def from_config(cls, config, phase: str = "train") -> ERNIE:
         """Builds ERNIE from a parsed `ernie_config.json` or HF `ErnieModel` `config.json` (or its path)."""
-        config = load_config(config)
+        source, config = config_source(config), load_config(config)
         kwargs = cls._kwargs_from_config(config)
         kwargs["sent_type_vocab_size"] = kwargs.pop("type_vocab_size")
         if "task_type_vocab_size" in config:
@@ -51,10 +51,10 @@ class ERNIE(BERT):
         elif "type_vocab_size" in config:
             kwargs["task_type_vocab_size"] = config["type_vocab_size"]
         else:
-            raise KeyError("ERNIE config lacks 'task_type_vocab_size' (and 'type_vocab_size' to fall back on)")
+            raise KeyError(f"{source}: ERNIE config lacks 'task_type_vocab_size' (and 'type_vocab_size' to fall back on)")
         # PALM's configs say use_task_emb (default True); HF's ErnieConfig says use_task_id
         kwargs["use_task_emb"] = config.get("use_task_emb", config.get("use_task_id", True))
-        return cls(**kwargs, phase=phase)
+        return cls._build(kwargs, source, phase)
 
     @property
     def inputs_attr(self) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .bert import BACKBONE_INPUTS, BERT, load_config
+from .bert import BACKBONE_INPUTS, BERT, config_source, load_config
 
 
 def roberta_position_ids(token_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -50,11 +50,11 @@ class RoBERTa(BERT):
     def from_config(cls, config, phase: str = "train") -> RoBERTa:
         """Builds RoBERTa from an HF RoBERTa `config.json` (or its parsed dict); HF's defaults fill the gaps
         (pad_token_id 1, layer_norm_eps 1e-12)."""
-        config = load_config(config)
+        source, config = config_source(config), load_config(config)
         kwargs = cls._kwargs_from_config(config)
         kwargs["pad_token_id"] = config.get("pad_token_id") if config.get("pad_token_id") is not None else 1
         kwargs["layer_norm_eps"] = config.get("layer_norm_eps", 1e-12)
-        return cls(**kwargs, phase=phase)
+        return cls._build(kwargs, source, phase)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()

@@ -72,6 +72,12 @@ def read_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
                 f"{path}:{line_no}: invalid UTF-8 byte {raw_line[e.start:e.start + 1]!r} at column {e.start + 1}"
             ) from None
         line = line.rstrip("\r")
+        if "\r" in line:
+            raise DataError(f"{path}:{line_no}: a carriage return (\\r) inside the line: the file seems to use "
+                            f"CR-only (old Mac) line endings; convert them to \\n (e.g. tr '\\r' '\\n')")
+        if "\x00" in line:
+            raise DataError(f"{path}:{line_no}: NUL byte at column {line.index(chr(0)) + 1}: not a UTF-8 text "
+                            f"file (UTF-16, or binary?)")
         if line.startswith("\ufeff") and line_no == 1:
             line = line[1:]
         if line.strip():
@@ -116,6 +122,11 @@ def read_table(
 
     TSV fields are split on tabs exactly as PALM did (no quoting); CSV follows the `csv` module (commas, double
     quotes, quoted newlines); a JSON-lines file has one object per line whose keys are the column names.
+
+    Hostile input: a NUL byte (a UTF-16 or binary file) is a DataError naming file:line. CR-only line
+    endings are a DataError naming the line in TSV and JSON lines; CSV accepts them (the `csv` module reads
+    `\r`, `\n` and `\r\n` as record ends). An empty field is kept as the empty string: an empty text
+    encodes as no tokens (`[CLS] [SEP]`), and the readers log a warning with the count and the first file:line.
     Header and key names go through `COLUMN_ALIASES` (GLUE's `sentence`, `#1 String`, ...). Extra columns are
     allowed. Values come back as strings (a JSON number label as its digits).
     """
@@ -174,6 +185,9 @@ def _read_text(path: str) -> str:
     except UnicodeDecodeError as e:
         line_no = raw.count(b"\n", 0, e.start) + 1
         raise DataError(f"{path}:{line_no}: invalid UTF-8 byte {raw[e.start:e.start + 1]!r}") from None
+    if "\x00" in text:
+        line_no = text.count("\n", 0, text.index("\x00")) + 1
+        raise DataError(f"{path}:{line_no}: NUL byte: not a UTF-8 text file (UTF-16, or binary?)")
     return text[1:] if text.startswith("\ufeff") else text
 
 
@@ -204,6 +218,9 @@ def _read_jsonl(path: str, required: Sequence[str], optional: Sequence[str]) -> 
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{line_no}: not a JSON object ({e.msg} at column {e.colno}); a JSON-lines file "
                             f"has one object per line") from None
+        except RecursionError:
+            raise DataError(f"{path}:{line_no}: JSON nested too deeply to parse; a JSON-lines row is one flat "
+                            f"object {{column: value}}") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{line_no}: expected a JSON object {{column: value}}, got {type(obj).__name__}")
         obj = {COLUMN_ALIASES.get(k, k): v for k, v in obj.items()}
@@ -245,6 +262,9 @@ def load_label_map(
                 loaded = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{source}:{e.lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise ValueError(f"{source}: JSON nested too deeply to parse; a label map is a flat list or "
+                             f"object") from None
         if not isinstance(loaded, dict | list):
             raise ValueError(f"{source}: expected a JSON object {{{what}: id}} or a list of {what}s, got "
                              f"{type(loaded).__name__}")
@@ -385,7 +405,11 @@ class Reader:
         return {**COMMON_OUTPUTS, **self._task_outputs()}
 
     def register_with(self, backbone) -> None:
-        """Adds the backbone's inputs to what this reader yields and remembers the backbone."""
+        """Adds the backbone's inputs to what this reader yields and remembers the backbone.
+
+        A backbone with `check_reader` (BERT, ERNIE) first refuses a `max_len` or vocabulary it cannot embed."""
+        if hasattr(backbone, "check_reader"):
+            backbone.check_reader(self)
         for name in backbone.inputs_attr:
             self._register.add(name)
         self._backbone = backbone

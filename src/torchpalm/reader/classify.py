@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 
@@ -10,12 +11,22 @@ import torch
 
 from .base import COLUMN_ALIASES, DataError, Reader, collate_common, load_label_map, preview
 
+logger = logging.getLogger("torchpalm")
+
 # The gold label of a predict row whose name is not in the label map: scored as a miss, never an error.
 UNKNOWN_LABEL = -1
 
 
 def encode_text_columns(reader: Reader, rows: list, columns: tuple[str, ...]) -> dict[str, list[list[int]]]:
-    """Tokenises the given text columns of all rows in one batched call per column."""
+    """Tokenises the given text columns of all rows in one batched call per column.
+
+    An empty text is kept (it encodes as no tokens) and logged once per column with its count and first line:
+    it is usually a shifted column or a cut-off file, rarely meant."""
+    for c in columns:
+        empty = [line_no for line_no, r in rows if not r[c].strip()]
+        if empty:
+            logger.warning("%s:%d: empty %s (%d row(s) of %d have an empty %s; kept as no tokens)",
+                           reader._input_file, empty[0], c, len(empty), len(rows), c)
     tok = reader.tokenizer
     return {c: tok.encode_batch([reader._text(r[c]) for _, r in rows]) for c in columns}
 

@@ -133,19 +133,19 @@ def max_context_flags(spans: list[tuple[int, int]], num_tokens: int) -> list[np.
 
     Score of token `p` in window `(start, length)`: `min(p - start, end - p) + 0.01 * length` with
     `end = start + length - 1`; the best window is the first with the highest score (BERT's
-    `_check_is_max_context`, vectorised over all tokens).
+    `_check_is_max_context`). One running best per token, updated window by window over that window's own
+    tokens only, so the work is the total window length and the memory one array over the document: linear in
+    the context (a windows x tokens score table made a 1 MB context take minutes and gigabytes).
     """
-    if num_tokens == 0:
-        return [np.zeros(length, dtype=bool) for _, length in spans]
-    positions = np.arange(num_tokens)
-    scores = np.full((len(spans), num_tokens), -np.inf)
+    best_score = np.full(num_tokens, -np.inf)
+    best_window = np.zeros(num_tokens, dtype=np.int64)
     for w, (start, length) in enumerate(spans):
-        end = start + length - 1
-        inside = slice(start, start + length)
-        p = positions[inside]
-        scores[w, inside] = np.minimum(p - start, end - p) + 0.01 * length
-    best = np.argmax(scores, axis=0)  # first maximum, as BERT's strict `score > best_score`
-    return [best[start:start + length] == w for w, (start, length) in enumerate(spans)]
+        p = np.arange(start, start + length)
+        score = np.minimum(p - start, start + length - 1 - p) + 0.01 * length
+        better = score > best_score[start:start + length]  # strict: ties stay with the earlier window
+        best_score[start:start + length][better] = score[better]
+        best_window[start:start + length][better] = w
+    return [best_window[start:start + length] == w for w, (start, length) in enumerate(spans)]
 
 
 def answer_token_span(offsets: np.ndarray, start_char: int, end_char: int) -> tuple[int, int] | None:
@@ -203,6 +203,9 @@ def read_squad_json(path: str) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to parse (a SQuAD file is a few levels deep: data, "
+                        f"paragraphs, qas, answers)") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataError(f"{where}: expected a SQuAD-style object with a 'data' list of articles")
     return data
