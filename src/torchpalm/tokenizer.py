@@ -257,13 +257,12 @@ class WordPieceTokenizer:
         return tuple(vocab[p] for w in basic_pieces(token, self.do_lower_case) for p in wordpiece(w, vocab))
 
     def _learn_chars(self, chars: set[str]) -> None:
-        """Adds the new characters to the cleaning table: controls are deleted, whitespace becomes a space and
-        CJK characters are set apart by spaces; anything else stays as it is."""
+        """Adds the new characters to the cleaning table: controls are deleted and CJK characters set apart by
+        spaces; anything else stays as it is (`str.split` already splits at every character PALM calls
+        whitespace, category Zs included)."""
         for c in chars - self._seen_chars:
             if c == "\x00" or c == "\ufffd" or is_control(c):
                 self._translate[ord(c)] = None
-            elif is_whitespace(c):
-                self._translate[ord(c)] = " "
             elif is_cjk(c):
                 self._translate[ord(c)] = f" {c} "
             self._seen_chars.add(c)
