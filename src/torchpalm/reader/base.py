@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..tokenizer import WordPieceTokenizer
+from . import cache
 
 logger = logging.getLogger("torchpalm")
 
@@ -308,6 +309,11 @@ class Reader:
     Subclasses implement `_task_outputs()` (their own yielded names -> attrs), `_load_examples(path)` (parse
     and encode a file into a list of per-example dicts) and `_collate(examples, rng)` (one batch).
 
+    Encoded-data cache (`torchpalm.reader.cache`): a reader whose class sets `_cache_version` (an integer,
+    bumped whenever its encoding changes) and whose examples hold only integers and 1-D arrays has them saved
+    on the first `load_data` and reloaded on the next ones; `_encoding_options()` must list every option
+    that changes them. `set_cache_dir()` chooses the directory or switches the cache off.
+
     Args:
         vocab_path: vocabulary file.
         max_len: maximum sequence length including [CLS]/[SEP].
@@ -354,6 +360,9 @@ class Reader:
         self._epoch = 0
         self._position = 0
         self._rank, self._world_size = 0, 1
+        self._cache_dir: str | bool | None = None  # None: the environment's choice (cache.default_cache_dir)
+        self._vocab_digest: str | None = None
+        self.cache_hit: bool | None = None  # whether the last load_data reloaded its examples from the cache
 
     # ---- PALM's register protocol (spec §2.4) ----
     def _task_outputs(self) -> dict[str, tuple]:
@@ -433,7 +442,7 @@ class Reader:
         self._shuffle = shuffle_train if shuffle is None else shuffle
         self._table_format = file_format
         self._file_columns = tuple(columns) if columns is not None else None
-        self._examples = self._load_examples(self._input_file)
+        self._examples = self._load_examples_cached(self._input_file)
         if not self._examples:
             raise DataError(f"{self._input_file}: no examples")
         self._epoch, self._position = 0, 0
@@ -445,6 +454,58 @@ class Reader:
 
     def _load_examples(self, path: str) -> list[dict]:
         raise NotImplementedError
+
+    # ---- encoded-data cache ----
+    _cache_version: int | None = None  # None: this reader's examples are never cached
+
+    def set_cache_dir(self, cache_dir: str | os.PathLike | bool | None) -> Reader:
+        """Where `load_data` keeps encoded examples: a directory, False to switch the cache off, or None for
+        the default (`$TORCHPALM_CACHE`, else `~/.cache/torchpalm/encoded`). Returns the reader."""
+        if cache_dir is True:
+            cache_dir = None
+        if cache_dir is not None and cache_dir is not False and not isinstance(cache_dir, str | os.PathLike):
+            raise TypeError(f"cache_dir must be a directory, False or None, got {cache_dir!r}")
+        self._cache_dir = os.fspath(cache_dir) if isinstance(cache_dir, str | os.PathLike) else cache_dir
+        return self
+
+    @property
+    def cache_dir(self) -> str | None:
+        """The directory the encoded-data cache uses now; None when it is off (or this reader has none)."""
+        if self._cache_version is None or self._cache_dir is False:
+            return None
+        return self._cache_dir if self._cache_dir is not None else cache.default_cache_dir()
+
+    def _encoding_options(self) -> dict:
+        """Everything besides the data file that decides the encoded examples (part of the cache key)."""
+        if self._vocab_digest is None:
+            self._vocab_digest = cache.file_digest(self._vocab_path)
+        cls = type(self)
+        return {"reader": f"{cls.__module__}.{cls.__qualname__}", "reader_version": self._cache_version,
+                "vocab": self._vocab_digest, "max_len": self._max_len,
+                "do_lower_case": self._tokenizer.do_lower_case, "for_cn": self._for_cn, "phase": self._phase,
+                "file_format": self._table_format,
+                "columns": list(self._file_columns) if self._file_columns is not None else None}
+
+    def _load_examples_cached(self, path: str) -> list[dict]:
+        """`_load_examples(path)`, through the encoded-data cache when it is on."""
+        self.cache_hit = None
+        cache_dir = self.cache_dir
+        if cache_dir is None:
+            return self._load_examples(path)
+        key = cache.cache_key(cache.file_digest(path), self._encoding_options())
+        entry = cache.entry_path(cache_dir, type(self).__name__, path, key)
+        examples = cache.load_entry(entry, key)
+        self.cache_hit = examples is not None
+        if examples is not None:
+            logger.debug("%s: %d encoded examples reloaded from %s", path, len(examples), entry)
+            return examples
+        examples = self._load_examples(path)
+        try:
+            if cache.save_entry(entry, key, examples):
+                logger.debug("%s: encoded examples cached in %s", path, entry)
+        except OSError as e:  # a read-only or full disk costs the speed-up, never the run
+            logger.warning("could not write the encoded-data cache %s (%s); continuing without it", entry, e)
+        return examples
 
     def _collate(self, examples: list[dict], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -66,6 +66,9 @@ class MatchReader(ClassifyReader):
     def learning_strategy(self) -> str:
         return self._learning_strategy
 
+    def _encoding_options(self) -> dict:
+        return {**super()._encoding_options(), "learning_strategy": self._learning_strategy}
+
     def _pairwise_train(self) -> bool:
         return self._learning_strategy == "pairwise" and self._phase == "train"
 

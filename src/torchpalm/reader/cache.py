@@ -1,0 +1,160 @@
+"""The encoded-data cache: a reader's encoded examples saved once, reloaded instead of tokenizing again.
+
+An entry is keyed by the SHA-256 of the data file's bytes and of everything else that decides the encoding (the
+vocabulary file's bytes, `max_len`, `do_lower_case`, `lang`, the phase, the label map, the file format and
+columns, the reader class and its encoding version): change any of them and the key, hence the file name,
+changes, so a stale entry is never read. Entries are plain numpy arrays in one `.npz` file, read with
+`allow_pickle=False` (loading a cache file never runs code), and written to a temporary file that is then
+renamed over the final name, so a killed run or a concurrent one never leaves a half-written entry.
+
+Where: `$TORCHPALM_CACHE` if set (a directory, or `off` / `0` / `false` / `no` to switch caching off), else
+`$XDG_CACHE_HOME/torchpalm/encoded` (by default `~/.cache/torchpalm/encoded`); a reader's `set_cache_dir()`
+overrides both. Old entries are never deleted automatically: removing the directory is always safe.
+
+The stored examples are a list of dicts whose values are integers or 1-D numpy arrays; an example list with
+anything else (strings, nested objects) is simply not cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+
+import numpy as np
+
+logger = logging.getLogger("torchpalm")
+
+# Bump when the file layout below changes; a reader bumps its own `_cache_version` when its encoding changes.
+CACHE_FORMAT = 1
+OFF_VALUES = ("off", "0", "false", "no", "none")
+
+
+def default_cache_dir() -> str | None:
+    """The cache directory from the environment (see the module docstring); None when caching is off."""
+    env = os.environ.get("TORCHPALM_CACHE")
+    if env is not None:
+        return None if env.strip().lower() in OFF_VALUES or not env.strip() else os.path.expanduser(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "torchpalm", "encoded")
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(data_digest: str, options: Mapping) -> str:
+    """The key of an entry: a hash of the data file's digest and the encoding options (JSON-serialisable)."""
+    blob = json.dumps({"format": CACHE_FORMAT, "data": data_digest, "options": options}, sort_keys=True,
+                      ensure_ascii=True, default=_not_serialisable)
+    return hashlib.sha256(blob.encode("ascii")).hexdigest()
+
+
+def _not_serialisable(value):
+    raise TypeError(f"encoding option {value!r} ({type(value).__name__}) cannot be part of a cache key")
+
+
+def entry_path(cache_dir: str, reader_name: str, data_path: str, key: str) -> str:
+    """`<cache_dir>/<Reader>-<data file name>-<key>.npz` (the names only help a person browsing the cache)."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(data_path))[:60]
+    return os.path.join(cache_dir, f"{reader_name}-{stem}-{key[:40]}.npz")
+
+
+def to_columns(examples: list[dict]) -> dict[str, np.ndarray] | None:
+    """Example dicts -> flat arrays: an int64 column per integer field, values + offsets per array field, and a
+    presence mask for a field some examples lack. None if a value is neither an integer nor a 1-D array."""
+    names = list(dict.fromkeys(k for ex in examples for k in ex))
+    arrays: dict[str, np.ndarray] = {}
+    for name in names:
+        values = [ex.get(name) for ex in examples]
+        present = np.array([v is not None for v in values])
+        kept = [v for v in values if v is not None]
+        if all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in kept):
+            arrays[f"{name}.int"] = np.array(kept, dtype=np.int64)
+        elif all(isinstance(v, np.ndarray) and v.ndim == 1 for v in kept) and len({v.dtype for v in kept}) == 1:
+            lengths = np.array([len(v) for v in kept], dtype=np.int64)
+            arrays[f"{name}.offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            arrays[f"{name}.values"] = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+        else:
+            return None
+        if not present.all():
+            arrays[f"{name}.present"] = present
+    return arrays
+
+
+def from_columns(arrays: Mapping[str, np.ndarray], n: int) -> list[dict]:
+    """The inverse of `to_columns`: example dicts (integers as Python ints, arrays as views of one buffer)."""
+    names = list(dict.fromkeys(k.rsplit(".", 1)[0] for k in arrays))
+    columns = []
+    for name in names:
+        present = arrays.get(f"{name}.present")
+        count = int(present.sum()) if present is not None else n
+        if f"{name}.int" in arrays:
+            column = arrays[f"{name}.int"].tolist()
+        else:
+            values, offsets = arrays[f"{name}.values"], arrays[f"{name}.offsets"].tolist()
+            column = [values[offsets[i]:offsets[i + 1]] for i in range(count)]
+        if len(column) != count:
+            raise ValueError(f"column {name!r} has {len(column)} values for {count} examples")
+        if present is not None:
+            it = iter(column)
+            column = [next(it) if p else _MISSING for p in present.tolist()]
+        columns.append(column)
+    examples = [dict(zip(names, row)) for row in zip(*columns)] if names else [{} for _ in range(n)]
+    if len(examples) != n:
+        raise ValueError(f"{len(examples)} examples where the header says {n}")
+    if any(k.endswith(".present") for k in arrays):
+        examples = [{k: v for k, v in ex.items() if v is not _MISSING} for ex in examples]
+    return examples
+
+
+_MISSING = object()
+
+
+def save_entry(path: str, key: str, examples: list[dict]) -> bool:
+    """Writes `examples` under `key` atomically; False (nothing written) when they cannot be stored."""
+    arrays = to_columns(examples)
+    if arrays is None:
+        return False
+    header = json.dumps({"format": CACHE_FORMAT, "key": key, "examples": len(examples)}).encode("ascii")
+    arrays["__header__"] = np.frombuffer(header, dtype=np.uint8)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return True
+
+
+def load_entry(path: str, key: str) -> list[dict] | None:
+    """The examples stored under `key` at `path`; None when there is no such entry or it is unreadable."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+        header = json.loads(arrays.pop("__header__").tobytes().decode("ascii"))
+        if header.get("format") != CACHE_FORMAT or header.get("key") != key:
+            logger.warning("encoded-data cache %s belongs to another key or format; encoding again", path)
+            return None
+        return from_columns(arrays, int(header["examples"]))
+    except Exception as e:  # a damaged entry costs one re-encode, never a failed run
+        logger.warning("encoded-data cache %s is unreadable (%s: %s); encoding again", path, type(e).__name__, e)
+        return None
