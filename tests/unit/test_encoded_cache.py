@@ -91,7 +91,13 @@ def test_every_encoding_option_invalidates(tmp_path, uncased_vocab, chinese_voca
     headerless.write_text("".join(f"{i % 2}\tWord{i} x\tother {i}\n" for i in range(40)))
     cache_dir = tmp_path / "cache"
     base = lambda: ClassifyReader(vocab_copy, 32, seed=1)  # noqa: E731
+
+    class Subclass(ClassifyReader):  # another class under the same name: the key, not the file name, tells
+        pass
+
+    Subclass.__name__ = "ClassifyReader"
     variants = {
+        "same_name_other_class": (lambda: Subclass(vocab_copy, 32, seed=1), path, {}),
         "vocab_file": (lambda: ClassifyReader(chinese_vocab, 32, seed=1), path, {}),
         "max_len": (lambda: ClassifyReader(vocab_copy, 16, seed=1), path, {}),
         "do_lower_case": (lambda: ClassifyReader(vocab_copy, 32, seed=1, do_lower_case=True), path, {}),
