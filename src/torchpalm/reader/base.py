@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..tokenizer import WordPieceTokenizer
-from . import cache
+from . import batching, cache
 
 logger = logging.getLogger("torchpalm")
 
@@ -363,6 +363,8 @@ class Reader:
         self._cache_dir: str | bool | None = None  # None: the environment's choice (cache.default_cache_dir)
         self._vocab_digest: str | None = None
         self.cache_hit: bool | None = None  # whether the last load_data reloaded its examples from the cache
+        self._batching: dict | None = None  # set_batching's options; None: PALM's order
+        self._token_plan: list[np.ndarray] | None = None  # the fixed token-budget batches, built on first use
 
     # ---- PALM's register protocol (spec §2.4) ----
     def _task_outputs(self) -> dict[str, tuple]:
@@ -443,6 +445,7 @@ class Reader:
         self._table_format = file_format
         self._file_columns = tuple(columns) if columns is not None else None
         self._examples = self._load_examples_cached(self._input_file)
+        self._token_plan = None
         if not self._examples:
             raise DataError(f"{self._input_file}: no examples")
         self._epoch, self._position = 0, 0
@@ -535,15 +538,100 @@ class Reader:
 
     @property
     def steps_per_epoch(self) -> int:
-        """Batches per epoch: drop-last in train (but never zero batches), ceil in predict."""
+        """Batches per epoch: drop-last in train (but never zero batches), ceil in predict; with a token budget
+        (`set_batching(max_tokens=...)`) the number of budget batches, the same every epoch."""
         n, b = self.num_examples, self._batch_size
         if self._phase == "train":
+            if self._batching_mode() == "tokens":
+                return len(self._token_batches())
             return max(n // b, 1)
         return -(-n // b)
+
+    # ---- batching options ----
+    def set_batching(
+        self,
+        group_by_length: bool = False,
+        max_tokens: int | None = None,
+        token_count: str = "padded",
+        max_examples: int | None = None,
+        megabatch_factor: int = 50,
+    ) -> Reader:
+        """Batches that cut padding by changing the data order (train only; off by default: PALM's order).
+
+        Args:
+            group_by_length: HuggingFace's `group_by_length`: each epoch, shuffle, sort megabatches of
+                `megabatch_factor * batch_size` examples by length, cut them into batches of `batch_size` and
+                shuffle the batches. Same batch size and step count as without it.
+            max_tokens: token-budget batches instead of `batch_size` examples: at most this many tokens a batch
+                (`batch_size` is then unused), the batches fixed for the run and their order shuffled each epoch.
+            token_count: what counts against `max_tokens`: 'padded' (rows times the longest row) or 'real'
+                (the sum of the lengths, for packed batches).
+            max_examples: with `max_tokens`, also at most this many examples a batch.
+            megabatch_factor: with `group_by_length`, batches per megabatch.
+
+        Every plan is a function of `(seed, epoch)`, so checkpoints resume exactly; the predict phase keeps the
+        file order whatever is set here. Returns the reader. See `torchpalm.reader.batching`.
+        """
+        if group_by_length and max_tokens is not None:
+            raise ValueError("choose group_by_length or max_tokens: token-budget batches are grouped by length "
+                             "already")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                       or max_tokens < 1):
+            raise ValueError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
+        if token_count not in batching.TOKEN_COUNTS:
+            raise ValueError(f"token_count must be one of {batching.TOKEN_COUNTS}, got {token_count!r}")
+        if max_examples is not None and (not isinstance(max_examples, int) or max_examples < 1):
+            raise ValueError(f"max_examples must be a positive integer or None, got {max_examples!r}")
+        if not isinstance(megabatch_factor, int) or megabatch_factor < 1:
+            raise ValueError(f"megabatch_factor must be a positive integer, got {megabatch_factor!r}")
+        if max_tokens is not None and self._world_size > 1:
+            raise ValueError("token-budget batches cannot be sharded across ranks yet; use group_by_length")
+        self._batching = None
+        if group_by_length:
+            self._batching = {"group_by_length": True, "megabatch_factor": megabatch_factor}
+        elif max_tokens is not None:
+            self._batching = {"max_tokens": max_tokens, "token_count": token_count, "max_examples": max_examples}
+        self._token_plan = None
+        return self
+
+    @property
+    def batching(self) -> dict | None:
+        """The options given to `set_batching` (None: PALM's order)."""
+        return dict(self._batching) if self._batching is not None else None
+
+    def _batching_mode(self) -> str | None:
+        """'length' or 'tokens' when a batching option applies (train phase), else None."""
+        if self._batching is None or self._phase != "train":
+            return None
+        return "length" if self._batching.get("group_by_length") else "tokens"
+
+    def _example_length(self, example) -> int:
+        """The token count of an example, for batching by length (readers with two sequences override it)."""
+        return len(example["token_ids"] if isinstance(example, dict) else example.token_ids)
+
+    def _lengths(self) -> np.ndarray:
+        return np.fromiter((self._example_length(e) for e in self._examples), dtype=np.int64,
+                           count=len(self._examples))
+
+    def _token_batches(self) -> list[np.ndarray]:
+        if self._examples is None:
+            raise RuntimeError(f"{type(self).__name__}: call load_data() before asking for steps or batches")
+        if self._token_plan is None:
+            # ties in length are broken at random, by the seed only: the batches stay fixed for the run
+            tie_rng = np.random.default_rng(np.random.SeedSequence([self._seed], spawn_key=(1,)))
+            b = self._batching
+            try:
+                self._token_plan = batching.token_budget_batches(self._lengths(), b["max_tokens"], b["token_count"],
+                                                                 tie_rng, b["max_examples"])
+            except ValueError as e:
+                raise ValueError(f"{self._input_file}: {e}") from None
+        return self._token_plan
 
     # ---- iteration ----
     def shard(self, rank: int, world_size: int) -> None:
         """Makes this reader yield rank `rank`'s slice of every global batch (for distributed training)."""
+        if world_size > 1 and self._batching is not None and "max_tokens" in self._batching:
+            raise ValueError("token-budget batches cannot be sharded across ranks yet; use group_by_length")
         if self._batch_size is not None and self._batch_size % world_size:
             raise ValueError(f"batch_size {self._batch_size} is not divisible by the world size {world_size}")
         self._rank, self._world_size = rank, world_size
@@ -555,6 +643,14 @@ class Reader:
         return np.arange(n)
 
     def _batches_of_epoch(self, epoch: int) -> list[np.ndarray]:
+        mode = self._batching_mode()
+        rng = np.random.default_rng([self._seed, epoch]) if self._shuffle else None
+        if mode == "length":
+            return batching.length_grouped_batches(self._lengths(), self._batch_size, rng,
+                                                   self._batching["megabatch_factor"])
+        if mode == "tokens":
+            plan = self._token_batches()
+            return [plan[i] for i in rng.permutation(len(plan))] if rng is not None else list(plan)
         order, b = self._epoch_order(epoch), self._batch_size
         return [order[i * b : (i + 1) * b] for i in range(self.steps_per_epoch)]
 
@@ -588,8 +684,18 @@ class Reader:
         self._epoch, self._position = 0, 0
 
     def state_dict(self) -> dict:
-        """Everything that decides the next batch."""
-        return {"seed": self._seed, "epoch": self._epoch, "position": self._position}
+        """Everything that decides the next batch (and the batching options, when set, to check on resume)."""
+        state = {"seed": self._seed, "epoch": self._epoch, "position": self._position}
+        if self._batching is not None:
+            state["batching"] = dict(self._batching)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores `state_dict()`; a position saved under other batching options would point elsewhere, so
+        that is an error naming both."""
+        if state.get("batching") != self._batching:
+            raise ValueError(f"the saved reader position was taken with batching {state.get('batching')} but this "
+                             f"reader has {self._batching}; call set_batching(...) as in the saved run")
+        if int(state["seed"]) != self._seed:
+            self._token_plan = None  # the token-budget batches depend on the seed
         self._seed, self._epoch, self._position = int(state["seed"]), int(state["epoch"]), int(state["position"])
