@@ -127,6 +127,9 @@ def wordpiece(word: str, vocab: dict[str, int], unk_token: str = "[UNK]") -> lis
 # ---- the fast path: ASCII control characters (PALM deletes them, gluing their neighbours together) ----
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ASCII_CONTROL_DELETE: dict[int, str | None] = {c: None for c in [*range(0, 9), 11, 12, *range(14, 32), 127]}
+# A cleaned ASCII token (no whitespace, no control) split at punctuation: PALM's punctuation is all of ASCII's
+# printable non-alphanumerics.
+_ASCII_WORDS = re.compile(r"[A-Za-z0-9]+|[^A-Za-z0-9]")
 
 
 def load_vocab(vocab_path: str | os.PathLike) -> dict[str, int]:
@@ -137,10 +140,17 @@ def load_vocab(vocab_path: str | os.PathLike) -> dict[str, int]:
     path = os.fspath(vocab_path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"vocabulary file not found: {path}")
-    vocab: dict[str, int] = {}
     with open(path, encoding="utf-8", errors="strict") as f:
-        for line_no, line in enumerate(f):
-            fields = line.rstrip("\n").rstrip("\r").split("\t")
+        text = f.read()  # universal newlines, as iterating over the file would split
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if "\t" not in text:  # BERT's one token per line: the id is the line number (a repeated token: its last line)
+        vocab = dict(zip(lines, range(len(lines))))
+    else:
+        vocab = {}
+        for line_no, line in enumerate(lines):
+            fields = line.split("\t")
             if len(fields) > 2:
                 break
             token = fields[0]
@@ -254,7 +264,11 @@ class WordPieceTokenizer:
         vocab = self.vocab
         if token in SPECIAL_TOKENS:
             return (vocab[token],)
-        return tuple(vocab[p] for w in basic_pieces(token, self.do_lower_case) for p in wordpiece(w, vocab))
+        if token.isascii():  # the same steps, shortened: no accents, and every non-alphanumeric is punctuation
+            words = _ASCII_WORDS.findall(token.lower() if self.do_lower_case else token)
+        else:
+            words = basic_pieces(token, self.do_lower_case)
+        return tuple(vocab[p] for w in words for p in wordpiece(w, vocab))
 
     def _learn_chars(self, chars: set[str]) -> None:
         """Adds the new characters to the cleaning table: controls are deleted and CJK characters set apart by

@@ -122,3 +122,20 @@ def test_memo_limit_keeps_results(uncased_vocab, monkeypatch):
     assert tok.encode_batch(texts) == [full_tokenize(t, tok.vocab, True) for t in texts]
     tok.encode_batch(["x"])
     assert len(tok._memo) <= 4
+
+
+def test_vocab_file_line_endings_and_repeats(tmp_path):
+    """One token per line: the id is the line number whatever the line ending; a repeated token keeps its last
+    line (as PALM's dict assignment did); a tab-separated file still takes its explicit ids."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    for name, text in {"crlf": "\r\n".join(specials + ["a", "b"]) + "\r\n",
+                       "no_final_newline": "\n".join(specials + ["a", "b"]),
+                       "repeat": "\n".join(specials + ["a", "b", "a"]) + "\n"}.items():
+        path = tmp_path / f"{name}.txt"
+        path.write_bytes(text.encode("utf-8"))
+        vocab = load_vocab(path)
+        assert vocab["[MASK]"] == 4 and vocab["b"] == 6, name
+        assert vocab["a"] == (7 if name == "repeat" else 5) and len(vocab) == 7, name
+    path = tmp_path / "ids.txt"
+    path.write_text("[PAD]\t0\n[UNK]\t1\n[CLS]\t2\n[SEP]\t3\n[MASK]\t4\nx\t9\ny\t1\t2\nz\t5\n", encoding="utf-8")
+    assert load_vocab(path)["x"] == 9 and "z" not in load_vocab(path)  # reading stops at the 3-field line
