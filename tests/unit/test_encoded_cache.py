@@ -235,6 +235,15 @@ def test_columns_round_trip_with_missing_fields_and_empty_arrays():
                 {"a": np.zeros(0, dtype=np.int64), "n": -4},
                 {"a": np.array([7], dtype=np.int64), "n": 0, "label": 0}]
     arrays = cache_mod.to_columns(examples)
-    _assert_same_examples(examples, cache_mod.from_columns(arrays, 3))
+    reloaded = cache_mod.from_columns(arrays, 3)
+    _assert_same_examples(examples, reloaded)
+    _assert_same_examples(examples[::-1], [reloaded[-1], reloaded[-2], reloaded[-3]])
+    _assert_same_examples(examples[1:], reloaded[1:])
+    with pytest.raises(IndexError):
+        reloaded[3]
+    for name, bad in [("a.offsets", np.array([0, 2, 1, 3])), ("n.int", np.array([1, 2])),
+                      ("label.present", np.array([1, 0, 1]))]:
+        with pytest.raises(ValueError, match="column"):
+            cache_mod.from_columns({**arrays, name: bad}, 3)
     assert cache_mod.to_columns([{"words": ["a"]}]) is None
     assert cache_mod.to_columns([{"a": np.zeros((2, 2))}]) is None

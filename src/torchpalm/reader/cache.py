@@ -11,8 +11,10 @@ Where: `$TORCHPALM_CACHE` if set (a directory, or `off` / `0` / `false` / `no` t
 `$XDG_CACHE_HOME/torchpalm/encoded` (by default `~/.cache/torchpalm/encoded`); a reader's `set_cache_dir()`
 overrides both. Old entries are never deleted automatically: removing the directory is always safe.
 
-The stored examples are a list of dicts whose values are integers or 1-D numpy arrays; an example list with
-anything else (strings, nested objects) is simply not cached.
+The stored examples are a list of dicts whose values are integers or 1-D numpy arrays, kept as columns (one
+array per field, values and offsets for the arrays); an example list with anything else (strings, nested
+objects) is simply not cached. A reload returns an `EncodedExamples` sequence over those columns, which builds
+each example dict when it is asked for, so reloading costs no per-example work.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -91,33 +93,62 @@ def to_columns(examples: list[dict]) -> dict[str, np.ndarray] | None:
     return arrays
 
 
-def from_columns(arrays: Mapping[str, np.ndarray], n: int) -> list[dict]:
-    """The inverse of `to_columns`: example dicts (integers as Python ints, arrays as views of one buffer)."""
-    names = list(dict.fromkeys(k.rsplit(".", 1)[0] for k in arrays))
-    columns = []
-    for name in names:
-        present = arrays.get(f"{name}.present")
-        count = int(present.sum()) if present is not None else n
-        if f"{name}.int" in arrays:
-            column = arrays[f"{name}.int"].tolist()
-        else:
-            values, offsets = arrays[f"{name}.values"], arrays[f"{name}.offsets"].tolist()
-            column = [values[offsets[i]:offsets[i + 1]] for i in range(count)]
-        if len(column) != count:
-            raise ValueError(f"column {name!r} has {len(column)} values for {count} examples")
-        if present is not None:
-            it = iter(column)
-            column = [next(it) if p else _MISSING for p in present.tolist()]
-        columns.append(column)
-    examples = [dict(zip(names, row)) for row in zip(*columns)] if names else [{} for _ in range(n)]
-    if len(examples) != n:
-        raise ValueError(f"{len(examples)} examples where the header says {n}")
-    if any(k.endswith(".present") for k in arrays):
-        examples = [{k: v for k, v in ex.items() if v is not _MISSING} for ex in examples]
-    return examples
+class EncodedExamples(Sequence):
+    """Examples kept as the cache's columns; `examples[i]` builds example i's dict (integers as Python ints,
+    arrays as views of one buffer), so a reload does no per-example work. The columns are checked when the
+    entry is opened, so a damaged entry fails there, not in the middle of training."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], n: int):
+        self._n = n
+        self._columns: list[tuple] = []  # (name, ints or None, values, offsets, rank of each row or None)
+        for name in dict.fromkeys(k.rsplit(".", 1)[0] for k in arrays):
+            present = arrays.get(f"{name}.present")
+            if present is not None and (present.dtype != bool or present.shape != (n,)):
+                raise ValueError(f"column {name!r}: presence mask of shape {present.shape}, expected ({n},)")
+            count = int(present.sum()) if present is not None else n
+            rank = (np.cumsum(present) - 1).tolist() if present is not None else None
+            if f"{name}.int" in arrays:
+                ints = arrays[f"{name}.int"]
+                if ints.shape != (count,):
+                    raise ValueError(f"column {name!r} has {len(ints)} values for {count} examples")
+                self._columns.append((name, ints.tolist(), None, None, rank))
+            else:
+                values, offsets = arrays[f"{name}.values"], arrays[f"{name}.offsets"]
+                if (values.ndim != 1 or offsets.shape != (count + 1,) or offsets[0] != 0
+                        or offsets[-1] != len(values) or np.any(np.diff(offsets) < 0)):
+                    raise ValueError(f"column {name!r}: offsets do not cut {len(values)} values into {count} rows")
+                self._columns.append((name, None, values, offsets.tolist(), rank))
+        self._present = {name: arrays[f"{name}.present"].tolist() for name, *_, rank in self._columns
+                         if rank is not None}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(f"example {i} out of range ({self._n} examples)")
+        example = {}
+        for name, ints, values, offsets, rank in self._columns:
+            if rank is not None:
+                if not self._present[name][i]:
+                    continue
+                k = rank[i]
+            else:
+                k = i
+            example[name] = ints[k] if ints is not None else values[offsets[k]:offsets[k + 1]]
+        return example
+
+    def __iter__(self):
+        return (self[i] for i in range(self._n))
 
 
-_MISSING = object()
+def from_columns(arrays: Mapping[str, np.ndarray], n: int) -> EncodedExamples:
+    """The inverse of `to_columns`, as a sequence of example dicts (see `EncodedExamples`)."""
+    return EncodedExamples(arrays, n)
 
 
 def save_entry(path: str, key: str, examples: list[dict]) -> bool:
@@ -143,7 +174,7 @@ def save_entry(path: str, key: str, examples: list[dict]) -> bool:
     return True
 
 
-def load_entry(path: str, key: str) -> list[dict] | None:
+def load_entry(path: str, key: str) -> EncodedExamples | None:
     """The examples stored under `key` at `path`; None when there is no such entry or it is unreadable."""
     if not os.path.isfile(path):
         return None
