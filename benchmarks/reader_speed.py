@@ -7,7 +7,7 @@ much faster a reader reloads an already-encoded file from the cache than it enco
 Every timing is the best of `--repeats` runs, as wall-clock seconds and as CPU seconds of this process (on a
 shared machine the CPU figure is the steadier one; `BertTokenizerFast` may use several threads, so its CPU time
 can exceed its wall time). The fast path is timed cold (a new tokenizer: empty memo) and warm (second pass).
-The reference path, about 50 times slower, is timed on the first `--reference_lines` texts. Ids are checked to
+The reference path, about 10 times slower, is timed on the first `--reference_lines` texts. Ids are checked to
 be equal across the sides before anything is reported.
 """
 
