@@ -489,7 +489,7 @@ class Reader:
                 "file_format": self._table_format,
                 "columns": list(self._file_columns) if self._file_columns is not None else None}
 
-    def _load_examples_cached(self, path: str) -> list[dict]:
+    def _load_examples_cached(self, path: str) -> Sequence[dict]:
         """`_load_examples(path)`, through the encoded-data cache when it is on."""
         self.cache_hit = None
         cache_dir = self.cache_dir
