@@ -13,6 +13,7 @@ from conftest import shared
 
 from torchpalm.reader import ClassifyReader, MaskLMReader, MatchReader, SequenceLabelReader
 from torchpalm.reader import cache as cache_mod
+from torchpalm.tokenizer import WordPieceTokenizer
 
 
 def _head(src, dst, n: int) -> str:
@@ -176,12 +177,19 @@ def test_environment_default_and_switching_off(tmp_path, uncased_vocab, sst2, mo
         make().set_cache_dir(3)
 
 
-def test_readers_with_other_examples_are_not_cached(tmp_path, uncased_vocab):
+def test_readers_with_other_examples_or_tokenizers_are_not_cached(tmp_path, uncased_vocab):
     path = tmp_path / "tags.tsv"
     path.write_text("text_a\tlabel\nhello world\tO O\n")
     reader = SequenceLabelReader(uncased_vocab, 16, None, seed=1).set_cache_dir(tmp_path / "cache")
     reader.load_data(str(path), 1)
     assert reader.cache_dir is None and reader.cache_hit is None and not (tmp_path / "cache").exists()
+
+    class OtherTokenizer(WordPieceTokenizer):  # its definition may not be the vocab file alone
+        pass
+
+    reader = ClassifyReader(uncased_vocab, 16, seed=1).set_cache_dir(tmp_path / "cache")
+    reader._tokenizer = OtherTokenizer(uncased_vocab)
+    assert reader.cache_dir is None
 
 
 def test_damaged_or_foreign_entries_are_encoded_again(tmp_path, uncased_vocab, sst2, caplog):
