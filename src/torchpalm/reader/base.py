@@ -474,7 +474,8 @@ class Reader:
     @property
     def cache_dir(self) -> str | None:
         """The directory the encoded-data cache uses now; None when it is off (or this reader has none)."""
-        if self._cache_version is None or self._cache_dir is False:
+        # only WordPiece's whole definition is one vocab.txt (hashed into the key); other tokenizers are not cached
+        if self._cache_version is None or self._cache_dir is False or type(self._tokenizer) is not WordPieceTokenizer:
             return None
         return self._cache_dir if self._cache_dir is not None else cache.default_cache_dir()
 
@@ -484,7 +485,7 @@ class Reader:
             self._vocab_digest = cache.file_digest(self._vocab_path)
         cls = type(self)
         return {"reader": f"{cls.__module__}.{cls.__qualname__}", "reader_version": self._cache_version,
-                "vocab": self._vocab_digest, "max_len": self._max_len,
+                "tokenizer": type(self._tokenizer).__name__, "vocab": self._vocab_digest, "max_len": self._max_len,
                 "do_lower_case": self._tokenizer.do_lower_case, "for_cn": self._for_cn, "phase": self._phase,
                 "file_format": self._table_format,
                 "columns": list(self._file_columns) if self._file_columns is not None else None}
