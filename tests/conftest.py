@@ -10,6 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# The encoded-data cache is off in the test suite (a test that patches the tokenizer must not get another
+# test's cached encoding); the cache's own tests switch it on with a directory of their own.
+os.environ["TORCHPALM_CACHE"] = "off"
 
 
 def shared(*parts: str) -> Path:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..tokenizer import ByteLevelBPETokenizer, WordPieceTokenizer, load_tokenizer
+from . import batching, cache
 
 logger = logging.getLogger("torchpalm")
 
@@ -344,6 +345,11 @@ class Reader:
     and prediction: `gold_labels()` (what the default accuracy metric scores against) and
     `get_epoch_outputs()` (what a head's `epoch_postprocess` receives, e.g. `id2label`).
 
+    Encoded-data cache (`torchpalm.reader.cache`): a reader whose class sets `_cache_version` (an integer,
+    bumped whenever its encoding changes) and whose examples hold only integers and 1-D arrays has them saved
+    on the first `load_data` and reloaded on the next ones; `_encoding_options()` must list every option
+    that changes them. `set_cache_dir()` chooses the directory or switches the cache off.
+
     Args:
         vocab_path: vocabulary file (`vocab.txt`), or the model directory holding the tokenizer files.
         max_len: maximum sequence length including [CLS]/[SEP].
@@ -396,6 +402,11 @@ class Reader:
         self._epoch = 0
         self._position = 0
         self._rank, self._world_size = 0, 1
+        self._cache_dir: str | bool | None = None  # None: the environment's choice (cache.default_cache_dir)
+        self._vocab_digest: str | None = None
+        self.cache_hit: bool | None = None  # whether the last load_data reloaded its examples from the cache
+        self._batching: dict | None = None  # set_batching's options; None: PALM's order
+        self._token_plan: list[np.ndarray] | None = None  # the fixed token-budget batches, built on first use
 
     # ---- PALM's register protocol (spec §2.4) ----
     def _task_outputs(self) -> dict[str, tuple]:
@@ -479,7 +490,8 @@ class Reader:
         self._shuffle = shuffle_train if shuffle is None else shuffle
         self._table_format = file_format
         self._file_columns = tuple(columns) if columns is not None else None
-        self._examples = self._load_examples(self._input_file)
+        self._examples = self._load_examples_cached(self._input_file)
+        self._token_plan = None
         if not self._examples:
             raise DataError(f"{self._input_file}: no examples")
         self._epoch, self._position = 0, 0
@@ -530,6 +542,59 @@ class Reader:
     def _load_examples(self, path: str) -> list[dict]:
         raise NotImplementedError
 
+    # ---- encoded-data cache ----
+    _cache_version: int | None = None  # None: this reader's examples are never cached
+
+    def set_cache_dir(self, cache_dir: str | os.PathLike | bool | None) -> Reader:
+        """Where `load_data` keeps encoded examples: a directory, False to switch the cache off, or None for
+        the default (`$TORCHPALM_CACHE`, else `~/.cache/torchpalm/encoded`). Returns the reader."""
+        if cache_dir is True:
+            cache_dir = None
+        if cache_dir is not None and cache_dir is not False and not isinstance(cache_dir, str | os.PathLike):
+            raise TypeError(f"cache_dir must be a directory, False or None, got {cache_dir!r}")
+        self._cache_dir = os.fspath(cache_dir) if isinstance(cache_dir, str | os.PathLike) else cache_dir
+        return self
+
+    @property
+    def cache_dir(self) -> str | None:
+        """The directory the encoded-data cache uses now; None when it is off (or this reader has none)."""
+        # only WordPiece's whole definition is one vocab.txt (hashed into the key); other tokenizers are not cached
+        if self._cache_version is None or self._cache_dir is False or type(self._tokenizer) is not WordPieceTokenizer:
+            return None
+        return self._cache_dir if self._cache_dir is not None else cache.default_cache_dir()
+
+    def _encoding_options(self) -> dict:
+        """Everything besides the data file that decides the encoded examples (part of the cache key)."""
+        if self._vocab_digest is None:
+            self._vocab_digest = cache.file_digest(self._vocab_path)
+        cls = type(self)
+        return {"reader": f"{cls.__module__}.{cls.__qualname__}", "reader_version": self._cache_version,
+                "tokenizer": type(self._tokenizer).__name__, "vocab": self._vocab_digest, "max_len": self._max_len,
+                "do_lower_case": self._tokenizer.do_lower_case, "for_cn": self._for_cn, "phase": self._phase,
+                "file_format": self._table_format,
+                "columns": list(self._file_columns) if self._file_columns is not None else None}
+
+    def _load_examples_cached(self, path: str) -> Sequence[dict]:
+        """`_load_examples(path)`, through the encoded-data cache when it is on."""
+        self.cache_hit = None
+        cache_dir = self.cache_dir
+        if cache_dir is None:
+            return self._load_examples(path)
+        key = cache.cache_key(cache.file_digest(path), self._encoding_options())
+        entry = cache.entry_path(cache_dir, type(self).__name__, path, key)
+        examples = cache.load_entry(entry, key)
+        self.cache_hit = examples is not None
+        if examples is not None:
+            logger.debug("%s: %d encoded examples reloaded from %s", path, len(examples), entry)
+            return examples
+        examples = self._load_examples(path)
+        try:
+            if cache.save_entry(entry, key, examples):
+                logger.debug("%s: encoded examples cached in %s", path, entry)
+        except OSError as e:  # a read-only or full disk costs the speed-up, never the run
+            logger.warning("could not write the encoded-data cache %s (%s); continuing without it", entry, e)
+        return examples
+
     def _collate(self, examples: list[dict], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -570,15 +635,100 @@ class Reader:
 
     @property
     def steps_per_epoch(self) -> int:
-        """Batches per epoch: drop-last in train (but never zero batches), ceil in predict."""
+        """Batches per epoch: drop-last in train (but never zero batches), ceil in predict; with a token budget
+        (`set_batching(max_tokens=...)`) the number of budget batches, the same every epoch."""
         n, b = self.num_examples, self._batch_size
         if self._phase == "train":
+            if self._batching_mode() == "tokens":
+                return len(self._token_batches())
             return max(n // b, 1)
         return -(-n // b)
+
+    # ---- batching options ----
+    def set_batching(
+        self,
+        group_by_length: bool = False,
+        max_tokens: int | None = None,
+        token_count: str = "padded",
+        max_examples: int | None = None,
+        megabatch_factor: int = 50,
+    ) -> Reader:
+        """Batches that cut padding by changing the data order (train only; off by default: PALM's order).
+
+        Args:
+            group_by_length: HuggingFace's `group_by_length`: each epoch, shuffle, sort megabatches of
+                `megabatch_factor * batch_size` examples by length, cut them into batches of `batch_size` and
+                shuffle the batches. Same batch size and step count as without it.
+            max_tokens: token-budget batches instead of `batch_size` examples: at most this many tokens a batch
+                (`batch_size` is then unused), the batches fixed for the run and their order shuffled each epoch.
+            token_count: what counts against `max_tokens`: 'padded' (rows times the longest row) or 'real'
+                (the sum of the lengths, for packed batches).
+            max_examples: with `max_tokens`, also at most this many examples a batch.
+            megabatch_factor: with `group_by_length`, batches per megabatch.
+
+        Every plan is a function of `(seed, epoch)`, so checkpoints resume exactly; the predict phase keeps the
+        file order whatever is set here. Returns the reader. See `torchpalm.reader.batching`.
+        """
+        if group_by_length and max_tokens is not None:
+            raise ValueError("choose group_by_length or max_tokens: token-budget batches are grouped by length "
+                             "already")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                       or max_tokens < 1):
+            raise ValueError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
+        if token_count not in batching.TOKEN_COUNTS:
+            raise ValueError(f"token_count must be one of {batching.TOKEN_COUNTS}, got {token_count!r}")
+        if max_examples is not None and (not isinstance(max_examples, int) or max_examples < 1):
+            raise ValueError(f"max_examples must be a positive integer or None, got {max_examples!r}")
+        if not isinstance(megabatch_factor, int) or megabatch_factor < 1:
+            raise ValueError(f"megabatch_factor must be a positive integer, got {megabatch_factor!r}")
+        if max_tokens is not None and self._world_size > 1:
+            raise ValueError("token-budget batches cannot be sharded across ranks yet; use group_by_length")
+        self._batching = None
+        if group_by_length:
+            self._batching = {"group_by_length": True, "megabatch_factor": megabatch_factor}
+        elif max_tokens is not None:
+            self._batching = {"max_tokens": max_tokens, "token_count": token_count, "max_examples": max_examples}
+        self._token_plan = None
+        return self
+
+    @property
+    def batching(self) -> dict | None:
+        """The options given to `set_batching` (None: PALM's order)."""
+        return dict(self._batching) if self._batching is not None else None
+
+    def _batching_mode(self) -> str | None:
+        """'length' or 'tokens' when a batching option applies (train phase), else None."""
+        if self._batching is None or self._phase != "train":
+            return None
+        return "length" if self._batching.get("group_by_length") else "tokens"
+
+    def _example_length(self, example) -> int:
+        """The token count of an example, for batching by length (readers with two sequences override it)."""
+        return len(example["token_ids"] if isinstance(example, dict) else example.token_ids)
+
+    def _lengths(self) -> np.ndarray:
+        return np.fromiter((self._example_length(e) for e in self._examples), dtype=np.int64,
+                           count=len(self._examples))
+
+    def _token_batches(self) -> list[np.ndarray]:
+        if self._examples is None:
+            raise RuntimeError(f"{type(self).__name__}: call load_data() before asking for steps or batches")
+        if self._token_plan is None:
+            # ties in length are broken at random, by the seed only: the batches stay fixed for the run
+            tie_rng = np.random.default_rng(np.random.SeedSequence([self._seed], spawn_key=(1,)))
+            b = self._batching
+            try:
+                self._token_plan = batching.token_budget_batches(self._lengths(), b["max_tokens"], b["token_count"],
+                                                                 tie_rng, b["max_examples"])
+            except ValueError as e:
+                raise ValueError(f"{self._input_file}: {e}") from None
+        return self._token_plan
 
     # ---- iteration ----
     def shard(self, rank: int, world_size: int) -> None:
         """Makes this reader yield rank `rank`'s slice of every global batch (for distributed training)."""
+        if world_size > 1 and self._batching is not None and "max_tokens" in self._batching:
+            raise ValueError("token-budget batches cannot be sharded across ranks yet; use group_by_length")
         if self._batch_size is not None and self._batch_size % world_size:
             raise ValueError(f"batch_size {self._batch_size} is not divisible by the world size {world_size}")
         self._rank, self._world_size = rank, world_size
@@ -590,6 +740,14 @@ class Reader:
         return np.arange(n)
 
     def _batches_of_epoch(self, epoch: int) -> list[np.ndarray]:
+        mode = self._batching_mode()
+        rng = np.random.default_rng([self._seed, epoch]) if self._shuffle else None
+        if mode == "length":
+            return batching.length_grouped_batches(self._lengths(), self._batch_size, rng,
+                                                   self._batching["megabatch_factor"])
+        if mode == "tokens":
+            plan = self._token_batches()
+            return [plan[i] for i in rng.permutation(len(plan))] if rng is not None else list(plan)
         order, b = self._epoch_order(epoch), self._batch_size
         return [order[i * b : (i + 1) * b] for i in range(self.steps_per_epoch)]
 
@@ -623,8 +781,18 @@ class Reader:
         self._epoch, self._position = 0, 0
 
     def state_dict(self) -> dict:
-        """Everything that decides the next batch."""
-        return {"seed": self._seed, "epoch": self._epoch, "position": self._position}
+        """Everything that decides the next batch (and the batching options, when set, to check on resume)."""
+        state = {"seed": self._seed, "epoch": self._epoch, "position": self._position}
+        if self._batching is not None:
+            state["batching"] = dict(self._batching)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores `state_dict()`; a position saved under other batching options would point elsewhere, so
+        that is an error naming both."""
+        if state.get("batching") != self._batching:
+            raise ValueError(f"the saved reader position was taken with batching {state.get('batching')} but this "
+                             f"reader has {self._batching}; call set_batching(...) as in the saved run")
+        if int(state["seed"]) != self._seed:
+            self._token_plan = None  # the token-budget batches depend on the seed
         self._seed, self._epoch, self._position = int(state["seed"]), int(state["epoch"]), int(state["position"])

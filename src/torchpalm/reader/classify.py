@@ -101,6 +101,11 @@ class ClassifyReader(Reader):
                          do_lower_case=do_lower_case, phase=phase)
         self._label_map, self._label_map_source = load_label_map(label_map) if label_map is not None else (None, "")
 
+    _cache_version = 1  # bump when the encoded examples change
+
+    def _encoding_options(self) -> dict:
+        return {**super()._encoding_options(), "label_map": self._label_map}
+
     def _task_outputs(self):
         outs = {"token_ids": ([-1, -1], "int64")}
         if self._phase == "train":

@@ -99,6 +99,8 @@ class MaskLMReader(Reader):
             raise ValueError(f"{self._vocab_path}: the vocabulary has no ordinary tokens to draw replacements from")
         self._replacement_ids = np.array(sorted(replaceable), dtype=np.int64)
 
+    _cache_version = 1  # bump when the encoded examples change (masking happens per batch, after the cache)
+
     def _task_outputs(self):
         outs = {"mask_pos": ([-1], "int64")}
         if self._phase == "train":

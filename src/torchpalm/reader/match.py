@@ -65,6 +65,13 @@ class MatchReader(ClassifyReader):
     def learning_strategy(self) -> str:
         return self._learning_strategy
 
+    def _encoding_options(self) -> dict:
+        return {**super()._encoding_options(), "learning_strategy": self._learning_strategy}
+
+    def _example_length(self, example) -> int:
+        # a pairwise example is two sequences padded alike: the longer one decides
+        return max(len(example["token_ids"]), len(example.get("token_ids_neg", ())))
+
     def _pairwise_train(self) -> bool:
         return self._learning_strategy == "pairwise" and self._phase == "train"
 
