@@ -4,11 +4,11 @@
 `palm.optimizer`, `palm.lr_sched`, `palm.Trainer`, `palm.MultiHeadTrainer`. Importing has no side effects.
 """
 
-from . import backbone, checkpoint, head, loop, lr_sched, metrics, optimizer, reader, sampling
+from . import backbone, checkpoint, distributed, head, loop, lr_sched, metrics, optimizer, reader, sampling
 from .multihead_trainer import MultiHeadTrainer
 from .trainer import Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["MultiHeadTrainer", "Trainer", "backbone", "checkpoint", "head", "loop", "lr_sched", "metrics", "optimizer",
+__all__ = ["MultiHeadTrainer", "Trainer", "backbone", "checkpoint", "distributed", "head", "loop", "lr_sched", "metrics", "optimizer",
            "reader", "sampling"]
