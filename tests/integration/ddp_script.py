@@ -42,6 +42,13 @@ if not multi:
     trainer.build_backward(adam, weight_decay=0.01)
     trainer.fit_reader(reader)
     trainer.set_saver(out, save_steps=4)
+    dev = palm.reader.ClassifyReader(vocab, 32, do_lower_case=True, phase="predict")
+    dev.load_data(os.path.join(work, "test.tsv"), 4)
+    dev_backbone = palm.backbone.BERT.from_config(CONFIG, phase="predict")
+    dev.register_with(dev_backbone)
+    trainer.build_predict_forward(dev_backbone, palm.head.Classify(2, 32, phase="predict"))
+    trainer.set_dev(dev)
+    trainer.set_evaluation(every_steps=5)  # evaluation during training, best.cls kept by rank 0
     trainer.train(print_steps=1)
     final = trainer.save(os.path.join(out, "final"))
     runner = trainer
@@ -72,4 +79,4 @@ rank = int(os.environ.get("RANK", "0"))
 with open(os.path.join(work, f"rank{rank}.json"), "w") as f:
     json.dump({"results": [{"label": int(r["label"]), "probs": [float(p) for p in r["probs"]]} for r in results],
                "world_size": palm.distributed.world_size(), "seed": reader._seed if not multi else None,
-               "final": final, "sampled": None if not multi else mh.sampler.state_dict()}, f)
+               "final": final, "eval": trainer.eval_history if not multi else None, "sampled": None if not multi else mh.sampler.state_dict()}, f)

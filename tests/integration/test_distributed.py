@@ -85,6 +85,10 @@ def test_two_processes_train_like_one_with_the_same_global_batch(works):
     run(one, "single", [sys.executable])
     run(two, "single", torchrun())
     same_run(one, two)
+    # evaluation during training: the gathered dev predictions give every rank the 1-process scores
+    evals = [json.load(open(d / f"rank{r}.json"))["eval"] for d, r in ((one, 0), (two, 0), (two, 1))]
+    assert len(evals[0]) == 3 and evals[0] == evals[1] == evals[2]
+    assert (two / "out" / "best.cls" / "complete.json").is_file()
     # only rank 0 wrote: one metrics line per step, the periodic checkpoints once
     assert len(losses(two)) == 15 and sorted(p.name for p in (two / "out").glob("ckpt.step*")) == [
         "ckpt.step12", "ckpt.step15", "ckpt.step4", "ckpt.step8"]
