@@ -16,10 +16,17 @@ The rules (PALM's, spec §12, and what a data-parallel run must keep):
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 import torch
 import torch.distributed as dist
+
+logger = logging.getLogger("torchpalm")
+
+# How many processes a plain `python run.py` starts by itself (default: one per visible GPU); "1" turns it off.
+NPROC_ENV = "TORCHPALM_NPROC"
 
 
 def launched() -> bool:
@@ -27,8 +34,66 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init() -> None:
-    """Joins the process group the launcher described (once per process); a no-op for a single process."""
+def wanted_processes(device: torch.device | None = None) -> int:
+    """Processes a plain `python script.py` should run as: TORCHPALM_NPROC if set, else one per visible GPU
+    (one when the script asked for the CPU, or runs under pytest, whose whole session would be re-run)."""
+    value = os.environ.get(NPROC_ENV)
+    if value is not None:
+        if not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"{NPROC_ENV} must be a positive integer (1: one process), got {value!r}")
+        return int(value)
+    if (device is not None and device.type != "cuda") or "PYTEST_CURRENT_TEST" in os.environ:
+        return 1
+    return torch.cuda.device_count() if torch.cuda.is_available() else 1
+
+
+def relaunch_command(nproc: int) -> list[str] | None:
+    """torchrun's arguments that re-run this very script (or `python -m module`) as `nproc` processes; None
+    when there is no script to re-run (an interactive session, `python -c`)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    args = ["--standalone", f"--nproc_per_node={nproc}"]
+    if spec is not None and spec.name:
+        name = spec.name[: -len(".__main__")] if spec.name.endswith(".__main__") else spec.name
+        return [*args, "--module", name, *sys.argv[1:]]
+    script = getattr(main, "__file__", None)
+    if not script or not os.path.isfile(script):
+        return None
+    return [*args, script, *sys.argv[1:]]
+
+
+def launch_if_wanted(device: torch.device | None = None) -> None:
+    """PALM used every visible GPU from a plain `python run.py`. Here, when several are visible (or
+    TORCHPALM_NPROC=N asks for N processes, also on CPU), the script is re-run under torch.distributed's elastic
+    launcher (torchrun) as that many processes, and this process exits with their status once they finish
+    (Lightning's "ddp" strategy does the same). Under torchrun, or with TORCHPALM_NPROC=1, nothing happens."""
+    if launched() or dist.is_initialized():
+        return
+    nproc = wanted_processes(device)
+    if nproc <= 1:
+        return
+    command = relaunch_command(nproc)
+    if command is None:
+        logger.warning("%d processes wanted, but there is no script file to re-run (interactive session?): "
+                       "training in this one process; start it with torchrun to use them all", nproc)
+        return
+    from torch.distributed.run import main as torchrun
+
+    logger.info("starting %d processes (one per %s) with torchrun; %s=1 keeps one process", nproc,
+                "GPU" if torch.cuda.is_available() else "process asked for", NPROC_ENV)
+    try:
+        torchrun(command)
+    except Exception as e:  # torchrun reports which rank failed and how; exit like a failed script
+        logger.error("%s", e)
+        sys.exit(1)
+    sys.exit(0)
+
+
+def init(device: torch.device | None = None) -> None:
+    """Joins the process group a launcher described (once per process); a no-op for a single process.
+    Without a launcher but with several GPUs (or TORCHPALM_NPROC > 1), re-runs the script as several
+    processes first (`launch_if_wanted`); `device` is what the script asked for (None: the default)."""
+    launch_if_wanted(device)
     if not launched() or dist.is_initialized():
         return
     if torch.cuda.is_available():

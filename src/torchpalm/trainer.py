@@ -118,7 +118,8 @@ class Trainer:
             raise ValueError(f"mix_ratio must be >= 0, got {mix_ratio}")
         if not loss_weight > 0:
             raise ValueError(f"loss_weight must be > 0, got {loss_weight}")
-        distributed.init()  # under torchrun: join the process group (a no-op otherwise)
+        # under torchrun: join the process group; with several GPUs and no launcher: start one process per GPU
+        distributed.init(torch.device(device) if device is not None else None)
         ensure_console_logging()
         self._name = name
         self.device = torch.device(device) if device is not None else default_device()

@@ -19,6 +19,7 @@ from conftest import shared
 from safetensors.torch import load_file
 
 import torchpalm as palm
+from torchpalm.distributed import NPROC_ENV
 from torchpalm.trainer import interleave
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
@@ -92,6 +93,19 @@ def test_two_processes_train_like_one_with_the_same_global_batch(works):
     # only rank 0 wrote: one metrics line per step, the periodic checkpoints once
     assert len(losses(two)) == 15 and sorted(p.name for p in (two / "out").glob("ckpt.step*")) == [
         "ckpt.step12", "ckpt.step15", "ckpt.step4", "ckpt.step8"]
+
+
+def test_plain_python_starts_the_processes_itself(works):
+    """PALM's `CUDA_VISIBLE_DEVICES=0,1 python run.py`: one process per visible GPU, started by the script itself.
+    Without GPUs, TORCHPALM_NPROC forces the count (the test's stand-in for two GPUs)."""
+    one, two = works
+    run(one, "single", [sys.executable])
+    os.environ[NPROC_ENV] = "2"
+    try:
+        run(two, "single", [sys.executable])
+    finally:
+        del os.environ[NPROC_ENV]
+    same_run(one, two)
 
 
 def test_multi_head_trainer_under_torchrun_draws_the_same_tasks(works):
