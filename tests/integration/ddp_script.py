@@ -68,15 +68,30 @@ else:
     final = mh.save(os.path.join(out, "final"))
     trainer = trainers[0]
 
-pred_reader = palm.reader.ClassifyReader(vocab, 32, do_lower_case=True, phase="predict")
-pred_reader.load_data(os.path.join(work, "test.tsv"), 4)  # 13 rows: batches of 4, 4, 4, 1
+def predict_reader(backbone):
+    reader = palm.reader.ClassifyReader(vocab, 32, do_lower_case=True, phase="predict")
+    reader.load_data(os.path.join(work, "test.tsv"), 4)  # 13 rows: batches of 4, 4, 4, 1
+    reader.register_with(backbone)
+    return reader
+
+
 pred_backbone = palm.backbone.BERT.from_config(CONFIG, phase="predict")
-pred_reader.register_with(pred_backbone)
-trainer.build_predict_forward(pred_backbone, palm.head.Classify(2, 32, phase="predict"))
-trainer.fit_reader(pred_reader, phase="predict")
-results = trainer.predict(output_dir=os.path.join(out, "pred"))
+extra = {}
+if not multi:
+    pred_reader = predict_reader(pred_backbone)
+    trainer.build_predict_forward(pred_backbone, palm.head.Classify(2, 32, phase="predict"))
+    trainer.fit_reader(pred_reader, phase="predict")
+    results = trainer.predict(output_dir=os.path.join(out, "pred"))
+else:  # joint inference: both heads read the same text, one backbone pass per batch feeds both
+    for t, n in zip(trainers, (2, 3)):
+        t.build_predict_forward(pred_backbone, palm.head.Classify(n, 32, phase="predict"))
+    mh.build_predict_forward()
+    mh.merge_inference_readers([predict_reader(pred_backbone), predict_reader(pred_backbone)])
+    joint = mh.predict(output_dir=os.path.join(out, "pred"))
+    results = joint["a"]
+    extra = {"b": [int(r["label"]) for r in joint["b"]], "backbone_passes": mh.backbone_passes}
 rank = int(os.environ.get("RANK", "0"))
 with open(os.path.join(work, f"rank{rank}.json"), "w") as f:
     json.dump({"results": [{"label": int(r["label"]), "probs": [float(p) for p in r["probs"]]} for r in results],
                "world_size": palm.distributed.world_size(), "seed": reader._seed if not multi else None,
-               "final": final, "eval": trainer.eval_history if not multi else None, "sampled": None if not multi else mh.sampler.state_dict()}, f)
+               "final": final, "eval": trainer.eval_history if not multi else None, **extra}, f)

@@ -53,7 +53,7 @@ def losses(work: Path) -> list[tuple[str, float]]:
     return [(r["task"], r["loss"]) for r in records if "loss" in r]
 
 
-def same_run(one: Path, two: Path) -> None:
+def same_run(one: Path, two: Path, predictions: str = "pred/predictions.json") -> None:
     a, b = losses(one), losses(two)
     assert len(a) == len(b) > 0 and [t for t, _ in a] == [t for t, _ in b]  # same steps, same task draws
     assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) <= 1e-5
@@ -68,7 +68,7 @@ def same_run(one: Path, two: Path) -> None:
     assert [r["label"] for r in rank0["results"]] == [r["label"] for r in single]
     for p, q in zip(rank0["results"], single):
         assert max(abs(x - y) for x, y in zip(p["probs"], q["probs"])) <= 1e-5
-    written = [json.loads(line) for line in open(two / "out" / "pred" / "predictions.json")]
+    written = [json.loads(line) for line in open(two / "out" / predictions)]
     assert [r["index"] for r in written] == list(range(13))
 
 
@@ -112,8 +112,12 @@ def test_multi_head_trainer_under_torchrun_draws_the_same_tasks(works):
     one, two = works
     run(one, "multi", [sys.executable])
     run(two, "multi", torchrun())
-    same_run(one, two)
+    same_run(one, two, "pred/a/predictions.json")
     assert {t for t, _ in losses(two)} == {"a", "b"}
+    # joint inference on two processes: task b's results gathered too, one backbone pass per batch
+    single, ranks = json.load(open(one / "rank0.json")), [json.load(open(two / f"rank{r}.json")) for r in (0, 1)]
+    assert len(single["b"]) == 13 and ranks[0]["b"] == ranks[1]["b"] == single["b"]
+    assert single["backbone_passes"] == 4 and [r["backbone_passes"] for r in ranks] == [2, 2]
 
 
 def test_unseeded_reader_gives_every_rank_rank0s_order(works):
