@@ -42,6 +42,7 @@ if not multi:
     trainer.build_backward(adam, weight_decay=0.01)
     trainer.fit_reader(reader)
     trainer.set_saver(out, save_steps=4)
+    trainer.resume()  # from the latest checkpoint in `out`, if any (the resume test puts one there)
     dev = palm.reader.ClassifyReader(vocab, 32, do_lower_case=True, phase="predict")
     dev.load_data(os.path.join(work, "test.tsv"), 4)
     dev_backbone = palm.backbone.BERT.from_config(CONFIG, phase="predict")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -72,19 +73,29 @@ def same_run(one: Path, two: Path, predictions: str = "pred/predictions.json") -
     assert [r["index"] for r in written] == list(range(13))
 
 
-@pytest.fixture
-def works(tmp_path):
-    dirs = tmp_path / "one", tmp_path / "two"
-    for d in dirs:
-        d.mkdir()
-        write_data(d)
-    return dirs
+def fresh(path: Path) -> Path:
+    path.mkdir()
+    write_data(path)
+    return path
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(works):
-    one, two = works
+@pytest.fixture(scope="module")
+def single_runs(tmp_path_factory):
+    """The single-task script run once as one process and once as two (shared by the tests below)."""
+    base = tmp_path_factory.mktemp("single")
+    one, two = fresh(base / "one"), fresh(base / "two")
     run(one, "single", [sys.executable])
     run(two, "single", torchrun())
+    return one, two
+
+
+@pytest.fixture
+def works(tmp_path):
+    return fresh(tmp_path / "one"), fresh(tmp_path / "two")
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(single_runs):
+    one, two = single_runs
     same_run(one, two)
     # evaluation during training: the gathered dev predictions give every rank the 1-process scores
     evals = [json.load(open(d / f"rank{r}.json"))["eval"] for d, r in ((one, 0), (two, 0), (two, 1))]
@@ -95,11 +106,30 @@ def test_two_processes_train_like_one_with_the_same_global_batch(works):
         "ckpt.step12", "ckpt.step15", "ckpt.step4", "ckpt.step8"]
 
 
-def test_plain_python_starts_the_processes_itself(works):
+@pytest.mark.parametrize("processes", [2, 1])
+def test_resume_a_two_process_run(single_runs, tmp_path, processes):
+    """From the 2-process run's step-8 checkpoint: with 2 processes again the rest is bit-exact; with 1, equal
+    within 1e-5 (the same global batches; only the reduction order of the gradients differs)."""
+    _, two = single_runs
+    res = fresh(tmp_path / "resumed")
+    shutil.copytree(two / "out" / "ckpt.step8", res / "out" / "ckpt.step8")
+    shutil.copy(two / "out" / "metrics.jsonl", res / "out" / "metrics.jsonl")
+    run(res, "single", torchrun() if processes == 2 else [sys.executable])
+    full, resumed = losses(two), losses(res)
+    assert len(resumed) == len(full) == 15
+    if processes == 2:
+        assert resumed == full
+    else:
+        assert max(abs(x - y) for (_, x), (_, y) in zip(full, resumed)) <= 1e-5
+    wa, wb = (load_file(d / "out" / "final" / "model.safetensors") for d in (two, res))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= (0 if processes == 2 else 1e-5)
+
+
+def test_plain_python_starts_the_processes_itself(single_runs, tmp_path):
     """PALM's `CUDA_VISIBLE_DEVICES=0,1 python run.py`: one process per visible GPU, started by the script itself.
     Without GPUs, TORCHPALM_NPROC forces the count (the test's stand-in for two GPUs)."""
-    one, two = works
-    run(one, "single", [sys.executable])
+    one, _ = single_runs
+    two = fresh(tmp_path / "auto")
     os.environ[NPROC_ENV] = "2"
     try:
         run(two, "single", [sys.executable])
@@ -133,10 +163,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_nodes_on_loopback(works):
+def test_two_nodes_on_loopback(single_runs, tmp_path):
     """`torchrun --nnodes=2` with c10d rendezvous, both "nodes" on 127.0.0.1: the multi-node recipe of the README."""
-    one, two = works
-    run(one, "single", [sys.executable])
+    one, _ = single_runs
+    two = fresh(tmp_path / "nodes")
     port = free_port()
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     vocab = str(shared("vocab", "bert-base-uncased-vocab.txt"))
