@@ -10,6 +10,7 @@ from . import (
     backbone,
     checkpoint,
     convert,
+    distributed,
     downloader,
     head,
     loop,
@@ -26,5 +27,5 @@ from .trainer import Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["MultiHeadTrainer", "Predictor", "Trainer", "backbone", "checkpoint", "convert", "downloader", "export",
-           "head", "loop", "lr_sched", "metrics", "optimizer", "reader", "sampling"]
+__all__ = ["MultiHeadTrainer", "Predictor", "Trainer", "backbone", "checkpoint", "convert", "distributed",
+           "downloader", "export", "head", "loop", "lr_sched", "metrics", "optimizer", "reader", "sampling"]

@@ -107,9 +107,10 @@ def predict_trainer(task: dict, cfg: dict, files: tuple, data_file: str, checkpo
 
 
 # ---------------------------------------------------------------- commands
-def train(cfg: dict, dry_run: bool = False) -> str | None:
+def train(cfg: dict, dry_run: bool = False, resume: bool = False) -> str | None:
     """PALM's 8 steps for one task (Trainer) or several (MultiHeadTrainer); returns the final checkpoint.
-    `dry_run` builds everything (data read, weights loaded) and stops before the first step."""
+    `dry_run` builds everything (data read, weights loaded) and stops before the first step; `resume` continues
+    from the latest complete checkpoint in train.save_path (from the start when there is none)."""
     files = config, vocab, pretrained = C.backbone_files(cfg)
     tr, tasks, multi = cfg["train"], cfg["tasks"], len(cfg["tasks"]) > 1
     if not multi and tr["epochs"] != int(tr["epochs"]):
@@ -159,6 +160,8 @@ def train(cfg: dict, dry_run: bool = False) -> str | None:
         runner.load_pretrain(pretrained)
     runner.set_saver(save_path=tr["save_path"], save_steps=tr["save_steps"], save_type="ckpt",
                      tensorboard=tr["tensorboard"])
+    if resume:
+        runner.resume(tr["save_path"])
     dev_tasks = [t for t in tasks if t["dev_file"] is not None]
     for t in dev_tasks:
         trainer = trainers[t["name"]]
@@ -292,6 +295,8 @@ def evaluate(cfg: dict, checkpoint: str, output: str | None) -> dict[str, dict]:
 
 
 def report(metrics: dict, path: str) -> None:
+    if not palm.distributed.is_main():  # under torchrun every rank has the same metrics; one writes them
+        return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=1)
@@ -325,6 +330,8 @@ def parser() -> argparse.ArgumentParser:
                     "train.save_path and, where tasks have a dev_file, report their dev metrics.")
     s.add_argument("--dry-run", action="store_true", help="build everything (read the data, load the weights) "
                    "and stop before training: checks a config")
+    s.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in "
+                   "train.save_path (weights, optimizer, step, reader positions); from the start if there is none")
     s = with_config("predict", "Predict each task's predict_file with a checkpoint: <output>/<task>/"
                     "predictions.json. Or, with --bundle DIR (an inference bundle, no config), predict --input.")
     s.add_argument("--checkpoint", help="checkpoint directory (e.g. outputs/ckpt.step100)")
@@ -428,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         cfg = C.load(args.config, args.set)
         if args.command == "train":
-            train(cfg, dry_run=args.dry_run)
+            train(cfg, dry_run=args.dry_run, resume=args.resume)
         elif args.command == "export":
             export(cfg, args.checkpoint, args.out, args.onnx)
         elif args.command == "predict":

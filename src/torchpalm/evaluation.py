@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .metrics import accuracy, chunk_f1, cmrc_em_f1, infer_scheme, squad_em_f1
 
 logger = logging.getLogger("torchpalm")
@@ -112,7 +112,7 @@ class Evaluator:
         self.trainers, self.every_steps, self.weights = trainers, int(every_steps), weights
         self.monitor, self.save_dir, self.patience, self.min_delta = monitor, save_dir, patience, float(min_delta)
         self._save, self._on_record = save, on_record
-        if save_dir is not None:
+        if save_dir is not None and distributed.is_main():
             checkpoint.remove_stale(save_dir)  # a best.<task> save killed in an earlier run
         self.history: list[dict] = []
         self.best: dict[str, dict] = {}  # key ('aggregate' or task) -> {"value", "step"}

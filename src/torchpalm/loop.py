@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import distributed
 from .metrics_log import MetricsLog
 from .optimizer import Optimizer, param_groups
 
@@ -59,12 +60,13 @@ def ensure_console_logging() -> None:
         handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.INFO if distributed.is_main() else logging.WARNING)  # one rank logs
         logger.propagate = False
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """The GPU (under torchrun: the local rank's), else the CPU."""
+    return distributed.local_device()
 
 
 @dataclass
@@ -195,6 +197,14 @@ class TrainLoop:
             no_decay |= {f"heads.{name}.{n}" for n in head.no_weight_decay()}
             lr_scales.update({f"heads.{name}.{n}": s for n, s in head.param_lr_scales().items()})
         self.torch_optimizer = optimizer.build(param_groups(model, weight_decay, no_decay, lr_scales), device)
+        # Under torchrun the model runs through DDP, which averages gradients over the ranks during backward
+        # (and starts every rank from rank 0's weights). A step trains one task, so the other heads (and, for
+        # token-level heads, the pooler) get no gradient: DDP has to look for unused parameters.
+        self._forward: nn.Module = model
+        if distributed.active():
+            self._forward = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+                find_unused_parameters=True)
         self._params = [p for p in model.parameters() if p.requires_grad]
         # fused torch optimizers take GradScaler's `found_inf` flag and skip the update on the device
         self._skips_on_device = getattr(self.torch_optimizer, "_step_supports_amp_scaling", False)
@@ -264,12 +274,12 @@ class TrainLoop:
 
     def train_step(self, task: str, batch: dict) -> torch.Tensor:
         """One optimisation step of `task` on `batch`; returns the loss (a detached device tensor)."""
-        self.model.train()
+        self._forward.train()
         lr = self.optimizer.lr_at(self.global_step)
         for group in self.torch_optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         with autocast(self.device, self.precision), self.own_rng():
-            loss = self.model(task, to_device(batch, self.device))["loss"]
+            loss = self._forward(task, to_device(batch, self.device))["loss"]
         weight = self.tasks[task].loss_weight
         (loss * weight if weight != 1.0 else loss).backward()
         loss = loss.detach()
@@ -357,13 +367,14 @@ class TrainLoop:
                                  "tensorboard=True)")
             self._save_path = self._save_steps = self.metrics_log = None
             return
-        os.makedirs(save_path, exist_ok=True)
-        ckpt.remove_stale(save_path)
         self._save_path, self._save_steps, self._save_types = os.fspath(save_path), int(save_steps), save_types
         self._max_to_keep = max_to_keep
-        if self.metrics_log is not None:
-            self.metrics_log.close()
-        self.metrics_log = MetricsLog(save_path, tensorboard_dir=tensorboard_dir, plot=plot)
+        if distributed.is_main():  # the only rank that writes files
+            os.makedirs(save_path, exist_ok=True)
+            ckpt.remove_stale(save_path)
+            if self.metrics_log is not None:
+                self.metrics_log.close()
+            self.metrics_log = MetricsLog(save_path, tensorboard_dir=tensorboard_dir, plot=plot)
 
     def log_metrics(self, record: dict) -> None:
         """Appends a record to `<save_path>/metrics.jsonl` and TensorBoard (when a saver is set)."""
@@ -376,15 +387,23 @@ class TrainLoop:
             self.metrics_log.finish()
 
     def save(self, directory: str, trainer_state: dict) -> str:
-        """Writes a full training checkpoint (weights, EMA, optimizer, RNG, counters) atomically."""
+        """Writes a full training checkpoint (weights, EMA, optimizer, RNG, counters) atomically.
+
+        Under torchrun every rank calls this at the same point; rank 0 writes (the ranks hold the same weights
+        and optimizer state) and the others wait until the checkpoint is complete."""
         self.check_finite()
+        if not distributed.is_main():
+            distributed.barrier()
+            return directory
         state = self.state()
         if self.ema is not None:
             state.update({f"ema.{k}": v for k, v in self.ema.items()})
         first, skipped = self._nonfinite.tolist()
         trainer_state = {"step": self.global_step, "nonfinite": {"first": first, "skipped": skipped},
                          **trainer_state}
-        return ckpt.save_checkpoint(directory, state, trainer_state, self.torch_optimizer.state_dict(), self._rng)
+        path = ckpt.save_checkpoint(directory, state, trainer_state, self.torch_optimizer.state_dict(), self._rng)
+        distributed.barrier()
+        return path
 
     def maybe_save(self, trainer_state: Callable[[], dict], force: bool = False) -> None:
         if self._save_path is None or self._last_saved_step == self.global_step:
@@ -395,7 +414,7 @@ class TrainLoop:
         if "ckpt" in self._save_types:
             path = self.save(os.path.join(self._save_path, f"ckpt.step{self.global_step}"), trainer_state())
             logger.info("checkpoint has been saved at %s", path)
-        if "predict" in self._save_types:
+        if "predict" in self._save_types and distributed.is_main():
             path = os.path.join(self._save_path, f"pred.step{self.global_step}")
             extra = self.bundle_files() if self.bundle_files is not None else None
             with self.ema_weights():
@@ -404,7 +423,7 @@ class TrainLoop:
             for name in self.tasks:
                 logger.info("%s: predict model saved at %s", name, path)
             logger.info("predict model has been saved at %s", path)
-        if self._max_to_keep is not None:
+        if self._max_to_keep is not None and distributed.is_main():
             for kind in ("ckpt", "pred"):
                 for path in ckpt.prune(self._save_path, kind, self._max_to_keep):
                     logger.info("removed %s (max_to_keep=%d)", path, self._max_to_keep)
@@ -472,7 +491,7 @@ class TrainLoop:
                         now = time.time()
                         speed = (self.global_step - last_step) / max(now - last_time, 1e-9)
                         last_time, last_step = now, self.global_step
-                        value = float(loss)
+                        value = float(distributed.mean(loss))  # the global batch's loss
                         spe = max(self.tasks[task].steps_per_epoch, 1)
                         step = self.task_steps[task]
                         line = (f"step {(step - 1) % spe + 1}/{spe} (epoch {(step - 1) // spe}), "
@@ -552,4 +571,4 @@ def progress_bar(total: int | None, initial: int, desc: str):
 
     # disable=None hides the bar when stderr is not a terminal (logs, CI)
     return tqdm(total=total if total and math.isfinite(total) else None, initial=initial, desc=desc,
-                disable=None, leave=False, dynamic_ncols=True)
+                disable=None if distributed.is_main() else True, leave=False, dynamic_ncols=True)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from . import bundle
+from . import bundle, distributed
 from . import checkpoint as ckpt
 from .evaluation import Evaluator, best_checkpoint_dir
 from .loop import MultiTaskModel, TrainLoop, autocast, load_model_state, progress_bar, same_inputs, to_device
@@ -42,6 +42,7 @@ from .trainer import (
     backbone_record,
     finish_prediction,
     head_record,
+    interleave,
     load_pretrained_backbone,
     outputs_to_numpy,
     resume_latest,
@@ -503,29 +504,45 @@ class MultiHeadTrainer:
         self.backbone_passes = 0
         ema = self._loop.ema_weights() if self._loop is not None else contextlib.nullcontext()
         start = time.time()
+        # under torchrun batch k goes to rank k % world_size, and the outputs come back to every rank in order
+        ranks, me = distributed.world_size(), distributed.rank()
         with ema:
             for group in groups.values():
                 for t in group:
                     t._pred_head.reset()
                     t._pred_head.eval()
+                mine: list[list[dict]] = []
                 progress = progress_bar(group[0]._pred_reader.steps_per_epoch, 0, "predict")
                 for k, batches in enumerate(zip(*(iterators[t.name] for t in group)), 1):
-                    self._predict_group(backbone, group, batches, keys)
+                    if (k - 1) % ranks == me:
+                        outputs = self._predict_group(backbone, group, batches, keys)
+                        if ranks > 1:
+                            mine.append(outputs)
+                        else:
+                            for t, out in zip(group, outputs):
+                                t._pred_head.batch_postprocess(out)
                     progress.update(1)
                     if print_steps > 0 and k % print_steps == 0:
                         logger.info("batch %d/%d, speed: %.2f steps/s", k, group[0]._pred_reader.steps_per_epoch,
                                     k / max(time.time() - start, 1e-9))
                 progress.close()
+                if ranks > 1:
+                    for outputs in interleave(distributed.all_gather_objects(mine)):
+                        for t, out in zip(group, outputs):
+                            t._pred_head.batch_postprocess(out)
         results = {}
         for t in active:
             t._pred_iterator = None
-            out = os.path.join(output_dir, t.name) if output_dir is not None else None
+            out = os.path.join(output_dir, t.name) if output_dir is not None and distributed.is_main() else None
             results[t.name] = finish_prediction(t._pred_reader, t._pred_head, out)
         return results
 
-    def _predict_group(self, backbone, group: list[Trainer], batches: tuple[dict, ...], keys: list[str]) -> None:
+    def _predict_group(self, backbone, group: list[Trainer], batches: tuple[dict, ...],
+                       keys: list[str]) -> list[dict]:
+        """Each task's head outputs on its batch; tasks with the same backbone inputs share one backbone pass."""
         batches = [to_device(b, self.device) for b in batches]
         features_of: list[tuple[dict, dict]] = []  # (backbone inputs, features) computed for this step
+        outputs = []
         for t, batch in zip(group, batches):
             features = next((f for inputs, f in features_of if same_inputs(inputs, batch, keys)), None)
             with autocast(self.device, t._precision):
@@ -533,5 +550,8 @@ class MultiHeadTrainer:
                     features = backbone(batch)
                     self.backbone_passes += 1
                     features_of.append((batch, features))
-                outputs = t._pred_head(features, batch)
-            t._pred_head.batch_postprocess(outputs_to_numpy(outputs))
+                outputs.append(outputs_to_numpy(t._pred_head(features, batch)))
+        return outputs
+
+
+

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import bundle
+from . import bundle, distributed
 from . import checkpoint as ckpt
 from .evaluation import Evaluator, best_checkpoint_dir, default_metric
 from .loop import (
@@ -122,9 +122,13 @@ class Trainer:
             raise ValueError(f"mix_ratio must be >= 0, got {mix_ratio}")
         if not loss_weight > 0:
             raise ValueError(f"loss_weight must be > 0, got {loss_weight}")
+        # under torchrun: join the process group; with several GPUs and no launcher: start one process per GPU
+        distributed.init(torch.device(device) if device is not None else None)
         ensure_console_logging()
         self._name = name
         self.device = torch.device(device) if device is not None else default_device()
+        if distributed.launched() and self.device.type == "cuda":
+            self.device = default_device()  # each rank its own GPU, whatever "cuda:N" the script names
         self._precision = precision
         self._grad_clip = grad_clip
         self._skip_nonfinite = bool(skip_nonfinite)
@@ -281,6 +285,11 @@ class Trainer:
                                f"before fit_reader(phase={phase!r})")
         check_reader_fits(reader, backbone, head)
         reader.reset()
+        if phase == "train" and distributed.active():
+            # every rank walks rank 0's shuffled order (seed=None draws a different seed in each process) and
+            # takes its own slice of each global batch
+            reader._seed = distributed.broadcast_object(reader._seed)
+            reader.shard(distributed.rank(), distributed.world_size())
         if phase == "train":
             self._train_reader = self._task.reader = reader
             epochs = reader.num_epochs if reader.num_epochs is not None else 1  # None: one epoch (PALM)
@@ -462,7 +471,7 @@ class Trainer:
         self._loop.check_finite()
         if self._own_loop() is not None:
             self._loop.maybe_save(self._trainer_state)
-        return {f"{self._name}.loss": loss.float().cpu().numpy()}
+        return {f"{self._name}.loss": distributed.mean(loss).float().cpu().numpy()}  # the global batch's loss
 
     def get_one_batch(self, phase: str = "train") -> dict:
         """The next batch of the fitted iterator of that phase (PALM's was broken, spec §17.12)."""
@@ -523,11 +532,20 @@ class Trainer:
             head = self._pred_head
             head.reset()
             reader.reset()  # a whole pass, whatever get_one_batch('predict') or an earlier call consumed
+            # Under torchrun batch k goes to rank k % world_size; the ranks' outputs are gathered and fed to the
+            # head in the original order, so every rank returns all the results (rank 0 writes the files).
+            ranks, me = distributed.world_size(), distributed.rank()
+            mine: list[dict] = []
             progress = progress_bar(reader.steps_per_epoch, 0, f"{self._name} predict")
             last_time = time.time()
             with self._ema_weights():
                 for k, batch in enumerate(reader, 1):
-                    head.batch_postprocess(self.predict_one_batch(batch))
+                    if (k - 1) % ranks == me:
+                        outputs = self.predict_one_batch(batch)
+                        if ranks > 1:
+                            mine.append(outputs)
+                        else:
+                            head.batch_postprocess(outputs)
                     progress.update(1)
                     if print_steps > 0 and k % print_steps == 0:
                         now = time.time()
@@ -535,12 +553,21 @@ class Trainer:
                                     print_steps / max(now - last_time, 1e-9))
                         last_time = now
             progress.close()
+            if ranks > 1:
+                for outputs in interleave(distributed.all_gather_objects(mine)):
+                    head.batch_postprocess(outputs)
             self._pred_iterator = None  # the fitted iterator was used up by this pass (PALM: single use)
-            return finish_prediction(reader, head, output_dir)
+            return finish_prediction(reader, head, output_dir if distributed.is_main() else None)
 
     def reset_buffer(self) -> None:
         if self._pred_head is not None:
             self._pred_head.reset()
+
+
+def interleave(per_rank: list[list]) -> list:
+    """Batches dealt round-robin to the ranks (batch k to rank k % n), back in their original order."""
+    longest = max((len(items) for items in per_rank), default=0)
+    return [items[i] for i in range(longest) for items in per_rank if i < len(items)]
 
 
 def finish_prediction(reader, head: nn.Module, output_dir: str | None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -466,3 +467,18 @@ def test_torch_optimizer_and_schedule_from_the_config(tmp_path, uncased_vocab, c
     cfg["optimizer"]["type"] = "SDG"
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", path]) == 2 and "optimizer.type: 'SDG' is not one of adam, " in capsys.readouterr().err
+
+
+def test_train_resume_continues_a_killed_run_exactly(tmp_path, uncased_vocab, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path, uncased_vocab, [cls_task(tmp_path)], save_steps=2)
+    assert main(["train", path, "--set", "train.save_path=full"]) == 0
+    # a run killed after its step-2 checkpoint: only that is on disk
+    shutil.copytree(tmp_path / "full" / "ckpt.step2", tmp_path / "killed" / "ckpt.step2")
+    assert main(["train", path, "--set", "train.save_path=killed", "--resume"]) == 0
+    full, resumed = (load_file(str(tmp_path / d / "ckpt.step6" / "model.safetensors")) for d in ("full", "killed"))
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    # without a checkpoint, --resume starts from the beginning
+    assert main(["train", path, "--set", "train.save_path=fresh", "--resume"]) == 0
+    fresh = load_file(str(tmp_path / "fresh" / "ckpt.step6" / "model.safetensors"))
+    assert all(torch.equal(full[k], fresh[k]) for k in full)

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from .. import distributed
 from ..tokenizer import ByteLevelBPETokenizer, WordPieceTokenizer, load_tokenizer
 from . import batching, cache
 
@@ -480,6 +481,8 @@ class Reader:
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if self._phase == "train":  # a predict batch goes whole to one rank (Trainer.predict)
+            distributed.check_batch_size(batch_size, f"{type(self).__name__}.load_data({os.fspath(input_file)!r})")
         if num_epochs is not None and num_epochs < 1:
             raise ValueError(f"num_epochs must be None or >= 1, got {num_epochs!r}")
         if columns is not None and (isinstance(columns, str) or not all(isinstance(c, str) for c in columns)):
@@ -730,7 +733,8 @@ class Reader:
         if world_size > 1 and self._batching is not None and "max_tokens" in self._batching:
             raise ValueError("token-budget batches cannot be sharded across ranks yet; use group_by_length")
         if self._batch_size is not None and self._batch_size % world_size:
-            raise ValueError(f"batch_size {self._batch_size} is not divisible by the world size {world_size}")
+            raise ValueError(f"{type(self).__name__} ({self._input_file}): batch_size {self._batch_size} is the "
+                             f"global batch and must be divisible by the number of processes ({world_size})")
         self._rank, self._world_size = rank, world_size
 
     def _epoch_order(self, epoch: int) -> np.ndarray:

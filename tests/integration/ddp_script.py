@@ -1,0 +1,98 @@
+"""A PALM-style training script, run by tests/integration/test_distributed.py with plain `python` and under
+`torchrun`: the script does not change between the two (that is the point).
+
+Usage: python ddp_script.py WORK_DIR VOCAB single|noseed|multi
+(single: one Classify task, reader seed 3; noseed: the same with seed=None; multi: two tasks, MultiHeadTrainer)
+Writes WORK_DIR/out (saver, metrics.jsonl, final checkpoint, predictions) and WORK_DIR/rank<R>.json (what
+predict() returned on that rank, and the run's facts).
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+import torchpalm as palm
+
+CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+          "vocab_size": 30522, "max_position_embeddings": 128, "type_vocab_size": 2, "hidden_act": "gelu",
+          "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02}
+
+work, vocab = sys.argv[1], sys.argv[2]
+mode = sys.argv[3]
+multi = mode == "multi"
+out = os.path.join(work, "out")
+torch.manual_seed(0)
+
+
+def classify(name, file, seed):
+    reader = palm.reader.ClassifyReader(vocab, 32, seed=seed, do_lower_case=True)
+    reader.load_data(os.path.join(work, file), 8, num_epochs=None if multi else 3)
+    return reader
+
+
+backbone = palm.backbone.BERT.from_config(CONFIG)
+if not multi:
+    reader = classify("cls", "train.tsv", seed=None if mode == "noseed" else 3)
+    reader.register_with(backbone)
+    trainer = palm.Trainer("cls", device="cpu")
+    trainer.build_forward(backbone, palm.head.Classify(2, 32, 0.0))
+    adam = palm.optimizer.Adam(None, 3e-3, palm.lr_sched.TriangularSchedualer(2, None))
+    trainer.build_backward(adam, weight_decay=0.01)
+    trainer.fit_reader(reader)
+    trainer.set_saver(out, save_steps=4)
+    trainer.resume()  # from the latest checkpoint in `out`, if any (the resume test puts one there)
+    dev = palm.reader.ClassifyReader(vocab, 32, do_lower_case=True, phase="predict")
+    dev.load_data(os.path.join(work, "test.tsv"), 4)
+    dev_backbone = palm.backbone.BERT.from_config(CONFIG, phase="predict")
+    dev.register_with(dev_backbone)
+    trainer.build_predict_forward(dev_backbone, palm.head.Classify(2, 32, phase="predict"))
+    trainer.set_dev(dev)
+    trainer.set_evaluation(every_steps=5)  # evaluation during training, best.cls kept by rank 0
+    trainer.train(print_steps=1)
+    final = trainer.save(os.path.join(out, "final"))
+    runner = trainer
+else:
+    readers = [classify("a", "train.tsv", seed=1), classify("b", "train2.tsv", seed=2)]
+    for r in readers:
+        r.register_with(backbone)
+    trainers = [palm.Trainer("a", device="cpu"), palm.Trainer("b", device="cpu")]
+    for t, n in zip(trainers, (2, 3)):
+        t.build_forward(backbone, palm.head.Classify(n, 32, 0.0))
+    mh = palm.MultiHeadTrainer(trainers)
+    mh.build_forward()
+    mh.build_backward(palm.optimizer.Adam(None, 3e-3, palm.lr_sched.TriangularSchedualer(2, None)), weight_decay=0.01)
+    mh.fit_readers_with_mixratio(readers, "a", num_epochs=2)
+    mh.set_saver(out, save_steps=4)
+    mh.train(print_steps=1)
+    final = mh.save(os.path.join(out, "final"))
+    trainer = trainers[0]
+
+def predict_reader(backbone):
+    reader = palm.reader.ClassifyReader(vocab, 32, do_lower_case=True, phase="predict")
+    reader.load_data(os.path.join(work, "test.tsv"), 4)  # 13 rows: batches of 4, 4, 4, 1
+    reader.register_with(backbone)
+    return reader
+
+
+pred_backbone = palm.backbone.BERT.from_config(CONFIG, phase="predict")
+extra = {}
+if not multi:
+    pred_reader = predict_reader(pred_backbone)
+    trainer.build_predict_forward(pred_backbone, palm.head.Classify(2, 32, phase="predict"))
+    trainer.fit_reader(pred_reader, phase="predict")
+    results = trainer.predict(output_dir=os.path.join(out, "pred"))
+else:  # joint inference: both heads read the same text, one backbone pass per batch feeds both
+    for t, n in zip(trainers, (2, 3)):
+        t.build_predict_forward(pred_backbone, palm.head.Classify(n, 32, phase="predict"))
+    mh.build_predict_forward()
+    mh.merge_inference_readers([predict_reader(pred_backbone), predict_reader(pred_backbone)])
+    joint = mh.predict(output_dir=os.path.join(out, "pred"))
+    results = joint["a"]
+    extra = {"b": [int(r["label"]) for r in joint["b"]], "backbone_passes": mh.backbone_passes}
+rank = int(os.environ.get("RANK", "0"))
+with open(os.path.join(work, f"rank{rank}.json"), "w") as f:
+    json.dump({"results": [{"label": int(r["label"]), "probs": [float(p) for p in r["probs"]]} for r in results],
+               "world_size": palm.distributed.world_size(), "seed": reader._seed if not multi else None,
+               "final": final, "eval": trainer.eval_history if not multi else None, **extra}, f)
