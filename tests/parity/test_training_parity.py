@@ -107,7 +107,11 @@ def _build(trainer_name, reader, head, hf_dir, n_steps, hf_style):
     return trainer, batches
 
 
-def _assert_same_training(ours, theirs, trainer, hf_model, head_pairs, prefix="bert.", weight_tol=TOL):
+def _assert_same_training(ours, theirs, trainer, hf_model, head_pairs, prefix="bert.", weight_tol=TOL,
+                          noise_only=()):
+    """`noise_only`: parameters with no true gradient, whose every Adam step is +-lr times the sign of float
+    noise (so any change in summation order, e.g. the packed backbone's, moves them apart): left out of the
+    weight comparison."""
     assert len(ours) == len(theirs) >= 20
     diffs = [abs(a - b) for a, b in zip(ours, theirs, strict=True)]
     assert max(diffs) <= TOL, f"per-step loss differences: {diffs}"
@@ -117,7 +121,7 @@ def _assert_same_training(ours, theirs, trainer, hf_model, head_pairs, prefix="b
     expected.update({hf_name: trainer.model.heads[trainer.name].get_parameter(ours_name)
                      for ours_name, hf_name in head_pairs})
     assert set(expected) >= {n for n in hf_state if n.startswith(prefix)}  # every backbone weight compared
-    worst = max(((expected[n] - hf_state[n]).abs().max().item(), n) for n in expected)
+    worst = max(((expected[n] - hf_state[n]).abs().max().item(), n) for n in expected if n not in noise_only)
     assert worst[0] <= weight_tol, worst
     # and each tensor's change over training agrees to 1% (a rule applied to a few parameters, such as weight decay
     # on the LayerNorms, shows here even where it is too small for the absolute tolerance)
@@ -125,7 +129,7 @@ def _assert_same_training(ours, theirs, trainer, hf_model, head_pairs, prefix="b
         change = hf_state[n] - hf_model.initial_state[n]
         # (+TOL: some parameters have no true gradient and move by float noise only: the key biases, which softmax
         # ignores, and for MRC the last LayerNorm bias, which shifts every position's logit alike)
-        assert ((p - hf_model.initial_state[n]) - change).norm() <= 1e-2 * change.norm() + TOL, n
+        assert n in noise_only or ((p - hf_model.initial_state[n]) - change).norm() <= 1e-2 * change.norm() + TOL, n
     moved = max(c.abs().max().item() for c in (hf_state[n] - hf_model.initial_state[n] for n in expected))
     assert moved > 30 * TOL  # the steps really moved the weights (Adam moves each by <= ~lr per step)
 
@@ -302,4 +306,5 @@ def test_mrc_trains_like_bert_for_question_answering(tmp_path, uncased_vocab):
         return (F.cross_entropy(start, b["start_positions"]) + F.cross_entropy(end, b["end_positions"])) / 2
 
     ours, theirs = _train_side_by_side(trainer, batches, hf, hf_loss, opt, sched)
-    _assert_same_training(ours, theirs, trainer, hf, pairs)
+    # the QA bias adds one constant to every position's start (end) logit: the position softmax ignores it
+    _assert_same_training(ours, theirs, trainer, hf, pairs, noise_only=("qa_outputs.bias",))
