@@ -64,10 +64,10 @@ def load_task(task: str, tokenizer, n: int, max_len: int) -> list[dict]:
             for ids, seg, lab in zip(enc["input_ids"], enc["token_type_ids"], labels)]
 
 
-def group_by_length(lengths: list[int], batch_size: int, rng: np.random.Generator) -> list[int]:
-    """HF LengthGroupedSampler's order: a random permutation cut into megabatches of 50 x batch_size, each sorted
-    by length (longest first), and the megabatch holding the longest example moved to the front."""
-    order = rng.permutation(len(lengths)).tolist()
+def group_by_length(lengths: list[int], batch_size: int, order: list[int]) -> list[int]:
+    """HF LengthGroupedSampler's order (its rule, our code): a random permutation `order` cut into megabatches
+    of 50 x batch_size, each sorted by length (longest first), and the longest example swapped to the front.
+    (HF lowers the 50 for datasets under 200 batches, to keep 4 megabatches; 50 is its value on a full train set.)"""
     size = MEGABATCH * batch_size
     megas = [sorted(order[i:i + size], key=lambda j: -lengths[j]) for i in range(0, len(order), size)]
     longest = int(np.argmax([lengths[m[0]] for m in megas]))
@@ -288,13 +288,16 @@ def run_task(task: str, args, config: dict, weights: str | None, tokenizer, side
     device = torch.device(args.device)
     mega = MEGABATCH * args.batch_size
     n_needed = max(mega, (args.steps + args.warmup) * args.batch_size)
+    if args.token_budget:  # enough sentences for the token-budget batches too (at >= 10 tokens a sentence)
+        n_needed = max(n_needed, (args.steps + args.warmup) * args.token_budget // 10)
     examples = load_task(task, tokenizer, n_needed, args.max_seqlen)
     rng = np.random.default_rng(args.seed)
     plain_order = rng.permutation(len(examples)).tolist()
     chunk = lambda order: [order[i:i + args.batch_size]  # noqa: E731
                            for i in range(0, len(order) - args.batch_size + 1, args.batch_size)]
     orders = {"plain": chunk(plain_order),
-              "grouped": chunk(group_by_length([len(e["ids"]) for e in examples], args.batch_size, rng))}
+              "grouped": chunk(group_by_length([len(e["ids"]) for e in examples], args.batch_size,
+                                                 rng.permutation(len(examples)).tolist()))}
     if args.token_budget:
         orders["budget"] = token_budget_batches(examples, plain_order, args.token_budget)
     side_order = {"hf_grouped": "grouped", "torchpalm_budget": "budget"}
@@ -318,13 +321,15 @@ def run_task(task: str, args, config: dict, weights: str | None, tokenizer, side
     train_rounds = {s: [] for s in sides}
     plan = {s: spread(len(batches[side_order.get(s, "plain")]), args.steps, args.rounds) for s in sides}
     for side in sides:
-        for b in batches[side_order.get(side, "plain")][:args.warmup]:
-            models[side].train_step(b)
+        mine = batches[side_order.get(side, "plain")]
+        for i in range(args.warmup):
+            models[side].train_step(mine[i % len(mine)])
         sync(device)
     for r in range(args.rounds):
         for side in sides:
             mine = batches[side_order.get(side, "plain")]
-            train_rounds[side].append(timed_round(models[side].train_step, [mine[i] for i in plan[side][r]], device))
+            train_rounds[side].append(timed_round(models[side].train_step, [mine[i % len(mine)] for i in plan[side][r]],
+                                                  device))
         print(f"[{task}] train round {r + 1}/{args.rounds}: " + ", ".join(
             f"{s} {train_rounds[s][-1]['examples'] / train_rounds[s][-1]['seconds']:.1f} ex/s" for s in sides),
             flush=True)
@@ -371,7 +376,8 @@ def print_table(task: str, kind: str, section: dict, ratio: dict) -> None:
         print(f"  {k}: {v:.2f}x")
 
 
-def main():
+def main(argv: list[str] | None = None) -> dict:
+    """Runs the benchmark with these command-line arguments (default: sys.argv); returns the results."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="sst2,mrpc")
     p.add_argument("--config", help="a BERT config.json for a random init (e.g. BERT-base); default: MiniLM "
@@ -381,8 +387,8 @@ def main():
     p.add_argument("--token_budget", type=int, default=0, help="add the torchpalm_budget side (throughput mode): "
                                                                "batches of about this many real tokens")
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=20, help="timed training steps per side and task")
-    p.add_argument("--predict_steps", type=int, default=20, help="timed prediction batches per side and task")
+    p.add_argument("--steps", type=int, default=16, help="timed training steps per side and task")
+    p.add_argument("--predict_steps", type=int, default=16, help="timed prediction batches per side and task")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per side before the first round")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--max_seqlen", type=int, default=128)
@@ -395,7 +401,7 @@ def main():
                    help="the device's peak FLOPS for MFU (default: CPU threads x clock x 32; CUDA 989, H100/H200 "
                         "dense bf16)")
     p.add_argument("--out", help="default benchmarks/results/speed_vs_hf.<device>.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     sides = parse_sides(p, args.sides, TRAIN_SIDES)
@@ -434,6 +440,7 @@ def main():
     with open(out, "w") as f:
         json.dump(results, f, indent=1)
     print(f"\nwrote {out}")
+    return results
 
 
 if __name__ == "__main__":
