@@ -47,13 +47,15 @@ def run_torchpalm(args, model_dir: str, train_file: str, dev_file: str, pack: bo
 
     torch.manual_seed(args.seed)
     config = json.load(open(os.path.join(model_dir, "config.json")))
+    if args.no_dropout:  # torchpalm sides only: a deterministic comparison of the packed and padded paths
+        config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     vocab = os.path.join(model_dir, "vocab.txt")
     reader = palm.reader.ClassifyReader(vocab, args.max_seqlen, seed=args.seed, do_lower_case=True)
     reader.load_data(train_file, args.batch_size, num_epochs=args.epochs)
     backbone = palm.backbone.BERT.from_config(config)
     backbone.pack_tokens = pack
     reader.register_with(backbone)
-    head = palm.head.Classify(2, config["hidden_size"], 0.1)
+    head = palm.head.Classify(2, config["hidden_size"], 0.0 if args.no_dropout else 0.1)
     trainer = palm.Trainer("sst2")
     model = trainer.build_forward(backbone, head)
     n_steps = reader.num_examples * args.epochs // args.batch_size
@@ -114,6 +116,8 @@ def main():
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_seqlen", type=int, default=128)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--no_dropout", action="store_true", help="torchpalm sides without dropout (compares the "
+                                                             "packed and padded paths without random draws)")
     p.add_argument("--print_steps", type=int, default=200)
     p.add_argument("--sides", default="torchpalm,hf", help="any of torchpalm, torchpalm_padded (the padded "
                                                            "reference path), hf")
