@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import torch
-from common import first_rows, hf_fine_tune, minilm_dir, results_header
+from common import first_rows, hf_fine_tune, minilm_dir, parse_sides, results_header
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -41,17 +41,21 @@ def read_sst2(path: str, limit: int = 0) -> tuple[list[str], list[int]]:
     return texts, labels
 
 
-def run_torchpalm(args, model_dir: str, train_file: str, dev_file: str) -> dict:
+def run_torchpalm(args, model_dir: str, train_file: str, dev_file: str, pack: bool = True) -> dict:
+    """`pack=False`: the padded reference path (side `torchpalm_padded`) instead of the default packed one."""
     import torchpalm as palm
 
     torch.manual_seed(args.seed)
     config = json.load(open(os.path.join(model_dir, "config.json")))
+    if args.no_dropout:  # torchpalm sides only: a deterministic comparison of the packed and padded paths
+        config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     vocab = os.path.join(model_dir, "vocab.txt")
     reader = palm.reader.ClassifyReader(vocab, args.max_seqlen, seed=args.seed, do_lower_case=True)
     reader.load_data(train_file, args.batch_size, num_epochs=args.epochs)
     backbone = palm.backbone.BERT.from_config(config)
+    backbone.pack_tokens = pack
     reader.register_with(backbone)
-    head = palm.head.Classify(2, config["hidden_size"], 0.1)
+    head = palm.head.Classify(2, config["hidden_size"], 0.0 if args.no_dropout else 0.1)
     trainer = palm.Trainer("sst2")
     model = trainer.build_forward(backbone, head)
     n_steps = reader.num_examples * args.epochs // args.batch_size
@@ -66,6 +70,7 @@ def run_torchpalm(args, model_dir: str, train_file: str, dev_file: str) -> dict:
     pred_reader = palm.reader.ClassifyReader(vocab, args.max_seqlen, do_lower_case=True, phase="predict")
     pred_reader.load_data(dev_file, 128)
     pred_backbone = palm.backbone.BERT.from_config(config, phase="predict")
+    pred_backbone.pack_tokens = pack
     pred_reader.register_with(pred_backbone)
     trainer.build_predict_forward(pred_backbone, palm.head.Classify(2, config["hidden_size"], phase="predict"))
     trainer.fit_reader(pred_reader, phase="predict")
@@ -111,8 +116,11 @@ def main():
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_seqlen", type=int, default=128)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--no_dropout", action="store_true", help="torchpalm sides without dropout (compares the "
+                                                             "packed and padded paths without random draws)")
     p.add_argument("--print_steps", type=int, default=200)
-    p.add_argument("--sides", default="torchpalm,hf")
+    p.add_argument("--sides", default="torchpalm,hf", help="any of torchpalm, torchpalm_padded (the padded "
+                                                           "reference path), hf")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "sst2_vs_hf.json"))
     args = p.parse_args()
 
@@ -122,9 +130,11 @@ def main():
         train_file = first_rows(train_file, args.train_examples,
                                 f"/tmp/torchpalm_bench/sst2_train_first{args.train_examples}.tsv")
     results = results_header(args)
-    for side in args.sides.split(","):
+    sides = {"torchpalm": run_torchpalm, "hf": run_hf,
+             "torchpalm_padded": lambda *a: run_torchpalm(*a, pack=False)}
+    for side in parse_sides(p, args.sides, list(sides)):
         print(f"=== {side} ===", flush=True)
-        results[side] = (run_torchpalm if side == "torchpalm" else run_hf)(args, model_dir, train_file, dev_file)
+        results[side] = sides[side](args, model_dir, train_file, dev_file)
         print(json.dumps(results[side]), flush=True)
     if "torchpalm" in results and "hf" in results:
         ours, hf = results["torchpalm"], results["hf"]
@@ -134,6 +144,12 @@ def main():
               f"difference {results['accuracy_difference_points']:+.2f} points")
         print(f"train examples/s: torchpalm {ours['examples_per_second']:.1f}  HF {hf['examples_per_second']:.1f}  "
               f"ratio {results['train_throughput_ratio']:.2f}x")
+    if "torchpalm" in results and "torchpalm_padded" in results:
+        results["packed_minus_padded_points"] = 100 * (results["torchpalm"]["dev_accuracy"]
+                                                       - results["torchpalm_padded"]["dev_accuracy"])
+        print(f"dev accuracy: packed {results['torchpalm']['dev_accuracy']:.4f}  padded "
+              f"{results['torchpalm_padded']['dev_accuracy']:.4f}  difference "
+              f"{results['packed_minus_padded_points']:+.2f} points")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)

@@ -110,8 +110,9 @@ def _build(trainer_name, reader, head, hf_dir, n_steps, hf_style):
 def _assert_same_training(ours, theirs, trainer, hf_model, head_pairs, prefix="bert.", weight_tol=TOL,
                           noise_only=()):
     """`noise_only`: parameters whose true gradient is zero, so Adam moves them by float noise normalised to
-    about lr per step, in a direction that depends on the summation order (the thread count): they are only
-    checked to stay within Adam's largest possible step, lr (1 - beta1) / sqrt(1 - beta2) = 3.16 lr, per step."""
+    about lr per step, in a direction that depends on the summation order (the thread count, the packed
+    backbone's order): they are only checked to stay within Adam's largest possible step,
+    lr (1 - beta1) / sqrt(1 - beta2) = 3.16 lr, per step."""
     assert len(ours) == len(theirs) >= 20
     diffs = [abs(a - b) for a, b in zip(ours, theirs, strict=True)]
     assert max(diffs) <= TOL, f"per-step loss differences: {diffs}"
@@ -133,7 +134,7 @@ def _assert_same_training(ours, theirs, trainer, hf_model, head_pairs, prefix="b
         change = hf_state[n] - hf_model.initial_state[n]
         # (+TOL: some parameters have no true gradient and move by float noise only: the key biases, which softmax
         # ignores, and for MRC the last LayerNorm bias, which shifts every position's logit alike)
-        assert ((p - hf_model.initial_state[n]) - change).norm() <= 1e-2 * change.norm() + TOL, n
+        assert n in noise_only or ((p - hf_model.initial_state[n]) - change).norm() <= 1e-2 * change.norm() + TOL, n
     moved = max(c.abs().max().item() for c in (hf_state[n] - hf_model.initial_state[n] for n in expected))
     assert moved > 30 * TOL  # the steps really moved the weights (Adam moves each by <= ~lr per step)
 

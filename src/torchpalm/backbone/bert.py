@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Backbone
+from .packing import Packing, packed_attention
 
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),  # exact erf form, as Paddle's and HF's "gelu"
@@ -179,14 +180,18 @@ class EncoderLayer(nn.Module):
         self.hidden_dropout = hidden_dropout
         self.attn_dropout = attn_dropout
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
-        b, length, h = x.shape
-        # [B, L, 3H] -> 3 x [B, heads, L, d]
-        q, k, v = self.qkv(x).view(b, length, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
-        ctx = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_bias, dropout_p=self.attn_dropout if self.training else 0.0
-        )
-        ctx = ctx.transpose(1, 2).reshape(b, length, h)
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None,
+                packing: Packing | None = None) -> torch.Tensor:
+        """x: [B, L, H], or the packed [T, H] with `packing` (see `torchpalm.backbone.packing`)."""
+        dropout_p = self.attn_dropout if self.training else 0.0
+        if packing is not None:
+            ctx = packed_attention(self.qkv(x), packing, self.heads, attn_bias, dropout_p)
+        else:
+            b, length, h = x.shape
+            # [B, L, 3H] -> 3 x [B, heads, L, d]
+            q, k, v = self.qkv(x).view(b, length, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p)
+            ctx = ctx.transpose(1, 2).reshape(b, length, h)
         x = self.attn_norm(x + F.dropout(self.attn_out(ctx), self.hidden_dropout, self.training))
         f = self.ffn_out(self.act(self.ffn_in(x)))
         return self.ffn_norm(x + F.dropout(f, self.hidden_dropout, self.training))
@@ -202,7 +207,16 @@ class BERT(Backbone):
     Outputs (dict): word_embedding [B, L, H] (post-LN embedding sum), embedding_table [V, H],
     encoder_outputs [B, L, H], sentence_embedding [B, H] (tanh-pooled [CLS]), sentence_pair_embedding (same);
     with `is_pairwise`, the same four for the `*_neg` inputs when they are in the batch.
+
+    Padded batches run packed by default: the dense layers see only the real tokens (`torchpalm.backbone.packing`),
+    which gives the padded computation's outputs at every real position (padded positions of `encoder_outputs`
+    and `word_embedding` are zeros instead of values no head reads). Set `pack_tokens = False` on the backbone
+    for the padded computation (the reference the tests compare against).
     """
+
+    pack_tokens = True
+    # the [B, L] id inputs `embed` reads (packed along with the tokens)
+    embedding_inputs = ("token_ids", "position_ids", "segment_ids")
 
     def __init__(
         self,
@@ -355,21 +369,29 @@ class BERT(Backbone):
 
     def encode(self, batch: dict[str, torch.Tensor], suffix: str = "") -> dict[str, torch.Tensor]:
         """Runs one branch (the plain inputs, or the `_neg` ones) through the encoder."""
+        mask = batch.get("input_mask" + suffix)
+        # A traced graph (torch.compile, torch.export, ONNX) cannot branch on the data: no packing (its size is
+        # the number of real tokens) and the bias always built (all zeros when nothing is padded).
+        traced = torch.compiler.is_compiling()
+        packing = Packing.from_mask(mask) if mask is not None and self.pack_tokens and not traced else None
+        # key-padding mask as an additive bias [B, 1, 1, L]; None when nothing is padded (faster kernels; on CPU
+        # the check's read-back costs nothing, on CUDA it would stall the launch queue, so the bias is built)
+        attn_bias = None
+        if mask is not None and (traced or packing is not None or mask.is_cuda or not bool(mask.all())):
+            attn_bias = torch.zeros(mask.shape, dtype=self.embed_norm.weight.dtype, device=mask.device)
+            attn_bias = attn_bias.masked_fill(mask == 0, torch.finfo(attn_bias.dtype).min)
+            attn_bias = attn_bias.reshape(mask.shape[0], 1, 1, -1)
+        if packing is not None:  # the id inputs as [T] vectors: everything up to attention sees real tokens only
+            batch = {k + suffix: packing.pack(batch[k + suffix]) for k in self.embedding_inputs}
         # 1. embeddings: word + position + segment (+ task, ERNIE), then LayerNorm and dropout
         emb = F.dropout(self.embed_norm(self.embed(batch, suffix)), self.hidden_dropout, self.training)
-        # 2. key-padding mask as an additive bias [B, 1, 1, L]; None when nothing is padded (faster kernels).
-        # Whether anything is padded depends on the data, which a traced graph (torch.compile, torch.export,
-        # ONNX) cannot branch on: there the bias is always built (all zeros when nothing is padded).
-        mask = batch.get("input_mask" + suffix)
-        attn_bias = None
-        if mask is not None and (torch.compiler.is_compiling() or not bool(mask.all())):
-            attn_bias = torch.zeros(mask.shape, dtype=emb.dtype, device=emb.device)
-            attn_bias = attn_bias.masked_fill(mask == 0, torch.finfo(emb.dtype).min)[:, None, None, :]
-        # 3. post-LN transformer layers
+        # 2. post-LN transformer layers
         x = emb
         for layer in self.layers:
-            x = layer(x, attn_bias)
-        # 4. pooled [CLS]
+            x = layer(x, attn_bias, packing)
+        if packing is not None:
+            emb, x = packing.unpack(emb), packing.unpack(x)
+        # 3. pooled [CLS]
         pooled = torch.tanh(self.pooler(x[:, 0]))
         return {"word_embedding": emb, "encoder_outputs": x, "sentence_embedding": pooled,
                 "sentence_pair_embedding": pooled}

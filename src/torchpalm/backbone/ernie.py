@@ -65,6 +65,10 @@ class ERNIE(BERT):
                 attrs["task_ids_neg"] = BACKBONE_INPUTS["token_ids"]
         return attrs
 
+    @property
+    def embedding_inputs(self) -> tuple[str, ...]:
+        return BERT.embedding_inputs + (("task_ids",) if self.use_task_emb else ())
+
     def embed(self, batch: dict[str, torch.Tensor], suffix: str = "") -> torch.Tensor:
         e = super().embed(batch, suffix)
         if self.use_task_emb:

@@ -76,12 +76,20 @@ class RoBERTa(BERT):
             attrs.update({f"{k}_neg": v for k, v in list(attrs.items())})
         return attrs
 
-    def embed(self, batch: dict[str, torch.Tensor], suffix: str = "") -> torch.Tensor:
+    # what packing gathers to real tokens: the ids and their positions (computed on the padded layout first)
+    embedding_inputs = ("token_ids", "roberta_position_ids")
+
+    def encode(self, batch: dict[str, torch.Tensor], suffix: str = "") -> dict[str, torch.Tensor]:
         ids = batch["token_ids" + suffix]
         if ids.shape[1] > self.max_tokens:
             raise ValueError(f"RoBERTa takes at most {self.max_tokens} tokens per sequence "
                              f"(max_position_embeddings {self.config['max_position_embeddings']} minus the padding "
                              f"index {self.config['pad_token_id']} and 1), got {ids.shape[1]}: lower the reader's "
                              f"max_len")
+        # HF's rule counts real tokens along each padded row, so the positions exist before any packing
         positions = roberta_position_ids(ids, self.config["pad_token_id"])
+        return super().encode({**batch, "roberta_position_ids" + suffix: positions}, suffix)
+
+    def embed(self, batch: dict[str, torch.Tensor], suffix: str = "") -> torch.Tensor:
+        ids, positions = batch["token_ids" + suffix], batch["roberta_position_ids" + suffix]
         return self.word_embeddings(ids) + self.position_embeddings(positions) + self.token_type_embeddings.weight[0]

@@ -79,8 +79,9 @@ class MaskLM(Head):
                              f"has {table.shape[0]} rows")
         b, length, h = enc.shape
         pos = batch["mask_pos"].reshape(-1).long()
-        # An index outside [0, B*L) would be a silent wrong gather on CPU and a device assert on CUDA.
-        if pos.numel() and bool(((pos < 0) | (pos >= b * length)).any()):
+        # An index outside [0, B*L) would be a silent wrong gather on CPU; on CUDA the gather itself asserts, and
+        # checking here would stall the launch queue every step (a read-back), so only CPU checks.
+        if pos.numel() and not pos.is_cuda and bool(((pos < 0) | (pos >= b * length)).any()):
             raise ValueError(f"mask_pos must be flat indices into the padded batch, 0 <= pos < B*L = {b}*{length} "
                              f"= {b * length}; got values from {int(pos.min())} to {int(pos.max())}")
         hidden = enc.reshape(b * length, h).index_select(0, pos)

@@ -1,0 +1,31 @@
+"""The speed benchmark's batching helpers (benchmarks/speed_vs_hf.py): HF's length grouping, the round plan."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from speed_vs_hf import group_by_length, spread, token_budget_batches  # noqa: E402
+
+
+def test_group_by_length_is_hf_length_grouped_sampler_order():
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    lengths = (torch.randperm(500, generator=torch.Generator().manual_seed(9)) % 97).tolist()  # many ties
+    lengths[123] = 500  # one longest, which HF swaps to the front
+    for seed in range(3):
+        order = torch.randperm(500, generator=torch.Generator().manual_seed(seed)).tolist()
+        theirs = get_length_grouped_indices(lengths, 4, mega_batch_mult=50,
+                                            generator=torch.Generator().manual_seed(seed))
+        assert group_by_length(lengths, 4, order) == theirs
+
+
+def test_rounds_spread_over_all_batches_and_budget_batches_hold_the_budget():
+    plan = spread(50, 10, 3)
+    assert sorted(i for r in plan for i in r) == [0, 5, 11, 16, 22, 27, 33, 38, 44, 49]
+    assert [len(r) for r in plan] == [4, 3, 3] and plan[0][0] == 0 and plan[0][1] == 16  # round-robin
+    examples = [{"ids": [0] * n} for n in (5, 5, 5, 9, 2, 2, 7)]
+    assert token_budget_batches(examples, list(range(7)), 10) == [[0, 1], [2], [3], [4, 5]]
