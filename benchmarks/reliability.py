@@ -2,7 +2,8 @@
 run ends.
 
 Each trial starts a small training script (a tiny random BERT, dropout on, a checkpoint every few steps) as a
-separate process, kills it at a random moment of its training (SIGKILL: no chance to clean up; SIGTERM: the
+separate process, kills it at a random moment of its training (after a random step, plus a random fraction of
+a step) (SIGKILL: no chance to clean up; SIGTERM: the
 loop's handler saves and exits), checks what is on disk (`palm.checkpoint.latest` finds a complete checkpoint,
 never a leftover of a killed save), restarts the same script (which calls `trainer.resume()`) and compares the
 finished run with an uninterrupted reference run: every logged loss and every final weight bit-identical.
@@ -94,14 +95,24 @@ def worker(work: str, vocab: str, multi: bool, save_steps: int) -> None:
 
 
 def start(work: str, vocab: str, multi: bool, save_steps: int) -> subprocess.Popen:
+    """The worker, its output going to <work>/worker.log (a file: a pipe nobody reads could fill and block it)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, __file__, "--worker", work, "--vocab", vocab,
+    log = open(os.path.join(work, "worker.log"), "w")
+    proc = subprocess.Popen([sys.executable, __file__, "--worker", work, "--vocab", vocab,
                              "--multi", str(int(multi)), "--save_steps", str(save_steps)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    log.close()
+    return proc
 
 
-def finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=600)
+def output(work: str) -> str:
+    with open(os.path.join(work, "worker.log")) as f:
+        return f.read()
+
+
+def finish(proc: subprocess.Popen, work: str) -> str:
+    proc.wait(timeout=600)
+    out = output(work)
     if proc.returncode != 0:
         raise RuntimeError(f"worker failed ({proc.returncode}):\n{out[-3000:]}")
     return out
@@ -123,19 +134,23 @@ def logged_steps(work: str) -> int:
         return sum('"loss"' in line for line in f)
 
 
-def trial(kind: str, work: str, vocab: str, train_seconds: float, rng: random.Random) -> dict:
+def trial(kind: str, work: str, vocab: str, steps: int, rng: random.Random) -> dict:
     import torchpalm as palm
 
     multi, save_steps, sig = KINDS[kind]
     proc = start(work, vocab, multi, save_steps)
-    for line in proc.stdout:  # wait for the loop to start, then kill at a random moment of the training
-        if line.startswith("TRAINING"):
-            break
-    delay = rng.uniform(0.05, 0.95) * train_seconds
+    # kill after a random step of the run has been logged, a random fraction of a step later (so some kills
+    # land in a checkpoint save, most of all with a save every step)
+    target = rng.randint(1, steps - 1)
+    while proc.poll() is None and logged_steps(work) < target:
+        time.sleep(0.002)
+    delay = rng.uniform(0.0, 0.05)
     time.sleep(delay)
     proc.send_signal(sig)
-    tail, _ = proc.communicate(timeout=600)
-    record = {"kind": kind, "delay_s": round(delay, 3), "exit": proc.returncode, "at_step": logged_steps(work),
+    proc.wait(timeout=600)
+    tail = output(work)
+    record = {"kind": kind, "target_step": target, "delay_s": round(delay, 3), "exit": proc.returncode,
+              "at_step": logged_steps(work),
               "during_training": "TRAINED" not in tail}
     leftovers = sorted(n for n in os.listdir(os.path.join(work, "out")) if ".tmp-" in n or n.endswith(".old"))
     latest = palm.checkpoint.latest(os.path.join(work, "out"))
@@ -145,7 +160,7 @@ def trial(kind: str, work: str, vocab: str, train_seconds: float, rng: random.Ra
     if sig == signal.SIGTERM and record["during_training"]:  # saved the step it was on, exited with 128 + 15
         record["sigterm_clean"] = (proc.returncode == 143 and "training stopped by SIGTERM" in tail
                                    and record["latest"] == f"ckpt.step{record['at_step']}")
-    finish(start(work, vocab, multi, save_steps))
+    finish(start(work, vocab, multi, save_steps), work)
     record["leftovers_after_restart"] = sorted(n for n in os.listdir(os.path.join(work, "out"))
                                                if ".tmp-" in n or n.endswith(".old"))
     return record
@@ -177,23 +192,14 @@ def main() -> None:
             ref = os.path.join(root, f"{kind}_reference")
             os.makedirs(ref)
             write_data(ref)
-            proc = start(ref, args.vocab, multi, save_steps)
-            for line in proc.stdout:
-                if line.startswith("TRAINING"):
-                    break
-            began = time.time()
-            for line in proc.stdout:
-                if line.startswith("TRAINED"):
-                    break
-            train_seconds = time.time() - began
-            finish(proc)
+            finish(start(ref, args.vocab, multi, save_steps), ref)
             ref_losses, ref_weights = outcome(ref)
             exact = 0
             for i in range(args.trials):
                 work = os.path.join(root, f"{kind}_{i}")
                 os.makedirs(work)
                 write_data(work)
-                record = trial(kind, work, args.vocab, train_seconds, rng)
+                record = trial(kind, work, args.vocab, len(ref_losses), rng)
                 losses, weights = outcome(work)
                 record["bit_exact"] = losses == ref_losses and all(torch.equal(weights[k], ref_weights[k])
                                                                    for k in ref_weights)
