@@ -115,7 +115,7 @@ def test_sharding_splits_global_batch_without_duplicates(tmp_path, uncased_vocab
         shards.append([b["token_ids"][:, 1:3].tolist() for b in r])
     for step, batch in enumerate(expected):
         assert shards[0][step] + shards[1][step] == [row for row in batch]
-    with pytest.raises(ValueError, match="not divisible"):
+    with pytest.raises(ValueError, match="must be divisible by the number of processes"):
         whole.shard(0, 3)
 
 
