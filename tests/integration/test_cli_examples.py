@@ -81,3 +81,37 @@ def test_matching_config_reproduces_run_py(tmp_path, uncased_vocab, monkeypatch)
     expected = logits(tmp_path / "script" / "predict_dev" / "predictions.json")
     torch.testing.assert_close(cli_run(tmp_path, "matching", uncased_vocab, train_file, predict_file),
                                expected, rtol=1e-6, atol=1e-6)
+
+
+def tiny_hf_bert(tmp_path) -> str:
+    """A randomly initialised tiny BERT saved by transformers (an HF model directory, as a pretrained one)."""
+    import transformers
+
+    torch.manual_seed(0)
+    transformers.BertModel(transformers.BertConfig(**TINY_CONFIG)).save_pretrained(tmp_path / "hf")
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_CONFIG), encoding="utf-8")
+    return str(tmp_path / "hf")
+
+
+def test_predict_config_reproduces_run_py(tmp_path, uncased_vocab):
+    # predicting without fine-tuning: the pretrained backbone, an untrained head seeded by train.seed
+    hf_dir, predict_file = tiny_hf_bert(tmp_path), write_rows(tmp_path / "dev.tsv", 10, 1)
+    load_example("predict").main(["--pretrain", hf_dir, "--config", str(tmp_path / "tiny.json"), "--vocab",
+                                  uncased_vocab, "--predict_file", predict_file, "--max_seqlen", "32",
+                                  "--batch_size", "8", "--save_path", str(tmp_path / "script")])
+    expected = logits(tmp_path / "script" / "predict" / "predictions.json")
+    config = str(ROOT / "examples" / "predict" / "config.yaml")
+    sets = [f"backbone.pretrained={hf_dir}", f"backbone.config={tmp_path / 'tiny.json'}",
+            f"backbone.vocab={uncased_vocab}", f"tasks[0].predict_file={predict_file}", "tasks[0].reader.max_len=32",
+            "train.batch_size=8", f"train.save_path={tmp_path / 'cli'}"]
+    args = [x for s in sets for x in ("--set", s)]
+    assert main(["predict", config, *args, "--backbone-only"]) == 0
+    torch.testing.assert_close(logits(tmp_path / "cli" / "predict" / "sst2" / "predictions.json"), expected,
+                               rtol=1e-6, atol=1e-6)
+    # --checkpoint names the backbone instead of backbone.pretrained: the same predictions
+    assert main(["predict", config, *args, "--set", "backbone.pretrained=null", "--checkpoint", hf_dir,
+                 "--backbone-only", "--output", str(tmp_path / "cli2")]) == 0
+    torch.testing.assert_close(logits(tmp_path / "cli2" / "sst2" / "predictions.json"), expected,
+                               rtol=1e-6, atol=1e-6)
+    # without any backbone weights to load it is an error naming the key, not a silently random model
+    assert main(["predict", config, *args, "--set", "backbone.pretrained=null", "--backbone-only"]) == 2
