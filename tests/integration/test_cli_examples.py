@@ -10,10 +10,14 @@ import json
 import sys
 
 import numpy as np
+import pytest
 import torch
 from conftest import ROOT, TINY_CONFIG
 
+import torchpalm as palm
+from torchpalm.checkpoint import load_checkpoint_dir
 from torchpalm.cli import main
+from torchpalm.metrics_log import read_metrics
 
 WORDS = ["good", "bad", "movie", "plot", "actor", "film", "story", "great", "awful", "scene"]
 
@@ -115,3 +119,39 @@ def test_predict_config_reproduces_run_py(tmp_path, uncased_vocab):
                                rtol=1e-6, atol=1e-6)
     # without any backbone weights to load it is an error naming the key, not a silently random model
     assert main(["predict", config, *args, "--set", "backbone.pretrained=null", "--backbone-only"]) == 2
+
+
+def test_train_with_eval_config_reproduces_run_py(tmp_path, uncased_vocab, monkeypatch):
+    # Dropout off: run.py builds its dev modules before training (moving torch's generator, so the dropout masks),
+    # the CLI without moving it, as the config says; everything else must give the same weights and evaluations.
+    hf_dir = tmp_path / "hf"
+    import transformers
+
+    torch.manual_seed(0)
+    transformers.BertModel(transformers.BertConfig(**{**TINY_CONFIG, "hidden_dropout_prob": 0.0,
+                                                      "attention_probs_dropout_prob": 0.0})).save_pretrained(hf_dir)
+    (hf_dir / "vocab.txt").write_text(open(uncased_vocab, encoding="utf-8").read(), encoding="utf-8")
+    train_file, dev_file = write_rows(tmp_path / "train.tsv", 64), write_rows(tmp_path / "dev.tsv", 10, 1)
+    trainers = []  # the script's trainer, for its final weights
+    train_one_step = palm.Trainer.train_one_step
+    monkeypatch.setattr(palm.Trainer, "train_one_step", lambda self, batch: trainers.append(self)
+                        or train_one_step(self, batch))
+    history = load_example("train_with_eval").main([
+        "--pretrain", str(hf_dir), "--train_file", train_file, "--dev_file", dev_file, "--train_examples", "0",
+        "--max_seqlen", "32", "--batch_size", "8", "--dropout", "0", "--lr", "1e-3", "--eval_steps", "3",
+        "--print_steps", "1", "--save_path", str(tmp_path / "script")])
+    assert sorted(history) == [3, 6, 8]  # every 3 steps and at the end
+    monkeypatch.undo()
+    config = str(ROOT / "examples" / "train_with_eval" / "config.yaml")
+    sets = [f"backbone.pretrained={hf_dir}", f"tasks[0].train_file={train_file}", f"tasks[0].dev_file={dev_file}",
+            "tasks[0].reader.max_len=32", "tasks[0].head.dropout_prob=0", "optimizer.lr=1.0e-3", "train.batch_size=8",
+            "train.evaluate_every=3", "train.print_steps=0", f"train.save_path={tmp_path / 'cli'}"]
+    assert main(["train", config, *(x for s in sets for x in ("--set", s))]) == 0
+    evaluations = {r["step"]: r["eval"]["sst2"]["accuracy"] for r in read_metrics(str(tmp_path / "cli"))
+                   if "eval" in r}
+    assert evaluations == pytest.approx(history, abs=1e-9)
+    state = load_checkpoint_dir(str(tmp_path / "cli" / "ckpt.step8"))[0]
+    script_state = load_checkpoint_dir(trainers[-1].save(str(tmp_path / "script" / "final")))[0]
+    assert set(state) == set(script_state)
+    for name, value in state.items():
+        torch.testing.assert_close(value, script_state[name], rtol=1e-6, atol=1e-6, msg=name)
