@@ -1,7 +1,9 @@
 """The example configs reproduce their run.py: the same short run (tiny BERT, small files) through
 `examples/<name>/run.py` and through `torchpalm train` + `torchpalm predict` on `examples/<name>/config.yaml`
-gives the same predictions. (tagging's run.py leaves torch unseeded and multi_task's seeds each head apart, as
-their configs say, so those two are only validated, in tests/unit/test_cli.py.)"""
+gives the same predictions (predict: `torchpalm predict --backbone-only`; train_with_eval and pretraining: the
+same weights, evaluations and, chaining pretraining's two configs, predictions). (tagging's run.py leaves torch
+unseeded and multi_task's seeds each head apart, as their configs say, so those two are only validated, in
+tests/unit/test_cli.py.)"""
 
 from __future__ import annotations
 
