@@ -41,7 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--data_dir", default=SHARED)
     p.add_argument("--vocab", default=os.path.join(SHARED, "vocab", "bert-base-chinese-vocab.txt"))
     p.add_argument("--save_path", default="./outputs/")
-    p.add_argument("--stages", default="pretrain,finetune", help="comma-separated subset of pretrain,finetune")
+    p.add_argument("--stages", default="pretrain,finetune", help="comma-separated subset of pretrain,finetune; "
+                   "'corpus' alone only writes the corpus, held-out lines and backbone config (for the torchpalm "
+                   "CLI's config.yaml)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--lang", default="cn", help="'cn' deletes ASCII spaces from the texts of both stages")
     p.add_argument("--do_lower_case", type=int, default=1, help="bert-base-chinese has no upper-case letters")
@@ -319,8 +321,12 @@ def summary_lines(summary: dict) -> list[str]:
 def main(argv=None):
     args = parse_args(argv)
     stages = {s.strip() for s in args.stages.split(",") if s.strip()}
+    if stages == {"corpus"}:  # the files config.yaml trains on, without training
+        write_config(args)
+        print(f"corpus: {json.dumps(write_corpus(args)[2])}", flush=True)
+        return {}
     if not stages or stages - {"pretrain", "finetune"}:
-        sys.exit(f"--stages must be a comma-separated subset of pretrain,finetune; got {args.stages!r}")
+        sys.exit(f"--stages must be 'corpus' or a comma-separated subset of pretrain,finetune; got {args.stages!r}")
     config, config_path = write_config(args)
     print(f"backbone config written to {config_path}: {json.dumps(config)}", flush=True)
     results: dict = {"args": vars(args), "config": config}

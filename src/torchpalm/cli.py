@@ -88,10 +88,11 @@ def train_label_map(task: dict, cfg: dict, vocab: str) -> dict | None:
 
 
 def predict_trainer(task: dict, cfg: dict, files: tuple, data_file: str, checkpoint: str | None = None,
-                    label_map: dict | None = None, trainer=None):
+                    label_map: dict | None = None, trainer=None, backbone_only: bool = False):
     """A Trainer named like the task with its predict side built over `data_file` (PALM's predict script):
-    predict reader, predict backbone and head, then the checkpoint's weights; or, given the training `trainer`,
-    its trained weights (evaluation during training). Returns (trainer, reader)."""
+    predict reader, predict backbone and head, then the checkpoint's weights (`backbone_only`: the backbone's
+    alone, `load_predict_model`; the head keeps its initialisation); or, given the training `trainer`, its
+    trained weights (evaluation during training). Returns (trainer, reader)."""
     config, vocab, _ = files
     reader, load_kwargs = C.build_reader(task, cfg, vocab, "predict", label_map)
     with C.blame(f"{task['path']} ({data_file})"):
@@ -101,7 +102,9 @@ def predict_trainer(task: dict, cfg: dict, files: tuple, data_file: str, checkpo
     trainer = trainer or palm.Trainer(task["name"], device=cfg["train"]["device"],
                                       precision=cfg["train"]["precision"])
     trainer.build_predict_forward(backbone, C.build_head(task, config, "predict", C.reader_label_map(reader)))
-    if checkpoint is not None:
+    if checkpoint is not None and backbone_only:
+        trainer.load_predict_model(checkpoint)
+    elif checkpoint is not None:
         trainer.load_ckpt(checkpoint)
     return trainer, reader
 
@@ -190,9 +193,20 @@ def train(cfg: dict, dry_run: bool = False, resume: bool = False) -> str | None:
     return final
 
 
-def predict(cfg: dict, checkpoint: str, inputs: Sequence[str], output: str | None) -> dict[str, str]:
-    """Predicts every task's predict file (or `--input`) with the checkpoint; returns {task: predictions.json}."""
+def predict(cfg: dict, checkpoint: str | None, inputs: Sequence[str], output: str | None,
+            backbone_only: bool = False) -> dict[str, str]:
+    """Predicts every task's predict file (or `--input`) with the checkpoint; returns {task: predictions.json}.
+
+    `backbone_only` (PALM's predict example): only backbone weights are loaded, from `checkpoint` (an HF model
+    directory, a torchpalm checkpoint or Paddle parameters, as `load_pretrain` reads) or, without one, from
+    backbone.pretrained; the heads keep their random initialisation, drawn after seeding with train.seed."""
     files = C.backbone_files(cfg)
+    if backbone_only:
+        checkpoint = checkpoint if checkpoint is not None else files[2]
+        if checkpoint is None:
+            raise ConfigError("backbone.pretrained: missing, and `torchpalm predict --backbone-only` without "
+                              "--checkpoint loads the backbone from it")
+        torch.manual_seed(cfg["train"]["seed"])  # the untrained heads (and the backbones, before loading)
     output = output or os.path.join(cfg["train"]["save_path"], "predict")
     overrides = input_files(cfg, inputs)
     written = {}
@@ -201,7 +215,8 @@ def predict(cfg: dict, checkpoint: str, inputs: Sequence[str], output: str | Non
         if data_file is None:
             logger.info("task %s: no predict_file (nor --input): skipped", t["name"])
             continue
-        trainer, reader = predict_trainer(t, cfg, files, data_file, checkpoint, train_label_map(t, cfg, files[1]))
+        trainer, reader = predict_trainer(t, cfg, files, data_file, checkpoint, train_label_map(t, cfg, files[1]),
+                                          backbone_only=backbone_only)
         trainer.fit_reader(reader, phase="predict")
         out_dir = os.path.join(output, t["name"])
         trainer.predict(output_dir=out_dir, print_steps=0)
@@ -335,6 +350,9 @@ def parser() -> argparse.ArgumentParser:
     s = with_config("predict", "Predict each task's predict_file with a checkpoint: <output>/<task>/"
                     "predictions.json. Or, with --bundle DIR (an inference bundle, no config), predict --input.")
     s.add_argument("--checkpoint", help="checkpoint directory (e.g. outputs/ckpt.step100)")
+    s.add_argument("--backbone-only", action="store_true", help="load only backbone weights, from --checkpoint "
+                   "(an HF model dir, a torchpalm checkpoint, Paddle params) or else backbone.pretrained; the heads "
+                   "stay untrained, initialised after seeding with train.seed (PALM's predict example)")
     s.add_argument("--bundle", help="an inference bundle (torchpalm export, palm.export) instead of CONFIG and "
                    "--checkpoint; results go to <output>/<task>/predictions.json, or to stdout without --output")
     s.add_argument("--task", help="with --bundle: predict this task only")
@@ -424,8 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "predict" and args.config is None:
             p.error("predict: give CONFIG --checkpoint CKPT, or --bundle DIR")
-        if args.command == "predict" and args.checkpoint is None:
-            p.error("predict: --checkpoint is required with a CONFIG (or use --bundle DIR)")
+        if args.command == "predict" and args.checkpoint is None and not args.backbone_only:
+            p.error("predict: --checkpoint is required with a CONFIG (or use --bundle DIR, or --backbone-only)")
         if args.command == "plot":
             try:
                 print(plot_metrics(args.save_path, args.output))
@@ -439,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "export":
             export(cfg, args.checkpoint, args.out, args.onnx)
         elif args.command == "predict":
-            predict(cfg, args.checkpoint, args.input, args.output)
+            predict(cfg, args.checkpoint, args.input, args.output, args.backbone_only)
         else:
             evaluate(cfg, args.checkpoint, args.output)
     except (ConfigError, DataError, FileNotFoundError, palm.convert.ConversionError, PaddleFormatError,
