@@ -16,6 +16,7 @@ The rules (PALM's, spec §12, and what a data-parallel run must keep):
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -101,6 +102,16 @@ def init(device: torch.device | None = None) -> None:
         dist.init_process_group("nccl", device_id=torch.device("cuda", torch.cuda.current_device()))
     else:
         dist.init_process_group("gloo")
+    # A process group still alive when the interpreter exits leaves the backend's threads running while the
+    # runtime tears down, which can abort the process ("terminate called without an active exception") after
+    # the script finished: close it first.
+    atexit.register(shutdown)
+
+
+def shutdown() -> None:
+    """Closes the process group this module opened (at exit; harmless when there is none)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def active() -> bool:
