@@ -7,38 +7,13 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from toy_data import write_cls, write_tags
 
 import torchpalm as palm
 from torchpalm.lr_sched import NUM_TRAIN_STEPS
-
-WORDS = ["good", "bad", "movie", "plot", "actor", "film", "story", "great", "awful", "scene"]
-
-
-def sentences(n: int, seed: int) -> list[tuple[int, list[str]]]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        sent = [str(w) for w in rng.choice(WORDS[1:], size=int(rng.integers(2, 6)))]
-        if i % 2:
-            sent.insert(int(rng.integers(0, len(sent) + 1)), "good")
-        out.append((i % 2, sent))
-    return out
-
-
-def write_cls(path, n=24, seed=1) -> str:
-    path.write_text("label\ttext_a\n" + "".join(f"{y}\t{' '.join(s)}\n" for y, s in sentences(n, seed)))
-    return str(path)
-
-
-def write_tags(path, n=40, seed=0) -> str:
-    rows = ["\x02".join(s) + "\t" + "\x02".join("B-POS" if w == "good" else "O" for w in s)
-            for _, s in sentences(n, seed)]
-    path.write_text("text_a\tlabel\n" + "\n".join(rows) + "\n")
-    return str(path)
 
 
 def no_dropout(config: dict) -> dict:
@@ -67,7 +42,7 @@ def single(tmp_path, vocab, config, seed=0):
     """SGD + momentum and a cosine schedule whose length the trainer fills: 24 rows, batch 4, 2 epochs = 12 steps."""
     torch.manual_seed(seed)
     reader = palm.reader.ClassifyReader(vocab, 32, seed=0, do_lower_case=True)
-    reader.load_data(write_cls(tmp_path / "c.tsv"), 4, num_epochs=2)
+    reader.load_data(write_cls(tmp_path / "c.tsv", 24, seed=1), 4, num_epochs=2)
     backbone = palm.backbone.BERT.from_config(no_dropout(config))
     reader.register_with(backbone)
     trainer = palm.Trainer("c", device="cpu")
@@ -134,9 +109,9 @@ CRF_SCALE = 10.0
 def multi(tmp_path, vocab, config, seed=0):
     torch.manual_seed(seed)
     tag_reader = palm.reader.SequenceLabelReader(vocab, 32, {"O": 0, "B-POS": 1}, seed=0, do_lower_case=True)
-    tag_reader.load_data(write_tags(tmp_path / "t.tsv"), 4, num_epochs=None)
+    tag_reader.load_data(write_tags(tmp_path / "t.tsv", 40), 4, num_epochs=None)
     cls_reader = palm.reader.ClassifyReader(vocab, 32, seed=0, do_lower_case=True)
-    cls_reader.load_data(write_cls(tmp_path / "c.tsv"), 4, num_epochs=None)
+    cls_reader.load_data(write_cls(tmp_path / "c.tsv", 24, seed=1), 4, num_epochs=None)
     backbone = palm.backbone.BERT.from_config(config)
     tag_reader.register_with(backbone)
     cls_reader.register_with(backbone)

@@ -11,40 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from toy_data import sentences, write_cls, write_tags
 
 import torchpalm as palm
 from torchpalm.head.base import Head
 from torchpalm.reader.base import Reader, collate_common, read_tsv
 
-WORDS = ["good", "bad", "movie", "plot", "actor", "film", "story", "great", "awful", "scene"]
 TAGS = {"O": 0, "B-POS": 1}
-
-
-def sentences(n: int, seed: int = 0) -> list[tuple[int, list[str]]]:
-    """(label, words): label 1 iff the sentence contains "good"."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        sent = [str(w) for w in rng.choice(WORDS[1:], size=int(rng.integers(2, 6)))]
-        if i % 2:
-            sent.insert(int(rng.integers(0, len(sent) + 1)), "good")
-        out.append((i % 2, sent))
-    return out
-
-
-def write_cls(path, n, seed=0):
-    rows = ["label\ttext_a"] + [f"{label}\t{' '.join(s)}" for label, s in sentences(n, seed)]
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return str(path)
-
-
-def write_tags(path, n, seed=0):
-    rows = ["text_a\tlabel"]
-    for _, s in sentences(n, seed):
-        tags = ["B-POS" if w == "good" else "O" for w in s]
-        rows.append("\x02".join(s) + "\t" + "\x02".join(tags))
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return str(path)
 
 
 class Setup:
