@@ -161,6 +161,17 @@ def all_gather_objects(value) -> list:
     return out
 
 
+def interleave(per_rank: list[list]) -> list:
+    """Batches dealt round-robin to the ranks (batch k to rank k % n), back in their original order."""
+    longest = max((len(items) for items in per_rank), default=0)
+    return [items[i] for i in range(longest) for items in per_rank if i < len(items)]
+
+
+def gather_in_order(mine: list) -> list:
+    """Every rank's outputs of the batches dealt to it round-robin (`predict`), on every rank, in batch order."""
+    return interleave(all_gather_objects(mine))
+
+
 def mean(tensor: torch.Tensor) -> torch.Tensor:
     """The average of `tensor` over the ranks (a copy; `tensor` itself without a process group)."""
     if not active():

@@ -42,7 +42,6 @@ from .trainer import (
     backbone_record,
     finish_prediction,
     head_record,
-    interleave,
     load_pretrained_backbone,
     outputs_to_numpy,
     resume_latest,
@@ -527,7 +526,7 @@ class MultiHeadTrainer:
                                     k / max(time.time() - start, 1e-9))
                 progress.close()
                 if ranks > 1:
-                    for outputs in interleave(distributed.all_gather_objects(mine)):
+                    for outputs in distributed.gather_in_order(mine):
                         for t, out in zip(group, outputs):
                             t._pred_head.batch_postprocess(out)
         results = {}

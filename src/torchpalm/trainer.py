@@ -554,7 +554,7 @@ class Trainer:
                         last_time = now
             progress.close()
             if ranks > 1:
-                for outputs in interleave(distributed.all_gather_objects(mine)):
+                for outputs in distributed.gather_in_order(mine):
                     head.batch_postprocess(outputs)
             self._pred_iterator = None  # the fitted iterator was used up by this pass (PALM: single use)
             return finish_prediction(reader, head, output_dir if distributed.is_main() else None)
@@ -562,12 +562,6 @@ class Trainer:
     def reset_buffer(self) -> None:
         if self._pred_head is not None:
             self._pred_head.reset()
-
-
-def interleave(per_rank: list[list]) -> list:
-    """Batches dealt round-robin to the ranks (batch k to rank k % n), back in their original order."""
-    longest = max((len(items) for items in per_rank), default=0)
-    return [items[i] for i in range(longest) for items in per_rank if i < len(items)]
 
 
 def finish_prediction(reader, head: nn.Module, output_dir: str | None):

@@ -20,8 +20,7 @@ from conftest import shared
 from safetensors.torch import load_file
 
 import torchpalm as palm
-from torchpalm.distributed import NPROC_ENV
-from torchpalm.trainer import interleave
+from torchpalm.distributed import NPROC_ENV, interleave
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 SRC = Path(__file__).resolve().parents[2] / "src"
