@@ -21,7 +21,6 @@ loading a bundle never imports or runs code named by the file; weights are safet
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import distributed
 
 logger = logging.getLogger("torchpalm")
 
@@ -136,22 +136,35 @@ def export(trainer, out_dir: str | os.PathLike, onnx: bool = False) -> str:
     """Writes an inference bundle of a `Trainer` or `MultiHeadTrainer` to `out_dir` (atomically); returns it.
 
     Uses the EMA weights when training keeps them (as predictions do). `onnx=True` adds `model.onnx`
-    (see `Predictor.to_onnx`). `palm.Predictor.load(out_dir)` rebuilds the model.
+    (see `Predictor.to_onnx`). `palm.Predictor.load(out_dir)` rebuilds the model. Under torchrun every rank
+    calls it (under FSDP they gather the weights together) and rank 0 writes.
     """
     backbone, tasks = trainer_tasks(trainer)
     loop = getattr(trainer, "_loop", None)
-    with loop.ema_weights() if loop is not None else contextlib.nullcontext():
-        return write(backbone, tasks, out_dir, onnx, loop.global_step if loop is not None else 0)
+    if loop is None:
+        return write(backbone, tasks, out_dir, onnx)
+    if onnx and loop.sharded and any(t._pred_backbone is None for t in getattr(trainer, "trainers", [trainer])):
+        raise ValueError("onnx=True under FSDP traces the predict modules: call build_predict_forward first, or "
+                         "export without onnx and convert the bundle in one process (Predictor.to_onnx)")
+    path = os.path.abspath(out_dir)
+    with loop.ema_weights():
+        state = loop.full_state() if loop.sharded else None  # (a collective under FSDP)
+        with loop.full_weights():  # the predict modules see whole weights (for tracing to ONNX)
+            if distributed.is_main():
+                path = write(backbone, tasks, out_dir, onnx, loop.global_step, state)
+    distributed.barrier()
+    return path
 
 
 def write(backbone: nn.Module, tasks: list[BundleTask], out_dir: str | os.PathLike, onnx: bool = False,
-          step: int = 0) -> str:
-    """Writes the bundle of these modules and readers to `out_dir` atomically (see `export`); returns its path."""
+          step: int = 0, state: dict[str, torch.Tensor] | None = None) -> str:
+    """Writes the bundle of these modules and readers to `out_dir` atomically (see `export`); returns its path.
+    `state`: the weights under checkpoint names (default: the modules' own)."""
     from .trainer import backbone_record, head_record
 
-    state = {"step": step, "backbone": backbone_record(backbone),
-             "heads": {t.name: head_record(t.head) for t in tasks}}
-    ckpt.save_checkpoint(os.fspath(out_dir), model_state(backbone, tasks), state,
+    record = {"step": step, "backbone": backbone_record(backbone),
+              "heads": {t.name: head_record(t.head) for t in tasks}}
+    ckpt.save_checkpoint(os.fspath(out_dir), state if state is not None else model_state(backbone, tasks), record,
                          write_extra=bundle_writer(backbone, tasks, onnx))
     return os.path.abspath(out_dir)
 

@@ -33,6 +33,8 @@ from collections.abc import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from .fsdp import shard_like
+
 logger = logging.getLogger("torchpalm")
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # "no space left" and "quota exceeded": the same advice
@@ -122,7 +124,8 @@ def assign_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source
             bad = int((~torch.isfinite(value)).sum())
             raise ValueError(f"{source}: parameter '{name}' holds {bad} NaN or infinite value(s) of "
                              f"{value.numel()}; refusing weights that would make every output NaN")
-    usable = {k: v for k, v in state.items() if k in own}
+    # under FSDP the model holds shards: each rank keeps its piece of the full tensor it read
+    usable = {k: shard_like(v, own[k]) for k, v in state.items() if k in own}
     module.load_state_dict(usable, strict=False)
     return [k for k in own if k not in usable]
 

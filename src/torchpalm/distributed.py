@@ -17,6 +17,8 @@ The rules (PALM's, spec §12, and what a data-parallel run must keep):
 from __future__ import annotations
 
 import atexit
+import datetime
+import gc
 import logging
 import os
 import sys
@@ -106,12 +108,41 @@ def init(device: torch.device | None = None) -> None:
     # runtime tears down, which can abort the process ("terminate called without an active exception") after
     # the script finished: close it first.
     atexit.register(shutdown)
+    if sys.excepthook is not _note_uncaught:
+        global _previous_excepthook
+        _previous_excepthook = sys.excepthook
+        sys.excepthook = _note_uncaught
 
 
 def shutdown() -> None:
-    """Closes the process group this module opened (at exit; harmless when there is none)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Closes the process group this module opened (at exit; harmless when there is none).
+
+    After a normal end, gloo ranks first meet at a barrier, so that none tears its connections down while
+    another still has collectives in flight (gloo aborted a rank at exit now and then when its peer had already
+    gone), and the objects holding communication buffers (DDP's reducer, FSDP's buffers) are collected while
+    the interpreter is still whole. After an uncaught exception there is no barrier: the other ranks may never
+    reach it, and the launcher stops them when this one exits."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if not _failed and dist.get_backend() == "gloo":
+        try:  # bounded: a peer that stopped early (sys.exit on one rank) makes it time out, not hang
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+        except Exception:  # noqa: BLE001 (a peer already gone: nothing to wait for)
+            pass
+    gc.collect()
+    dist.destroy_process_group()
+
+
+_failed = False
+
+
+def _note_uncaught(kind, value, tb) -> None:
+    global _failed
+    _failed = True
+    _previous_excepthook(kind, value, tb)
+
+
+_previous_excepthook = sys.excepthook
 
 
 def active() -> bool:

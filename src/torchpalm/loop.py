@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, fsdp
 from .metrics_log import MetricsLog
 from .optimizer import Optimizer, param_groups
 
@@ -181,17 +181,24 @@ class TrainLoop:
             are never decayed, and each head's `param_lr_scales()` become their groups' `lr_scale`.
         use_ema, ema_decay: keep an exponential moving average of the weights (used for prediction).
         device, precision, grad_clip, skip_nonfinite: see `Trainer`.
+        shard: under torchrun, shard the model with FSDP2 instead of replicating it with DDP (`torchpalm.fsdp`).
     """
 
     def __init__(self, model: MultiTaskModel, tasks: dict[str, Task], optimizer: Optimizer,
                  weight_decay: float | None, use_ema: bool, ema_decay: float | None, device: torch.device,
-                 precision: str, grad_clip: float | None, skip_nonfinite: bool = False):
+                 precision: str, grad_clip: float | None, skip_nonfinite: bool = False, shard: bool = False):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"build_backward(optimizer=...) takes a torchpalm optimizer, got {optimizer!r}; wrap a "
                             f"torch one as palm.optimizer.Torch(torch.optim.SGD, lr=..., momentum=...)")
         self.model, self.tasks, self.optimizer = model, tasks, optimizer
         self.device, self.precision, self.grad_clip = device, precision, grad_clip
         self.skip_nonfinite = skip_nonfinite
+        # FSDP replaces the parameters by their shards, so it comes before the optimizer is built over them
+        self.sharded = shard and distributed.active()
+        if self.sharded:
+            fsdp.shard_model(model)
+        elif shard:
+            logger.info("fsdp: one process, nothing to shard; training as usual")
         no_decay, lr_scales = set(), {}
         for name, head in model.heads.items():
             no_decay |= {f"heads.{name}.{n}" for n in head.no_weight_decay()}
@@ -201,7 +208,7 @@ class TrainLoop:
         # (and starts every rank from rank 0's weights). A step trains one task, so the other heads (and, for
         # token-level heads, the pooler) get no gradient: DDP has to look for unused parameters.
         self._forward: nn.Module = model
-        if distributed.active():
+        if distributed.active() and not self.sharded:
             self._forward = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
                 find_unused_parameters=True)
@@ -238,6 +245,10 @@ class TrainLoop:
         # what a 'predict' save adds to the weights to make an inference bundle (`torchpalm.bundle`): set by
         # the trainer, which knows the readers; returns a `write_extra` for `checkpoint.save_checkpoint`
         self.bundle_files: Callable[[], Callable[[str], None]] | None = None
+        # points the trainers' predict-phase modules at the model's current parameters (set by the trainer);
+        # needed under FSDP, where the full weights exist only inside `full_weights`
+        self.share_predict_weights: Callable[[], None] | None = None
+        self._unsharded_depth = 0
 
     # ---- state ----
     def state(self) -> dict[str, torch.Tensor]:
@@ -288,7 +299,7 @@ class TrainLoop:
         norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
         if self.grad_clip is not None:
             torch.nn.utils.clip_grads_with_norm_(self._params, self.grad_clip, norm)
-        bad = ~(torch.isfinite(norm) & torch.isfinite(loss))
+        bad = ~(torch.isfinite(fsdp.full(norm)) & torch.isfinite(loss))  # (a sharded norm is a DTensor)
         self._nonfinite[0].masked_fill_(bad & (self._nonfinite[0] == 0), self.global_step + 1)
         self._nonfinite[1] += bad
         if self._skips_on_device:
@@ -353,6 +364,30 @@ class TrainLoop:
                 for k, v in saved.items():
                     live[k].copy_(v)
 
+    @contextlib.contextmanager
+    def full_weights(self):
+        """Under FSDP, gathers the full weights for the block and points the predict-phase modules at them
+        (a collective: every rank enters it); otherwise nothing to do. Nests."""
+        if not self.sharded or self._unsharded_depth:
+            self._unsharded_depth += 1
+            try:
+                yield
+            finally:
+                self._unsharded_depth -= 1
+            return
+        with fsdp.unsharded(self.model):
+            self._unsharded_depth += 1
+            try:
+                if self.share_predict_weights is not None:
+                    self.share_predict_weights()
+                yield
+            finally:
+                self._unsharded_depth -= 1
+
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """`state()` with whole tensors under FSDP (a collective: every rank calls it)."""
+        return fsdp.full_state(self.state()) if self.sharded else self.state()
+
     # ---- checkpoints ----
     def set_saver(self, save_path: str | None, save_steps: int | None, save_types: tuple[str, ...],
                   max_to_keep: int | None = None, tensorboard_dir: str | None = None,
@@ -389,19 +424,27 @@ class TrainLoop:
     def save(self, directory: str, trainer_state: dict) -> str:
         """Writes a full training checkpoint (weights, EMA, optimizer, RNG, counters) atomically.
 
-        Under torchrun every rank calls this at the same point; rank 0 writes (the ranks hold the same weights
-        and optimizer state) and the others wait until the checkpoint is complete."""
+        Under torchrun every rank calls this at the same point; rank 0 writes (under DDP the ranks hold the same
+        weights and optimizer state; under FSDP every rank first helps gather the full tensors) and the others
+        wait until the checkpoint is complete."""
         self.check_finite()
+        if self.sharded:
+            state = self.full_state()
+            if self.ema is not None:
+                state.update({f"ema.{k}": v for k, v in fsdp.full_state(self.ema).items()})
+            opt_state = fsdp.full_optimizer_state(self.torch_optimizer.state_dict())
+        elif distributed.is_main():
+            state = self.state()
+            if self.ema is not None:
+                state.update({f"ema.{k}": v for k, v in self.ema.items()})
+            opt_state = self.torch_optimizer.state_dict()
         if not distributed.is_main():
             distributed.barrier()
             return directory
-        state = self.state()
-        if self.ema is not None:
-            state.update({f"ema.{k}": v for k, v in self.ema.items()})
         first, skipped = self._nonfinite.tolist()
         trainer_state = {"step": self.global_step, "nonfinite": {"first": first, "skipped": skipped},
                          **trainer_state}
-        path = ckpt.save_checkpoint(directory, state, trainer_state, self.torch_optimizer.state_dict(), self._rng)
+        path = ckpt.save_checkpoint(directory, state, trainer_state, opt_state, self._rng)
         distributed.barrier()
         return path
 
@@ -414,15 +457,18 @@ class TrainLoop:
         if "ckpt" in self._save_types:
             path = self.save(os.path.join(self._save_path, f"ckpt.step{self.global_step}"), trainer_state())
             logger.info("checkpoint has been saved at %s", path)
-        if "predict" in self._save_types and distributed.is_main():
+        if "predict" in self._save_types and (distributed.is_main() or self.sharded):
             path = os.path.join(self._save_path, f"pred.step{self.global_step}")
-            extra = self.bundle_files() if self.bundle_files is not None else None
             with self.ema_weights():
-                ckpt.save_checkpoint(path, self.state(), {"step": self.global_step, **trainer_state()},
-                                     write_extra=extra)
-            for name in self.tasks:
-                logger.info("%s: predict model saved at %s", name, path)
-            logger.info("predict model has been saved at %s", path)
+                state = self.full_state()  # (under FSDP every rank gathers; rank 0 writes)
+                if distributed.is_main():
+                    extra = self.bundle_files() if self.bundle_files is not None else None
+                    ckpt.save_checkpoint(path, state, {"step": self.global_step, **trainer_state()},
+                                         write_extra=extra)
+            if distributed.is_main():
+                for name in self.tasks:
+                    logger.info("%s: predict model saved at %s", name, path)
+                logger.info("predict model has been saved at %s", path)
         if self._max_to_keep is not None and distributed.is_main():
             for kind in ("ckpt", "pred"):
                 for path in ckpt.prune(self._save_path, kind, self._max_to_keep):
@@ -440,6 +486,8 @@ class TrainLoop:
             raise ValueError(f"{source}: no optimizer.pt, so it cannot resume training (a 'predict' export or a "
                              f"weights-only folder); load_ckpt(path, training_state=False) starts a new run from "
                              f"its weights")
+        if self.sharded:  # the file holds full moments: each rank keeps its parameters' shards
+            opt_state = fsdp.sharded_optimizer_state(opt_state, self.torch_optimizer)
         self.torch_optimizer.load_state_dict(opt_state)
         self.global_step = int(state.get("step", 0))
         nonfinite = state.get("nonfinite", {})
@@ -451,7 +499,7 @@ class TrainLoop:
         if self.ema is not None:
             for k, v in model_state_.items():
                 if k.startswith("ema.") and k[4:] in self.ema:
-                    self.ema[k[4:]].copy_(v)
+                    self.ema[k[4:]].copy_(fsdp.shard_like(v, self.ema[k[4:]]))
         if rng is not None:
             self._rng = rng  # the stream the saved run's next step would have drawn from
         self._last_saved_step = self.global_step

@@ -34,6 +34,7 @@ import torch
 from . import bundle, distributed
 from . import checkpoint as ckpt
 from .evaluation import Evaluator, best_checkpoint_dir
+from .fsdp import wanted as fsdp_wanted
 from .loop import MultiTaskModel, TrainLoop, autocast, load_model_state, progress_bar, same_inputs, to_device
 from .optimizer import Optimizer
 from .sampling import TaskSampler, run_length, step_budgets
@@ -66,10 +67,13 @@ class MultiHeadTrainer:
         anneal_to: the final size exponent of 'annealed' (0: uniform at the end).
         seed: seed of the task draws (None: derived from the readers' seeds, so seeded readers give a
             reproducible run, as PALM's examples intended).
+        fsdp: shard the shared model with FSDP2 under torchrun (see `Trainer`; None: any trainer's `fsdp=`,
+            else the TORCHPALM_FSDP environment variable).
     """
 
     def __init__(self, trainers: Sequence[Trainer], sampling: str = "ratio", temperature: float = 2.0,
-                 max_examples: int | None = None, anneal_to: float = 0.2, seed: int | None = None):
+                 max_examples: int | None = None, anneal_to: float = 0.2, seed: int | None = None,
+                 fsdp: bool | None = None):
         trainers = list(trainers)
         if not trainers or not all(isinstance(t, Trainer) for t in trainers):
             raise TypeError("MultiHeadTrainer needs a non-empty list of palm.Trainer objects")
@@ -91,6 +95,7 @@ class MultiHeadTrainer:
         # a bad strategy or parameter is an error here, not after the readers were fitted
         TaskSampler(sampling, [1] * len(names), [1.0] * len(names), 0, temperature, max_examples, anneal_to, 1)
         self._seed = seed
+        self._fsdp = fsdp if fsdp is not None else next((t._fsdp for t in trainers if t._fsdp is not None), None)
         self.device = trainers[0].device
         self._backbone = self._model = self._pred_backbone = None
         self._optimizer: Optimizer | None = None
@@ -171,13 +176,19 @@ class MultiHeadTrainer:
         first = self._trainers[0]
         self._optimizer = optimizer
         self._loop = TrainLoop(self._model, self.tasks, optimizer, weight_decay, use_ema, ema_decay, self.device,
-                               first._precision, first._grad_clip, first._skip_nonfinite)
+                               first._precision, first._grad_clip, first._skip_nonfinite,
+                               shard=fsdp_wanted(self._fsdp))
         for t in self._trainers:
             t._loop, t._multi_task, t._optimizer = self._loop, self, optimizer
         self._loop.bundle_files = lambda: bundle.periodic_writer(self)
+        self._loop.share_predict_weights = self._share_predict_weights
         if self._saver_args is not None:
             self._loop.set_saver(*self._saver_args)
         self._sync_schedule()
+
+    def _share_predict_weights(self) -> None:
+        for t in self._trainers:
+            t._share_predict_weights()
 
     def _sync_schedule(self) -> None:
         if self._loop is not None and self._overall_train_steps is not None:
@@ -501,7 +512,7 @@ class MultiHeadTrainer:
             groups.setdefault((r._input_file, r.batch_size, r.steps_per_epoch), []).append(t)
         keys = list(backbone.inputs_attr)
         self.backbone_passes = 0
-        ema = self._loop.ema_weights() if self._loop is not None else contextlib.nullcontext()
+        ema = self._trainers[0]._predict_weights()  # the loop's EMA weights, gathered under FSDP
         start = time.time()
         # under torchrun batch k goes to rank k % world_size, and the outputs come back to every rank in order
         ranks, me = distributed.world_size(), distributed.rank()

@@ -29,6 +29,7 @@ from torch import nn
 from . import bundle, distributed
 from . import checkpoint as ckpt
 from .evaluation import Evaluator, best_checkpoint_dir, default_metric
+from .fsdp import wanted as fsdp_wanted
 from .loop import (
     MultiTaskModel,
     Task,
@@ -109,11 +110,15 @@ class Trainer:
         skip_nonfinite: a step whose loss or gradient is NaN or infinite is never applied; by default training
             then stops with an error naming that step (at the next log line, checkpoint or the end, before
             anything is saved). True skips such steps and goes on, logging how many (`skipped_steps`).
+        fsdp: under torchrun, shard the weights, gradients and optimizer state over the ranks with FSDP2
+            instead of replicating them with DDP (`torchpalm.fsdp`); None: the TORCHPALM_FSDP environment
+            variable decides (off by default). Nothing changes in one process.
     """
 
     def __init__(self, name: str, mix_ratio: float = 1.0, reuse_head_with: str | None = None,
                  device: str | torch.device | None = None, precision: str = "auto",
-                 grad_clip: float | None = None, loss_weight: float = 1.0, skip_nonfinite: bool = False):
+                 grad_clip: float | None = None, loss_weight: float = 1.0, skip_nonfinite: bool = False,
+                 fsdp: bool | None = None):
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"task name must be a non-empty string without '.', got {name!r}")
         if precision not in ("auto", "bf16", "fp16", "fp32"):
@@ -132,6 +137,7 @@ class Trainer:
         self._precision = precision
         self._grad_clip = grad_clip
         self._skip_nonfinite = bool(skip_nonfinite)
+        self._fsdp = fsdp
         self._task = Task(name, head=None, mix_ratio=float(mix_ratio), reuse_head_with=reuse_head_with,
                           loss_weight=float(loss_weight))
         self._backbone = self._head = self._model = None
@@ -259,8 +265,10 @@ class Trainer:
             raise RuntimeError("call build_forward(backbone, head) before build_backward")
         self._optimizer = optimizer
         self._loop = TrainLoop(self._model, {self._name: self._task}, optimizer, weight_decay, use_ema, ema_decay,
-                               self.device, self._precision, self._grad_clip, self._skip_nonfinite)
+                               self.device, self._precision, self._grad_clip, self._skip_nonfinite,
+                               shard=fsdp_wanted(self._fsdp))
         self._loop.bundle_files = lambda: bundle.periodic_writer(self)
+        self._loop.share_predict_weights = self._share_predict_weights
         if self._saver_args is not None:
             self._loop.set_saver(*self._saver_args)
         self._sync_schedule()
@@ -500,8 +508,21 @@ class Trainer:
         return self._evaluator is not None and self._evaluator.maybe_evaluate(self._loop.global_step, final)
 
     # ---- prediction ----
-    def _ema_weights(self):
-        return self._loop.ema_weights() if self._loop is not None else contextlib.nullcontext()
+    def _share_predict_weights(self) -> None:
+        """Points the predict modules at the trained parameters as they are now (under FSDP the full weights
+        exist only while gathered: `TrainLoop.full_weights`)."""
+        if self._backbone is not None and self._pred_backbone is not None:
+            share_parameters(self._backbone, self._pred_backbone)
+            share_parameters(self._head, self._pred_head)
+
+    @contextlib.contextmanager
+    def _predict_weights(self):
+        """The weights predictions use: the EMA ones when kept, whole (gathered under FSDP)."""
+        if self._loop is None:
+            yield
+            return
+        with self._loop.ema_weights(), self._loop.full_weights():
+            yield
 
     @torch.no_grad()
     def predict_one_batch(self, batch: dict) -> dict[str, np.ndarray]:
@@ -511,7 +532,8 @@ class Trainer:
         self._pred_backbone.eval()
         self._pred_head.eval()
         batch = to_device(batch, self.device)
-        with autocast(self.device, self._precision):
+        full = self._loop.full_weights() if self._loop is not None else contextlib.nullcontext()
+        with full, autocast(self.device, self._precision):
             outputs = self._pred_head(self._pred_backbone(batch), batch)
         return outputs_to_numpy(outputs)
 
@@ -538,7 +560,7 @@ class Trainer:
             mine: list[dict] = []
             progress = progress_bar(reader.steps_per_epoch, 0, f"{self._name} predict")
             last_time = time.time()
-            with self._ema_weights():
+            with self._predict_weights():
                 for k, batch in enumerate(reader, 1):
                     if (k - 1) % ranks == me:
                         outputs = self.predict_one_batch(batch)

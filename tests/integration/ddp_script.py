@@ -2,9 +2,11 @@
 `torchrun`: the script does not change between the two (that is the point).
 
 Usage: python ddp_script.py WORK_DIR VOCAB single|noseed|multi
-(single: one Classify task, reader seed 3; noseed: the same with seed=None; multi: two tasks, MultiHeadTrainer)
-Writes WORK_DIR/out (saver, metrics.jsonl, final checkpoint, predictions) and WORK_DIR/rank<R>.json (what
-predict() returned on that rank, and the run's facts).
+(single: one Classify task with EMA weights, reader seed 3, exported as a bundle at the end; noseed: the same
+with seed=None; multi: two tasks, MultiHeadTrainer). TORCHPALM_FSDP=1 in the environment shards the model
+with FSDP2 instead of DDP, without a change here.
+Writes WORK_DIR/out (saver, metrics.jsonl, final checkpoint, predictions, bundle) and WORK_DIR/rank<R>.json
+(what predict() returned on that rank, and the run's facts).
 """
 
 import json
@@ -39,7 +41,7 @@ if not multi:
     trainer = palm.Trainer("cls", device="cpu")
     trainer.build_forward(backbone, palm.head.Classify(2, 32, 0.0))
     adam = palm.optimizer.Adam(None, 3e-3, palm.lr_sched.TriangularSchedualer(2, None))
-    trainer.build_backward(adam, weight_decay=0.01)
+    trainer.build_backward(adam, weight_decay=0.01, use_ema=True, ema_decay=0.9)
     trainer.fit_reader(reader)
     trainer.set_saver(out, save_steps=4)
     trainer.resume()  # from the latest checkpoint in `out`, if any (the resume test puts one there)
@@ -52,7 +54,6 @@ if not multi:
     trainer.set_evaluation(every_steps=5)  # evaluation during training, best.cls kept by rank 0
     trainer.train(print_steps=1)
     final = trainer.save(os.path.join(out, "final"))
-    runner = trainer
 else:
     readers = [classify("a", "train.tsv", seed=1), classify("b", "train2.tsv", seed=2)]
     for r in readers:
@@ -83,6 +84,7 @@ if not multi:
     trainer.build_predict_forward(pred_backbone, palm.head.Classify(2, 32, phase="predict"))
     trainer.fit_reader(pred_reader, phase="predict")
     results = trainer.predict(output_dir=os.path.join(out, "pred"))
+    palm.export(trainer, os.path.join(out, "bundle"))  # the EMA weights, whole
 else:  # joint inference: both heads read the same text, one backbone pass per batch feeds both
     for t, n in zip(trainers, (2, 3)):
         t.build_predict_forward(pred_backbone, palm.head.Classify(n, 32, phase="predict"))
@@ -92,7 +94,9 @@ else:  # joint inference: both heads read the same text, one backbone pass per b
     results = joint["a"]
     extra = {"b": [int(r["label"]) for r in joint["b"]], "backbone_passes": mh.backbone_passes}
 rank = int(os.environ.get("RANK", "0"))
+shards = [p.to_local().numel() for p in trainer.model.parameters() if hasattr(p, "to_local")]
 with open(os.path.join(work, f"rank{rank}.json"), "w") as f:
     json.dump({"results": [{"label": int(r["label"]), "probs": [float(p) for p in r["probs"]]} for r in results],
                "world_size": palm.distributed.world_size(), "seed": reader._seed if not multi else None,
-               "final": final, "eval": trainer.eval_history if not multi else None, **extra}, f)
+               "final": final, "eval": trainer.eval_history if not multi else None,
+               "sharded_numel": sum(shards), "numel": sum(p.numel() for p in trainer.model.parameters()), **extra}, f)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 import torchpalm as palm
 from torchpalm.distributed import NPROC_ENV, interleave
+from torchpalm.fsdp import FSDP_ENV
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -35,9 +36,9 @@ def write_data(work: Path) -> None:
         (work / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def run(work: Path, mode: str, launcher: list[str]) -> None:
+def run(work: Path, mode: str, launcher: list[str], fsdp: bool = False) -> None:
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", FSDP_ENV: "1" if fsdp else "0"}
     vocab = str(shared("vocab", "bert-base-uncased-vocab.txt"))
     done = subprocess.run([*launcher, str(SCRIPT), str(work), vocab, mode], env=env, capture_output=True,
                           text=True, timeout=600)
@@ -70,6 +71,10 @@ def same_run(one: Path, two: Path, predictions: str = "pred/predictions.json") -
         assert max(abs(x - y) for x, y in zip(p["probs"], q["probs"])) <= 1e-5
     written = [json.loads(line) for line in open(two / "out" / predictions)]
     assert [r["index"] for r in written] == list(range(13))
+    if (one / "out" / "bundle").is_dir():  # palm.export of the EMA weights, written whole by rank 0
+        ba, bb = (load_file(d / "out" / "bundle" / "model.safetensors") for d in (one, two))
+        assert ba.keys() == bb.keys() and max((ba[k] - bb[k]).abs().max().item() for k in ba) <= 1e-5
+        assert max((ba[k] - wa[k]).abs().max().item() for k in ba) > 0  # EMA weights, not the live ones
 
 
 def fresh(path: Path) -> Path:
@@ -219,3 +224,65 @@ def test_interleave_restores_round_robin_order():
     assert interleave([[0, 2, 4], [1, 3]]) == [0, 1, 2, 3, 4]
     assert interleave([[0, 3], [1], [2]]) == [0, 1, 2, 3]
     assert interleave([[]]) == []
+
+
+# ---- FSDP2 (`torchpalm.fsdp`): the same script, TORCHPALM_FSDP=1, sharded instead of replicated ----
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    two = fresh(tmp_path_factory.mktemp("fsdp") / "two")
+    run(two, "single", torchrun(), fsdp=True)
+    return two
+
+
+def test_fsdp_trains_like_one_process(single_runs, fsdp_run):
+    """Sharded weights, gradients and Adam moments: the same losses, weights, EMA export and gathered predictions
+    as one process (within 1e-5), full tensors in the checkpoints."""
+    one, _ = single_runs
+    same_run(one, fsdp_run)
+    facts = [json.load(open(fsdp_run / f"rank{r}.json")) for r in (0, 1)]
+    # each rank holds about half of every parameter (dim 0 split in two), not a replica
+    assert all(0 < f["sharded_numel"] <= f["numel"] // 2 + 2000 for f in facts)
+    assert facts[0]["sharded_numel"] + facts[1]["sharded_numel"] == facts[0]["numel"]
+    assert json.load(open(one / "rank0.json"))["sharded_numel"] == 0  # one process: nothing sharded
+    assert sorted(p.name for p in (fsdp_run / "out").glob("ckpt.step*")) == [
+        "ckpt.step12", "ckpt.step15", "ckpt.step4", "ckpt.step8"]
+
+
+@pytest.mark.parametrize("launch", ["fsdp", "ddp", "one"])
+def test_resume_an_fsdp_run(fsdp_run, tmp_path, launch):
+    """An FSDP checkpoint holds whole tensors in the usual files: resumed under FSDP with the same processes it
+    is bit-exact; under DDP or in one process, within 1e-5 (the same batches, another reduction order)."""
+    res = fresh(tmp_path / "resumed")
+    shutil.copytree(fsdp_run / "out" / "ckpt.step8", res / "out" / "ckpt.step8")
+    shutil.copy(fsdp_run / "out" / "metrics.jsonl", res / "out" / "metrics.jsonl")
+    run(res, "single", [sys.executable] if launch == "one" else torchrun(), fsdp=launch == "fsdp")
+    full, resumed = losses(fsdp_run), losses(res)
+    assert len(resumed) == len(full) == 15
+    if launch == "fsdp":
+        assert resumed == full
+    else:
+        assert max(abs(x - y) for (_, x), (_, y) in zip(full, resumed)) <= 1e-5
+    for name in ("final", "bundle"):
+        wa, wb = (load_file(d / "out" / name / "model.safetensors") for d in (fsdp_run, res))
+        assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= (0 if launch == "fsdp" else 1e-5)
+
+
+def test_resume_a_ddp_run_under_fsdp(single_runs, tmp_path):
+    _, two = single_runs
+    res = fresh(tmp_path / "resumed")
+    shutil.copytree(two / "out" / "ckpt.step8", res / "out" / "ckpt.step8")
+    shutil.copy(two / "out" / "metrics.jsonl", res / "out" / "metrics.jsonl")
+    run(res, "single", torchrun(), fsdp=True)
+    assert max(abs(x - y) for (_, x), (_, y) in zip(losses(two), losses(res))) <= 1e-5
+
+
+def test_multi_head_trainer_under_fsdp(works):
+    """Two heads on one sharded backbone: a step leaves the other head without gradients (FSDP2 skips it on
+    every rank alike), the same task draws and losses as one process, joint inference gathered."""
+    one, two = works
+    run(one, "multi", [sys.executable])
+    run(two, "multi", torchrun(), fsdp=True)
+    same_run(one, two, "pred/a/predictions.json")
+    single, ranks = json.load(open(one / "rank0.json")), [json.load(open(two / f"rank{r}.json")) for r in (0, 1)]
+    assert ranks[0]["b"] == ranks[1]["b"] == single["b"] and ranks[0]["sharded_numel"] > 0
