@@ -41,7 +41,7 @@ config (YAML; relative paths are relative to the config file):
               decay_from_warmup_end; or type (a torch.optim.lr_scheduler class: CosineAnnealingLR, ...),
               options (its arguments; the value num_train_steps is the run's length)
   train:      epochs, batch_size, max_len, seed, save_path, save_steps, print_steps, evaluate_every,
-              device, precision, grad_clip, tensorboard
+              device, precision, grad_clip, tensorboard, fsdp (under torchrun: shard with FSDP2)
   multi_task: sampling, temperature, max_examples, anneal_to, seed, reference (several tasks only)
 A misspelt, missing or mistyped key is an error naming its path, e.g. tasks[0].reader.max_len.
 """
@@ -136,7 +136,7 @@ def train(cfg: dict, dry_run: bool = False, resume: bool = False) -> str | None:
         with C.blame(t["path"]):
             trainer = trainers[t["name"]] = palm.Trainer(
                 t["name"], mix_ratio=t["mix_ratio"], device=tr["device"], precision=tr["precision"],
-                grad_clip=tr["grad_clip"], loss_weight=t["loss_weight"])
+                grad_clip=tr["grad_clip"], loss_weight=t["loss_weight"], fsdp=tr["fsdp"])
         if t["aux"]:
             trainer.set_as_aux()
         loss_var = trainer.build_forward(

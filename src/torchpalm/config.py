@@ -11,7 +11,7 @@ and the training settings; `torchpalm train|predict|evaluate` (torchpalm/cli.py)
                or {type: a torch.optim.lr_scheduler class (CosineAnnealingLR, ...), options: {its arguments}},
                where the option value `num_train_steps` is the run length the trainer computes
     train:     {epochs, batch_size, max_len, seed, save_path, save_steps, print_steps, evaluate_every, device,
-               precision, grad_clip, tensorboard}
+               precision, grad_clip, tensorboard, fsdp}
     multi_task: {sampling, temperature, max_examples, anneal_to, seed, reference}   (several tasks only)
 
 The reader and head options are the parameters of their classes' constructors (and of the reader's
@@ -139,6 +139,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "precision": Key((str,), "auto", ("auto", "bf16", "fp16", "fp32")),
         "grad_clip": Key(OPT_NUMBER, None),
         "tensorboard": Key((bool,), False),
+        "fsdp": Key((bool, type(None)), None),
     },
 }
 TOP = {"backbone": REQUIRED, "tasks": REQUIRED, "optimizer": REQUIRED, "schedule": {}, "train": {},

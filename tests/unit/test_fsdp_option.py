@@ -59,3 +59,16 @@ def test_one_process_trains_exactly_as_without_the_option(tmp_path, tiny_config,
 def test_environment_spellings(monkeypatch, value):
     monkeypatch.setenv(FSDP_ENV, value)
     assert wanted(None)
+
+
+def test_the_command_line_takes_the_option(tmp_path, uncased_vocab, monkeypatch, caplog):
+    from test_cli import cls_task, write_config
+
+    from torchpalm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path, uncased_vocab, [cls_task(tmp_path)], epochs=1)
+    with caplog.at_level(logging.INFO, logger="torchpalm"):
+        assert main(["train", path, "--set", "train.fsdp=true"]) == 0
+    assert "fsdp: one process, nothing to shard" in caplog.text
+    assert main(["train", path, "--set", "train.fsdp=3"]) == 2  # a mistyped value is refused by name
