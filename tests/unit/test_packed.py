@@ -138,3 +138,37 @@ def test_predict_clone_keeps_the_switch_and_eval_mode_agrees():
     reference = predict(batch)["sentence_embedding"]
     predict.pack_tokens = True
     torch.testing.assert_close(predict(batch)["sentence_embedding"], reference, rtol=1e-5, atol=1e-5)
+
+
+def test_length_groups_cover_every_token_once_and_attend_like_the_padded_batch():
+    """More sequences than attention groups, of many lengths: each group is padded to its own longest row, so
+    shorter rows in a group rely on the key-padding bias (a row per group would not test it)."""
+    from torchpalm.backbone.packing import MAX_GROUPS
+
+    lengths = [5, 12, 3, 9, 17, 2, 8, 8, 14, 6, 11]
+    gen = torch.Generator().manual_seed(4)
+    batch = padded_inputs(lengths, gen)
+    packing = Packing.from_mask(batch["input_mask"])
+    groups, back = packing.attention_groups()
+    assert 1 < len(groups) <= MAX_GROUPS and sum(n for n, *_ in groups) == len(lengths)
+    assert any(n > 1 for n, *_ in groups)  # some group mixes lengths
+    total = sum(lengths)
+    places = torch.cat([gather[real] for _, _, gather, _, real in groups])
+    assert sorted(places.tolist()) == list(range(total)) and torch.equal(places[back], torch.arange(total))
+    for n, width, gather, bias, _real in groups:  # padded places point past the end and are masked out
+        assert gather.numel() == n * width and ((gather == total) == (bias.view(-1) < 0)).all()
+    # in float64 the two paths are the same math to rounding; in fp32 the attention kernel's different block
+    # shapes change the summation order, which this large-weight model amplifies through LayerNorm's backward
+    backbone = tiny().double()
+    outputs, grads = {}, {}
+    for pack in (False, True):
+        backbone.pack_tokens = pack
+        backbone.zero_grad()
+        enc = backbone(batch)["encoder_outputs"]
+        (enc[batch["input_mask"].bool()] ** 2).sum().backward()
+        outputs[pack] = enc.detach()
+        grads[pack] = {n: p.grad.clone() for n, p in backbone.named_parameters() if p.grad is not None}
+    mask = batch["input_mask"].bool()
+    torch.testing.assert_close(outputs[True][mask], outputs[False][mask], rtol=1e-10, atol=1e-10)
+    for n in grads[False]:
+        torch.testing.assert_close(grads[True][n], grads[False][n], rtol=1e-8, atol=1e-12, msg=n)

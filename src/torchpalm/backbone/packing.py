@@ -4,13 +4,16 @@
 The backbone runs its dense layers (embeddings, QKV, attention output, FFN, LayerNorms) on the packed form, so a
 batch padded to its longest sentence costs what its real tokens cost. Attention needs to know where each sequence
 starts: on CUDA with half precision it runs on the packed form through `torch.nn.attention.varlen.varlen_attn`
-(`cu_seqlens`); elsewhere the packed q/k/v are scattered into the padded form for one SDPA call and the context
-gathered back (what measured fastest on CPU; see BENCHMARKS.md).
+(`cu_seqlens`); elsewhere the sequences are sorted by length and cut into a few groups, each padded only to its
+own longest sequence for one SDPA call (`attention_groups`), and the context is gathered back. Attention costs
+the square of the padded length, so padding a batch of short sentences to its one long sentence made attention
+(and its dropout masks) the largest cost after the dense layers on CPU; the groups keep it near the real
+tokens' cost with at most `MAX_GROUPS` calls per layer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +22,8 @@ try:  # torch >= 2.10; the signature used below is torch 2.13's (pyproject pins 
     from torch.nn.attention.varlen import varlen_attn
 except ImportError:  # pragma: no cover - older torch
     varlen_attn = None
+
+MAX_GROUPS = 4  # SDPA calls per layer at most: fewer calls vs less padding (4 leaves ~10% padding on SST-2)
 
 
 @dataclass
@@ -36,6 +41,8 @@ class Packing:
     cu_seqlens: torch.Tensor
     max_seqlen: int
     prefix: bool
+    lengths: list[int] = field(default_factory=list)
+    _groups: list | None = field(default=None, repr=False)
 
     @staticmethod
     def from_mask(mask: torch.Tensor) -> Packing | None:
@@ -49,13 +56,66 @@ class Packing:
         lengths = real.sum(1)
         prefix = (torch.arange(length, device=real.device) < lengths[:, None]).eq(real).all()
         # one read-back for every host-side fact
-        total, shortest, longest, prefix = torch.stack([lengths.sum(), lengths.min(), lengths.max(),
-                                                        prefix.long()]).tolist()
+        facts = torch.cat([torch.stack([lengths.sum(), lengths.min(), lengths.max(), prefix.long()]),
+                           lengths]).tolist()
+        total, shortest, longest, prefix = facts[:4]
         if total == b * length or shortest == 0:
             return None
         cu = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
         index = real.reshape(-1).nonzero().squeeze(1)
-        return Packing(index, b, length, cu, int(longest), bool(prefix))
+        return Packing(index, b, length, cu, int(longest), bool(prefix), [int(n) for n in facts[4:]])
+
+    def attention_groups(self) -> tuple[list[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """The sequences cut into at most `MAX_GROUPS` groups of similar length, built once per batch (every
+        layer reuses them): for each group (rows n, padded length l, gather [n*l] indices into the packed tokens
+        with T (one past the end) at padded places, key-padding bias [n, 1, 1, l], the positions of the real
+        tokens among the n*l), and the permutation that puts the groups' real tokens back in packed order.
+        The cut minimises the padded attention cost sum(n * l^2) over the sorted lengths (a small dynamic
+        programme on the host)."""
+        if self._groups is None:
+            self._groups = self._build_groups()
+        return self._groups
+
+    def _build_groups(self):
+        order = sorted(range(self.batch), key=lambda r: -self.lengths[r])
+        sizes = [self.lengths[r] for r in order]
+        b, k = len(sizes), min(MAX_GROUPS, len(sizes))
+        # best[j][g]: least cost of the first j sorted rows in g groups; a group [i, j) costs (j - i) * sizes[i]^2
+        inf = float("inf")
+        best = [[inf] * (k + 1) for _ in range(b + 1)]
+        cut = [[0] * (k + 1) for _ in range(b + 1)]
+        best[0][0] = 0.0
+        for j in range(1, b + 1):
+            for g in range(1, k + 1):
+                for i in range(g - 1, j):
+                    cost = best[i][g - 1] + (j - i) * sizes[i] ** 2
+                    if cost < best[j][g]:
+                        best[j][g], cut[j][g] = cost, i
+        g = min(range(1, k + 1), key=lambda n: best[b][n])
+        bounds, j = [], b
+        while g:
+            i = cut[j][g]
+            bounds.append((i, j))
+            j, g = i, g - 1
+        total = int(self.cu_seqlens[-1]) if self.lengths else 0
+        starts = [0]
+        for n in self.lengths:
+            starts.append(starts[-1] + n)
+        device = self.index.device
+        groups, places = [], []
+        for i, j in reversed(bounds):
+            rows, width = order[i:j], sizes[i]
+            gather = [starts[r] + c if c < self.lengths[r] else total for r in rows for c in range(width)]
+            real = [p for p, token in enumerate(gather) if token < total]
+            places += [gather[p] for p in real]
+            keep = torch.tensor([[c < self.lengths[r] for c in range(width)] for r in rows], device=device)
+            bias = torch.zeros(keep.shape, device=device).masked_fill(~keep, torch.finfo(torch.float32).min)
+            groups.append((len(rows), width, torch.tensor(gather, device=device), bias.view(len(rows), 1, 1, width),
+                           torch.tensor(real, device=device)))
+        back = [0] * len(places)
+        for position, token in enumerate(places):
+            back[token] = position
+        return groups, torch.tensor(back, device=device)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, ...] -> [T, ...]: the real tokens' rows."""
@@ -78,7 +138,13 @@ def packed_attention(qkv: torch.Tensor, packing: Packing, heads: int, attn_bias:
         q, k, v = qkv.view(t, 3, heads, d).unbind(1)
         ctx = varlen_attn(q, k, v, packing.cu_seqlens, packing.cu_seqlens, packing.max_seqlen, packing.max_seqlen)
         return ctx.reshape(t, heads * d)
-    # padded SDPA: scatter q/k/v into [B, L, 3H] once, attend with the key-padding bias, gather the context back
-    q, k, v = packing.unpack(qkv).view(packing.batch, packing.length, 3, heads, d).permute(2, 0, 3, 1, 4)
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p)
-    return packing.pack(ctx.transpose(1, 2).reshape(packing.batch, packing.length, heads * d))
+    # grouped SDPA: each group of similar lengths gathered into [n, l, 3H] (a zero row at the padded places),
+    # attended with its own key-padding bias; the real tokens' contexts go back to their packed rows
+    padded = F.pad(qkv, (0, 0, 0, 1))  # row T: zeros for the padded places
+    groups, back = packing.attention_groups()
+    outs = []
+    for n, width, gather, bias, real in groups:
+        q, k, v = padded.index_select(0, gather).view(n, width, 3, heads, d).permute(2, 0, 3, 1, 4)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
+        outs.append(ctx.transpose(1, 2).reshape(n * width, heads * d).index_select(0, real))
+    return torch.cat(outs).index_select(0, back)
