@@ -97,10 +97,10 @@ class Packing:
             i = cut[j][g]
             bounds.append((i, j))
             j, g = i, g - 1
-        total = int(self.cu_seqlens[-1]) if self.lengths else 0
-        starts = [0]
+        starts = [0]  # cu_seqlens on the host (the lengths were read back already: no device read here)
         for n in self.lengths:
             starts.append(starts[-1] + n)
+        total = starts[-1]
         device = self.index.device
         groups, places = [], []
         for i, j in reversed(bounds):
