@@ -44,7 +44,7 @@ def evaluate(predictions_path: str, gold_path: str, label_map: str | dict, schem
         label_map: the `{tag: id}` JSON file (or dict) the model was trained with.
         scheme: tagging scheme for entity decoding: 'IOB2' (CoNLL-2003 as shipped, MSRA BIO), 'IOB1', 'IOBES',
             'BMES', 'BILOU', or None to read it off the label map's tags (`torchpalm.metrics.infer_scheme`).
-        file_format: 'tsv', 'lines', 'conll' or None (detect).
+        file_format: 'tsv', 'lines', 'conll', 'jsonl' or None (detect).
         verbose: print PALM's lines and the entity scores.
         mode: 'default' (seqeval's default) or 'strict' (seqeval's strict mode).
 
@@ -53,7 +53,7 @@ def evaluate(predictions_path: str, gold_path: str, label_map: str | dict, schem
     """
     label_map, source = load_label_map(label_map)
     id2label = {i: t for t, i in label_map.items()}
-    _, sentences = read_tagged_file(gold_path, file_format, require_tags=True)
+    _, sentences = read_tagged_file(gold_path, file_format, require_tags=True, tag_names=id2label)
     preds = read_predictions(predictions_path)
     if len(preds) != len(sentences):
         raise SystemExit(f"{predictions_path}: {len(preds)} predicted sentences for {len(sentences)} gold sentences "

@@ -17,8 +17,10 @@ import sys
 import tempfile
 import zipfile
 
+import torch
+
 import torchpalm as palm
-from torchpalm.reader.sequence_label import read_tagged_file
+from torchpalm.reader.sequence_label import load_label_map, read_tagged_file
 from torchpalm.tokenizer import WordPieceTokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -94,7 +96,8 @@ def parse_args(argv=None):
     p.add_argument("--also_predict", action="append", default=None, metavar="FILE",
                    help="another gold file to predict and score after training (repeatable; msra preset: PALM's "
                         "ernie_split/test.tsv)")
-    p.add_argument("--label_map", default=None, help="{tag: id} JSON (default: built from the training tags)")
+    p.add_argument("--label_map", default=None, help="JSON file: {tag: id}, or the tags in id order (needed for "
+                   "JSON files with integer tags; default: built from the training tags)")
     p.add_argument("--no_entity_label", default="O")
     p.add_argument("--pretrain", default=None, help="HF-format model dir (conll default: the MiniLM package); "
                    "'none' trains from scratch with --config and --vocab")
@@ -131,9 +134,10 @@ def parse_args(argv=None):
     return args
 
 
-def first_sentences(path: str, n: int, out_path: str) -> str:
-    """The first n sentences of a tagging file, rewritten as a `word<TAB>tag` CoNLL file (for quick runs)."""
-    _, sentences = read_tagged_file(path, require_tags=False)
+def first_sentences(path: str, n: int, out_path: str, tag_names: dict | None = None) -> str:
+    """The first n sentences of a tagging file, rewritten as a `word<TAB>tag` CoNLL file (for quick runs);
+    `tag_names` (id -> tag) names the integer tags of a JSON file."""
+    _, sentences = read_tagged_file(path, require_tags=False, tag_names=tag_names)
     with open(out_path, "w", encoding="utf-8") as f:
         for s in sentences[:n]:
             for k, word in enumerate(s.words):
@@ -173,10 +177,16 @@ def run(args, tmp: str) -> dict:
             json.dump(config, f, indent=1)
     Backbone = getattr(palm.backbone, args.backbone)
     train_file, predict_file = resolve(args.train_file, tmp), resolve(args.predict_file, tmp)
+    given_names = None  # id -> tag of --label_map, for JSON files with integer tags
+    if args.label_map:
+        given_names = {i: t for t, i in load_label_map(args.label_map, what="tag")[0].items()}
     if args.train_examples:
-        train_file = first_sentences(train_file, args.train_examples, os.path.join(tmp, "train.head.txt"))
+        train_file = first_sentences(train_file, args.train_examples, os.path.join(tmp, "train.head.txt"),
+                                     given_names)
     if args.predict_examples:
-        predict_file = first_sentences(predict_file, args.predict_examples, os.path.join(tmp, "predict.head.txt"))
+        predict_file = first_sentences(predict_file, args.predict_examples, os.path.join(tmp, "predict.head.txt"),
+                                       given_names)
+    torch.manual_seed(args.seed)  # backbone (from scratch) and head initialisation, dropout: --seed reproduces a run
     reader_args = {"seed": args.seed, "lang": args.lang, "do_lower_case": bool(args.do_lower_case),
                    "no_entity_label": args.no_entity_label}
 
@@ -224,7 +234,7 @@ def run(args, tmp: str) -> dict:
     for k, name in enumerate(args.also_predict):
         path = resolve(name, tmp)
         if args.predict_examples:
-            path = first_sentences(path, args.predict_examples, os.path.join(tmp, f"also{k}.head.txt"))
+            path = first_sentences(path, args.predict_examples, os.path.join(tmp, f"also{k}.head.txt"), given_names)
         targets.append((name, path))
     for k, (name, path) in enumerate(targets):
         if "ernie_split" in name:
@@ -234,7 +244,7 @@ def run(args, tmp: str) -> dict:
         trainer.fit_reader(pred_reader, phase="predict")
         pred_dir = os.path.join(args.save_path, "predict" if k == 0 else f"predict_{k}")
         trainer.predict(output_dir=pred_dir, print_steps=0)
-        if read_tagged_file(path, require_tags=False)[1][0].tags is None:
+        if read_tagged_file(path, require_tags=False, tag_names={i: t for t, i in label_map.items()})[1][0].tags is None:
             logger.info("%s has no tag column: nothing to score", path)
             continue
         print(f"== {name}", flush=True)

@@ -27,6 +27,7 @@ model's single/pair template). `load_tokenizer` picks one by the readers' `token
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import unicodedata
@@ -38,6 +39,8 @@ from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
 from tokenizers.models import BPE, WordPiece
 from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer, ByteLevel
+
+logger = logging.getLogger("torchpalm")
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MAX_INPUT_CHARS_PER_WORD = 100
@@ -173,6 +176,24 @@ def load_vocab(vocab_path: str | os.PathLike) -> dict[str, int]:
     return vocab
 
 
+def is_uncased_vocab(vocab: dict[str, int]) -> bool:
+    """True when no piece of the vocabulary (outside bracketed specials such as [CLS] or <S>) has an upper-case
+    ASCII letter: BERT's uncased and Chinese vocabularies, where an unlowered "The" can only be [UNK]."""
+    return not any(_HAS_UPPER.search(t) for t in vocab if not (t[:1] in "[<" and t[-1:] in "]>"))
+
+
+_HAS_UPPER = re.compile("[A-Z]")
+_warned_uncased: set[str] = set()
+
+
+def _warn_cased_use_of_uncased(vocab_path: str) -> None:
+    if vocab_path not in _warned_uncased:
+        _warned_uncased.add(vocab_path)
+        logger.warning("%s has no upper-case word pieces (an uncased vocabulary) but do_lower_case=False (PALM's "
+                       "default): every word with a capital letter becomes [UNK]; pass do_lower_case=True to the "
+                       "reader", vocab_path)
+
+
 class WordPieceTokenizer:
     """BERT/PALM WordPiece tokenizer built from a `vocab.txt` (see the module docstring for its two paths).
 
@@ -203,6 +224,8 @@ class WordPieceTokenizer:
         self._translate: dict[int, str | None] = dict(_ASCII_CONTROL_DELETE)
         self._seen_chars: set[str] = {chr(i) for i in _ASCII_CONTROL_DELETE}
         self._rust: Tokenizer | None = None
+        if not do_lower_case and is_uncased_vocab(self.vocab):
+            _warn_cased_use_of_uncased(self.vocab_path)
 
     @property
     def vocab_size(self) -> int:

@@ -129,6 +129,36 @@ def test_tagging_example_conll_tiny_from_scratch(tmp_path, uncased_vocab, tiny_c
         run.main(["--preset", "no-such-preset"])
 
 
+def test_tagging_example_on_a_huggingface_json_export(tmp_path, uncased_vocab, tiny_config):
+    # CoNLL-2003 as `datasets` exports it (integer ner_tags, names given by --label_map) trains and scores exactly
+    # as the same sentences in CoNLL columns with the same label map
+    from torchpalm.reader.sequence_label import read_tagged_file
+    names = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+    (tmp_path / "names.json").write_text(json.dumps(names))
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny_config))
+    for split, n in (("train", 48), ("test", 24)):
+        sentences = read_tagged_file(shared("conll2003", f"{split}.txt"))[1][:n]
+        with open(tmp_path / f"{split}.jsonl", "w") as f:
+            for k, sent in enumerate(sentences):
+                f.write(json.dumps({"id": str(k), "tokens": sent.words, "pos_tags": [0] * len(sent.words),
+                                    "ner_tags": [names.index(t) for t in sent.tags]}) + "\n")
+        with open(tmp_path / f"{split}.txt", "w") as f:
+            f.write("\n\n".join("\n".join(f"{w} {t}" for w, t in zip(sent.words, sent.tags)) for sent in sentences))
+    run = load_module("tagging_run_json_under_test", TAGGING / "run.py")
+    scores = {}
+    for name, ext in (("jsonl", "jsonl"), ("txt", "txt"), ("txt_again", "txt")):
+        scores[name] = run.main(["--pretrain", "none", "--config", str(tmp_path / "tiny.json"), "--vocab",
+                                 uncased_vocab, "--train_file", str(tmp_path / f"train.{ext}"), "--predict_file",
+                                 str(tmp_path / f"test.{ext}"), "--label_map", str(tmp_path / "names.json"),
+                                 "--num_epochs", "1", "--lr", "1e-3", "--save_path", str(tmp_path / name),
+                                 "--print_steps", "0", "--use_crf", "0", "--train_examples", "40"])
+    assert scores["txt_again"] == scores["txt"]  # --seed makes a run reproducible
+    assert scores["jsonl"]["n"] == 24
+    assert scores["jsonl"] == scores["txt"]
+    assert (tmp_path / "jsonl" / "predict" / "predictions.json").read_text() == \
+        (tmp_path / "txt" / "predict" / "predictions.json").read_text()
+
+
 def test_tagging_example_msra_preset_tiny(tmp_path):
     shared("msra_ner", "full_bio", "MSRA.zip")
     run = load_module("tagging_run_under_test_msra", TAGGING / "run.py")

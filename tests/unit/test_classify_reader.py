@@ -136,7 +136,7 @@ def test_predict_needs_no_label_column(tmp_path, uncased_vocab):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("label\ttext\n1\thello\n", r"data.tsv:1: header .* lacks the required column\(s\) \['text_a'\]"),
+    [("label\ttxt\n1\thello\n", r"data.tsv:1: header .* lacks the required column\(s\) \['text_a'\]"),
      ("label\ttext_a\n1\thello\nx\tworld\n", r"data.tsv:3: column 'label' must be an integer, got 'x'"),
      ("label\ttext_a\n1\thello\n0\tworld\textra\n", r"data.tsv:3: expected 2 tab-separated fields"),
      ("", r"data.tsv: the file is empty"),
@@ -284,6 +284,70 @@ def test_json_lines(tmp_path, uncased_vocab):
 def test_json_lines_errors_name_file_and_line(tmp_path, uncased_vocab, content, message):
     with pytest.raises(DataError, match=message):
         ClassifyReader(uncased_vocab, 16).load_data(write(tmp_path, content, "bad.jsonl"), 1)
+
+
+def test_json_array_files(tmp_path, uncased_vocab):
+    # pandas' to_json(orient="records") and many datasets' .json files: one array of objects, pretty-printed
+    text = '[\n  {"text": "good", "label": 1, "idx": [0]},\n\n  {"text": "bad",\n   "label": 0}\n]\n'
+    r = ClassifyReader(uncased_vocab, 16, do_lower_case=True)
+    r.load_data(write(tmp_path, "\ufeff" + text, "array.json"), 2, num_epochs=1, shuffle_train=False)
+    assert labels_in_order(r) == [1, 0]
+    assert [e["line"] for e in r._examples] == [2, 4]  # where each element starts
+    assert r._examples[0]["token_ids"].tolist() == [101, 2204, 102]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('[\n {"text_a": "x", "label": 1},\n {"text_a": "y" "label": 0}\n]', r"bad.json:3: not valid JSON"),
+    ('[\n {"text_a": "x", "label": 1},\n {"text_a": "y"}\n]', r"bad.json:3: the object lacks the required key"),
+    ('[\n {"text_a": "x", "label": 1},\n ["y", 0]\n]', r"bad.json:3: expected a JSON object"),
+    ('[\n {"text_a": "x", "label": 1}\n {"text_a": "y", "label": 0}]', r"bad.json:3: expected ',' or ']' after the "
+                                                                       r"array element that starts on line 2"),
+    ('[{"text_a": "x", "label": 1}]\n[]', r"bad.json:2: text after the closing"),
+    ('[{"text_a": "x", "label": 1},\n', r"bad.json:2: not valid JSON"),
+    (' [ ]\n', r"bad.json: the JSON array is empty"),
+])
+def test_json_array_errors_name_file_and_line(tmp_path, uncased_vocab, content, message):
+    with pytest.raises(DataError, match=message):
+        ClassifyReader(uncased_vocab, 16).load_data(write(tmp_path, content, "bad.json"), 1)
+
+
+@pytest.mark.parametrize("header, expected", [
+    (["text", "label"], ["text_a", "label"]),                                    # HF datasets (IMDB, AG News, ...)
+    (["idx", "sentence", "label"], ["idx", "text_a", "label"]),                  # SST-2, CoLA
+    (["premise", "hypothesis", "label"], ["text_a", "text_b", "label"]),          # SNLI / MNLI / XNLI exports
+    (["sentence1", "sentence2", "gold_label"], ["text_a", "text_b", "label"]),    # SNLI / MNLI originals
+    (["index", "question", "sentence", "label"], ["index", "text_a", "text_b", "label"]),  # QNLI
+    (["question", "passage", "label"], ["text_a", "text_b", "label"]),          # BoolQ
+    (["question", "label"], ["question", "label"]),                              # a lone question is no text
+    (["label", "gold_label", "sentence"], ["label", "gold_label", "text_a"]),     # PALM's name wins
+    (["text_a", "text", "label"], ["text_a", "text", "label"]),
+    (["sentence", "text", "label"], ["text_a", "text", "label"]),                # never two columns named alike
+])
+def test_public_column_names(header, expected):
+    from torchpalm.reader.base import canonical_columns
+    assert canonical_columns(header) == expected
+
+
+def test_public_pair_headers_load_in_order(tmp_path, uncased_vocab):
+    qnli = write(tmp_path, "index\tquestion\tsentence\tlabel\n0\twhat is it?\tit is good.\tentailment\n", "qnli.tsv")
+    r = ClassifyReader(uncased_vocab, 32, label_map=["entailment", "not_entailment"], do_lower_case=True)
+    r.load_data(qnli, 1)
+    reference = ClassifyReader(uncased_vocab, 32, label_map=["entailment", "not_entailment"], do_lower_case=True)
+    reference.load_data(write(tmp_path, "label\ttext_a\ttext_b\nentailment\twhat is it?\tit is good.\n"), 1)
+    assert r._examples[0]["token_ids"].tolist() == reference._examples[0]["token_ids"].tolist()
+    assert r._examples[0]["segment_ids"].tolist() == reference._examples[0]["segment_ids"].tolist()
+
+
+def test_uncased_vocab_without_lower_casing_warns(caplog, uncased_vocab):
+    import torchpalm.tokenizer as tok
+    tok._warned_uncased.discard(str(uncased_vocab))
+    with caplog.at_level("WARNING", logger="torchpalm"):
+        ClassifyReader(uncased_vocab, 16, do_lower_case=True)
+        assert "do_lower_case=False" not in caplog.text
+        ClassifyReader(uncased_vocab, 16)
+    assert "no upper-case word pieces" in caplog.text and "pass do_lower_case=True" in caplog.text
+    assert tok.is_uncased_vocab({"[CLS]": 0, "<S>": 1, "the": 2})
+    assert not tok.is_uncased_vocab({"[CLS]": 0, "The": 1, "the": 2})
 
 
 def test_predictions_carry_label_names(tmp_path, uncased_vocab):

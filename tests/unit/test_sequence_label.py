@@ -241,6 +241,63 @@ def test_format_choice_and_override(tmp_path, uncased_vocab):
         r.load_data(conll, 1, file_format="csv")
 
 
+CONLL_NAMES = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+
+def test_json_sentences_as_huggingface_datasets_export_them(tmp_path, uncased_vocab):
+    # conll2003's `to_json()`: one object per line, integer tag ids, other tag columns beside them
+    hf = write(tmp_path, '{"id": "0", "tokens": ["EU", "rejects", "German"], "pos_tags": [22, 42, 16], '
+                         '"chunk_tags": [11, 21, 11], "ner_tags": [3, 0, 7]}\n\n'
+                         '{"id": "1", "tokens": ["Peter", "Blackburn"], "pos_tags": [22, 22], "chunk_tags": [11, 12], '
+                         '"ner_tags": [1, 2]}\n', "train.jsonl")
+    r = reader_for(uncased_vocab, hf, label_map=CONLL_NAMES)
+    assert r.file_format == "jsonl"
+    assert r.gold_tags() == [["B-ORG", "O", "B-MISC"], ["B-PER", "I-PER"]]
+    batch = next(iter(r))
+    assert batch["label_ids"].tolist() == [[3, 0, 7], [1, 2, -100]]
+    # the same sentences as CoNLL give the same batch
+    conll = reader_for(uncased_vocab, write(tmp_path, "EU B-ORG\nrejects O\nGerman B-MISC\n\nPeter B-PER\n"
+                                                      "Blackburn I-PER\n", "same.txt"),
+                       label_map=CONLL_NAMES)
+    expected = next(iter(conll))
+    assert all(torch.equal(batch[k], expected[k]) for k in expected)
+    # a pretty-printed JSON array with tag names (and strings for words and tags), no label map given
+    array = write(tmp_path, '[\n {"words": ["hi", "there"], "labels": ["O", "B-X"]},\n'
+                            ' {"words": "a b", "labels": "O O"}\n]\n', "dev.json")
+    r = reader_for(uncased_vocab, array)
+    assert r.gold_tags() == [["O", "B-X"], ["O", "O"]] and r.label_map == {"B-X": 0, "O": 1}
+    # a first line that is a JSON object is JSON lines whatever the extension; a predict file needs no tags
+    pred = write(tmp_path, '{"tokens": ["EU", "rejects"]}\n', "pred.txt")
+    p = reader_for(uncased_vocab, pred, label_map=CONLL_NAMES, phase="predict")
+    assert p.file_format == "jsonl" and p.get_epoch_outputs()["words"] == [["EU", "rejects"]]
+    with pytest.raises(ValueError, match="no tag column"):
+        p.gold_tags()
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ('{"tokens": ["a", "b"], "ner_tags": [0]}\n', r"d\.jsonl:1: 2 words under 'tokens' but 1 tags under 'ner_tags'"),
+    ('{"tokens": ["a"], "ner_tags": [0]}\n{"tokens": ["b"], "ner_tags": [9]}\n',
+     r"d\.jsonl:2: tag id 9 is not in the label map"),
+    ('{"sentence": ["a"], "ner_tags": [0]}\n', r"d\.jsonl:1: the object has no key for its words"),
+    ('{"tokens": ["a"]}\n', r"d\.jsonl:1: the object has no key for its tags"),
+    ('{"tokens": [1], "tags": ["O"]}\n', r"d\.jsonl:1: key 'tokens' must be a list of words"),
+    ('{"tokens": ["a"], "tags": [["O"]]}\n', r"d\.jsonl:1: key 'tags' must be a list of tags"),
+    ('["a", "O"]\n', r"d\.jsonl:1: expected a JSON object"),
+    ('{"tokens": ["a"], "tags": ["O"]}\n{"tokens": ["b"], "tags": ["B-ZZZ"]}\n',
+     r"d\.jsonl:2: tag 'B-ZZZ' \(word 'b'\) is not in the label map"),
+])
+def test_json_sentence_errors_name_file_and_line(tmp_path, uncased_vocab, text, pattern):
+    r = SequenceLabelReader(uncased_vocab, 16, ["O", "B-X"])
+    with pytest.raises(DataError, match=pattern):
+        r.load_data(write(tmp_path, text, "d.jsonl"), 1)
+
+
+def test_json_integer_tags_need_the_label_names(tmp_path, uncased_vocab):
+    path = write(tmp_path, '{"tokens": ["a"], "ner_tags": [0]}\n', "d.jsonl")
+    with pytest.raises(DataError, match=r"d\.jsonl:1: the tags are integer ids; give the reader their names"):
+        SequenceLabelReader(uncased_vocab, 16, None).load_data(path, 1)
+
+
 # ------------------------------------------------------------------------------------------ reader: errors
 
 

@@ -40,18 +40,48 @@ COMMON_OUTPUTS = {
     "task_ids": ([-1, -1], "int64"),
 }
 
-# GLUE-style headers mapped to PALM's column names, so GLUE files load without rewriting.
+# Column names of public datasets (GLUE, SNLI/MNLI, HuggingFace `datasets` exports) mapped to PALM's, so their
+# files load without rewriting. These names say which text they are, wherever they stand.
 COLUMN_ALIASES = {
     "sentence": "text_a",
+    "text": "text_a",
     "sentence1": "text_a",
     "sentence2": "text_b",
     "question1": "text_a",
     "question2": "text_b",
+    "premise": "text_a",
+    "hypothesis": "text_b",
     "#1 String": "text_a",
     "#2 String": "text_b",
     "Quality": "label",
     "is_duplicate": "label",
+    "gold_label": "label",
 }
+# A question next to its context is a pair (QNLI: question + sentence, BoolQ: question + passage); alone,
+# "question" is just another column and "sentence" is the single text.
+QUESTION_CONTEXTS = ("sentence", "passage")
+
+
+def canonical_columns(names: Sequence[str]) -> list[str]:
+    """PALM's names for a header's (or a JSON object's) column names, through `COLUMN_ALIASES`.
+
+    An alias never replaces a column that already has the PALM name, and two columns never get the same name:
+    a header with `label` and `gold_label` keeps `label`, one with `text_a` and `text` keeps `text_a`.
+    """
+    names = [n.strip() for n in names]
+    aliases = COLUMN_ALIASES
+    if "question" in names and any(c in names for c in QUESTION_CONTEXTS):
+        aliases = {**aliases, "question": "text_a", **{c: "text_b" for c in QUESTION_CONTEXTS}}
+    taken = set(names)
+    out = []
+    for name in names:
+        target = aliases.get(name, name)
+        if target != name:
+            if target in taken:
+                target = name
+            taken.add(target)
+        out.append(target)
+    return out
 
 
 class DataError(ValueError):
@@ -144,10 +174,10 @@ def read_table(
     else:
         records = _read_csv_records(path)
     if columns is not None:
-        header_no, header = None, [COLUMN_ALIASES.get(c, c) for c in columns]
+        header_no, header = None, canonical_columns(columns)
     else:
         (header_no, header), records = records[0], records[1:]
-        header = [COLUMN_ALIASES.get(h.strip(), h.strip()) for h in header]
+        header = canonical_columns(header)
     where = f"{path}:{header_no}: header {header}" if header_no is not None else f"{path}: columns={list(columns)}"
     missing = [c for c in required if c not in header]
     if missing:
@@ -212,20 +242,88 @@ def _read_csv_records(path: str) -> list[tuple[int, list[str]]]:
     return records
 
 
-def _read_jsonl(path: str, required: Sequence[str], optional: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
-    rows: list[tuple[int, dict[str, str]]] = []
+def _json_array_objects(path: str, text: str) -> list[tuple[int, object]]:
+    """(line, element) for each element of a file holding one JSON array (pandas' `to_json(orient="records")`,
+    many datasets' `.json` files); the line is where the element starts, for error messages."""
+    decoder = json.JSONDecoder()
+    items: list[tuple[int, object]] = []
+    i, line_no, counted = text.index("[") + 1, 1, 0
+
+    def skip_space(i: int) -> int:
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    def line_of(i: int) -> int:
+        nonlocal line_no, counted
+        line_no += text.count("\n", counted, i)
+        counted = i
+        return line_no
+
+    i = skip_space(i)
+    if i < len(text) and text[i] == "]":
+        return items
+    while True:
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}) in the array of "
+                            f"objects this file holds") from None
+        except RecursionError:
+            raise DataError(f"{path}:{line_of(i)}: JSON nested too deeply to parse; each element is one flat "
+                            f"object {{column: value}}") from None
+        items.append((line_of(i), obj))
+        i = skip_space(end)
+        if i < len(text) and text[i] == ",":
+            i = skip_space(i + 1)
+        elif i < len(text) and text[i] == "]":
+            if text[skip_space(i + 1):].strip():
+                raise DataError(f"{path}:{line_of(skip_space(i + 1))}: text after the closing ']' of the JSON array")
+            return items
+        else:
+            raise DataError(f"{path}:{line_of(min(i, len(text)))}: expected ',' or ']' after the array element "
+                            f"that starts on line {items[-1][0]}")
+
+
+def _first_character(path: str) -> str:
+    """The first character of a text file that is not white space or a byte-order mark ('' if none)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4096)
+        while head and not head.lstrip(b" \t\r\n\xef\xbb\xbf"):
+            head = f.read(4096)
+    return head.lstrip(b" \t\r\n\xef\xbb\xbf")[:1].decode("latin-1")
+
+
+def read_json_objects(path: str) -> list[tuple[int, object]]:
+    """(line, parsed value) for every row of a JSON-lines file, or every element of a file that is one JSON
+    array (told apart by its first character)."""
+    if _first_character(path) == "[":
+        items = _json_array_objects(path, _read_text(path))
+        if not items:
+            raise DataError(f"{path}: the JSON array is empty")
+        return items
+    items = []
     for line_no, line in read_lines(path):
         try:
-            obj = json.loads(line)
+            items.append((line_no, json.loads(line)))
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{line_no}: not a JSON object ({e.msg} at column {e.colno}); a JSON-lines file "
-                            f"has one object per line") from None
+                            f"has one object per line (or the whole file is one JSON array of objects)") from None
         except RecursionError:
             raise DataError(f"{path}:{line_no}: JSON nested too deeply to parse; a JSON-lines row is one flat "
                             f"object {{column: value}}") from None
+    return items
+
+
+def _read_jsonl(path: str, required: Sequence[str], optional: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a JSON-lines file (one object per line) or of a file holding one JSON array of objects."""
+    rows: list[tuple[int, dict[str, str]]] = []
+    for line_no, obj in read_json_objects(path):
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{line_no}: expected a JSON object {{column: value}}, got {type(obj).__name__}")
-        obj = {COLUMN_ALIASES.get(k, k): v for k, v in obj.items()}
+        obj = dict(zip(canonical_columns(list(obj)), obj.values()))
         missing = [c for c in required if c not in obj]
         if missing:
             raise DataError(f"{path}:{line_no}: the object lacks the required key(s) {missing} (keys: {list(obj)})")

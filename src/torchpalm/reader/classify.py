@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from .base import COLUMN_ALIASES, DataError, Reader, collate_common, load_label_map, preview
+from .base import DataError, Reader, canonical_columns, collate_common, load_label_map, preview
 
 logger = logging.getLogger("torchpalm")
 
@@ -52,7 +52,7 @@ def rows_from_inputs(inputs: list, required: tuple[str, ...], optional: tuple[st
         if isinstance(item, str):
             item = (item,)
         if isinstance(item, Mapping):
-            row = {COLUMN_ALIASES.get(k, k): v for k, v in item.items() if COLUMN_ALIASES.get(k, k) in columns}
+            row = {c: v for c, v in zip(canonical_columns(list(item)), item.values()) if c in columns}
         elif isinstance(item, Sequence) and 0 < len(item) <= len(columns):
             row = dict(zip(columns, item))
         else:

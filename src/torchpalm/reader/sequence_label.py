@@ -1,7 +1,7 @@
-"""SequenceLabelReader: word-level tagging (NER, slot filling) from PALM TSV, one-sentence-per-line or CoNLL
-column files (spec §5.4).
+"""SequenceLabelReader: word-level tagging (NER, slot filling) from PALM TSV, one-sentence-per-line, CoNLL
+column or JSON files (spec §5.4).
 
-Three input formats (`file_format`):
+Four input formats (`file_format`):
 
 * 'tsv', PALM's TSV: a header `text_a<TAB>label`; in each row the words of `text_a` and the tags of `label` are
   joined by `\\x02` (a trailing `\\x02` is allowed; empty words are dropped together with their tags). Files that
@@ -14,9 +14,15 @@ Three input formats (`file_format`):
   (tab-separated when the line has a tab, else whitespace-separated; the same count on every line), a blank line
   between sentences, `-DOCSTART-` lines skipped. This covers CoNLL-2003 (`word POS chunk NER`), MSRA's
   `char<TAB>TAG` and CoNLL-U-like files. In predict the file may have the word column only.
+* 'jsonl', one JSON object per sentence, on its own line or as the elements of one JSON array (HuggingFace
+  `datasets` exports: `{"tokens": ["EU", "rejects"], "ner_tags": [3, 0]}`): the words under `tokens`, `words`,
+  `text_a` or `text`, the tags under the first of `tags`, `ner_tags`, `labels`, `label`, `slot_labels`; each a
+  list, or a string split like a 'lines' field. Integer tags are ids into the reader's `label_map_config`
+  (HF's `features["ner_tags"].feature.names`), which they then require.
 
-Detection (`file_format=None`) looks at the first non-blank line only, so it is easy to predict:
+Detection (`file_format=None`) looks at the extension and the first non-blank line only, so it is easy to predict:
 
+0. a `.json` / `.jsonl` file, or a first line that is a JSON object -> 'jsonl';
 1. a tab-separated field named `text_a` -> 'tsv';
 2. exactly two tab-separated fields, the second holding several tags (split on `\\x02` or spaces) -> 'lines';
 3. no tab, or a last tab-separated field holding a single tag -> 'conll';
@@ -40,6 +46,7 @@ the head can still emit one label (the no-entity label) per input word.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -48,12 +55,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import DataError, Reader, collate_common, load_label_map, pad_2d, preview, read_lines, read_tsv
+from .base import (
+    DataError,
+    Reader,
+    collate_common,
+    load_label_map,
+    pad_2d,
+    preview,
+    read_json_objects,
+    read_lines,
+    read_tsv,
+)
 
 logger = logging.getLogger("torchpalm")
 
 IGNORE_INDEX = -100
-FORMATS = ("tsv", "lines", "conll")
+FORMATS = ("tsv", "lines", "conll", "jsonl")
+# Where a JSON sentence keeps its words and its tags (the first key present wins).
+JSON_WORD_KEYS = ("tokens", "words", "text_a", "text")
+JSON_TAG_KEYS = ("tags", "ner_tags", "labels", "label", "slot_labels")
 
 
 @dataclass
@@ -77,6 +97,7 @@ FORMAT_NAMES = {
     "tsv": "a PALM TSV with a 'text_a<TAB>label' header",
     "lines": "one sentence per line, 'tokens<TAB>tags' without a header",
     "conll": "one word per line with its tag in the last column (CoNLL)",
+    "jsonl": 'one JSON object per sentence ({"tokens": [...], "tags": [...]})',
 }
 
 
@@ -96,8 +117,19 @@ def _first_line(path: str) -> tuple[int, str]:
     raise DataError(f"{path}: the file is empty")
 
 
+def _is_json_object(line: str) -> bool:
+    if not line.lstrip().startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+
+
 def _detect(line: str) -> str | None:
     """The module docstring's detection rule applied to the first non-blank line; None: not recognised."""
+    if _is_json_object(line):
+        return "jsonl"
     fields = line.split("\t")
     if "text_a" in [f.strip() for f in fields]:
         return "tsv"
@@ -115,6 +147,8 @@ def detect_format(path: str | os.PathLike) -> str:
         DataError: naming the file and line when the line fits none of the three formats.
     """
     path = os.fspath(path)
+    if os.path.splitext(path)[1].lower() in (".json", ".jsonl"):
+        return "jsonl"
     line_no, line = _first_line(path)
     detected = _detect(line)
     if detected is None:
@@ -126,16 +160,17 @@ def detect_format(path: str | os.PathLike) -> str:
 
 def read_tagged_file(
     path: str | os.PathLike, file_format: str | None = None, require_tags: bool = True,
-    columns: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None, tag_names: Mapping[int, str] | None = None,
 ) -> tuple[str, list[TaggedSentence]]:
-    """Parses a tagging file ('tsv', 'lines' or 'conll', see the module docstring) into sentences.
+    """Parses a tagging file ('tsv', 'lines', 'conll' or 'jsonl', see the module docstring) into sentences.
 
     Args:
         path: the file.
-        file_format: 'tsv', 'lines', 'conll', or None to detect it from the first line.
+        file_format: 'tsv', 'lines', 'conll', 'jsonl', or None to detect it from the extension and first line.
         require_tags: raise when the tag column is missing (train files).
         columns: the column names of a TSV without a header (`text_a` = tokens, `label` = tags); the file is
             then read as 'lines' with these columns.
+        tag_names: id -> tag, for JSON files whose tags are integer ids.
 
     Returns:
         (the format used, the sentences in file order).
@@ -148,12 +183,12 @@ def read_tagged_file(
     if file_format is not None and file_format not in FORMATS:
         raise ValueError(f"file_format must be one of {FORMATS} or None (detect), got {file_format!r}")
     if columns is not None:
-        if file_format == "conll":
-            raise ValueError("columns= names the columns of a TSV without a header; a CoNLL file has none")
+        if file_format in ("conll", "jsonl"):
+            raise ValueError(f"columns= names the columns of a TSV without a header; a {file_format} file has none")
         return "lines", _read_tsv_sentences(path, require_tags, tuple(columns))
     if file_format is None:
         file_format = detect_format(path)
-    else:
+    elif file_format != "jsonl":
         line_no, line = _first_line(path)
         detected = _detect(line)
         if file_format == "tsv" and detected != "tsv":
@@ -165,6 +200,8 @@ def read_tagged_file(
                             f"with 'text_a'; pass file_format='tsv' (or None to detect)")
     if file_format == "conll":
         return file_format, _read_conll_sentences(path, require_tags)
+    if file_format == "jsonl":
+        return file_format, _read_json_sentences(path, require_tags, tag_names)
     return file_format, _read_tsv_sentences(path, require_tags, ("text_a", "label") if file_format == "lines" else None)
 
 
@@ -193,6 +230,62 @@ def _read_tsv_sentences(path: str, require_tags: bool, columns: tuple[str, ...] 
         words = [w for w in words if w != ""]
         sentences.append(TaggedSentence(line_no, words, tags, [line_no] * len(words)))
     return sentences
+
+
+def _json_field(path: str, line_no: int, obj: dict, key: str, what: str) -> list:
+    """A JSON sentence's words or tags: a list of strings (or integer tag ids), or one string split on \\x02
+    when it has one, else on white space."""
+    value = obj[key]
+    if isinstance(value, str):
+        return [v for v in value.split("\x02" if "\x02" in value else None) if v != ""]
+    ok = (str,) if what == "words" else (str, int)
+    if isinstance(value, list) and all(isinstance(v, ok) and not isinstance(v, bool) for v in value):
+        return value
+    raise DataError(f"{path}:{line_no}: key {key!r} must be a list of {what}"
+                    f"{' (strings, or integer ids)' if what == 'tags' else ' (strings)'} or one string, got "
+                    f"{json.dumps(value, ensure_ascii=False)[:80]}")
+
+
+def _read_json_sentences(path: str, require_tags: bool, tag_names: Mapping[int, str] | None) -> list[TaggedSentence]:
+    sentences = []
+    for line_no, obj in read_json_objects(path):
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{line_no}: expected a JSON object such as {{\"tokens\": [...], \"tags\": "
+                            f"[...]}}, got {type(obj).__name__}")
+        word_key = next((k for k in JSON_WORD_KEYS if k in obj), None)
+        tag_key = next((k for k in JSON_TAG_KEYS if k in obj), None)
+        if word_key is None or (require_tags and tag_key is None):
+            wanted = [*([] if word_key else [JSON_WORD_KEYS]), *([] if tag_key else [JSON_TAG_KEYS])]
+            raise DataError(f"{path}:{line_no}: the object has no key for its "
+                            f"{'words' if word_key is None else 'tags'} (one of "
+                            f"{' / '.join(map(str, wanted[0]))}); keys: {list(obj)[:10]}")
+        words = _json_field(path, line_no, obj, word_key, "words")
+        tags = None
+        if tag_key is not None:
+            tags = _json_field(path, line_no, obj, tag_key, "tags")
+            if len(tags) != len(words):
+                raise DataError(f"{path}:{line_no}: {len(words)} words under {word_key!r} but {len(tags)} tags under "
+                                f"{tag_key!r}; every word needs exactly one tag")
+            if any(isinstance(t, int) for t in tags):
+                tags = [_tag_name(path, line_no, t, tag_names) for t in tags]
+            tags = [t.strip() for t in tags]
+        if sentences and (tags is None) != (sentences[0].tags is None):
+            raise DataError(f"{path}:{line_no}: {'no' if tags is None else 'a'} tag key, unlike line "
+                            f"{sentences[0].line}; every sentence of a file needs the same keys")
+        sentences.append(TaggedSentence(line_no, words, tags, [line_no] * len(words)))
+    return sentences
+
+
+def _tag_name(path: str, line_no: int, tag: int | str, tag_names: Mapping[int, str] | None) -> str:
+    if isinstance(tag, str):
+        return tag
+    if tag_names is None:
+        raise DataError(f"{path}:{line_no}: the tags are integer ids; give the reader their names in id order, "
+                        f"label_map_config=[...] (HuggingFace: dataset.features['ner_tags'].feature.names)")
+    if tag not in tag_names:
+        raise DataError(f"{path}:{line_no}: tag id {tag} is not in the label map (ids {min(tag_names)}.."
+                        f"{max(tag_names)})")
+    return tag_names[tag]
 
 
 def _read_conll_sentences(path: str, require_tags: bool) -> list[TaggedSentence]:
@@ -258,7 +351,7 @@ class SequenceLabelReader(Reader):
         dev_count, print_prefix: kept for PALM's signature (unused, as in PALM).
         no_entity_label: the tag of "no entity"; must be in the label map. Words cut by truncation are
             predicted as this tag (PALM hard-coded id `len(label_map) - 1`, spec §17.28).
-        file_format: 'tsv', 'lines', 'conll' or None (detect from the first line, see the module docstring);
+        file_format: 'tsv', 'lines', 'conll', 'jsonl' or None (detect, see the module docstring);
             `load_data(file_format=...)` overrides it.
     """
 
@@ -380,8 +473,9 @@ class SequenceLabelReader(Reader):
         return self._encode_sentences(sentences, "<inputs>")
 
     def _load_examples(self, path):
+        tag_names = {i: t for t, i in self._label_map.items()} if self._label_map is not None else None
         self._used_format, sentences = read_tagged_file(path, self._load_format, self._phase == "train",
-                                                        self._file_columns)
+                                                        self._file_columns, tag_names)
         return self._encode_sentences(sentences, path)
 
     def _encode_sentences(self, sentences: list[TaggedSentence], path: str) -> list[dict]:
