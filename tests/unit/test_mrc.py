@@ -298,6 +298,69 @@ def test_zip_with_one_json_loads_and_two_is_an_error(uncased_vocab, tmp_path):
         reader.load_data(str(two), 1)
 
 
+def hf_records(nested: dict) -> list[dict]:
+    """SQuAD as HuggingFace `datasets` exports it: one flat record per question."""
+    return [{"id": qa["id"], "title": article.get("title", ""), "context": p["context"], "question": qa["question"],
+             "answers": {"text": [a["text"] for a in qa["answers"]],
+                         "answer_start": [a["answer_start"] for a in qa["answers"]]}}
+            for article in nested["data"] for p in article["paragraphs"] for qa in p["qas"]]
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "array"])
+def test_huggingface_flat_squad_reads_as_the_nested_file(uncased_vocab, tmp_path, layout):
+    nested = read_squad_json(squad_dev())
+    nested["data"] = nested["data"][:3]
+    records = hf_records(nested)
+    path = tmp_path / f"squad.{layout}.json"
+    with open(path, "w", encoding="utf-8") as f:
+        if layout == "jsonl":
+            f.write("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n")
+        else:
+            json.dump(records, f, ensure_ascii=False, indent=1)
+    (tmp_path / "nested.json").write_text(json.dumps(nested, ensure_ascii=False), encoding="utf-8")
+    for phase in ("train", "predict"):
+        flat = palm.reader.MRCReader(uncased_vocab, 384, 64, 128, do_lower_case=True, phase=phase)
+        flat.load_data(str(path), 16)
+        ref = palm.reader.MRCReader(uncased_vocab, 384, 64, 128, do_lower_case=True, phase=phase)
+        ref.load_data(str(tmp_path / "nested.json"), 16)
+        assert len(flat.examples) == len(ref.examples) == len(records)
+        assert [(e.qas_id, e.answers, e.start_char) for e in flat.examples] == \
+            [(e.qas_id, e.answers, e.start_char) for e in ref.examples]
+        assert len(flat.features) == len(ref.features)
+        assert all(np.array_equal(a.token_ids, b.token_ids) and a.start_position == b.start_position
+                   for a, b in zip(flat.features, ref.features))
+    # a paragraph's questions stay one paragraph (its context is encoded once)
+    regrouped = read_squad_json(str(path))
+    assert [len(p["qas"]) for a in regrouped["data"] for p in a["paragraphs"]] == \
+        [len(p["qas"]) for a in nested["data"] for p in a["paragraphs"]]
+
+
+def test_huggingface_flat_squad_v2_and_errors(uncased_vocab, tmp_path):
+    ctx = "the answer is here."
+    path = tmp_path / "v2.jsonl"
+    path.write_text(json.dumps({"id": "a", "context": ctx, "question": "where?",
+                                "answers": {"text": ["here"], "answer_start": [14]}}) + "\n" +
+                    json.dumps({"id": "b", "context": ctx, "question": "never?",
+                                "answers": {"text": [], "answer_start": []}}) + "\n", encoding="utf-8")
+    r = palm.reader.MRCReader(uncased_vocab, 48, 8, 16, do_lower_case=True, with_negative=True)
+    r.load_data(str(path), 1)
+    assert [(e.qas_id, e.is_impossible, e.orig_answer_text) for e in r.examples] == [("a", False, "here"),
+                                                                                      ("b", True, None)]
+    for text, message in [
+        ('{"id": "a", "context": "x", "question": "q"}\n{"id": "b", "question": "q"}\n',
+         r"bad\.jsonl:2: expected a question record with 'context' and 'question'"),
+        ('{"id": "a", "context": "x", "question": "q", "answers": {"text": ["x"], "answer_start": []}}\n',
+         r"bad\.jsonl:1: 'answers' must hold lists 'text' and 'answer_start' of the same length"),
+        ('{"id": "a", "context": "x", "question": "q"}\n{"id": "b", "context": "x",, }\n',
+         r"bad\.jsonl:2: not a JSON object"),
+        ('[\n {"id": "a", "context": "x", "question": "q"},\n 7\n]', r"bad\.jsonl:3: expected a question record"),
+    ]:
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(text, encoding="utf-8")
+        with pytest.raises(DataError, match=message):
+            palm.reader.MRCReader(uncased_vocab, 48, 8, 16, phase="predict").load_data(str(bad), 1)
+
+
 def test_constructor_checks(uncased_vocab):
     with pytest.raises(ValueError, match="leaves no room"):
         palm.reader.MRCReader(uncased_vocab, 64, 61, 16)

@@ -242,7 +242,7 @@ def _read_csv_records(path: str) -> list[tuple[int, list[str]]]:
     return records
 
 
-def _json_array_objects(path: str, text: str) -> list[tuple[int, object]]:
+def json_array_objects(path: str, text: str) -> list[tuple[int, object]]:
     """(line, element) for each element of a file holding one JSON array (pandas' `to_json(orient="records")`,
     many datasets' `.json` files); the line is where the element starts, for error messages."""
     decoder = json.JSONDecoder()
@@ -300,7 +300,7 @@ def read_json_objects(path: str) -> list[tuple[int, object]]:
     """(line, parsed value) for every row of a JSON-lines file, or every element of a file that is one JSON
     array (told apart by its first character)."""
     if _first_character(path) == "[":
-        items = _json_array_objects(path, _read_text(path))
+        items = json_array_objects(path, _read_text(path))
         if not items:
             raise DataError(f"{path}: the JSON array is empty")
         return items

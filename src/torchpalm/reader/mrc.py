@@ -13,6 +13,11 @@ File format (SQuAD v1.1 / v2.0, CMRC2018; a `.zip` holding one `.json` also work
         {"id": "...", "question": "...", "answers": [{"text": "...", "answer_start": <char offset>}],
          "is_impossible": false}]}]}]}
 
+or one question per record, as HuggingFace `datasets` exports `squad` / `squad_v2` (JSON lines, or one JSON
+array): `{"id": ..., "title": ..., "context": ..., "question": ..., "answers": {"text": [...], "answer_start":
+[...]}}` (or `answers` as a list of `{"text", "answer_start"}` objects); empty answers mark an impossible
+question, as in `squad_v2`. Consecutive records with the same context become one paragraph.
+
 Windows follow BERT (spec §5.5): the query is truncated to `max_query_len` sub-tokens, a window holds at most
 `max_len - len(query) - 3` document sub-tokens, the next window starts `min(window_len, doc_stride)` later, and
 the last window is the first that reaches the end of the document. Sequence: `[CLS] query [SEP] doc [SEP]`,
@@ -36,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import DataError, Reader, collate_common
+from .base import DataError, Reader, collate_common, json_array_objects
 
 logger = logging.getLogger("torchpalm")
 
@@ -202,13 +207,62 @@ def read_squad_json(path: str) -> dict:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # more than one JSON value: one record per line
+            return squad_from_records(where, _json_lines(where, text))
         raise DataError(f"{where}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
     except RecursionError:
         raise DataError(f"{where}: JSON nested too deeply to parse (a SQuAD file is a few levels deep: data, "
                         f"paragraphs, qas, answers)") from None
+    if isinstance(data, list):
+        return squad_from_records(where, json_array_objects(where, text))
+    if isinstance(data, dict) and "data" not in data and "context" in data:  # JSON lines with a single record
+        return squad_from_records(where, [(1 + text[:len(text) - len(text.lstrip())].count("\n"), data)])
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise DataError(f"{where}: expected a SQuAD-style object with a 'data' list of articles")
+        raise DataError(f"{where}: expected a SQuAD-style object with a 'data' list of articles, or one question "
+                        f"per record ({{'context', 'question', 'answers'}}, as HuggingFace datasets exports SQuAD)")
     return data
+
+
+def _json_lines(where: str, text: str) -> list[tuple[int, object]]:
+    records = []
+    for line_no, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                records.append((line_no, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}:{line_no}: not a JSON object ({e.msg} at column {e.colno}); a JSON-lines "
+                                f"file has one question record per line") from None
+            except RecursionError:
+                raise DataError(f"{where}:{line_no}: JSON nested too deeply to parse") from None
+    return records
+
+
+def squad_from_records(where: str, records: list[tuple[int, object]]) -> dict:
+    """SQuAD's nested {'data': [...]} from one-question records (HuggingFace `datasets`' flat SQuAD); a record
+    whose context repeats the previous one's joins its paragraph."""
+    articles: list[dict] = []
+    for line_no, rec in records:
+        if not (isinstance(rec, dict) and isinstance(rec.get("context"), str) and isinstance(rec.get("question"), str)):
+            keys = list(rec)[:10] if isinstance(rec, dict) else type(rec).__name__
+            raise DataError(f"{where}:{line_no}: expected a question record with 'context' and 'question' strings "
+                            f"(and 'answers'), got {keys}")
+        answers = rec.get("answers", [])
+        if isinstance(answers, dict):  # {"text": [...], "answer_start": [...]}
+            texts, starts = answers.get("text", []), answers.get("answer_start", [])
+            if not (isinstance(texts, list) and isinstance(starts, list) and len(texts) == len(starts)):
+                raise DataError(f"{where}:{line_no}: 'answers' must hold lists 'text' and 'answer_start' of the same "
+                                f"length, got {json.dumps(answers, ensure_ascii=False)[:80]}")
+            answers = [{"text": t, "answer_start": a} for t, a in zip(texts, starts, strict=True)]
+        qa = {"id": str(rec.get("id", line_no)), "question": rec["question"], "answers": answers,
+              "is_impossible": bool(rec.get("is_impossible", isinstance(answers, list) and not answers))}
+        last = articles[-1]["paragraphs"][-1] if articles else None
+        if last is not None and last["context"] == rec["context"]:
+            last["qas"].append(qa)
+        else:
+            articles.append({"title": rec.get("title", ""), "paragraphs": [{"context": rec["context"], "qas": [qa]}]})
+    if not articles:
+        raise DataError(f"{where}: no question records")
+    return {"data": articles}
 
 
 class MRCReader(Reader):
