@@ -9,17 +9,24 @@ import json
 import sys
 
 from torchpalm.metrics import palm_classification_metrics
-from torchpalm.reader.base import read_tsv
+from torchpalm.reader.base import read_table
 
 
-def evaluate(predictions_path: str, gold_tsv: str) -> dict:
-    """Reads `label` (or GLUE's `Quality`/`is_duplicate`) from `gold_tsv` and each line's `label` from the
-    predictions (JSON lines); returns {'accuracy', 'precision', 'recall', 'f1', 'n'}."""
-    gold = [row["label"].strip() for _, row in read_tsv(gold_tsv, required=("label",))]
+def evaluate(predictions_path: str, gold: str | list[int]) -> dict:
+    """Reads `label` (or GLUE's `Quality`/`is_duplicate`) from the gold file `gold` (TSV, CSV or JSON; label ids,
+    or names compared with the predictions' `label_name`), or takes the class ids in order (the predict reader's
+    `gold_labels()`, -1 for a label the model does not know); returns {'accuracy', 'precision', 'recall', 'f1',
+    'n'}."""
+    source = gold if isinstance(gold, str) else "the predict reader"
+    if isinstance(gold, str):
+        gold = [row["label"].strip() for _, row in read_table(gold, required=("label",))]
+    else:
+        gold = [str(g) for g in gold]
+    by_name = not all(g.lstrip("-").isdigit() for g in gold)
     with open(predictions_path, encoding="utf-8") as f:
-        preds = [str(json.loads(line)["label"]) for line in f if line.strip()]
+        preds = [str(json.loads(line)["label_name" if by_name else "label"]) for line in f if line.strip()]
     if len(preds) != len(gold):
-        raise SystemExit(f"{predictions_path}: {len(preds)} predictions for {len(gold)} gold labels in {gold_tsv}")
+        raise SystemExit(f"{predictions_path}: {len(preds)} predictions for {len(gold)} gold labels in {source}")
     m = palm_classification_metrics(preds, gold)
     print(f"data num: {len(gold)}")
     print(f"accuracy: {m['accuracy']:.4f}, precision: {m['precision']:.4f}, recall: {m['recall']:.4f}, "

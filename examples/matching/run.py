@@ -13,6 +13,7 @@ import os
 import sys
 
 import torchpalm as palm
+from torchpalm.reader.base import write_first_examples
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "..", "shared", "data"))
@@ -50,22 +51,25 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--train_examples", type=int, default=0, help="use only the first N training rows (0: all)")
     p.add_argument("--task_name", default="mrpc")
+    p.add_argument("--num_classes", type=int, default=0, help="0: the label map's size, else the largest training "
+                   "label + 1 (at least 2)")
+    p.add_argument("--label_map", default=None, help="label names: a JSON file (a list in id order, or {name: id}) "
+                   "or the names comma-separated, e.g. entailment,neutral,contradiction")
+    p.add_argument("--file_format", default=None, choices=["tsv", "csv", "jsonl", "json"],
+                   help="default: from the extension (.csv, .jsonl/.json; anything else TSV)")
+    p.add_argument("--columns", default=None, help="column names of files WITHOUT a header line, comma-separated, "
+                   "e.g. text_a,text_b,label")
     p.add_argument("--save_path", default="./outputs/")
     p.add_argument("--save_steps", type=int, default=100000)
     p.add_argument("--print_steps", type=int, default=20)
     return p.parse_args(argv)
 
 
-def head_of_file(path: str, n: int, out_dir: str) -> str:
-    """The header plus the first n rows of a TSV, written to out_dir (for quick runs)."""
-    os.makedirs(out_dir, exist_ok=True)
-    target = os.path.join(out_dir, f"train.first{n}.tsv")
-    with open(path, encoding="utf-8") as f, open(target, "w", encoding="utf-8") as g:
-        for i, line in enumerate(f):
-            if i > n:
-                break
-            g.write(line)
-    return target
+def label_names(value: str | None):
+    """--label_map: a JSON file (a list of names or {name: id}), or the names in id order, comma-separated."""
+    if not value or os.path.isfile(value):
+        return value
+    return [name.strip() for name in value.split(",")]
 
 
 def main(argv=None):
@@ -79,20 +83,25 @@ def main(argv=None):
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
     Backbone = getattr(palm.backbone, args.backbone)
+    columns = args.columns.split(",") if args.columns else None
+    file_args = {"file_format": args.file_format, "columns": columns}
     train_file = args.train_file
     if args.train_examples:
-        train_file = head_of_file(train_file, args.train_examples, args.save_path)
+        train_file = write_first_examples(train_file, args.train_examples, args.save_path, args.file_format,
+                                          header=columns is None)
 
     # step 1: reader for training (pointwise: label, text_a, text_b)
-    reader = palm.reader.MatchReader(vocab_path, args.max_seqlen, seed=args.seed, lang=args.lang,
-                                     do_lower_case=bool(args.do_lower_case))
-    reader.load_data(train_file, args.batch_size, num_epochs=args.num_epochs)
+    reader_args = {"lang": args.lang, "do_lower_case": bool(args.do_lower_case), "label_map": label_names(args.label_map)}
+    reader = palm.reader.MatchReader(vocab_path, args.max_seqlen, seed=args.seed, **reader_args)
+    reader.load_data(train_file, args.batch_size, num_epochs=args.num_epochs, **file_args)
+    num_classes = args.num_classes or (len(reader.label_map) if reader.label_map else max(reader.gold_labels()) + 1)
+    num_classes = max(num_classes, 2)  # a pair task has at least two classes, whatever a small sample holds
     # step 2: backbone
     backbone = Backbone.from_config(config)
     # step 3: register the reader with the backbone
     reader.register_with(backbone)
     # step 4: task head
-    head = palm.head.Match(2, config["hidden_size"], args.dropout)
+    head = palm.head.Match(num_classes, config["hidden_size"], args.dropout)
     # step 5: trainer and forward graph
     trainer = palm.Trainer(args.task_name)
     loss_var = trainer.build_forward(backbone, head)
@@ -111,23 +120,22 @@ def main(argv=None):
 
     # prediction with the trained weights (no checkpoint round trip needed)
     pred_backbone = Backbone.from_config(config, phase="predict")
-    pred_head = palm.head.Match(2, config["hidden_size"], phase="predict")
+    pred_head = palm.head.Match(num_classes, config["hidden_size"], phase="predict")
     trainer.build_predict_forward(pred_backbone, pred_head)
 
     from evaluate import evaluate  # the example's evaluate step (same folder)
 
     scores = {}
     for path in args.predict_files:
-        pred_reader = palm.reader.MatchReader(vocab_path, args.max_seqlen, lang=args.lang,
-                                              do_lower_case=bool(args.do_lower_case), phase="predict")
-        pred_reader.load_data(path, args.batch_size)
+        pred_reader = palm.reader.MatchReader(vocab_path, args.max_seqlen, **reader_args, phase="predict")
+        pred_reader.load_data(path, args.batch_size, **file_args)
         pred_reader.register_with(pred_backbone)
         trainer.fit_reader(pred_reader, phase="predict")
         name = os.path.splitext(os.path.basename(path))[0]
         pred_dir = os.path.join(args.save_path, f"predict_{name}")
         trainer.predict(output_dir=pred_dir, print_steps=0)
         print(f"== {path}")
-        scores[name] = evaluate(os.path.join(pred_dir, "predictions.json"), path)
+        scores[name] = evaluate(os.path.join(pred_dir, "predictions.json"), pred_reader.gold_labels())
     return scores
 
 
