@@ -21,6 +21,7 @@ through `reuse_head_with` is stored once, under its owner), EMA weights as `ema.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -96,6 +97,25 @@ class Task:
         return self.reuse_head_with or self.name
 
 
+_TAKES_OUTPUTS: dict[type, bool] = {}
+
+
+def backbone_features(backbone: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> dict:
+    """`backbone(batch)`, told which features `head` reads (`head.inputs_attrs["backbone"]`) when the backbone's
+    forward takes `outputs=` (BERT and its kind then skip work no head reads: the last layer's non-[CLS] rows)."""
+    kind = type(backbone)
+    if kind not in _TAKES_OUTPUTS:
+        _TAKES_OUTPUTS[kind] = "outputs" in inspect.signature(backbone.forward).parameters
+    if _TAKES_OUTPUTS[kind]:
+        try:
+            wanted = list(head.inputs_attrs["backbone"])
+        except (AttributeError, KeyError, TypeError, NotImplementedError):
+            wanted = None  # a head that does not say what it reads gets everything
+        if wanted is not None:
+            return backbone(batch, outputs=wanted)
+    return backbone(batch)
+
+
 class MultiTaskModel(nn.Module):
     """One backbone and a head per task: `forward(task, batch)` is `heads[task](backbone(batch), batch)`.
 
@@ -111,7 +131,8 @@ class MultiTaskModel(nn.Module):
             if len(self.heads) != 1:
                 raise TypeError(f"this model has heads {list(self.heads)}: call model(task_name, batch)")
             task, batch = next(iter(self.heads)), task
-        return self.heads[task](self.backbone(batch), batch)
+        head = self.heads[task]
+        return head(backbone_features(self.backbone, head, batch), batch)
 
 
 

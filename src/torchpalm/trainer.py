@@ -35,6 +35,7 @@ from .loop import (
     Task,
     TrainLoop,
     autocast,
+    backbone_features,
     default_device,
     ensure_console_logging,
     load_model_state,
@@ -534,7 +535,7 @@ class Trainer:
         batch = to_device(batch, self.device)
         full = self._loop.full_weights() if self._loop is not None else contextlib.nullcontext()
         with full, autocast(self.device, self._precision):
-            outputs = self._pred_head(self._pred_backbone(batch), batch)
+            outputs = self._pred_head(backbone_features(self._pred_backbone, self._pred_head, batch), batch)
         return outputs_to_numpy(outputs)
 
     def predict(self, output_dir: str | None = None, print_steps: int = 1000):

@@ -216,7 +216,7 @@ def test_ctrl_c_in_a_step_saves_and_resumes_exactly(tmp_path, uncased_vocab, tin
 
 def test_checkpoint_holds_every_head_and_single_task_trainers_predict_from_it(tmp_path, uncased_vocab, tiny_config):
     s = Setup(tmp_path, uncased_vocab, tiny_config, lr=5e-3)
-    s.fit(epochs=3)
+    s.fit(epochs=6)  # 3 epochs left the Classify task at chance for most seeds (it learned for seeds 0-3 with 6)
     s.mh.set_saver(str(tmp_path / "out"), 1000)
     s.mh.train(print_steps=0)
     final = tmp_path / "out" / f"ckpt.step{s.mh.overall_train_steps}"
@@ -377,7 +377,7 @@ def test_custom_reader_and_head_train_beside_a_builtin_task(tmp_path, uncased_vo
     t_cls.build_forward(backbone, palm.head.Classify(2, 32))
     mh = palm.MultiHeadTrainer([t_reg, t_cls])
     mh.build_backward(palm.optimizer.Adam(mh.build_forward(), 3e-3), weight_decay=0.01)
-    mh.fit_readers({"reg": reg_reader, "cls": cls_reader}, "reg", 4)
+    mh.fit_readers({"reg": reg_reader, "cls": cls_reader}, "reg", 8)  # 4 epochs learned for 2-3 of 5 seeds
     first = [mh.train_one_step(mh.get_one_batch())[0] for _ in range(6)]
     mh.train(print_steps=0)
     assert t_reg.cur_train_step >= 24 and t_cls.cur_train_step >= 24

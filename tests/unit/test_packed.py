@@ -172,3 +172,58 @@ def test_length_groups_cover_every_token_once_and_attend_like_the_padded_batch()
     torch.testing.assert_close(outputs[True][mask], outputs[False][mask], rtol=1e-10, atol=1e-10)
     for n in grads[False]:
         torch.testing.assert_close(grads[True][n], grads[False][n], rtol=1e-8, atol=1e-12, msg=n)
+
+
+def sentence_only_run(backbone, head, batch, hinted: bool):
+    from torchpalm.loop import backbone_features
+
+    backbone.zero_grad(set_to_none=True)
+    head.zero_grad(set_to_none=True)
+    enc = backbone_features(backbone, head, batch) if hinted else backbone(batch)
+    out = head(enc, batch)
+    out["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in [*backbone.named_parameters(), *head.named_parameters()]
+             if p.grad is not None}
+    return enc, out, grads
+
+
+@pytest.mark.parametrize("kind", ["bert", "ernie"])
+@pytest.mark.parametrize("name", ["classify", "match", "match_pairwise"])
+@pytest.mark.parametrize("pack", [False, True])
+def test_sentence_heads_run_the_last_layer_on_cls_alone_with_the_same_results(name, kind, pack):
+    # Classify and Match read only pooled [CLS] features: the last layer computes the [CLS] rows alone (keys and
+    # values from every token). Same loss and gradients as the full encoder, to float64 rounding.
+    backbone = tiny(kind, pairwise=name == "match_pairwise").double()
+    backbone.pack_tokens = pack
+    head = make_head(name).double()
+    batch = head_batch(name, torch.Generator().manual_seed(2))
+    enc_ref, out_ref, grads_ref = sentence_only_run(backbone, head, batch, hinted=False)
+    enc, out, grads = sentence_only_run(backbone, head, batch, hinted=True)
+    assert "encoder_outputs" in enc_ref and "encoder_outputs" not in enc  # the hint took effect
+    torch.testing.assert_close(out["loss"], out_ref["loss"], rtol=1e-12, atol=1e-12)
+    assert grads.keys() == grads_ref.keys()  # every last-layer weight still gets its gradient
+    for n in grads_ref:
+        torch.testing.assert_close(grads[n], grads_ref[n], rtol=1e-9, atol=1e-12, msg=f"gradient of {n}")
+
+
+def test_sentence_only_without_padding_and_token_heads_keep_the_full_encoder():
+    from torchpalm.loop import MultiTaskModel, backbone_features
+
+    backbone = tiny().double()
+    gen = torch.Generator().manual_seed(5)
+    batch = {k: v[:, :6] for k, v in padded_inputs([6, 6, 6], gen).items()}  # nothing padded: no bias, no packing
+    assert batch["input_mask"].all()
+    full = backbone(batch)["sentence_embedding"]
+    torch.testing.assert_close(backbone(batch, outputs=["sentence_embedding"])["sentence_embedding"], full,
+                               rtol=1e-12, atol=1e-12)
+    tagger = make_head("tagging_softmax").double()
+    assert "encoder_outputs" in backbone_features(backbone, tagger, batch)
+    # the model the trainers build asks for what each task's head reads
+    seen = []
+    original = backbone.forward
+    backbone.forward = lambda b, outputs=None: seen.append(outputs) or original(b, outputs)
+    model = MultiTaskModel(backbone, {"cls": make_head("classify").double(), "tag": tagger})
+    tag_batch = head_batch("tagging_softmax", gen)
+    model("cls", {**tag_batch, "label_ids": torch.zeros(4, dtype=torch.long)})
+    model("tag", tag_batch)
+    assert seen == [["sentence_embedding"], ["encoder_outputs"]]

@@ -22,7 +22,9 @@ class Backbone(nn.Module):
       (SequenceLabel, MRC) and also `embedding_table` `[vocab, hidden]` (MaskLM).
     * `forward(batch) -> dict[str, Tensor]`: the features named in `outputs_attr`.
 
-    Optional: `config`, a JSON-serialisable dict written into checkpoints (`trainer_state.json`) so a saved
+    Optional: `forward(batch, outputs=None)`: when forward takes `outputs`, the trainers pass the names the head
+    will read (`head.inputs_attrs["backbone"]`), so the backbone may skip the rest (BERT runs its last layer on
+    [CLS] alone for sentence-level heads); None means everything. `config`, a JSON-serialisable dict written into checkpoints (`trainer_state.json`) so a saved
     model can be rebuilt without the training script. For prediction, build a second instance with the same
     structure and pass it to `build_predict_forward`: it shares the trained weights by parameter name.
     `load_pretrain` assigns a weights file's tensors by these parameter names.

@@ -79,7 +79,8 @@ class RoBERTa(BERT):
     # what packing gathers to real tokens: the ids and their positions (computed on the padded layout first)
     embedding_inputs = ("token_ids", "roberta_position_ids")
 
-    def encode(self, batch: dict[str, torch.Tensor], suffix: str = "") -> dict[str, torch.Tensor]:
+    def encode(self, batch: dict[str, torch.Tensor], suffix: str = "",
+               sentence_only: bool = False) -> dict[str, torch.Tensor]:
         ids = batch["token_ids" + suffix]
         if ids.shape[1] > self.max_tokens:
             raise ValueError(f"RoBERTa takes at most {self.max_tokens} tokens per sequence "
@@ -88,7 +89,7 @@ class RoBERTa(BERT):
                              f"max_len")
         # HF's rule counts real tokens along each padded row, so the positions exist before any packing
         positions = roberta_position_ids(ids, self.config["pad_token_id"])
-        return super().encode({**batch, "roberta_position_ids" + suffix: positions}, suffix)
+        return super().encode({**batch, "roberta_position_ids" + suffix: positions}, suffix, sentence_only)
 
     def embed(self, batch: dict[str, torch.Tensor], suffix: str = "") -> torch.Tensor:
         ids, positions = batch["token_ids" + suffix], batch["roberta_position_ids" + suffix]
