@@ -100,20 +100,22 @@ class Task:
 _TAKES_OUTPUTS: dict[type, bool] = {}
 
 
-def backbone_features(backbone: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> dict:
-    """`backbone(batch)`, told which features `head` reads (`head.inputs_attrs["backbone"]`) when the backbone's
-    forward takes `outputs=` (BERT and its kind then skip work no head reads: the last layer's non-[CLS] rows)."""
+def backbone_features(backbone: nn.Module, heads: nn.Module | list[nn.Module], batch: dict[str, torch.Tensor]) -> dict:
+    """`backbone(batch)`, told which features the head(s) will read (the union of `inputs_attrs["backbone"]`) when
+    the backbone's forward takes `outputs=` (BERT and its kind then skip work no head reads: the last layer's
+    non-[CLS] rows)."""
     kind = type(backbone)
     if kind not in _TAKES_OUTPUTS:
         _TAKES_OUTPUTS[kind] = "outputs" in inspect.signature(backbone.forward).parameters
-    if _TAKES_OUTPUTS[kind]:
+    if not _TAKES_OUTPUTS[kind]:
+        return backbone(batch)
+    wanted: set[str] = set()
+    for head in heads if isinstance(heads, list) else [heads]:
         try:
-            wanted = list(head.inputs_attrs["backbone"])
+            wanted.update(head.inputs_attrs["backbone"])
         except (AttributeError, KeyError, TypeError, NotImplementedError):
-            wanted = None  # a head that does not say what it reads gets everything
-        if wanted is not None:
-            return backbone(batch, outputs=wanted)
-    return backbone(batch)
+            return backbone(batch)  # a head that does not say what it reads gets everything
+    return backbone(batch, outputs=sorted(wanted))
 
 
 class MultiTaskModel(nn.Module):

@@ -35,7 +35,16 @@ from . import bundle, distributed
 from . import checkpoint as ckpt
 from .evaluation import Evaluator, best_checkpoint_dir
 from .fsdp import wanted as fsdp_wanted
-from .loop import MultiTaskModel, TrainLoop, autocast, load_model_state, progress_bar, same_inputs, to_device
+from .loop import (
+    MultiTaskModel,
+    TrainLoop,
+    autocast,
+    backbone_features,
+    load_model_state,
+    progress_bar,
+    same_inputs,
+    to_device,
+)
 from .optimizer import Optimizer
 from .sampling import TaskSampler, run_length, step_budgets
 from .trainer import (
@@ -556,8 +565,8 @@ class MultiHeadTrainer:
         for t, batch in zip(group, batches):
             features = next((f for inputs, f in features_of if same_inputs(inputs, batch, keys)), None)
             with autocast(self.device, t._precision):
-                if features is None:
-                    features = backbone(batch)
+                if features is None:  # computed for every head of the group that may share it
+                    features = backbone_features(backbone, [g._pred_head for g in group], batch)
                     self.backbone_passes += 1
                     features_of.append((batch, features))
                 outputs.append(outputs_to_numpy(t._pred_head(features, batch)))

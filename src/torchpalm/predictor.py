@@ -31,7 +31,7 @@ from . import head as head_module
 from . import reader as reader_module
 from .bundle import BUNDLE_FILE, read_spec
 from .head.base import Head
-from .loop import autocast, default_device, same_inputs, to_device
+from .loop import autocast, backbone_features, default_device, same_inputs, to_device
 from .reader.base import Reader
 from .trainer import finish_prediction, outputs_to_numpy
 
@@ -153,8 +153,8 @@ class Predictor:
                     batch = to_device(batch, self.device)
                     with autocast(self.device, self.precision):
                         features = next((f for b, f in computed if same_inputs(b, batch, keys)), None)
-                        if features is None:
-                            features = self.backbone(batch)
+                        if features is None:  # computed for every head of the group that may share it
+                            features = backbone_features(self.backbone, [self.heads[m] for m in group], batch)
                             computed.append((batch, features))
                         outputs = self.heads[n](features, batch)
                     buffers[n].batch_postprocess(outputs_to_numpy(outputs))
