@@ -84,6 +84,12 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=float, help="warmup fraction of the training steps")
     p.add_argument("--skip_bad_examples", type=int, help="skip training questions whose answer_start is wrong")
     p.add_argument("--metric", choices=["squad", "cmrc"])
+    p.add_argument("--with_negative", default="auto", choices=["auto", "0", "1"],
+                   help="SQuAD 2.0: train on the unanswerable questions too (pointing to [CLS]), let prediction "
+                        "answer '' and score with the v2.0 definitions; auto: when the training file has "
+                        "unanswerable questions")
+    p.add_argument("--null_score_diff_threshold", type=float, default=0.0,
+                   help="with negatives: answer '' when the null score beats the best span by more than this")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--train_examples", type=int, default=0, help="train on the first N questions only (0: all)")
     p.add_argument("--eval_examples", type=int, default=0, help="predict the first N questions only (0: all)")
@@ -133,6 +139,12 @@ def first_questions(path: str, n: int, out_path: str) -> str:
     return write_json({"version": data.get("version", ""), "data": articles}, out_path)
 
 
+def has_unanswerable(path: str) -> bool:
+    """Does a SQuAD file hold SQuAD 2.0 unanswerable questions?"""
+    return any(qa.get("is_impossible", False) for article in read_squad_json(path)["data"]
+               for paragraph in article["paragraphs"] for qa in paragraph.get("qas", []))
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -161,10 +173,12 @@ def main(argv=None):
         predict_file = first_questions(predict_file, args.eval_examples,
                                        os.path.join(args.save_path, f"eval.first{args.eval_examples}.json"))
     lower = bool(args.do_lower_case)
+    negative = has_unanswerable(train_file) if args.with_negative == "auto" else args.with_negative == "1"
+    squad_version = "2.0" if negative else "1.1"
 
     # step 1: reader for training
     reader = palm.reader.MRCReader(vocab_path, args.max_seqlen, args.max_query_len, args.doc_stride,
-                                   seed=args.seed, do_lower_case=lower,
+                                   seed=args.seed, do_lower_case=lower, with_negative=negative,
                                    skip_bad_examples=bool(args.skip_bad_examples))
     reader.load_data(train_file, args.batch_size, num_epochs=args.num_epochs)
     # step 2: backbone
@@ -172,7 +186,7 @@ def main(argv=None):
     # step 3: register the reader with the backbone
     reader.register_with(backbone)
     # step 4: task head
-    head = palm.head.MRC(args.max_query_len, config["hidden_size"], do_lower_case=lower,
+    head = palm.head.MRC(args.max_query_len, config["hidden_size"], do_lower_case=lower, with_negative=negative,
                          max_ans_len=args.max_ans_len, n_best_size=args.n_best_size)
     # step 5: trainer and forward graph
     trainer = palm.Trainer(args.task_name)
@@ -197,13 +211,15 @@ def main(argv=None):
     pred_backbone = palm.backbone.BERT.from_config(config, phase="predict")
     pred_reader.register_with(pred_backbone)
     pred_head = palm.head.MRC(args.max_query_len, config["hidden_size"], do_lower_case=lower,
-                              max_ans_len=args.max_ans_len, n_best_size=args.n_best_size, phase="predict")
+                              max_ans_len=args.max_ans_len, n_best_size=args.n_best_size, phase="predict",
+                              with_negative=negative, null_score_diff_threshold=args.null_score_diff_threshold)
     trainer.build_predict_forward(pred_backbone, pred_head)
     trainer.fit_reader(pred_reader, phase="predict")
     pred_dir = os.path.join(args.save_path, "predict")
     trainer.predict(output_dir=pred_dir, print_steps=0)
 
-    scores = _evaluate_module().evaluate(os.path.join(pred_dir, "predictions.json"), predict_file, args.metric)
+    scores = _evaluate_module().evaluate(os.path.join(pred_dir, "predictions.json"), predict_file, args.metric,
+                                         squad_version)
     write_json({"preset": args.preset, "args": vars(args), "scores": scores},
                os.path.join(args.save_path, "eval_results.json"))
     return scores

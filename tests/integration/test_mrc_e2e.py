@@ -7,6 +7,7 @@ import importlib.util
 import json
 
 import numpy as np
+import pytest
 import torch
 from conftest import ROOT, shared
 
@@ -111,3 +112,34 @@ def test_example_cmrc_preset_short_run(tmp_path):
                 for p in a["paragraphs"] for qa in p["qas"]}
     # Chinese answers are exact slices of the context (PALM inserted spaces between characters)
     assert sorted(preds) == sorted(contexts) and all(t in contexts[q] for q, t in preds.items())
+
+
+def test_example_on_squad2_as_huggingface_exports_it(tmp_path, uncased_vocab, tiny_config):
+    # SQuAD 2.0 from `datasets` (flat JSON lines, empty answers = unanswerable), with only the paths given: the
+    # example notices the unanswerable questions, trains and predicts with negatives and scores with v2.0
+    full = read_squad_json(str(shared("squad_v1.1", "dev-v1.1.json.zip")))
+    paragraphs = [p for a in full["data"][:4] for p in a["paragraphs"][:3]]
+    records = []
+    for k, p in enumerate(paragraphs):
+        for qa in p["qas"][:2]:
+            records.append({"id": qa["id"], "title": "t", "context": p["context"], "question": qa["question"],
+                            "answers": {"text": [a["text"] for a in qa["answers"]],
+                                        "answer_start": [a["answer_start"] for a in qa["answers"]]}})
+        other = paragraphs[(k + 1) % len(paragraphs)]["qas"][0]  # a question this context does not answer
+        records.append({"id": f"neg{k}", "title": "t", "context": p["context"], "question": other["question"],
+                        "answers": {"text": [], "answer_start": []}})
+    for name, part in (("train", records), ("dev", records[:9])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config))
+    out = tmp_path / "out"
+    scores = _example_run().main(
+        ["--pretrain", "none", "--config", str(config), "--vocab", uncased_vocab, "--train_file",
+         str(tmp_path / "train.jsonl"), "--predict_file", str(tmp_path / "dev.jsonl"), "--max_seqlen", "128",
+         "--num_epochs", "1", "--batch_size", "8", "--save_path", str(out), "--print_steps", "0"])
+    assert scores["total"] == 9 and scores["NoAns_total"] == 3 and scores["HasAns_total"] == 6
+    assert (out / "predict" / "null_odds.json").exists()
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["args"]["with_negative"] == "auto"
+    with pytest.raises(SystemExit):  # an explicit choice is checked
+        _example_run().main(["--with_negative", "yes"])
