@@ -136,7 +136,8 @@ def test_predict_needs_no_label_column(tmp_path, uncased_vocab):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("label\ttxt\n1\thello\n", r"data.tsv:1: header .* lacks the required column\(s\) \['text_a'\]"),
+    [("label\ttxt\n1\thello\n", r"data.tsv:1: header .* lacks the required column\(s\) \['text_a'\] .*other "
+                                 r"names understood: \[.*'review', .*'text'\]\); rename the column"),
      ("label\ttext_a\n1\thello\nx\tworld\n", r"data.tsv:3: column 'label' must be an integer, got 'x'"),
      ("label\ttext_a\n1\thello\n0\tworld\textra\n", r"data.tsv:3: expected 2 tab-separated fields"),
      ("", r"data.tsv: the file is empty"),
@@ -313,6 +314,7 @@ def test_json_array_errors_name_file_and_line(tmp_path, uncased_vocab, content, 
 
 @pytest.mark.parametrize("header, expected", [
     (["text", "label"], ["text_a", "label"]),                                    # HF datasets (IMDB, AG News, ...)
+    (["review", "sentiment"], ["text_a", "label"]),                              # IMDB's CSV on Kaggle
     (["idx", "sentence", "label"], ["idx", "text_a", "label"]),                  # SST-2, CoLA
     (["premise", "hypothesis", "label"], ["text_a", "text_b", "label"]),          # SNLI / MNLI / XNLI exports
     (["sentence1", "sentence2", "gold_label"], ["text_a", "text_b", "label"]),    # SNLI / MNLI originals

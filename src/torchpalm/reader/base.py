@@ -46,6 +46,9 @@ COMMON_OUTPUTS = {
 COLUMN_ALIASES = {
     "sentence": "text_a",
     "text": "text_a",
+    "review": "text_a",  # IMDB's CSV (review, sentiment), Yelp and Amazon exports
+    "content": "text_a",
+    "comment_text": "text_a",  # Jigsaw toxic comments
     "sentence1": "text_a",
     "sentence2": "text_b",
     "question1": "text_a",
@@ -57,6 +60,8 @@ COLUMN_ALIASES = {
     "Quality": "label",
     "is_duplicate": "label",
     "gold_label": "label",
+    "sentiment": "label",
+    "class": "label",
 }
 # A question next to its context is a pair (QNLI: question + sentence, BoolQ: question + passage); alone,
 # "question" is just another column and "sentence" is the single text.
@@ -182,9 +187,11 @@ def read_table(
     where = f"{path}:{header_no}: header {header}" if header_no is not None else f"{path}: columns={list(columns)}"
     missing = [c for c in required if c not in header]
     if missing:
+        understood = sorted(k for k, v in COLUMN_ALIASES.items() if v in missing)
         raise DataError(
             f"{where} lacks the required column(s) {missing} (expected columns {list(required)}"
-            f"{' and optionally ' + str(list(optional)) if optional else ''})"
+            f"{' and optionally ' + str(list(optional)) if optional else ''}; other names understood: "
+            f"{understood}); rename the column, or for a file without a header line pass columns=[...]"
         )
     wanted = {c: header.index(c) for c in (*required, *optional) if c in header}
     kind = "tab-separated" if fmt == "tsv" else "comma-separated"
