@@ -373,3 +373,22 @@ def test_predictions_carry_label_names(tmp_path, uncased_vocab):
     plain.load_data(write(tmp_path, "text_a\nx\n", "plain.tsv"), 1)
     head.batch_postprocess({"logits": np.array([[0.1, 0.9]]), "probs": np.array([[0.3, 0.7]])})
     assert set(finish_prediction(plain, head, None)[0]) == {"index", "label", "logits", "probs"}
+
+
+def test_parquet_files_as_the_hub_ships_them(tmp_path, uncased_vocab):
+    # glue/sst2's train-00000-of-00001.parquet layout: sentence, label (int), idx
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [("a good film", 1), ("bad , slow", 0), ("fine", 1)]
+    pq.write_table(pa.table({"sentence": [t for t, _ in rows], "label": [y for _, y in rows],
+                             "idx": list(range(3))}), tmp_path / "train.parquet")
+    tsv = write(tmp_path, "label\ttext_a\n" + "".join(f"{y}\t{t}\n" for t, y in rows))
+    hub, ref = (ClassifyReader(uncased_vocab, 16, do_lower_case=True) for _ in range(2))
+    hub.load_data(str(tmp_path / "train.parquet"), 3, num_epochs=1, shuffle_train=False)
+    ref.load_data(tsv, 3, num_epochs=1, shuffle_train=False)
+    assert [e["token_ids"].tolist() for e in hub._examples] == [e["token_ids"].tolist() for e in ref._examples]
+    assert hub.gold_labels() == [1, 0, 1]
+    (tmp_path / "broken.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match=r"broken\.parquet: not a readable Parquet file"):
+        hub.load_data(str(tmp_path / "broken.parquet"), 3)

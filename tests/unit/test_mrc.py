@@ -634,3 +634,20 @@ def test_epoch_postprocess_writes_files(tmp_path, chinese_vocab):
         assert (where / "null_odds.json").exists() == with_negative
     with pytest.raises(ValueError, match="get_epoch_outputs"):
         palm.head.MRC(8, 32, phase="predict").epoch_postprocess({"reader": None})
+
+
+def test_huggingface_squad_parquet_reads_as_the_nested_file(uncased_vocab, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    nested = read_squad_json(squad_dev())
+    nested["data"] = nested["data"][:2]
+    records = hf_records(nested)
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "validation.parquet")
+    flat = palm.reader.MRCReader(uncased_vocab, 384, 64, 128, do_lower_case=True, phase="predict")
+    flat.load_data(str(tmp_path / "validation.parquet"), 16)
+    (tmp_path / "nested.json").write_text(json.dumps(nested), encoding="utf-8")
+    ref = palm.reader.MRCReader(uncased_vocab, 384, 64, 128, do_lower_case=True, phase="predict")
+    ref.load_data(str(tmp_path / "nested.json"), 16)
+    assert [(e.qas_id, e.answers) for e in flat.examples] == [(e.qas_id, e.answers) for e in ref.examples]
+    assert all(np.array_equal(a.token_ids, b.token_ids) for a, b in zip(flat.features, ref.features))

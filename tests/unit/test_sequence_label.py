@@ -559,3 +559,14 @@ def test_predict_gold_tag_missing_from_the_label_map_is_not_an_error(tmp_path, u
     # the dev metric reads BMES off the tags (an M- tag crashed it) and scores the unseen entity as a miss
     scores = entity_f1_metric([[1, 2, 3], [4]], r)
     assert (scores["precision"], scores["recall"]) == (0.5, 0.5)
+
+
+def test_parquet_sentences_as_the_hub_ships_them(tmp_path, uncased_vocab):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["0", "1"], "tokens": [["EU", "rejects", "German"], ["Peter", "Blackburn"]],
+                             "ner_tags": [[3, 0, 7], [1, 2]]}), tmp_path / "train.parquet")
+    r = reader_for(uncased_vocab, str(tmp_path / "train.parquet"), label_map=CONLL_NAMES)
+    assert r.file_format == "jsonl" and r.gold_tags() == [["B-ORG", "O", "B-MISC"], ["B-PER", "I-PER"]]
+    assert next(iter(r))["label_ids"].tolist() == [[3, 0, 7], [1, 2, -100]]

@@ -127,7 +127,7 @@ def read_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
 
 TABLE_FORMATS = ("tsv", "csv", "jsonl")
 # How a file's extension names its format; any other extension (.txt, none) is TSV, PALM's only format.
-EXTENSION_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+EXTENSION_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "jsonl"}
 
 
 def table_format(path: str, file_format: str | None = None) -> str:
@@ -155,7 +155,7 @@ def read_table(
         required: columns every row must have (PALM names: `text_a`, `text_b`, `label`, ...).
         optional: columns kept when present.
         file_format: 'tsv', 'csv', 'jsonl' (or 'json'), or None to go by the extension (`.csv`, `.jsonl` and
-            `.json` are CSV and JSON lines, anything else TSV).
+            `.json` are CSV and JSON lines, `.parquet` is read as records like JSON lines, anything else TSV).
         columns: the column names of a TSV or CSV file WITHOUT a header line (its first line is then data).
 
     TSV fields are split on tabs exactly as PALM did (no quoting); CSV follows the `csv` module (commas, double
@@ -304,9 +304,30 @@ def _first_character(path: str) -> str:
     return head.lstrip(b" \t\r\n\xef\xbb\xbf")[:1].decode("latin-1")
 
 
+def read_parquet_objects(path: str) -> list[tuple[int, dict]]:
+    """(row number, record) for every row of a Parquet file, the format HuggingFace Hub datasets ship in (columns
+    as keys; list and struct columns as lists and dicts). Needs pyarrow (`pip install pyarrow`)."""
+    try:
+        import pyarrow
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (OSError, pyarrow.ArrowException) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    if not rows:
+        raise DataError(f"{path}: the Parquet file has no rows")
+    return list(enumerate(rows, 1))
+
+
 def read_json_objects(path: str) -> list[tuple[int, object]]:
     """(line, parsed value) for every row of a JSON-lines file, or every element of a file that is one JSON
-    array (told apart by its first character)."""
+    array (told apart by its first character); a `.parquet` file gives (row number, record) instead."""
+    if path.lower().endswith(".parquet"):
+        return read_parquet_objects(path)
     if _first_character(path) == "[":
         items = json_array_objects(path, _read_text(path))
         if not items:

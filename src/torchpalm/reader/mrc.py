@@ -13,8 +13,8 @@ File format (SQuAD v1.1 / v2.0, CMRC2018; a `.zip` holding one `.json` also work
         {"id": "...", "question": "...", "answers": [{"text": "...", "answer_start": <char offset>}],
          "is_impossible": false}]}]}]}
 
-or one question per record, as HuggingFace `datasets` exports `squad` / `squad_v2` (JSON lines, or one JSON
-array): `{"id": ..., "title": ..., "context": ..., "question": ..., "answers": {"text": [...], "answer_start":
+or one question per record, as HuggingFace `datasets` exports `squad` / `squad_v2` (JSON lines, one JSON
+array, or the Hub's `.parquet` files): `{"id": ..., "title": ..., "context": ..., "question": ..., "answers": {"text": [...], "answer_start":
 [...]}}` (or `answers` as a list of `{"text", "answer_start"}` objects); empty answers mark an impossible
 question, as in `squad_v2`. Consecutive records with the same context become one paragraph.
 
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import DataError, Reader, collate_common, json_array_objects
+from .base import DataError, Reader, collate_common, json_array_objects, read_parquet_objects
 
 logger = logging.getLogger("torchpalm")
 
@@ -186,6 +186,8 @@ def read_squad_json(path: str) -> dict:
     """Parses a SQuAD-style JSON file (or a .zip holding exactly one .json); errors name the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file not found: {path}")
+    if path.lower().endswith(".parquet"):  # the Hub's SQuAD files: one question per row
+        return squad_from_records(path, read_parquet_objects(path))
     where = path
     if path.endswith(".zip"):
         try:

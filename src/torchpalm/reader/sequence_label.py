@@ -14,15 +14,15 @@ Four input formats (`file_format`):
   (tab-separated when the line has a tab, else whitespace-separated; the same count on every line), a blank line
   between sentences, `-DOCSTART-` lines skipped. This covers CoNLL-2003 (`word POS chunk NER`), MSRA's
   `char<TAB>TAG` and CoNLL-U-like files. In predict the file may have the word column only.
-* 'jsonl', one JSON object per sentence, on its own line or as the elements of one JSON array (HuggingFace
-  `datasets` exports: `{"tokens": ["EU", "rejects"], "ner_tags": [3, 0]}`): the words under `tokens`, `words`,
+* 'jsonl', one JSON object per sentence, on its own line or as the elements of one JSON array, or one row per
+  sentence of a `.parquet` file (HuggingFace `datasets` exports and Hub files: `{"tokens": ["EU", "rejects"], "ner_tags": [3, 0]}`): the words under `tokens`, `words`,
   `text_a` or `text`, the tags under the first of `tags`, `ner_tags`, `labels`, `label`, `slot_labels`; each a
   list, or a string split like a 'lines' field. Integer tags are ids into the reader's `label_map_config`
   (HF's `features["ner_tags"].feature.names`), which they then require.
 
 Detection (`file_format=None`) looks at the extension and the first non-blank line only, so it is easy to predict:
 
-0. a `.json` / `.jsonl` file, or a first line that is a JSON object -> 'jsonl';
+0. a `.json` / `.jsonl` / `.parquet` file, or a first line that is a JSON object -> 'jsonl';
 1. a tab-separated field named `text_a` -> 'tsv';
 2. exactly two tab-separated fields, the second holding several tags (split on `\\x02` or spaces) -> 'lines';
 3. no tab, or a last tab-separated field holding a single tag -> 'conll';
@@ -147,7 +147,7 @@ def detect_format(path: str | os.PathLike) -> str:
         DataError: naming the file and line when the line fits none of the three formats.
     """
     path = os.fspath(path)
-    if os.path.splitext(path)[1].lower() in (".json", ".jsonl"):
+    if os.path.splitext(path)[1].lower() in (".json", ".jsonl", ".parquet"):
         return "jsonl"
     line_no, line = _first_line(path)
     detected = _detect(line)
