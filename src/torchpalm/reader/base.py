@@ -21,7 +21,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -333,8 +333,15 @@ def read_json_objects(path: str) -> list[tuple[int, object]]:
         if not items:
             raise DataError(f"{path}: the JSON array is empty")
         return items
+    return json_lines_objects(path, read_lines(path))
+
+
+def json_lines_objects(path: str, lines: Iterable[tuple[int, str]]) -> list[tuple[int, object]]:
+    """(line, parsed value) for each non-blank (line number, text) of a JSON-lines file; errors name the line."""
     items = []
-    for line_no, line in read_lines(path):
+    for line_no, line in lines:
+        if not line.strip():
+            continue
         try:
             items.append((line_no, json.loads(line)))
         except json.JSONDecodeError as e:

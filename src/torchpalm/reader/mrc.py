@@ -41,7 +41,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import DataError, Reader, collate_common, json_array_objects, read_parquet_objects
+from .base import (
+    DataError,
+    Reader,
+    collate_common,
+    json_array_objects,
+    json_lines_objects,
+    read_parquet_objects,
+)
 
 logger = logging.getLogger("torchpalm")
 
@@ -210,7 +217,7 @@ def read_squad_json(path: str) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # more than one JSON value: one record per line
-            return squad_from_records(where, _json_lines(where, text))
+            return squad_from_records(where, json_lines_objects(where, enumerate(text.split("\n"), 1)))
         raise DataError(f"{where}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
     except RecursionError:
         raise DataError(f"{where}: JSON nested too deeply to parse (a SQuAD file is a few levels deep: data, "
@@ -223,20 +230,6 @@ def read_squad_json(path: str) -> dict:
         raise DataError(f"{where}: expected a SQuAD-style object with a 'data' list of articles, or one question "
                         f"per record ({{'context', 'question', 'answers'}}, as HuggingFace datasets exports SQuAD)")
     return data
-
-
-def _json_lines(where: str, text: str) -> list[tuple[int, object]]:
-    records = []
-    for line_no, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            try:
-                records.append((line_no, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}:{line_no}: not a JSON object ({e.msg} at column {e.colno}); a JSON-lines "
-                                f"file has one question record per line") from None
-            except RecursionError:
-                raise DataError(f"{where}:{line_no}: JSON nested too deeply to parse") from None
-    return records
 
 
 def squad_from_records(where: str, records: list[tuple[int, object]]) -> dict:
