@@ -57,16 +57,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import speed_vs_hf as bench
-    from common import minilm_dir
-    from transformers import BertTokenizerFast
 
-    side_args = argparse.Namespace(device="cpu", precision="fp32", lr=2e-5, seed=1, batch_size=32)
-    weights = minilm_dir()
-    config = json.load(open(os.path.join(weights, "config.json")))
-    examples = bench.load_task("sst2", BertTokenizerFast.from_pretrained(weights), 32 * args.batches, 128)
-    order = np.random.default_rng(1).permutation(len(examples)).tolist()
-    batches = [bench.collate(examples, order[i:i + 32]) for i in range(0, 32 * args.batches, 32)]
-    side = bench.TorchpalmSide(config, weights, side_args)
+    side, batches = bench.minilm_side_and_sst2_batches(args.batches)
     results = {"train": report("training step", interleaved(side.train_step, batches))}
     with torch.no_grad():
         side.model.eval()

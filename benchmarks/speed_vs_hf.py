@@ -145,6 +145,23 @@ class TorchpalmSide:
         return sum(p.numel() for p in self.model.parameters()) - emb
 
 
+def minilm_side_and_sst2_batches(n_batches: int, batch_size: int = 32):
+    """The A/B benchmarks' set-up: a torchpalm side on the MiniLM checkpoint (fp32, CPU, seed 1) and n_batches
+    random SST-2 batches of batch_size, both sides' inputs."""
+    from common import minilm_dir
+    from transformers import BertTokenizerFast
+
+    side_args = argparse.Namespace(device="cpu", precision="fp32", lr=2e-5, seed=1, batch_size=batch_size)
+    weights = minilm_dir()
+    with open(os.path.join(weights, "config.json")) as f:
+        config = json.load(f)
+    n = batch_size * n_batches
+    examples = load_task("sst2", BertTokenizerFast.from_pretrained(weights), n, 128)
+    order = np.random.default_rng(1).permutation(len(examples)).tolist()
+    batches = [collate(examples, order[i:i + batch_size]) for i in range(0, n, batch_size)]
+    return TorchpalmSide(config, weights, side_args), batches
+
+
 class HFSide:
     """BertForSequenceClassification with SDPA attention and torch's fused AdamW (decay off biases and LayerNorms)."""
 
