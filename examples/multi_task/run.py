@@ -1,14 +1,14 @@
 """PaddlePALM's multi-task example (spec §14.7) on torchpalm: ATIS joint intent classification + slot filling on
-ONE shared backbone, then prediction and scoring of the test split.
+ONE shared backbone, then prediction and scoring of the dev and test splits.
 
 The flow is PALM's `examples/multi-task/run.py`: readers loaded with `num_epochs=None`, `palm.Trainer("slot")`
 and `palm.Trainer("intent")` each `build_forward` on the same backbone, `palm.MultiHeadTrainer([...])`,
 `mh.build_forward()`, Adam + TriangularSchedualer, `mh.build_backward(...)`, `mh.fit_readers_with_mixratio(
 readers, reference, num_epochs)`, `mh.load_pretrain(...)`, `mh.set_saver(...)`, `mh.train(print_steps)`. The final
-checkpoint (backbone + every head) is written with `mh.save`. Each task's test split is then predicted as PALM's
-`predict_intent.py` / `predict_slot.py` do: a fresh single-task `palm.Trainer` named like the task,
-`build_predict_forward`, `load_ckpt(final checkpoint)`, `fit_reader(..., phase="predict")`, `predict(dir)`; and
-scored: intent accuracy (classification/evaluate.py) and slot entity F1 (tagging/evaluate.py, seqeval's default
+checkpoint (backbone + every head) is written with `mh.save`. Each task's dev and test splits are then predicted
+as PALM's `predict_intent.py` / `predict_slot.py` do (dev is where settings are chosen, test where they are
+reported): a fresh single-task `palm.Trainer` named like the task, `build_predict_forward`, `load_ckpt(final
+checkpoint)`, `fit_reader(..., phase="predict")`, `predict(dir)`; and scored: intent accuracy (classification/evaluate.py) and slot entity F1 (tagging/evaluate.py, seqeval's default
 mode, IOB2).
 
 Data: JointBERT's ATIS split in ../shared/data/atis, converted by prepare_atis.py into `<work_dir>/data`.
@@ -50,6 +50,7 @@ EXAMPLES = os.path.dirname(HERE)
 SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "..", "shared", "data"))
 TASKS = ("slot", "intent")
 METRIC = {"intent": "intent_acc", "slot": "slot_f1"}  # the headline test metric of each task
+EVAL_SPLITS = ("dev", "test")  # scored after training: dev is where settings are chosen, test where they are reported
 SAMPLING = ("ratio", "proportional", "temperature", "annealed", "uniform")
 logger = logging.getLogger("torchpalm")
 
@@ -202,14 +203,15 @@ class Setup:
         data_dir = os.path.join(args.work_dir, "data")
         self.data = prepare_atis.prepare(args.atis_dir, data_dir)
         self.label_maps = {"intent": self.data["intent_label_map"], "slot": self.data["slot_label_map"]}
-        self.train_files, self.test_files = {}, {}
+        self.train_files = {}
+        # the splits scored after training: dev chooses hyper-parameters, test reports them
+        self.eval_files = {split: {t: self.data[t][split] for t in TASKS} for split in EVAL_SPLITS}
         for task in TASKS:
             limit = getattr(args, f"{task}_examples")
             path = self.data[task]["train"]
             if limit:
                 path = first_rows(path, limit, os.path.join(data_dir, task, f"train.first{limit}.tsv"))
             self.train_files[task] = path
-            self.test_files[task] = self.data[task]["test"]
 
     def backbone(self, phase: str = "train"):
         return palm.backbone.BERT.from_config(self.config, phase=phase)
@@ -327,11 +329,12 @@ def train_single(setup: Setup, args, task: str, num_epochs: float, lr: float, ck
             "train_examples": {task: reader.num_examples}, "init_checkpoint": init_ckpt}
 
 
-def predict_and_score(setup: Setup, args, task: str, ckpt_path: str, out_dir: str) -> dict:
-    """PALM's predict_<task>.py: a fresh trainer named like the task reads the checkpoint and predicts the test
-    split; then the scores (intent accuracy; slot entity P/R/F1, seqeval's default mode, IOB2)."""
+def predict_and_score(setup: Setup, args, task: str, ckpt_path: str, out_dir: str, split: str = "test") -> dict:
+    """PALM's predict_<task>.py: a fresh trainer named like the task reads the checkpoint and predicts one split
+    (dev or test); then the scores (intent accuracy; slot entity P/R/F1, seqeval's default mode, IOB2)."""
+    gold = setup.eval_files[split][task]
     reader = setup.reader(task, phase="predict")
-    reader.load_data(setup.test_files[task], args.predict_batch_size)
+    reader.load_data(gold, args.predict_batch_size)
     pred_backbone = setup.backbone(phase="predict")
     reader.register_with(pred_backbone)
     trainer = palm.Trainer(task, device=args.device)
@@ -342,13 +345,13 @@ def predict_and_score(setup: Setup, args, task: str, ckpt_path: str, out_dir: st
     trainer.predict(output_dir=out_dir, print_steps=0)
     predict_seconds = time.perf_counter() - t0
     predictions = os.path.join(out_dir, "predictions.json")
-    print(f"== {task} (test)", flush=True)
+    print(f"== {task} ({split})", flush=True)
     if task == "intent":
         # PALM's evaluate_intent.py: accuracy (its binary P/R/F1 on class '1' mean nothing for 22 intents)
-        m = classification_eval.evaluate(predictions, setup.test_files[task])
+        m = classification_eval.evaluate(predictions, gold)
         return {"intent_acc": m["accuracy"], "intent_macro_f1": m["macro"]["f1"], "n": m["n"],
                 "predict_seconds": predict_seconds, "predictions": predictions}
-    m = tagging_eval.evaluate(predictions, setup.test_files[task], setup.label_maps["slot"], scheme="IOB2",
+    m = tagging_eval.evaluate(predictions, gold, setup.label_maps["slot"], scheme="IOB2",
                               verbose=False)  # (verbose also prints the scores of each of the ~80 slot types)
     print(f"data num: {m['n']}")
     print(f"f1: {m['palm_token_f1']:.4f}   (PALM's legacy token-level score: token accuracy, O included)")
@@ -357,6 +360,16 @@ def predict_and_score(setup: Setup, args, task: str, ckpt_path: str, out_dir: st
     return {"slot_f1": m["f1"], "slot_precision": m["precision"], "slot_recall": m["recall"],
             "slot_palm_token_f1": m["palm_token_f1"], "n": m["n"], "predict_seconds": predict_seconds,
             "predictions": predictions}
+
+
+def score_splits(setup: Setup, args, ckpt_path: str, out_dir: str, tasks=None) -> dict:
+    """{split: {task: scores}} for dev and test. Predictions go to out_dir/predict-<task> (test, PALM's layout)
+    and out_dir/predict-<task>-dev."""
+    return {split: {t: predict_and_score(setup, args, t, ckpt_path,
+                                         os.path.join(out_dir, f"predict-{t}" + ("" if split == "test" else "-dev")),
+                                         split)
+                    for t in (tasks or args.tasks)}
+            for split in EVAL_SPLITS}
 
 
 def results_header(args, argv) -> dict:
@@ -393,9 +406,8 @@ def main(argv=None) -> dict:
         task = args.tasks[0]
         train = train_single(setup, args, task, args.num_epochs, args.lr, ckpt_dir)
     results["train"] = train
-    results["test"] = {t: predict_and_score(setup, args, t, train["checkpoint"],
-                                            os.path.join(args.work_dir, f"predict-{t}")) for t in args.tasks}
-    for t in args.tasks:  # the headline numbers at the top level too
+    results.update(score_splits(setup, args, train["checkpoint"], args.work_dir))
+    for t in args.tasks:  # the headline (test) numbers at the top level too
         results[METRIC[t]] = results["test"][t][METRIC[t]]
 
     if args.finetune is not None:
@@ -407,9 +419,9 @@ def main(argv=None) -> dict:
         lr = args.finetune_lr if args.finetune_lr is not None else args.lr
         ft = train_single(setup, args, task, args.finetune_epochs, lr, os.path.join(ft_dir, "ckpt"),
                           init_ckpt=train["checkpoint"])
-        score = predict_and_score(setup, args, task, ft["checkpoint"], os.path.join(ft_dir, f"predict-{task}"))
-        results["finetune"] = {"task": task, "epochs": args.finetune_epochs, "train": ft, "test": {task: score},
-                               METRIC[task]: score[METRIC[task]]}
+        scores = score_splits(setup, args, ft["checkpoint"], ft_dir, tasks=[task])
+        results["finetune"] = {"task": task, "epochs": args.finetune_epochs, "train": ft, **scores,
+                               METRIC[task]: scores["test"][task][METRIC[task]]}
 
     if not args.keep_ckpt:
         for path in [train["checkpoint"]] + ([results["finetune"]["train"]["checkpoint"]] if args.finetune else []):
@@ -431,8 +443,9 @@ def print_summary(r: dict) -> None:
     if "task_mix" in train:
         print("task mix: " + ", ".join(f"{t} {m['share']:.3f} (expected {m['expected_share']:.3f})"
                                        for t, m in train["task_mix"].items()))
-    for t, m in r["test"].items():
-        print(f"  test {t:<6} {METRIC[t]} {m[METRIC[t]]:.4f}")
+    for split in EVAL_SPLITS:
+        for t, m in r[split].items():
+            print(f"  {split:<4} {t:<6} {METRIC[t]} {m[METRIC[t]]:.4f}")
     if "finetune" in r:
         ft = r["finetune"]
         t = ft["task"]

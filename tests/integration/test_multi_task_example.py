@@ -37,7 +37,7 @@ aux_experiment = load_module("multi_task_aux_experiment_under_test", EXAMPLE / "
 @pytest.fixture
 def tiny(tmp_path, tiny_config, uncased_vocab) -> list[str]:
     """run.py options: the real ATIS folder, a randomly initialised tiny BERT, small batches, quiet logs."""
-    for split in ("train", "test"):
+    for split in ("train", "dev", "test"):
         for name in ("seq.in", "seq.out", "label"):
             shared("atis", split, name)
     atis = shared("atis", "intent_label.txt").parent
@@ -61,6 +61,10 @@ def test_joint_run_checkpoint_and_two_stage_finetune(tmp_path, tiny, tiny_config
     assert saved["intent_acc"] == r["intent_acc"] and saved["slot_f1"] == r["slot_f1"]
     assert 0.0 <= saved["intent_acc"] <= 1.0 and 0.0 <= saved["slot_f1"] <= 1.0
     assert saved["test"]["intent"]["n"] == saved["test"]["slot"]["n"] == 893
+    # dev is scored too (where settings are chosen), from the same checkpoint, into its own prediction files
+    assert saved["dev"]["intent"]["n"] == saved["dev"]["slot"]["n"] == 500
+    assert saved["dev"]["intent"]["predictions"] == str(work / "predict-intent-dev" / "predictions.json")
+    assert saved["test"]["intent"]["predictions"] == str(work / "predict-intent" / "predictions.json")
     assert saved["mode"] == "multi_task" and saved["tasks"] == ["slot", "intent"] and saved["aux_tasks"] == []
     assert saved["command"].startswith("python examples/multi_task/run.py ") and saved["args"]["seed"] == 1
     # PALM's budgets: 1 epoch of the reference task (slot, 32 // 8 = 4 steps) times each mix ratio (1.0)
@@ -94,6 +98,8 @@ def test_joint_run_checkpoint_and_two_stage_finetune(tmp_path, tiny, tiny_config
     # stage 2: intent alone, from the multi-task weights (backbone + intent head), new optimizer and schedule
     ft = saved["finetune"]
     assert ft["task"] == "intent" and ft["epochs"] == 1 and 0.0 <= ft["intent_acc"] <= 1.0
+    assert set(ft["dev"]) == set(ft["test"]) == {"intent"} and ft["dev"]["intent"]["n"] == 500
+    assert ft["intent_acc"] == ft["test"]["intent"]["intent_acc"]
     assert ft["train"]["init_checkpoint"] == ckpt
     assert ft["train"]["steps"] == {"intent": 4} and ft["train"]["schedule_steps"] == 4
     ft_keys = load_file(f"{ft['train']['checkpoint']}/model.safetensors").keys()
