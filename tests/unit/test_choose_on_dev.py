@@ -49,14 +49,16 @@ def test_chooses_on_dev_and_pairs_test_scores_by_seed(tmp_path):
     assert result["chosen"] == "slot=0.2"
     assert result["settings"]["slot=0.2"]["dev_criterion"] == pytest.approx(0.9675)
     assert result["settings"]["slot=0.2"]["test_intent"]["mean"] == pytest.approx(0.963)
-    intent = result["paired_test_differences"]["intent - hf_intent"]
+    intent = result["paired_test_differences"]["slot=0.2"]["intent - hf_intent"]
     # seed 1: 0.961 - 0.960 = +0.1 points; seed 2: 0.965 - 0.970 = -0.5 points (a mix-up of seeds gives others)
     assert intent["per_seed_points"] == pytest.approx([0.1, -0.5])
     assert intent["mean_points"] == pytest.approx(-0.2)
-    slot = result["paired_test_differences"]["slot - palm_slot"]
+    slot = result["paired_test_differences"]["slot=0.2"]["slot - palm_slot"]
     assert slot["per_seed_points"] == pytest.approx([-0.2, -0.3])
     assert result["targets"] == {"test intent mean >= 0.96": True, "test slot mean >= 0.94": True,
                                  "intent - hf_intent >= -0.3 points": True, "slot - palm_slot >= -0.3 points": True}
+    assert result["paired_test_differences"]["slot=0.1"]["intent - hf_intent"]["per_seed_points"] == \
+        pytest.approx([3.0, 2.0])  # the other setting is reported too, but its test scores did not choose it
     assert json.loads(out.read_text())["chosen"] == "slot=0.2"
 
 
