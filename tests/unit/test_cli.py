@@ -361,7 +361,8 @@ def test_convert_round_trip_is_exact(tmp_path, tiny_config, uncased_vocab):
     assert set(original) == set(back)
     for k in original:
         assert torch.equal(original[k], back[k]), k
-    assert sorted(os.listdir(tmp_path / "back")) == ["config.json", "model.safetensors", "vocab.txt"]
+    assert sorted(os.listdir(tmp_path / "back")) == ["config.json", "model.safetensors", "tokenizer_config.json",
+                                                     "vocab.txt"]
 
     # the torchpalm side is what load_pretrain reads: the same backbone outputs as HF's model
     backbone = palm.backbone.BERT.from_config(str(tmp_path / "tp" / "config.json"), phase="predict")

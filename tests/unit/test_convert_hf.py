@@ -52,7 +52,9 @@ def test_hf_to_torchpalm_to_hf_is_exact_and_loads_with_automodel(tmp_path, varia
     assert sorted(original) == sorted(back)
     for name in original:
         assert torch.equal(original[name], back[name]), name
-    tokenizer_files = {"bert": ["vocab.txt"], "ernie": ["vocab.txt"], "roberta": ["merges.txt", "vocab.json"]}
+    # a WordPiece vocab.txt gets a tokenizer_config.json (below); RoBERTa's byte-level BPE needs none
+    tokenizer_files = {"bert": ["vocab.txt", "tokenizer_config.json"], "ernie": ["vocab.txt", "tokenizer_config.json"],
+                       "roberta": ["merges.txt", "vocab.json"]}
     assert sorted(os.listdir(tmp_path / "back")) == sorted(["config.json", "model.safetensors",
                                                             *tokenizer_files[model_type]])
 
@@ -167,3 +169,35 @@ def test_cli_converts_roberta_both_ways_and_reports_bad_input(tmp_path, capsys):
     os.remove(tmp_path / "tp" / "config.json")
     assert main(["convert", "--from", "torchpalm", "--to", "hf", str(tmp_path / "tp"), str(tmp_path / "x")]) == 2
     assert "torchpalm convert: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cased", [True, False])
+def test_to_hf_writes_the_tokenizer_config_hf_needs_to_keep_the_case(tmp_path, cased):
+    """A vocab.txt alone (PALM's folders, a checkpoint plus --tokenizer): HF's BertTokenizer would lower-case by
+    default, so a cased model exported without a tokenizer_config.json gets other ids than it trained on."""
+    words = ["Paris", "is", "in", "France", "paris", "france", "the", "The"] if cased else \
+        ["paris", "is", "in", "france", "the"]
+    model_dir = tmp_path / "model"
+    make_hf("bert", model_dir)
+    (model_dir / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n",
+                                         encoding="utf-8")
+    from_hf(model_dir, tmp_path / "tp")
+    to_hf(tmp_path / "tp", tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["do_lower_case"] is not cased
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    ours = palm.tokenizer.load_tokenizer("wordpiece", str(tmp_path / "out" / "vocab.txt"), do_lower_case=not cased)
+    text = "The Paris is in France"
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == ours.encode(text)
+    if cased:  # the capitals keep their own pieces
+        assert hf_tok.convert_ids_to_tokens(ours.encode(text))[:2] == ["The", "Paris"]
+
+    # the CLI's --do_lower_case overrides the inference (and a copied tokenizer_config.json's value)
+    assert main(["convert", "--from", "torchpalm", "--to", "hf", str(tmp_path / "tp"), str(tmp_path / "forced"),
+                 "--do_lower_case", "1"]) == 0
+    assert json.loads((tmp_path / "forced" / "tokenizer_config.json").read_text())["do_lower_case"] is True
+    # a tokenizer_config.json that comes along is kept as it is, unless do_lower_case is given
+    from_hf(tmp_path / "forced", tmp_path / "tp2")
+    to_hf(tmp_path / "tp2", tmp_path / "kept")
+    assert json.loads((tmp_path / "kept" / "tokenizer_config.json").read_text())["do_lower_case"] is True
+    to_hf(tmp_path / "tp2", tmp_path / "set", do_lower_case=False)
+    assert json.loads((tmp_path / "set" / "tokenizer_config.json").read_text())["do_lower_case"] is False

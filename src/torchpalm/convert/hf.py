@@ -209,6 +209,32 @@ def _copy_tokenizer_files(src_dir: str, out_dir: str) -> list[str]:
     return copied
 
 
+def _write_wordpiece_tokenizer_config(out_dir: str, do_lower_case: bool | None, max_length: int | None) -> None:
+    """tokenizer_config.json for out_dir's vocab.txt: a copied one is kept (do_lower_case given: set in it); none
+    copied: BertTokenizer, do_lower_case as given or inferred from the vocabulary's case."""
+    from ..tokenizer import is_uncased_vocab, load_vocab
+
+    path = os.path.join(out_dir, "tokenizer_config.json")
+    if os.path.isfile(path):
+        if do_lower_case is None:
+            return
+        with open(path, encoding="utf-8") as f:
+            tokenizer_config = json.load(f)
+    else:
+        tokenizer_config = {"tokenizer_class": "BertTokenizer"}
+        if max_length:
+            tokenizer_config["model_max_length"] = max_length
+        if do_lower_case is None:
+            do_lower_case = is_uncased_vocab(load_vocab(os.path.join(out_dir, "vocab.txt")))
+            logger.info("%s: no tokenizer_config.json came with vocab.txt; wrote one with do_lower_case=%s (the "
+                        "vocabulary %s upper-case pieces); pass do_lower_case (the CLI's --do_lower_case) to set it",
+                        out_dir, do_lower_case, "has no" if do_lower_case else "has")
+    tokenizer_config["do_lower_case"] = bool(do_lower_case)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(tokenizer_config, f, indent=1)
+        f.write("\n")
+
+
 def _check_out_dir(src_dir: str, out_dir: str) -> None:
     """The output may not be the source (its weights would be overwritten) nor hold other weights files (which
     would make the directory ambiguous to load)."""
@@ -314,7 +340,8 @@ def hf_config(backbone, original: dict | None = None) -> dict:
     return config
 
 
-def to_hf(src: str | os.PathLike, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None) -> str:
+def to_hf(src: str | os.PathLike, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
+          do_lower_case: bool | None = None) -> str:
     """Converts a torchpalm checkpoint or converted directory into an HF model directory that
     `transformers.AutoModel.from_pretrained(out_dir)` loads as BertModel, RobertaModel or ErnieModel.
 
@@ -322,6 +349,12 @@ def to_hf(src: str | os.PathLike, out_dir: str | os.PathLike, tokenizer_dir: str
     PALM's ERNIE configs and task embeddings say ERNIE). Writes model.safetensors (HF names, no prefix),
     config.json and the tokenizer files found in `tokenizer_dir` (default: next to the weights; a training
     checkpoint holds none, so pass the model directory it started from). Head parameters are not converted.
+
+    A WordPiece vocab.txt without a tokenizer_config.json (PALM's model folders, vocabularies copied alone) gets
+    one: without it transformers' BertTokenizer lower-cases, which for a cased vocabulary turns "Paris" into other
+    ids than the model was trained on. `do_lower_case` is written there (and overrides a copied one's); None
+    infers it from the vocabulary: lower-case when no word piece has an upper-case letter, as in uncased and
+    Chinese vocabularies.
 
     Raises:
         ConversionError: a tensor missing, of the wrong shape, or with no place in the HF model (named with
@@ -345,7 +378,10 @@ def to_hf(src: str | os.PathLike, out_dir: str | os.PathLike, tokenizer_dir: str
     _write_weights(torchpalm_to_hf(state), out_dir)
     _write_config(hf_config(skeleton, config if "model_type" in config else None), out_dir)
     tokenizer_dir = os.fspath(tokenizer_dir) if tokenizer_dir is not None else src_dir
-    if not _copy_tokenizer_files(tokenizer_dir, out_dir):
+    copied = _copy_tokenizer_files(tokenizer_dir, out_dir)
+    if "vocab.txt" in copied:
+        _write_wordpiece_tokenizer_config(out_dir, do_lower_case, config.get("max_position_embeddings"))
+    if not copied:
         logger.warning("%s holds no tokenizer files (%s): %s has the model only; pass tokenizer_dir (the CLI's "
                        "--tokenizer) to add them", tokenizer_dir, ", ".join(TOKENIZER_FILES), out_dir)
     return out_dir
