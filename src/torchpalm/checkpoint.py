@@ -39,6 +39,8 @@ logger = logging.getLogger("torchpalm")
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # "no space left" and "quota exceeded": the same advice
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.bin", "model.pt")
+# HF's sharded weights (save_pretrained(max_shard_size=...)): an index naming the shard of every tensor
+SHARD_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 MARKER = "complete.json"
 LEGACY_FILES = ("model.safetensors", "trainer_state.json")  # what every save wrote before the marker existed
 # a periodic save's name, and what a killed save of one of torchpalm's names leaves behind
@@ -53,7 +55,7 @@ def find_weights_file(path: str | os.PathLike) -> str:
         return path
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no such model file or directory: {path}")
-    for name in WEIGHT_FILES:
+    for name in WEIGHT_FILES + SHARD_INDEX_FILES:
         candidate = os.path.join(path, name)
         if os.path.isfile(candidate):
             return candidate
@@ -92,7 +94,10 @@ def torch_load_safely(path: str):
 
 
 def load_state_file(path: str) -> dict[str, torch.Tensor]:
-    """Loads a tensor dict from safetensors, or from a torch file without executing any pickled code."""
+    """Loads a tensor dict from safetensors, or from a torch file without executing any pickled code, or from
+    the shards an HF index file (`*.index.json`) names."""
+    if path.endswith(".index.json"):
+        return load_sharded(path)
     if path.endswith(".safetensors"):
         return read_safetensors(path)
     state = torch_load_safely(path)
@@ -101,6 +106,34 @@ def load_state_file(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_sharded(index_path: str) -> dict[str, torch.Tensor]:
+    """Every tensor of an HF sharded checkpoint: the index's `weight_map` {tensor: shard file} names shards in
+    the index's directory; each is read as a single weights file. A shard that is missing, names another
+    directory, or lacks a tensor the index puts in it is an error naming the file."""
+    with open(index_path, encoding="utf-8") as f:
+        try:
+            weight_map = json.load(f).get("weight_map")
+        except (json.JSONDecodeError, AttributeError):
+            weight_map = None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index_path}: not an HF shard index (expected a JSON object with a 'weight_map' of "
+                         f"tensor -> shard file)")
+    directory = os.path.dirname(index_path)
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        if not isinstance(shard, str) or os.path.basename(shard) != shard or shard in ("", ".", ".."):
+            raise ValueError(f"{index_path}: shard {shard!r} is not a file name in {directory or '.'}")
+        shard_path = os.path.join(directory, shard)
+        if not os.path.isfile(shard_path):
+            raise FileNotFoundError(f"{index_path}: shard {shard} is missing ({shard_path})")
+        state.update(load_state_file(shard_path))
+    missing = [name for name in weight_map if name not in state]
+    if missing:
+        raise ValueError(f"{index_path}: tensor {missing[0]!r} is not in its shard {weight_map[missing[0]]}"
+                         f"{f'; {len(missing) - 1} more missing' if len(missing) > 1 else ''}")
+    return state
 
 
 def assign_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:

@@ -201,3 +201,52 @@ def test_to_hf_writes_the_tokenizer_config_hf_needs_to_keep_the_case(tmp_path, c
     assert json.loads((tmp_path / "kept" / "tokenizer_config.json").read_text())["do_lower_case"] is True
     to_hf(tmp_path / "tp2", tmp_path / "set", do_lower_case=False)
     assert json.loads((tmp_path / "set" / "tokenizer_config.json").read_text())["do_lower_case"] is False
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_sharded_hf_checkpoints_load_like_single_files(tmp_path, safe):
+    """save_pretrained(max_shard_size=...) writes shards and an index (model.safetensors.index.json, or
+    pytorch_model.bin.index.json); from_hf and load_backbone_weights read every shard the index names."""
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(**SMALL))
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    index = "model.safetensors.index.json" if safe else "pytorch_model.bin.index.json"
+    if not safe:  # transformers 5 writes safetensors only; older releases wrote these .bin shards
+        old_index = tmp_path / "sharded" / "model.safetensors.index.json"
+        weight_map = json.loads(old_index.read_text())["weight_map"]
+        renamed = {}
+        for shard in set(weight_map.values()):
+            renamed[shard] = shard.replace("model-", "pytorch_model-").replace(".safetensors", ".bin")
+            torch.save(load_file(str(tmp_path / "sharded" / shard)), tmp_path / "sharded" / renamed[shard])
+            os.remove(tmp_path / "sharded" / shard)
+        old_index.unlink()
+        (tmp_path / "sharded" / index).write_text(json.dumps({"metadata": {},
+                                                              "weight_map": {k: renamed[v] for k, v in
+                                                                             weight_map.items()}}))
+    shards = sorted(set(json.loads((tmp_path / "sharded" / index).read_text())["weight_map"].values()))
+    assert len(shards) > 2  # really sharded
+    state, file = palm.checkpoint.load_backbone_weights(str(tmp_path / "sharded"))
+    assert file.endswith(index)
+    single, _ = palm.checkpoint.load_backbone_weights(make_hf("bert", tmp_path / "single"))  # seed 0, same model
+    assert sorted(state) == sorted(single)
+    for name in single:
+        assert torch.equal(state[name], single[name]), name
+
+    from_hf(tmp_path / "sharded", tmp_path / "tp")
+    back = load_file(str(tmp_path / "tp" / "model.safetensors"))
+    assert sorted(back) == sorted(f"backbone.{k}" for k in single)
+
+    # a shard gone, a tensor missing from its shard, a shard outside the directory: errors naming the index
+    index_path = tmp_path / "sharded" / index
+    weight_map = json.loads(index_path.read_text())["weight_map"]
+    first = sorted(weight_map)[0]
+    index_path.write_text(json.dumps({"weight_map": {**weight_map, "not.in.any.shard": shards[0]}}))
+    with pytest.raises(ValueError, match=r"index\.json: tensor 'not\.in\.any\.shard' is not in its shard"):
+        palm.checkpoint.load_backbone_weights(str(tmp_path / "sharded"))
+    index_path.write_text(json.dumps({"weight_map": {**weight_map, first: "../elsewhere/" + shards[0]}}))
+    with pytest.raises(ValueError, match="is not a file name in"):
+        palm.checkpoint.load_backbone_weights(str(tmp_path / "sharded"))
+    index_path.write_text(json.dumps({"weight_map": weight_map}))
+    os.remove(tmp_path / "sharded" / shards[-1])
+    with pytest.raises(FileNotFoundError, match=f"shard {shards[-1]} is missing"):
+        palm.checkpoint.load_backbone_weights(str(tmp_path / "sharded"))
