@@ -392,3 +392,25 @@ def test_parquet_files_as_the_hub_ships_them(tmp_path, uncased_vocab):
     (tmp_path / "broken.parquet").write_text("not parquet")
     with pytest.raises(DataError, match=r"broken\.parquet: not a readable Parquet file"):
         hub.load_data(str(tmp_path / "broken.parquet"), 3)
+
+
+def test_tsv_quoted_the_csv_way_reads_the_original_text(tmp_path):
+    """pandas' to_csv(sep="\\t") (the csv module's minimal quoting) quotes a field holding quotes and doubles
+    them; raw quotes in PALM/GLUE TSVs (no quoting at all) stay text."""
+    import csv
+
+    from torchpalm.reader.base import read_table
+
+    texts = ['He said "hi" twice', '"Yes."', '"', 'a "" b', "plain"]
+    path = tmp_path / "exported.tsv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(["label", "text_a"])
+        writer.writerows([[str(i % 2), t] for i, t in enumerate(texts)])
+    assert '"He said ""hi"" twice"' in path.read_text()  # really quoted by the writer
+    assert [r["text_a"] for _, r in read_table(str(path), ("label", "text_a"))] == texts
+
+    raw = ['"Yes," he said.', '"Yes."', 'the "" thing', '" a quote at each end "', '""']  # GLUE-style: no quoting
+    path = tmp_path / "raw.tsv"
+    path.write_text("label\ttext_a\n" + "".join(f"1\t{t}\n" for t in raw), encoding="utf-8")
+    assert [r["text_a"] for _, r in read_table(str(path), ("label", "text_a"))] == raw

@@ -158,8 +158,10 @@ def read_table(
             `.json` are CSV and JSON lines, `.parquet` is read as records like JSON lines, anything else TSV).
         columns: the column names of a TSV or CSV file WITHOUT a header line (its first line is then data).
 
-    TSV fields are split on tabs exactly as PALM did (no quoting); CSV follows the `csv` module (commas, double
-    quotes, quoted newlines); a JSON-lines file has one object per line whose keys are the column names.
+    TSV fields are split on tabs exactly as PALM did; a field quoted the CSV way (pandas' `to_csv(sep="\t")`
+    writes `"He said ""hi"" twice"` for `He said "hi" twice`) is unquoted, and every other quote is text (GLUE's TSVs). CSV
+    follows the `csv` module (commas, double quotes, quoted newlines); a JSON-lines file has one object per line
+    whose keys are the column names.
 
     Hostile input: a NUL byte (a UTF-16 or binary file) is a DataError naming file:line. CR-only line
     endings are a DataError naming the line in TSV and JSON lines; CSV accepts them (the `csv` module reads
@@ -176,7 +178,7 @@ def read_table(
                              f"file names them in every object")
         return _read_jsonl(path, required, optional)
     if fmt == "tsv":
-        records = [(no, line.split("\t")) for no, line in read_lines(path)]
+        records = [(no, [unquote_csv_style(f) for f in line.split("\t")]) for no, line in read_lines(path)]
     else:
         records = _read_csv_records(path)
     if columns is not None:
@@ -204,6 +206,18 @@ def read_table(
     if not rows:
         raise DataError(f"{path}: no examples{' after the header line' if header_no is not None else ''}")
     return rows
+
+
+def unquote_csv_style(field: str) -> str:
+    """`"He said ""hi"" twice"` -> `He said "hi" twice`: a TSV field that a CSV writer quoted because it holds quotes (it is
+    wrapped in quotes and every quote inside is doubled). Anything else is returned as it is: a quote in raw
+    text (`"Yes," he said.`) or a wrapped field with no doubled quote inside (`"Yes."`, ambiguous: kept, as PALM
+    kept every quote)."""
+    if len(field) > 3 and field[0] == field[-1] == '"':
+        inner = field[1:-1]
+        if '""' in inner and '"' not in inner.replace('""', ""):
+            return inner.replace('""', '"')
+    return field
 
 
 def read_tsv(
