@@ -1,9 +1,10 @@
 """A PALM-style training script, run by tests/integration/test_distributed.py with plain `python` and under
 `torchrun`: the script does not change between the two (that is the point).
 
-Usage: python ddp_script.py WORK_DIR VOCAB single|noseed|multi
+Usage: python ddp_script.py WORK_DIR VOCAB single|noseed|tokens|multi
 (single: one Classify task with EMA weights, reader seed 3, exported as a bundle at the end; noseed: the same
-with seed=None; multi: two tasks, MultiHeadTrainer). TORCHPALM_FSDP=1 in the environment shards the model
+with seed=None; tokens: the same with token-budget batches of at most 64 padded tokens per process; multi: two
+tasks, MultiHeadTrainer). TORCHPALM_FSDP=1 in the environment shards the model
 with FSDP2 instead of DDP, without a change here.
 Writes WORK_DIR/out (saver, metrics.jsonl, final checkpoint, predictions, bundle) and WORK_DIR/rank<R>.json
 (what predict() returned on that rank, and the run's facts).
@@ -37,6 +38,8 @@ def classify(name, file, seed):
 backbone = palm.backbone.BERT.from_config(CONFIG)
 if not multi:
     reader = classify("cls", "train.tsv", seed=None if mode == "noseed" else 3)
+    if mode == "tokens":
+        reader.set_batching(max_tokens=64)
     reader.register_with(backbone)
     trainer = palm.Trainer("cls", device="cpu")
     trainer.build_forward(backbone, palm.head.Classify(2, 32, 0.0))
@@ -93,10 +96,12 @@ else:  # joint inference: both heads read the same text, one backbone pass per b
     joint = mh.predict(output_dir=os.path.join(out, "pred"))
     results = joint["a"]
     extra = {"b": [int(r["label"]) for r in joint["b"]], "backbone_passes": mh.backbone_passes}
+if mode == "tokens":  # every rank's own weights after training (DDP keeps them equal though batches differ)
+    extra["weights_sum"] = float(sum(p.detach().double().sum() for p in trainer.model.parameters()))
 rank = int(os.environ.get("RANK", "0"))
 shards = [p.to_local().numel() for p in trainer.model.parameters() if hasattr(p, "to_local")]
 with open(os.path.join(work, f"rank{rank}.json"), "w") as f:
     json.dump({"results": [{"label": int(r["label"]), "probs": [float(p) for p in r["probs"]]} for r in results],
                "world_size": palm.distributed.world_size(), "seed": reader._seed if not multi else None,
                "final": final, "eval": trainer.eval_history if not multi else None,
-               "sharded_numel": sum(shards), "numel": sum(p.numel() for p in trainer.model.parameters()), **extra}, f)
+               "steps": trainer.cur_train_step, "sharded_numel": sum(shards), "numel": sum(p.numel() for p in trainer.model.parameters()), **extra}, f)

@@ -161,6 +161,22 @@ def test_unseeded_reader_gives_every_rank_rank0s_order(works):
     assert seeds[0] is not None and seeds[0] == seeds[1]
 
 
+def test_token_budget_batches_under_torchrun(works, uncased_vocab):
+    """Token budgets per process: each step every rank trains its own batch of the shared plan; both ranks run
+    the same steps (3 epochs of len(plan) // 2), and their weights stay equal."""
+    _, two = works
+    run(two, "tokens", torchrun())
+    plan = palm.reader.ClassifyReader(uncased_vocab, 32, seed=3, do_lower_case=True)
+    plan.load_data(str(two / "train.tsv"), 8, num_epochs=3)
+    plan.set_batching(max_tokens=64)
+    n_batches = plan.steps_per_epoch  # one process: every batch of the plan is a step
+    assert n_batches >= 4
+    ranks = [json.load(open(two / f"rank{r}.json")) for r in (0, 1)]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 3 * (n_batches // 2) == len(losses(two))
+    assert ranks[0]["results"] == ranks[1]["results"] and len(ranks[0]["results"]) == 13
+    assert ranks[0]["weights_sum"] == ranks[1]["weights_sum"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -176,9 +176,39 @@ def test_bad_options(uncased_vocab, sst2):
                           ({"group_by_length": True, "megabatch_factor": 0}, "megabatch_factor must be")]:
         with pytest.raises(ValueError, match=match):
             reader.set_batching(**kwargs)
-    reader.set_batching(max_tokens=256)
-    with pytest.raises(ValueError, match="cannot be sharded"):
-        reader.shard(0, 2)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_token_budget_batches_shard_one_batch_per_rank(uncased_vocab, sst2, world):
+    """Under N processes each step gives rank r the batch N * step + r of the epoch's order (the budget is per
+    process): every rank the same number of steps, each its own batches, resumable per rank."""
+    single = _reader(uncased_vocab, sst2, epochs=2, max_tokens=300)
+    n_batches = single.steps_per_epoch
+    order = [single._batches_of_epoch(e) for e in (0, 1)]  # the shared plan, in each epoch's order
+    ranks = []
+    for rank in range(world):
+        reader = _reader(uncased_vocab, sst2, epochs=2, max_tokens=300)
+        reader.shard(rank, world)
+        assert reader.steps_per_epoch == n_batches // world
+        ranks.append(_line_batches(reader, 2 * (n_batches // world)))
+    steps = n_batches // world
+    for epoch in (0, 1):  # the plan's batches partition the examples, so no example comes twice in an epoch
+        for step in range(steps):
+            for rank in range(world):
+                assert ranks[rank][epoch * steps + step] == _examples(single, order[epoch][step * world + rank])
+    # a rank resumes exactly from its own position
+    first = _reader(uncased_vocab, sst2, epochs=2, max_tokens=300)
+    first.shard(1, world)
+    head = _line_batches(first, steps + 1)
+    again = _reader(uncased_vocab, sst2, epochs=2, max_tokens=300)
+    again.shard(1, world)
+    again.load_state_dict(first.state_dict())
+    assert head + _line_batches(again, steps - 1) == ranks[1]
+
+    few = _reader(uncased_vocab, sst2, max_tokens=10 ** 6)  # one batch holds the whole file
+    few.shard(0, world)
+    with pytest.raises(ValueError, match=f"1 token-budget batches cannot give each of {world} processes one"):
+        _ = few.steps_per_epoch
 
 
 @pytest.mark.parametrize("cls_options, tag_options", [

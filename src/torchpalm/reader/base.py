@@ -812,7 +812,7 @@ class Reader:
         n, b = self.num_examples, self._batch_size
         if self._phase == "train":
             if self._batching_mode() == "tokens":
-                return len(self._token_batches())
+                return self._token_steps(len(self._token_batches()))
             return max(n // b, 1)
         return -(-n // b)
 
@@ -833,6 +833,9 @@ class Reader:
                 shuffle the batches. Same batch size and step count as without it.
             max_tokens: token-budget batches instead of `batch_size` examples: at most this many tokens a batch
                 (`batch_size` is then unused), the batches fixed for the run and their order shuffled each epoch.
+                Sharded over N processes (`shard`), the budget is per process (fairseq's `--max-tokens`): each
+                step gives each rank the next of N consecutive batches of the epoch's order, so an epoch has
+                len(batches) // N steps and its last len(batches) % N batches (other ones each epoch) wait.
             token_count: what counts against `max_tokens`: 'padded' (rows times the longest row) or 'real'
                 (the sum of the lengths, for packed batches).
             max_examples: with `max_tokens`, also at most this many examples a batch.
@@ -853,8 +856,6 @@ class Reader:
             raise ValueError(f"max_examples must be a positive integer or None, got {max_examples!r}")
         if not isinstance(megabatch_factor, int) or megabatch_factor < 1:
             raise ValueError(f"megabatch_factor must be a positive integer, got {megabatch_factor!r}")
-        if max_tokens is not None and self._world_size > 1:
-            raise ValueError("token-budget batches cannot be sharded across ranks yet; use group_by_length")
         self._batching = None
         if group_by_length:
             self._batching = {"group_by_length": True, "megabatch_factor": megabatch_factor}
@@ -897,11 +898,18 @@ class Reader:
         return self._token_plan
 
     # ---- iteration ----
+    def _token_steps(self, n_batches: int) -> int:
+        """Steps of an epoch of `n_batches` token-budget batches: one batch per rank a step."""
+        if n_batches < self._world_size:
+            raise ValueError(f"{self._input_file}: {n_batches} token-budget batches cannot give each of "
+                             f"{self._world_size} processes one; lower max_tokens")
+        return n_batches // self._world_size
+
     def shard(self, rank: int, world_size: int) -> None:
-        """Makes this reader yield rank `rank`'s slice of every global batch (for distributed training)."""
-        if world_size > 1 and self._batching is not None and "max_tokens" in self._batching:
-            raise ValueError("token-budget batches cannot be sharded across ranks yet; use group_by_length")
-        if self._batch_size is not None and self._batch_size % world_size:
+        """Makes this reader yield rank `rank`'s part of every global step (for distributed training): its
+        slice of each batch of `batch_size` examples, or with token budgets a whole batch of its own."""
+        token_budget = self._batching is not None and "max_tokens" in self._batching
+        if not token_budget and self._batch_size is not None and self._batch_size % world_size:
             raise ValueError(f"{type(self).__name__} ({self._input_file}): batch_size {self._batch_size} is the "
                              f"global batch and must be divisible by the number of processes ({world_size})")
         self._rank, self._world_size = rank, world_size
@@ -934,11 +942,16 @@ class Reader:
             raise RuntimeError(f"{type(self).__name__}: call load_data() before iterating")
         while self._epoch < self._total_epochs():
             batches = self._batches_of_epoch(self._epoch)
-            while self._position < len(batches):
-                indices = batches[self._position]
-                if self._world_size > 1:
-                    per_rank = len(indices) // self._world_size
-                    indices = indices[self._rank * per_rank : (self._rank + 1) * per_rank]
+            by_rank = self._batching_mode() == "tokens"  # token budgets: a whole batch per rank each step
+            n_steps = self._token_steps(len(batches)) if by_rank else len(batches)
+            while self._position < n_steps:
+                if by_rank:
+                    indices = batches[self._position * self._world_size + self._rank]
+                else:
+                    indices = batches[self._position]
+                    if self._world_size > 1:
+                        per_rank = len(indices) // self._world_size
+                        indices = indices[self._rank * per_rank : (self._rank + 1) * per_rank]
                 rng = np.random.default_rng([self._seed, self._epoch, self._position])
                 self._position += 1
                 yield self._select(self._collate([self._examples[i] for i in indices], rng))
