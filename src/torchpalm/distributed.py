@@ -212,6 +212,18 @@ def mean(tensor: torch.Tensor) -> torch.Tensor:
     return out / dist.get_world_size()
 
 
+def loss_share(count: torch.Tensor | None) -> torch.Tensor | None:
+    """`count * world_size / (count summed over the ranks)`: the factor that turns this rank's mean loss into
+    its part of the global batch's mean once DDP/FSDP average the gradients over the ranks. None without a
+    process group or a count (the ranks' means are then averaged as they are)."""
+    if count is None or not active():
+        return None
+    count = count.detach().float()
+    total = count.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return count * dist.get_world_size() / total.clamp_min(1.0)  # (no rank counted anything: every loss is 0)
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

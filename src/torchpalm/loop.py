@@ -313,7 +313,11 @@ class TrainLoop:
         for group in self.torch_optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         with autocast(self.device, self.precision), self.own_rng():
-            loss = self._forward(task, to_device(batch, self.device))["loss"]
+            out = self._forward(task, to_device(batch, self.device))
+        loss = out["loss"]
+        share = distributed.loss_share(out.get("loss_count"))
+        if share is not None:  # this rank's part of the global mean (ranks may count different tokens)
+            loss = loss * share
         weight = self.tasks[task].loss_weight
         (loss * weight if weight != 1.0 else loss).backward()
         loss = loss.detach()

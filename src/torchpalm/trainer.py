@@ -599,7 +599,7 @@ def finish_prediction(reader, head: nn.Module, output_dir: str | None):
 
 def outputs_to_numpy(outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.detach().float().cpu().numpy() if v.is_floating_point() else v.detach().cpu().numpy()
-            for k, v in outputs.items() if k != "loss"}
+            for k, v in outputs.items() if k not in ("loss", "loss_count")}
 
 
 def backbone_config(backbone: nn.Module) -> dict | None:

@@ -1,10 +1,10 @@
 """A PALM-style training script, run by tests/integration/test_distributed.py with plain `python` and under
 `torchrun`: the script does not change between the two (that is the point).
 
-Usage: python ddp_script.py WORK_DIR VOCAB single|noseed|tokens|multi
+Usage: python ddp_script.py WORK_DIR VOCAB single|noseed|tokens|multi|tag
 (single: one Classify task with EMA weights, reader seed 3, exported as a bundle at the end; noseed: the same
 with seed=None; tokens: the same with token-budget batches of at most 64 padded tokens per process; multi: two
-tasks, MultiHeadTrainer). TORCHPALM_FSDP=1 in the environment shards the model
+tasks, MultiHeadTrainer; tag: a softmax SequenceLabel task, whose loss is a mean over words, trained only). TORCHPALM_FSDP=1 in the environment shards the model
 with FSDP2 instead of DDP, without a change here.
 Writes WORK_DIR/out (saver, metrics.jsonl, final checkpoint, predictions, bundle) and WORK_DIR/rank<R>.json
 (what predict() returned on that rank, and the run's facts).
@@ -36,6 +36,18 @@ def classify(name, file, seed):
 
 
 backbone = palm.backbone.BERT.from_config(CONFIG)
+if mode == "tag":  # sentences of 1-12 words: the ranks' halves of a batch hold different numbers of words
+    reader = palm.reader.SequenceLabelReader(vocab, 32, {"O": 0, "B": 1, "I": 2}, seed=3, do_lower_case=True)
+    reader.load_data(os.path.join(work, "tag.tsv"), 8, num_epochs=2)
+    reader.register_with(backbone)
+    trainer = palm.Trainer("tag", device="cpu")
+    trainer.build_forward(backbone, palm.head.SequenceLabel(3, 32, 0.0, use_crf=False))
+    trainer.build_backward(palm.optimizer.Adam(None, 3e-3, palm.lr_sched.TriangularSchedualer(2, None)))
+    trainer.fit_reader(reader)
+    trainer.set_saver(out, save_steps=100)
+    trainer.train(print_steps=1)
+    trainer.save(os.path.join(out, "final"))
+    sys.exit(0)
 if not multi:
     reader = classify("cls", "train.tsv", seed=None if mode == "noseed" else 3)
     if mode == "tokens":

@@ -34,6 +34,11 @@ def write_data(work: Path) -> None:
         lines = ["label\ttext_a"] + [f"{rng.randrange(labels)}\t{' '.join(rng.choices(words, k=rng.randint(2, 12)))}"
                                      for _ in range(n)]
         (work / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tagged = ["text_a\tlabel"]
+    for _ in range(32):
+        n = rng.randint(1, 12)
+        tagged.append("\x02".join(rng.choices(words, k=n)) + "\t" + "\x02".join(rng.choices("OBI", k=n)))
+    (work / "tag.tsv").write_text("\n".join(tagged) + "\n", encoding="utf-8")
 
 
 def run(work: Path, mode: str, launcher: list[str], fsdp: bool = False) -> None:
@@ -175,6 +180,19 @@ def test_token_budget_batches_under_torchrun(works, uncased_vocab):
     assert ranks[0]["steps"] == ranks[1]["steps"] == 3 * (n_batches // 2) == len(losses(two))
     assert ranks[0]["results"] == ranks[1]["results"] and len(ranks[0]["results"]) == 13
     assert ranks[0]["weights_sum"] == ranks[1]["weights_sum"]
+
+
+def test_token_averaged_loss_is_the_global_batch_mean(works):
+    """A softmax tagger's loss is a mean over words, and the two ranks' halves of a batch hold different numbers
+    of words: each rank's mean is weighted by its share of the words, so 2 processes train like 1."""
+    one, two = works
+    run(one, "tag", [sys.executable])
+    run(two, "tag", torchrun())
+    a, b = losses(one), losses(two)
+    assert len(a) == len(b) == 8  # 2 epochs of 32 // 8 batches
+    assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) <= 1e-5
+    wa, wb = (load_file(d / "out" / "final" / "model.safetensors") for d in (one, two))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
 
 
 def free_port() -> int:

@@ -25,7 +25,10 @@ class Head(nn.Module):
     * `inputs_attrs`: `{"reader": {name: (shape, dtype)}, "backbone": {name: (shape, dtype)}}`, the batch
       fields and backbone outputs `forward` reads (checked by `build_forward` and `fit_reader`); the reader
       part usually depends on `self.phase` (labels only in 'train').
-    * `forward(backbone_outputs, batch) -> dict`: as above. The trainer backpropagates `loss`.
+    * `forward(backbone_outputs, batch) -> dict`: as above. The trainer backpropagates `loss`. When `loss` is
+      a mean, `loss_count` (a scalar tensor: the examples, words or tokens it averages over) lets data-parallel
+      training weight each process's mean by its share, so the step follows the mean over the global batch
+      exactly (without it, the processes' means are averaged: exact only when their counts are equal).
     * for prediction, `batch_postprocess(outputs)` appending to `self._results` (the base `epoch_postprocess`
       returns and writes them) and, if needed, `epoch_postprocess`.
 

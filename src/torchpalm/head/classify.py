@@ -68,6 +68,7 @@ class Classify(Head):
         out = {"logits": logits, "probs": F.softmax(logits, dim=-1)}
         if "label_ids" in batch:
             out["loss"] = F.cross_entropy(logits, batch["label_ids"])
+            out["loss_count"] = logits.new_full((), logits.size(0))  # a mean over the batch's examples
         return out
 
     def batch_postprocess(self, outputs):

@@ -96,6 +96,7 @@ class MaskLM(Head):
                 out["loss"] = F.cross_entropy(logits, labels)
             else:  # nothing masked in this batch: a zero loss that still reaches the graph
                 out["loss"] = enc.sum() * 0.0
+            out["loss_count"] = logits.new_full((), pos.numel())  # a mean over the masked tokens
         return out
 
     def batch_postprocess(self, outputs: dict) -> None:

@@ -113,6 +113,7 @@ class Match(Head):
             out = {"logits": logits, "probs": F.softmax(logits, dim=-1)}
             if "label_ids" in batch:
                 out["loss"] = F.cross_entropy(logits, batch["label_ids"])
+                out["loss_count"] = logits.new_full((), logits.size(0))
             return out
         s_pos = self._score(backbone_outputs[self.backbone_input])
         out = {"probs": s_pos}
@@ -120,6 +121,7 @@ class Match(Head):
         if neg is not None:
             s_neg = self._score(neg)
             out["loss"] = torch.clamp(self.margin - s_pos + s_neg, min=0.0).mean()
+            out["loss_count"] = s_pos.new_full((), s_pos.size(0))
         elif self._phase == "train" and self.training:
             raise ValueError(_NOT_PAIRWISE)
         return out

@@ -120,6 +120,7 @@ class MRC(Head):
         if "start_positions" in batch and "end_positions" in batch:
             out["loss"] = (F.cross_entropy(start_logits, batch["start_positions"])
                            + F.cross_entropy(end_logits, batch["end_positions"])) / 2
+            out["loss_count"] = start_logits.new_full((), start_logits.size(0))
         return out
 
     def export_output(self, backbone_outputs, batch):

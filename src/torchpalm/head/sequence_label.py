@@ -123,9 +123,11 @@ class SequenceLabel(Head):
             if self.use_crf:
                 # sentences always have >= 1 word in train (the reader checks); the mask must be a prefix
                 out["loss"] = self.crf(logits, labels, mask, reduction="mean")
+                out["loss_count"] = logits.new_full((), logits.size(0))  # a mean over sentences
             else:
                 out["loss"] = F.cross_entropy(logits.reshape(-1, self.num_classes), labels.reshape(-1),
                                               ignore_index=IGNORE_INDEX)
+                out["loss_count"] = (labels != IGNORE_INDEX).sum().float()  # a mean over the labelled words
         if labels is None or not self.training:  # decoding is wasted work inside a training step
             out["predictions"] = self.decode(logits, mask)
         return out
