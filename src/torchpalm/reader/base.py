@@ -158,10 +158,10 @@ def read_table(
             `.json` are CSV and JSON lines, `.parquet` is read as records like JSON lines, anything else TSV).
         columns: the column names of a TSV or CSV file WITHOUT a header line (its first line is then data).
 
-    TSV fields are split on tabs exactly as PALM did; a field quoted the CSV way (pandas' `to_csv(sep="\t")`
-    writes `"He said ""hi"" twice"` for `He said "hi" twice`) is unquoted, and every other quote is text (GLUE's TSVs). CSV
-    follows the `csv` module (commas, double quotes, quoted newlines); a JSON-lines file has one object per line
-    whose keys are the column names.
+    TSV fields are split on tabs exactly as PALM did; a field quoted the CSV way (pandas'
+    `to_csv(sep="\t")` writes `"He said ""hi"" twice"` for `He said "hi" twice`) is unquoted, and every other
+    quote is text (GLUE's TSVs). CSV follows the `csv` module (commas, double quotes, quoted newlines); a
+    JSON-lines file has one object per line whose keys are the column names.
 
     Hostile input: a NUL byte (a UTF-16 or binary file) is a DataError naming file:line. CR-only line
     endings are a DataError naming the line in TSV and JSON lines; CSV accepts them (the `csv` module reads
@@ -209,10 +209,10 @@ def read_table(
 
 
 def unquote_csv_style(field: str) -> str:
-    """`"He said ""hi"" twice"` -> `He said "hi" twice`: a TSV field that a CSV writer quoted because it holds quotes (it is
-    wrapped in quotes and every quote inside is doubled). Anything else is returned as it is: a quote in raw
-    text (`"Yes," he said.`) or a wrapped field with no doubled quote inside (`"Yes."`, ambiguous: kept, as PALM
-    kept every quote)."""
+    """`"He said ""hi"" twice"` -> `He said "hi" twice`: a TSV field that a CSV writer quoted because it
+    holds quotes (it is wrapped in quotes and every quote inside is doubled). Anything else is returned as it
+    is: a quote in raw text (`"Yes," he said.`) or a wrapped field with no doubled quote inside (`"Yes."`,
+    ambiguous: kept, as PALM kept every quote)."""
     if len(field) > 3 and field[0] == field[-1] == '"':
         inner = field[1:-1]
         if '""' in inner and '"' not in inner.replace('""', ""):
