@@ -20,7 +20,7 @@ import zipfile
 import torch
 
 import torchpalm as palm
-from torchpalm.reader.sequence_label import load_label_map, read_tagged_file
+from torchpalm.reader.sequence_label import load_label_map, parquet_tag_names, read_tagged_file
 from torchpalm.tokenizer import WordPieceTokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -180,6 +180,8 @@ def run(args, tmp: str) -> dict:
     given_names = None  # id -> tag of --label_map, for JSON files with integer tags
     if args.label_map:
         given_names = {i: t for t, i in load_label_map(args.label_map, what="tag")[0].items()}
+    elif train_file.lower().endswith(".parquet"):  # HF `datasets` files name their integer tags in the metadata
+        given_names = dict(enumerate(parquet_tag_names(train_file)[1])) or None
     if args.train_examples:
         train_file = first_sentences(train_file, args.train_examples, os.path.join(tmp, "train.head.txt"),
                                      given_names)

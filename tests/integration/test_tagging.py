@@ -158,6 +158,21 @@ def test_tagging_example_on_a_huggingface_json_export(tmp_path, uncased_vocab, t
     assert (tmp_path / "jsonl" / "predict" / "predictions.json").read_text() == \
         (tmp_path / "txt" / "predict" / "predictions.json").read_text()
 
+    # as a Hub Parquet file: the tag names come from its `datasets` metadata, no --label_map needed
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    features = {"ner_tags": {"feature": {"names": names, "_type": "ClassLabel"}, "_type": "Sequence"}}
+    for split, n in (("train", 40), ("test", 24)):  # the 40 sentences --train_examples 40 took above
+        rows = [json.loads(line) for line in open(tmp_path / f"{split}.jsonl")][:n]
+        table = pa.Table.from_pylist(rows).replace_schema_metadata(
+            {"huggingface": json.dumps({"info": {"features": features}})})
+        pq.write_table(table, tmp_path / f"{split}.parquet")
+    scores["parquet"] = run.main(["--pretrain", "none", "--config", str(tmp_path / "tiny.json"), "--vocab",
+                                  uncased_vocab, "--train_file", str(tmp_path / "train.parquet"), "--predict_file",
+                                  str(tmp_path / "test.parquet"), "--num_epochs", "1", "--lr", "1e-3", "--save_path",
+                                  str(tmp_path / "parquet"), "--print_steps", "0", "--use_crf", "0"])
+    assert json.loads((tmp_path / "parquet" / "label_map.json").read_text()) == {t: i for i, t in enumerate(names)}
+    assert scores["parquet"] == scores["txt"]
+
 
 def test_tagging_example_msra_preset_tiny(tmp_path):
     shared("msra_ner", "full_bio", "MSRA.zip")

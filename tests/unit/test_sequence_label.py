@@ -570,3 +570,28 @@ def test_parquet_sentences_as_the_hub_ships_them(tmp_path, uncased_vocab):
     r = reader_for(uncased_vocab, str(tmp_path / "train.parquet"), label_map=CONLL_NAMES)
     assert r.file_format == "jsonl" and r.gold_tags() == [["B-ORG", "O", "B-MISC"], ["B-PER", "I-PER"]]
     assert next(iter(r))["label_ids"].tolist() == [[3, 0, 7], [1, 2, -100]]
+
+
+def test_parquet_tag_names_come_from_the_datasets_metadata(tmp_path, uncased_vocab):
+    """HF `datasets` writes each column's features into the Parquet schema (key `huggingface`): conll2003's
+    integer `ner_tags` are named there, so no label map is needed (and `pos_tags`, also named, is not taken)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = {"tokens": {"feature": {"dtype": "string", "_type": "Value"}, "_type": "Sequence"},
+                "pos_tags": {"feature": {"names": ["NN", "VB", "JJ", "DT"], "_type": "ClassLabel"}, "_type": "List"},
+                "ner_tags": {"feature": {"names": CONLL_NAMES, "_type": "ClassLabel"}, "_type": "Sequence"}}
+    table = pa.table({"tokens": [["EU", "rejects", "German"], ["Peter", "Blackburn"]],
+                      "pos_tags": [[0, 1, 2], [0, 0]], "ner_tags": [[3, 0, 7], [1, 2]]})
+    table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+    pq.write_table(table, tmp_path / "train.parquet")
+    r = reader_for(uncased_vocab, str(tmp_path / "train.parquet"))
+    assert r.label_map == {name: i for i, name in enumerate(CONLL_NAMES)}
+    assert r.gold_tags() == [["B-ORG", "O", "B-MISC"], ["B-PER", "I-PER"]]
+    assert next(iter(r))["label_ids"].tolist() == [[3, 0, 7], [1, 2, -100]]
+    # without the metadata the ids have no names: the error says where to find them
+    pq.write_table(table.replace_schema_metadata(None), tmp_path / "bare.parquet")
+    with pytest.raises(DataError, match=r"bare\.parquet:1: the tags are integer ids"):
+        reader_for(uncased_vocab, str(tmp_path / "bare.parquet"))

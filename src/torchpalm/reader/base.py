@@ -337,6 +337,26 @@ def read_parquet_objects(path: str) -> list[tuple[int, dict]]:
     return list(enumerate(rows, 1))
 
 
+def parquet_class_names(path: str) -> dict[str, list[str]]:
+    """{column: class names} of the ClassLabel columns (or lists of ClassLabel, as `ner_tags`) that a Parquet
+    file written by HuggingFace `datasets` describes in its schema metadata (key `huggingface`); {} when the
+    file has no such metadata or pyarrow is missing."""
+    try:
+        import pyarrow.parquet as pq
+
+        metadata = pq.read_schema(path).metadata or {}
+        features = json.loads(metadata.get(b"huggingface", b"{}")).get("info", {}).get("features", {})
+    except (ImportError, OSError, ValueError, AttributeError):
+        return {}
+    names = {}
+    for column, feature in features.items() if isinstance(features, dict) else ():
+        while isinstance(feature, dict) and feature.get("_type") != "ClassLabel" and "feature" in feature:
+            feature = feature["feature"]  # Sequence / List of ClassLabel
+        if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" and feature.get("names"):
+            names[column] = [str(n) for n in feature["names"]]
+    return names
+
+
 def read_json_objects(path: str) -> list[tuple[int, object]]:
     """(line, parsed value) for every row of a JSON-lines file, or every element of a file that is one JSON
     array (told apart by its first character); a `.parquet` file gives (row number, record) instead."""

@@ -15,10 +15,12 @@ Four input formats (`file_format`):
   between sentences, `-DOCSTART-` lines skipped. This covers CoNLL-2003 (`word POS chunk NER`), MSRA's
   `char<TAB>TAG` and CoNLL-U-like files. In predict the file may have the word column only.
 * 'jsonl', one JSON object per sentence, on its own line or as the elements of one JSON array, or one row per
-  sentence of a `.parquet` file (HuggingFace `datasets` exports and Hub files: `{"tokens": ["EU", "rejects"], "ner_tags": [3, 0]}`): the words under `tokens`, `words`,
-  `text_a` or `text`, the tags under the first of `tags`, `ner_tags`, `labels`, `label`, `slot_labels`; each a
-  list, or a string split like a 'lines' field. Integer tags are ids into the reader's `label_map_config`
-  (HF's `features["ner_tags"].feature.names`), which they then require.
+  sentence of a `.parquet` file (HuggingFace `datasets` exports and Hub files:
+  `{"tokens": ["EU", "rejects"], "ner_tags": [3, 0]}`): the words under `tokens`, `words`, `text_a` or `text`,
+  the tags under the first of `tags`, `ner_tags`, `labels`, `label`, `slot_labels`; each a list, or a string
+  split like a 'lines' field. Integer tags are ids into the reader's `label_map_config` (HF's
+  `features["ner_tags"].feature.names`), which they then require, except in a Parquet file written by
+  `datasets`: its metadata names them, and without a label map those names become it.
 
 Detection (`file_format=None`) looks at the extension and the first non-blank line only, so it is easy to predict:
 
@@ -61,6 +63,7 @@ from .base import (
     collate_common,
     load_label_map,
     pad_2d,
+    parquet_class_names,
     preview,
     read_json_objects,
     read_lines,
@@ -246,6 +249,14 @@ def _json_field(path: str, line_no: int, obj: dict, key: str, what: str) -> list
                     f"{json.dumps(value, ensure_ascii=False)[:80]}")
 
 
+def parquet_tag_names(path: str) -> tuple[str | None, list[str]]:
+    """(tag column, its names in id order) of a HuggingFace `datasets` Parquet file whose tag column (the first
+    of JSON_TAG_KEYS it names) is a list of ClassLabel; (None, []) otherwise."""
+    names = parquet_class_names(path)
+    key = next((k for k in JSON_TAG_KEYS if k in names), None)
+    return key, (names[key] if key is not None else [])
+
+
 def _read_json_sentences(path: str, require_tags: bool, tag_names: Mapping[int, str] | None) -> list[TaggedSentence]:
     sentences = []
     for line_no, obj in read_json_objects(path):
@@ -386,6 +397,16 @@ class SequenceLabelReader(Reader):
             raise ValueError("label_map_config is required in predict: pass the training reader's label_map "
                              "(a dict) or the JSON file it was built from")
 
+    def _label_map_from_parquet(self, path: str) -> None:
+        """A HuggingFace `datasets` Parquet file names its integer tags in its metadata (ClassLabel names, e.g.
+        conll2003's `ner_tags`): without a label map they become it, in id order."""
+        key, names = parquet_tag_names(path)
+        if key is not None:
+            self._label_map = {name: i for i, name in enumerate(names)}
+            self._label_map_source = f"the names of {key!r} in {path}'s metadata"
+            self._check_no_entity()
+            logger.info("label map from the names of %r in %s: %s", key, path, self._label_map)
+
     def _check_no_entity(self) -> None:
         if self._no_entity_label not in self._label_map:
             raise ValueError(f"no_entity_label {self._no_entity_label!r} is not in the label map "
@@ -473,6 +494,8 @@ class SequenceLabelReader(Reader):
         return self._encode_sentences(sentences, "<inputs>")
 
     def _load_examples(self, path):
+        if self._label_map is None and path.lower().endswith(".parquet"):
+            self._label_map_from_parquet(path)
         tag_names = {i: t for t, i in self._label_map.items()} if self._label_map is not None else None
         self._used_format, sentences = read_tagged_file(path, self._load_format, self._phase == "train",
                                                         self._file_columns, tag_names)
