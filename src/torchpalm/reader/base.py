@@ -928,8 +928,8 @@ class Reader:
     def shard(self, rank: int, world_size: int) -> None:
         """Makes this reader yield rank `rank`'s part of every global step (for distributed training): its
         slice of each batch of `batch_size` examples, or with token budgets a whole batch of its own."""
-        token_budget = self._batching is not None and "max_tokens" in self._batching
-        if not token_budget and self._batch_size is not None and self._batch_size % world_size:
+        if (self._batching_mode() != "tokens" and self._batch_size is not None
+                and self._batch_size % world_size):
             raise ValueError(f"{type(self).__name__} ({self._input_file}): batch_size {self._batch_size} is the "
                              f"global batch and must be divisible by the number of processes ({world_size})")
         self._rank, self._world_size = rank, world_size

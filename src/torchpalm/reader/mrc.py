@@ -14,9 +14,9 @@ File format (SQuAD v1.1 / v2.0, CMRC2018; a `.zip` holding one `.json` also work
          "is_impossible": false}]}]}]}
 
 or one question per record, as HuggingFace `datasets` exports `squad` / `squad_v2` (JSON lines, one JSON
-array, or the Hub's `.parquet` files): `{"id": ..., "title": ..., "context": ..., "question": ..., "answers": {"text": [...], "answer_start":
-[...]}}` (or `answers` as a list of `{"text", "answer_start"}` objects); empty answers mark an impossible
-question, as in `squad_v2`. Consecutive records with the same context become one paragraph.
+array, or the Hub's `.parquet` files): `{"id": ..., "title": ..., "context": ..., "question": ...,
+"answers": {"text": [...], "answer_start": [...]}}` (or `answers` as a list of `{"text", "answer_start"}`
+objects); empty answers mark an impossible question, as in `squad_v2`. Consecutive records with the same context become one paragraph.
 
 Windows follow BERT (spec §5.5): the query is truncated to `max_query_len` sub-tokens, a window holds at most
 `max_len - len(query) - 3` document sub-tokens, the next window starts `min(window_len, doc_stride)` later, and
