@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .fsdp import shard_like
+from .permissions import follow_umask
 
 logger = logging.getLogger("torchpalm")
 
@@ -222,6 +223,7 @@ def save_checkpoint(directory: str, model_state: dict[str, torch.Tensor], traine
             json.dump(trainer_state, f, indent=1)
         if write_extra is not None:
             write_extra(tmp)
+        follow_umask(tmp)  # mkdtemp's 0700 and safetensors' 0600: shared like the user's other files
         files = _files_under(tmp)
         for name in files:
             _fsync_file(os.path.join(tmp, name))

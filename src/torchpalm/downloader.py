@@ -29,6 +29,8 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+from .permissions import current_umask
+
 logger = logging.getLogger("torchpalm")
 
 ITEMS = ("pretrain", "vocab", "backbone", "head", "reader")  # PALM's item types; only 'pretrain' has entries
@@ -227,6 +229,7 @@ def _install(model: PretrainedModel, source: str, origin: str, target: str, link
     parent = os.path.dirname(os.path.abspath(target))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(target) + ".tmp-", dir=parent)
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would keep the model from other users
     try:
         for name in SIDE_FILES:
             if os.path.isfile(os.path.join(source, name)):

@@ -317,3 +317,27 @@ def test_onnx_export_of_a_backbone_with_two_heads_matches_pytorch(tmp_path, mult
             assert g.shape == w.shape
             np.testing.assert_allclose(g, w, rtol=0, atol=1e-4)
         np.testing.assert_array_equal(got[1].argmax(-1), [r["label"] for r in predictor.predict(sents, task="cls")])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_checkpoints_bundles_and_conversions_follow_the_umask(tmp_path, single, umask):
+    """Written through a private temporary folder (mkdtemp: 0700) and safetensors (0600), they used to be readable
+    by their owner alone; every file and folder now has the mode the umask gives ordinary files."""
+    from torchpalm.reader import cache
+
+    previous = os.umask(umask)
+    try:
+        single.cls.save(str(tmp_path / "ckpt.step6"))
+        palm.export(single.cls, tmp_path / "bundle")
+        palm.convert.to_hf(str(tmp_path / "ckpt.step6"), str(tmp_path / "hf"), tokenizer_dir=str(tmp_path / "bundle" / "reader.cls"))
+        assert cache.save_entry(str(tmp_path / "cache" / "entry.npz"), "k", [{"token_ids": np.arange(3)}])
+    finally:
+        os.umask(previous)
+    checked = 0
+    for name in ("ckpt.step6", "bundle", "hf", "cache"):
+        for root, _, files in os.walk(tmp_path / name):
+            assert oct(os.stat(root).st_mode & 0o777) == oct(0o777 & ~umask), root
+            for f in files:
+                assert oct(os.stat(os.path.join(root, f)).st_mode & 0o777) == oct(0o666 & ~umask), f
+                checked += 1
+    assert checked >= 10

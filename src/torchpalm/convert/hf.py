@@ -20,6 +20,8 @@ import shutil
 
 import torch
 
+from ..permissions import follow_umask
+
 logger = logging.getLogger("torchpalm")
 
 # torchpalm name -> HF name (without the optional "bert." prefix); {i} is the layer index.
@@ -250,6 +252,7 @@ def _write_weights(state: dict[str, torch.Tensor], out_dir: str) -> None:
 
     os.makedirs(out_dir, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out_dir, "model.safetensors"))
+    follow_umask(os.path.join(out_dir, "model.safetensors"))  # save_file makes it 0600
 
 
 def _write_config(config: dict, out_dir: str) -> None:

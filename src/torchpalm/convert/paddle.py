@@ -34,6 +34,8 @@ import struct
 import numpy as np
 import torch
 
+from ..permissions import follow_umask
+
 logger = logging.getLogger("torchpalm")
 
 # Paddle's VarType.Type enum (framework.proto) for the tensor types a parameter file can hold.
@@ -502,6 +504,7 @@ def convert_paddle_to_torchpalm(src: str | os.PathLike, out_dir: str | os.PathLi
     state = load_paddle_model(src, config)
     os.makedirs(out_dir, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out_dir, "model.safetensors"))
+    follow_umask(os.path.join(out_dir, "model.safetensors"))  # save_file makes it 0600
     if config is not None:
         with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=1)

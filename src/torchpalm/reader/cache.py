@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..permissions import follow_umask
+
 logger = logging.getLogger("torchpalm")
 
 # Bump when the file layout below changes; a reader bumps its own `_cache_version` when its encoding changes.
@@ -166,6 +168,7 @@ def save_entry(path: str, key: str, examples: list[dict]) -> bool:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        follow_umask(tmp)  # mkstemp makes it 0600; a shared cache folder serves other users too
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
