@@ -9,7 +9,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from .base import DataError, Reader, canonical_columns, collate_common, load_label_map, preview
+from .base import Reader
+from .collate import collate_common
+from .labels import load_label_map, preview
+from .parsing import DataError, canonical_columns
 
 logger = logging.getLogger("torchpalm")
 
@@ -75,7 +78,7 @@ class ClassifyReader(Reader):
 
     Files: TSV with a header (PALM's format; GLUE's column names are understood), CSV, or JSON lines, chosen by
     the extension or `load_data(file_format=...)`; a TSV or CSV without a header takes
-    `load_data(..., columns=["label", "text_a"])` (see `torchpalm.reader.base.read_table`).
+    `load_data(..., columns=["label", "text_a"])` (see `torchpalm.reader.parsing.read_table`).
 
     Labels are integer class ids, or, with `label_map`, names: a list of names (index = id), a dict name -> id,
     or the path of a JSON file holding either. An unknown name in a train file is an error naming file, line

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 from ..tokenizer import SPECIAL_TOKENS, build_inputs
-from .base import COMMON_OUTPUTS, Reader, collate_common, read_lines, read_tsv
+from .base import Reader
+from .collate import COMMON_OUTPUTS, collate_common
+from .parsing import read_lines, read_tsv
 
 FILE_FORMATS = ("tsv", "csv", "txt")
 

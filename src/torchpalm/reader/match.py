@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from .base import COMMON_OUTPUTS, collate_common
 from .classify import ClassifyReader, encode_text_columns, rows_from_inputs
+from .collate import COMMON_OUTPUTS, collate_common
 
 STRATEGIES = ("pointwise", "pairwise")
 NEG_OUTPUTS = {f"{k}_neg": v for k, v in COMMON_OUTPUTS.items()}

@@ -41,14 +41,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import (
-    DataError,
-    Reader,
-    collate_common,
-    json_array_objects,
-    json_lines_objects,
-    read_parquet_objects,
-)
+from .base import Reader
+from .collate import collate_common
+from .parsing import DataError, json_array_objects, json_lines_objects, read_parquet_objects
 
 logger = logging.getLogger("torchpalm")
 

@@ -57,18 +57,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import (
-    DataError,
-    Reader,
-    collate_common,
-    load_label_map,
-    pad_2d,
-    parquet_class_names,
-    preview,
-    read_json_objects,
-    read_lines,
-    read_tsv,
-)
+from .base import Reader
+from .collate import collate_common, pad_2d
+from .labels import load_label_map, preview
+from .parsing import DataError, parquet_class_names, read_json_objects, read_lines, read_tsv
 
 logger = logging.getLogger("torchpalm")
 
