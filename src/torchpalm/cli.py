@@ -74,6 +74,18 @@ def need(task: dict, key: str, command: str, alternative: str = "") -> str:
     return task[key]
 
 
+def check_data_files(cfg: dict, keys: Sequence[str], overrides: dict[str, str] | None = None) -> None:
+    """Every task's files under `keys` (and `--input` files) exist, before anything is read or built: a missing
+    one is a ConfigError naming its key and config file (or --input)."""
+    for t in cfg["tasks"]:
+        for key in keys:
+            path, where = t[key], C.key_in(cfg, f"{t['path']}.{key}")
+            if key == "predict_file" and overrides and t["name"] in overrides:
+                path, where = overrides[t["name"]], "--input"
+            if path is not None and not os.path.exists(path):
+                raise ConfigError(f"{where}: data file not found: {path}")
+
+
 def train_label_map(task: dict, cfg: dict, vocab: str) -> dict | None:
     """The label map training used, for predict-phase readers: the config's, or (a sequence_label task whose
     map is built from its training tags) the one the train reader builds from train_file again."""
@@ -82,20 +94,23 @@ def train_label_map(task: dict, cfg: dict, vocab: str) -> dict | None:
         return None
     need(task, "train_file", "predict/evaluate", " (its tags give the label map; or set reader.label_map_config)")
     reader, load_kwargs = C.build_reader(task, cfg, vocab, "train")
-    with C.blame(f"{task['path']}.train_file"):
+    with C.blame(C.key_in(cfg, f"{task['path']}.train_file")):
         reader.load_data(task["train_file"], cfg["train"]["batch_size"], **load_kwargs)
     return reader.label_map
 
 
 def predict_trainer(task: dict, cfg: dict, files: tuple, data_file: str, checkpoint: str | None = None,
-                    label_map: dict | None = None, trainer=None, backbone_only: bool = False):
-    """A Trainer named like the task with its predict side built over `data_file` (PALM's predict script):
+                    label_map: dict | None = None, trainer=None, backbone_only: bool = False,
+                    key: str = "dev_file"):
+    """A Trainer named like the task with its predict side built over `data_file` (the task's config `key`, or
+    `--input`) (PALM's predict script):
     predict reader, predict backbone and head, then the checkpoint's weights (`backbone_only`: the backbone's
     alone, `load_predict_model`; the head keeps its initialisation); or, given the training `trainer`, its
     trained weights (evaluation during training). Returns (trainer, reader)."""
     config, vocab, _ = files
     reader, load_kwargs = C.build_reader(task, cfg, vocab, "predict", label_map)
-    with C.blame(f"{task['path']} ({data_file})"):
+    where = "--input" if key == "--input" else C.key_in(cfg, f"{task['path']}.{key}")
+    with C.blame(where):
         reader.load_data(data_file, cfg["train"]["batch_size"], **load_kwargs)
     backbone = C.build_backbone(cfg, config, "predict")
     reader.register_with(backbone)
@@ -118,12 +133,13 @@ def train(cfg: dict, dry_run: bool = False, resume: bool = False) -> str | None:
     tr, tasks, multi = cfg["train"], cfg["tasks"], len(cfg["tasks"]) > 1
     if not multi and tr["epochs"] != int(tr["epochs"]):
         raise ConfigError(f"train.epochs: one task trains whole epochs, got {tr['epochs']!r}")
+    check_data_files(cfg, ("train_file", "dev_file"))
     torch.manual_seed(tr["seed"])  # head (and from-scratch backbone) initialisation and dropout
     # 1. readers (multi-task: they cycle; the trainer's step budgets end the run)
     readers = {}
     for t in tasks:
         readers[t["name"]], load_kwargs = C.build_reader(t, cfg, vocab, "train")
-        with C.blame(f"{t['path']}.train_file"):
+        with C.blame(C.key_in(cfg, f"{t['path']}.train_file")):
             readers[t["name"]].load_data(need(t, "train_file", "train"), tr["batch_size"],
                                          num_epochs=None if multi else int(tr["epochs"]), **load_kwargs)
     # 2. backbone  3. register every reader with it
@@ -209,6 +225,7 @@ def predict(cfg: dict, checkpoint: str | None, inputs: Sequence[str], output: st
         torch.manual_seed(cfg["train"]["seed"])  # the untrained heads (and the backbones, before loading)
     output = output or os.path.join(cfg["train"]["save_path"], "predict")
     overrides = input_files(cfg, inputs)
+    check_data_files(cfg, ("predict_file",), overrides)
     written = {}
     for t in cfg["tasks"]:
         data_file = overrides.get(t["name"], t["predict_file"])
@@ -216,7 +233,8 @@ def predict(cfg: dict, checkpoint: str | None, inputs: Sequence[str], output: st
             logger.info("task %s: no predict_file (nor --input): skipped", t["name"])
             continue
         trainer, reader = predict_trainer(t, cfg, files, data_file, checkpoint, train_label_map(t, cfg, files[1]),
-                                          backbone_only=backbone_only)
+                                          backbone_only=backbone_only,
+                                          key="--input" if t["name"] in overrides else "predict_file")
         trainer.fit_reader(reader, phase="predict")
         out_dir = os.path.join(output, t["name"])
         trainer.predict(output_dir=out_dir, print_steps=0)
@@ -293,6 +311,7 @@ def input_files(cfg: dict, inputs: Sequence[str]) -> dict[str, str]:
 
 def evaluate(cfg: dict, checkpoint: str, output: str | None) -> dict[str, dict]:
     """Each task's default metric (torchpalm.evaluation) on its dev file; printed and written as JSON."""
+    check_data_files(cfg, ("dev_file",))
     files = C.backbone_files(cfg)
     metrics = {}
     for t in cfg["tasks"]:

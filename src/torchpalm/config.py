@@ -165,7 +165,9 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections {sorted(TOP)}, got {type(raw).__name__}")
     raw, overridden = apply_overrides(raw, overrides)
-    return validate(raw, base_dir=os.path.dirname(os.path.abspath(path)), cwd_keys=overridden)
+    cfg = validate(raw, base_dir=os.path.dirname(os.path.abspath(path)), cwd_keys=overridden)
+    cfg["config_file"] = path  # errors about a value name the file it came from (`key_in`)
+    return cfg
 
 
 def apply_overrides(raw: dict, overrides: Sequence[str]) -> tuple[dict, set[str]]:
@@ -513,14 +515,23 @@ def _check_required(task: dict, cfg: dict) -> None:
 
 
 # ---------------------------------------------------------------- building
+def key_in(cfg: dict, key: str) -> str:
+    """A config key as errors name it, after the config file it is in (when read from a file), as data errors
+    put file before line: `run.yaml: tasks[0].train_file`."""
+    return f"{cfg['config_file']}: {key}" if cfg.get("config_file") else key
+
+
 @contextlib.contextmanager
 def blame(where: str):
-    """A constructor's complaint about a value (ValueError, ...) as a ConfigError naming the config key it came
-    from; data errors already name their file and line and pass through."""
+    """A constructor's complaint about a value (ValueError, ...), or a file it names that is missing, as a
+    ConfigError naming the config key it came from; data errors already name their file and line and pass
+    through."""
     try:
         yield
-    except (ConfigError, DataError, FileNotFoundError):
+    except (ConfigError, DataError):
         raise
+    except FileNotFoundError as e:  # (the data file, a label map file, ...): which key named it
+        raise ConfigError(f"{where}: {e}") from e
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"{where}: {e.args[0] if e.args else e}") from e
 

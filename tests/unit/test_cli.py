@@ -298,7 +298,12 @@ BUILD_ERRORS = {
     # bad data: the file and line, and what was expected
     "unknown label": (lambda r: r["tasks"][0]["reader"].update(label_map=["neg", "pos"]),
                       "train.tsv:2: "),
-    "missing file": (lambda r: r["tasks"][1].update(train_file="nowhere.tsv"), "nowhere.tsv"),
+    "missing file": (lambda r: r["tasks"][1].update(train_file="nowhere.tsv"),
+                     "bad.yaml: tasks[1].train_file: data file not found: "),
+    "missing dev file": (lambda r: r["tasks"][1].update(dev_file="nowhere.tsv"),
+                         "bad.yaml: tasks[1].dev_file: data file not found: "),
+    "missing label map file": (lambda r: r["tasks"][0]["reader"].update(label_map="labels.json"),
+                               "tasks[0].reader (ClassifyReader): label map file not found: "),
     "unrecognised format": (lambda r: r["tasks"][0].update(reader={"type": "sequence_label", "label_map_config": None},
                                                            head={"type": "sequence_label"}, dev_file=None,
                                                            train_file="odd.tsv"),
@@ -317,6 +322,14 @@ def test_bad_values_and_data_name_their_key_or_line(case, tmp_path, uncased_voca
     assert main(["train", bad_config(tmp_path, uncased_vocab, edit), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
+
+
+def test_missing_predict_files_name_their_key(tmp_path, uncased_vocab, capsys):
+    path = bad_config(tmp_path, uncased_vocab, lambda r: r["tasks"][1].update(predict_file="gone.tsv"))
+    assert main(["predict", path, "--checkpoint", str(tmp_path), "--output", str(tmp_path / "p")]) == 2
+    assert "bad.yaml: tasks[1].predict_file: data file not found: " in capsys.readouterr().err
+    assert main(["predict", path, "--checkpoint", str(tmp_path), "--input", "cls=gone.tsv"]) == 2
+    assert "--input: data file not found: " in capsys.readouterr().err
 
 
 def test_bad_set_override(tmp_path, uncased_vocab, capsys):
