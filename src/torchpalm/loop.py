@@ -552,7 +552,7 @@ class TrainLoop:
         progress = progress_bar(total_steps, self.global_step, "train")
         width = max(len(n) for n in self.tasks)
         last_time, last_step = time.time(), self.global_step
-        with deferred_signals() as interrupted:
+        with deferred_signals() as interrupted, logging_above(progress):
             try:
                 while not finished() and not interrupted:
                     try:
@@ -639,6 +639,23 @@ def deferred_signals():
     finally:
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def logging_above(progress):
+    """While a progress bar is drawn, console log lines go through its `write` (printed above the bar, which is
+    redrawn below them) instead of landing inside it; other handlers (log files) are left alone."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    def console(handler: logging.Handler) -> bool:  # the handlers tqdm redirects
+        return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+
+    consoles = [lg for lg in (logger, logging.getLogger()) if any(map(console, lg.handlers))]
+    if getattr(progress, "disable", True) or not consoles:
+        yield
+        return
+    with logging_redirect_tqdm(consoles, tqdm_class=type(progress)):
+        yield
 
 
 def progress_bar(total: int | None, initial: int, desc: str):
