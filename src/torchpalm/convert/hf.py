@@ -21,6 +21,7 @@ import shutil
 import torch
 
 from ..permissions import follow_umask
+from .deberta import deberta_hf_to_torchpalm, deberta_torchpalm_to_hf, is_deberta_state
 
 logger = logging.getLogger("torchpalm")
 
@@ -53,7 +54,7 @@ _LEGACY = {".gamma": ".weight", ".beta": ".bias"}
 
 
 # The base model's attribute in HF's task models (BertForMaskedLM.bert, RobertaForMaskedLM.roberta, ...).
-_MODEL_PREFIXES = ("bert.", "roberta.", "ernie.")
+_MODEL_PREFIXES = ("bert.", "roberta.", "ernie.", "deberta.")
 
 
 def _strip(name: str) -> str:
@@ -71,7 +72,10 @@ def hf_to_torchpalm(hf_state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
     to torchpalm names.
 
     Returns the converted dict and the HF keys that have no torchpalm counterpart (e.g. MLM/NSP heads).
+    A DeBERTa-v2/v3 state dict (its own attention names) is converted by `convert.deberta`'s map.
     """
+    if is_deberta_state(hf_state):
+        return deberta_hf_to_torchpalm(hf_state)
     state = {_strip(k): v for k, v in hf_state.items()}
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
@@ -95,9 +99,12 @@ def hf_to_torchpalm(hf_state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
     return out, unused
 
 
-def torchpalm_to_hf(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+def torchpalm_to_hf(state: dict[str, torch.Tensor], prefix: str = "", model_type: str = "bert"
+                    ) -> dict[str, torch.Tensor]:
     """Converts torchpalm BERT/RoBERTa/ERNIE names back to HF `BertModel`/`RobertaModel`/`ErnieModel` names
-    (optionally prefixed, e.g. 'bert.')."""
+    (optionally prefixed, e.g. 'bert.'); `model_type` 'deberta-v2': `DeBERTaV2`'s to `DebertaV2Model`'s."""
+    if model_type == "deberta-v2":
+        return deberta_torchpalm_to_hf(state, prefix)
     out: dict[str, torch.Tensor] = {}
     for ours, theirs in _PLAIN.items():
         if ours in state:
@@ -119,7 +126,8 @@ def torchpalm_to_hf(state: dict[str, torch.Tensor], prefix: str = "") -> dict[st
 
 # ---------------------------------------------------------------- whole directories
 # HF model_type -> (the HF base model class, torchpalm's backbone class)
-MODEL_TYPES = {"bert": ("BertModel", "BERT"), "roberta": ("RobertaModel", "RoBERTa"), "ernie": ("ErnieModel", "ERNIE")}
+MODEL_TYPES = {"bert": ("BertModel", "BERT"), "roberta": ("RobertaModel", "RoBERTa"), "ernie": ("ErnieModel", "ERNIE"),
+               "deberta-v2": ("DebertaV2Model", "DeBERTaV2")}
 TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json")
 # keys of torchpalm/PALM backbone configs that HF configs spell differently or do not have
@@ -156,10 +164,14 @@ def model_type_of(config: dict, state: dict[str, torch.Tensor] | None = None) ->
     if declared:
         raise ConversionError(f"model_type {declared!r} is not convertible; expected one of {sorted(MODEL_TYPES)}")
     for arch in config.get("architectures") or []:
+        if str(arch).lower().startswith("debertav2"):
+            return "deberta-v2"
         for model_type in ("roberta", "ernie", "bert"):
             if str(arch).lower().startswith(model_type):
                 return model_type
     names = list(state or ())
+    if is_deberta_state(state or {}):
+        return "deberta-v2"
     if any(k.startswith("roberta.") for k in names):
         return "roberta"
     if any(k.endswith("task_type_embeddings.weight") for k in names) or "task_type_vocab_size" in config:
@@ -291,11 +303,13 @@ def from_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> str:
         config.setdefault("use_task_id", any(k.endswith("task_type_embeddings.weight") for k in hf_state))
     expected = _skeleton(model_type, config).state_dict()
     stripped = {_strip(k): v for k, v in hf_state.items()}
-    _check_tensors(stripped, torchpalm_to_hf(expected), file, f"an HF {model_type} model with this config.json",
+    _check_tensors(stripped, torchpalm_to_hf(expected, model_type=model_type), file,
+                   f"an HF {model_type} model with this config.json",
                    tuple(_PLAIN[k] for k in _OPTIONAL))
     converted, unused = hf_to_torchpalm(hf_state)
     # e.g. a task embedding in the weights of a config with use_task_id false: HF's model ignores it too
-    unused += [torchpalm_to_hf({k: v}).popitem()[0] for k, v in converted.items() if k not in expected]
+    unused += [torchpalm_to_hf({k: v}, model_type=model_type).popitem()[0]
+               for k, v in converted.items() if k not in expected]
     converted = {k: v for k, v in converted.items() if k in expected}
     if unused:
         logger.info("%s: %d tensors without a torchpalm backbone counterpart were left out (e.g. %s)", file,
@@ -321,7 +335,8 @@ def _source_config(src: str, state: dict[str, torch.Tensor]) -> tuple[dict, str,
     config_file = os.path.join(src, "config.json")
     if os.path.isfile(config_file):
         config = _read_json(config_file)
-        return config, model_type_of(config, torchpalm_to_hf(state)), config_file
+        declared = config.get("model_type")
+        return config, model_type_of(config, torchpalm_to_hf(state, model_type=declared or "bert")), config_file
     raise ConversionError(f"{src}: neither trainer_state.json (a checkpoint) nor config.json says what the backbone "
                           f"is; put the backbone's config.json next to the weights")
 
@@ -378,7 +393,7 @@ def to_hf(src: str | os.PathLike, out_dir: str | os.PathLike, tokenizer_dir: str
     if extra:
         raise ConversionError(f"{file}: tensor {extra[0]!r} has no place in {what} (HF {MODEL_TYPES[model_type][0]})"
                               f"{f'; {len(extra) - 1} more' if len(extra) > 1 else ''}")
-    _write_weights(torchpalm_to_hf(state), out_dir)
+    _write_weights(torchpalm_to_hf(state, model_type=model_type), out_dir)
     _write_config(hf_config(skeleton, config if "model_type" in config else None), out_dir)
     tokenizer_dir = os.fspath(tokenizer_dir) if tokenizer_dir is not None else src_dir
     copied = _copy_tokenizer_files(tokenizer_dir, out_dir)
