@@ -24,117 +24,32 @@ import errno
 import json
 import logging
 import os
-import pickle
 import re
 import shutil
 import tempfile
 from collections.abc import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+# `X as X`: re-exported where callers have always found them (`palm.checkpoint.load_backbone_weights`). Weight
+# files are read in weights.py; the any-source backbone loader sits in convert/hf.py, beside the maps it uses.
+from .convert.hf import load_backbone_weights as load_backbone_weights
+from .convert.paddle import load_paddle_model, params_dir
 from .fsdp import shard_like
 from .permissions import follow_umask
+from .weights import find_weights_file as find_weights_file
+from .weights import load_state_file as load_state_file
+from .weights import read_safetensors, torch_load_safely
 
 logger = logging.getLogger("torchpalm")
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # "no space left" and "quota exceeded": the same advice
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.bin", "model.pt")
-# HF's sharded weights (save_pretrained(max_shard_size=...)): an index naming the shard of every tensor
-SHARD_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 MARKER = "complete.json"
 LEGACY_FILES = ("model.safetensors", "trainer_state.json")  # what every save wrote before the marker existed
 # a periodic save's name, and what a killed save of one of torchpalm's names leaves behind
 STEP_DIR = re.compile(r"(ckpt|pred)\.step(\d+)")
 LEFTOVER = re.compile(r"((?:ckpt|pred)\.step\d+|best\.[^.]+)\.(?:tmp-\w+|old)")
-
-
-def find_weights_file(path: str | os.PathLike) -> str:
-    """The weights file of a model directory (or `path` itself if it is a file)."""
-    path = os.fspath(path)
-    if os.path.isfile(path):
-        return path
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no such model file or directory: {path}")
-    for name in WEIGHT_FILES + SHARD_INDEX_FILES:
-        candidate = os.path.join(path, name)
-        if os.path.isfile(candidate):
-            return candidate
-    bins = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin")))
-    if len(bins) == 1:
-        return os.path.join(path, bins[0])
-    raise FileNotFoundError(f"{path}: no weights file found (looked for {', '.join(WEIGHT_FILES)}, and for "
-                            f"Paddle parameter files such as word_embedding here or in params/)")
-
-
-def read_safetensors(path: str) -> dict[str, torch.Tensor]:
-    """`safetensors.torch.load_file` on CPU; a truncated or corrupt file is a ValueError naming it."""
-    try:
-        return load_file(path, device="cpu")
-    except (OSError, MemoryError):
-        raise
-    except Exception as e:  # SafetensorError and the like: the bytes are not a whole safetensors file
-        raise ValueError(f"{path}: not a readable safetensors file, truncated or corrupt ({e})") from None
-
-
-def torch_load_safely(path: str):
-    """`torch.load(weights_only=True)`: a file holding other pickled objects is refused (never run), and a
-    truncated or corrupt one is a ValueError naming the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's own message suggests weights_only=False, which would run the file's code: never do that
-        first = next((line for line in str(e).splitlines() if "Unsupported" in line or "global" in line), "")
-        raise ValueError(f"{path}: refused to load: the file holds pickled objects other than tensors, which "
-                         f"could run code{f' ({first.strip()})' if first else ''}. Convert a model from elsewhere to "
-                         f"safetensors; torchpalm's own files hold only tensors and numbers, so this one was "
-                         f"altered") from None
-    except (RuntimeError, EOFError, ValueError) as e:
-        reason = str(e).splitlines()[0].split(". ")[0]  # torch's first sentence; the rest is generic advice
-        raise ValueError(f"{path}: not a readable torch file, truncated or corrupt ({reason})") from None
-
-
-def load_state_file(path: str) -> dict[str, torch.Tensor]:
-    """Loads a tensor dict from safetensors, or from a torch file without executing any pickled code, or from
-    the shards an HF index file (`*.index.json`) names."""
-    if path.endswith(".index.json"):
-        return load_sharded(path)
-    if path.endswith(".safetensors"):
-        return read_safetensors(path)
-    state = torch_load_safely(path)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def load_sharded(index_path: str) -> dict[str, torch.Tensor]:
-    """Every tensor of an HF sharded checkpoint: the index's `weight_map` {tensor: shard file} names shards in
-    the index's directory; each is read as a single weights file. A shard that is missing, names another
-    directory, or lacks a tensor the index puts in it is an error naming the file."""
-    with open(index_path, encoding="utf-8") as f:
-        try:
-            weight_map = json.load(f).get("weight_map")
-        except (json.JSONDecodeError, AttributeError):
-            weight_map = None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise ValueError(f"{index_path}: not an HF shard index (expected a JSON object with a 'weight_map' of "
-                         f"tensor -> shard file)")
-    directory = os.path.dirname(index_path)
-    state: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        if not isinstance(shard, str) or os.path.basename(shard) != shard or shard in ("", ".", ".."):
-            raise ValueError(f"{index_path}: shard {shard!r} is not a file name in {directory or '.'}")
-        shard_path = os.path.join(directory, shard)
-        if not os.path.isfile(shard_path):
-            raise FileNotFoundError(f"{index_path}: shard {shard} is missing ({shard_path})")
-        state.update(load_state_file(shard_path))
-    missing = [name for name in weight_map if name not in state]
-    if missing:
-        raise ValueError(f"{index_path}: tensor {missing[0]!r} is not in its shard {weight_map[missing[0]]}"
-                         f"{f'; {len(missing) - 1} more missing' if len(missing) > 1 else ''}")
-    return state
 
 
 def assign_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
@@ -343,8 +258,6 @@ def load_checkpoint_dir(directory: str) -> tuple[dict[str, torch.Tensor], dict, 
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"checkpoint directory not found: {directory}")
     if not os.path.isfile(os.path.join(directory, "model.safetensors")):
-        from .convert.paddle import load_paddle_model, params_dir
-
         if params_dir(directory) is not None:  # a PaddlePALM checkpoint or parameter directory: weights only
             logger.info("%s: a PaddlePALM (Paddle 1.x) directory: its backbone and head weights are loaded, its "
                         "optimizer moments and counters are not", directory)
@@ -371,36 +284,3 @@ def load_checkpoint_dir(directory: str) -> tuple[dict[str, torch.Tensor], dict, 
     optimizer_state = torch_load_safely(opt_path) if os.path.isfile(opt_path) else None
     rng_state = torch_load_safely(rng_path) if os.path.isfile(rng_path) else None
     return model_state, trainer_state, optimizer_state, rng_state
-
-
-def load_backbone_weights(path: str | os.PathLike, config: dict | None = None) -> tuple[dict[str, torch.Tensor], str]:
-    """Backbone tensors in torchpalm names from an HF model directory/file, a torchpalm checkpoint, or a
-    PaddlePALM/ERNIE Paddle parameter directory (`<model>/params`, `<model>`, a PALM `ckpt.step<N>`).
-
-    `config` (the backbone's) lets a Paddle directory's shapes be checked against the model, by Paddle name."""
-    from .convert import hf_to_torchpalm
-    from .convert.paddle import load_paddle_model, params_dir
-
-    try:
-        file = find_weights_file(path)
-    except FileNotFoundError:
-        paddle_dir = params_dir(path) if os.path.isdir(path) else None
-        if paddle_dir is None:
-            raise
-        state = load_paddle_model(paddle_dir, config)
-        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, paddle_dir
-    state = load_state_file(file)
-    if any(k.startswith("backbone.") for k in state):
-        heads = sorted({k.split(".", 1)[0] for k in state if not k.startswith(("backbone.", "ema."))})
-        if heads:
-            logger.info("%s: only the backbone is loaded; the heads of %s are not (load_ckpt loads them too)",
-                        file, heads)
-        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, file
-    if any(k.startswith(("layers.", "word_embeddings.")) for k in state):
-        return state, file
-    converted, unused = hf_to_torchpalm(state)
-    if not converted:
-        raise ValueError(f"{file}: no BERT/ERNIE backbone parameters recognised (first keys: {list(state)[:5]})")
-    if unused:
-        logger.info("%s: %d tensors not used by the backbone (e.g. %s)", file, len(unused), unused[:3])
-    return converted, file

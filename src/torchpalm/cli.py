@@ -20,7 +20,7 @@ import torchpalm as palm
 
 from . import config as C
 from .config import ConfigError
-from .convert.paddle import PaddleFormatError, convert_paddle_to_torchpalm, convert_torchpalm_to_paddle
+from .convert import PaddleFormatError, convert_paddle_to_torchpalm, convert_torchpalm_to_paddle
 from .metrics_log import plot_metrics
 from .reader import DataError
 

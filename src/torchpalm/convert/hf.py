@@ -21,7 +21,9 @@ import shutil
 import torch
 
 from ..permissions import follow_umask
+from ..weights import find_weights_file, load_state_file
 from .deberta import deberta_hf_to_torchpalm, deberta_torchpalm_to_hf, is_deberta_state
+from .paddle import load_paddle_model, params_dir
 
 logger = logging.getLogger("torchpalm")
 
@@ -285,8 +287,6 @@ def from_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> str:
             (named with the weights file and the shape expected).
         FileNotFoundError: no such directory, or no weights file in it.
     """
-    from .. import checkpoint as ckpt
-
     hf_dir, out_dir = os.fspath(hf_dir), os.fspath(out_dir)
     if not os.path.isdir(hf_dir):
         raise FileNotFoundError(f"HF model directory not found: {hf_dir}")
@@ -295,8 +295,8 @@ def from_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> str:
         raise ConversionError(f"{hf_dir}: no config.json (an HF model directory holds config.json and the weights)")
     config = _read_json(config_file)
     _check_out_dir(hf_dir, out_dir)
-    file = ckpt.find_weights_file(hf_dir)
-    hf_state = ckpt.load_state_file(file)
+    file = find_weights_file(hf_dir)
+    hf_state = load_state_file(file)
     model_type = model_type_of(config, hf_state)
     config = {**config, "model_type": model_type}
     if model_type == "ernie":
@@ -318,6 +318,39 @@ def from_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> str:
     _write_config(config, out_dir)
     _copy_tokenizer_files(hf_dir, out_dir)
     return out_dir
+
+
+def load_backbone_weights(path: str | os.PathLike, config: dict | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """Backbone tensors in torchpalm names from an HF model directory/file, a torchpalm checkpoint, or a
+    PaddlePALM/ERNIE Paddle parameter directory (`<model>/params`, `<model>`, a PALM `ckpt.step<N>`).
+
+    What `load_pretrain` reads, and the source of `to_hf` and `convert_torchpalm_to_paddle`; it lives here, above
+    the Paddle reader and beside the HF name map it needs, so that `checkpoint` and `convert` import one way.
+
+    `config` (the backbone's) lets a Paddle directory's shapes be checked against the model, by Paddle name."""
+    try:
+        file = find_weights_file(path)
+    except FileNotFoundError:
+        paddle_dir = params_dir(path) if os.path.isdir(path) else None
+        if paddle_dir is None:
+            raise
+        state = load_paddle_model(paddle_dir, config)
+        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, paddle_dir
+    state = load_state_file(file)
+    if any(k.startswith("backbone.") for k in state):
+        heads = sorted({k.split(".", 1)[0] for k in state if not k.startswith(("backbone.", "ema."))})
+        if heads:
+            logger.info("%s: only the backbone is loaded; the heads of %s are not (load_ckpt loads them too)",
+                        file, heads)
+        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, file
+    if any(k.startswith(("layers.", "word_embeddings.")) for k in state):
+        return state, file
+    converted, unused = hf_to_torchpalm(state)
+    if not converted:
+        raise ValueError(f"{file}: no BERT/ERNIE backbone parameters recognised (first keys: {list(state)[:5]})")
+    if unused:
+        logger.info("%s: %d tensors not used by the backbone (e.g. %s)", file, len(unused), unused[:3])
+    return converted, file
 
 
 def _source_config(src: str, state: dict[str, torch.Tensor]) -> tuple[dict, str, str]:
@@ -378,10 +411,8 @@ def to_hf(src: str | os.PathLike, out_dir: str | os.PathLike, tokenizer_dir: str
         ConversionError: a tensor missing, of the wrong shape, or with no place in the HF model (named with
             the file and what was expected); no config to say what the backbone is.
     """
-    from .. import checkpoint as ckpt
-
     src, out_dir = os.fspath(src), os.fspath(out_dir)
-    state, file = ckpt.load_backbone_weights(src)
+    state, file = load_backbone_weights(src)
     src_dir = src if os.path.isdir(src) else os.path.dirname(src)
     _check_out_dir(src_dir, out_dir)
     config, model_type, config_source = _source_config(src_dir, state)
