@@ -43,6 +43,7 @@ class Packing:
     prefix: bool
     lengths: list[int] = field(default_factory=list)
     _groups: list | None = field(default=None, repr=False)
+    _window_biases: dict = field(default_factory=dict, repr=False)
 
     @staticmethod
     def from_mask(mask: torch.Tensor) -> Packing | None:
@@ -127,23 +128,48 @@ class Packing:
         return out.index_copy(0, self.index, x).reshape(self.batch, self.length, *x.shape[1:])
 
 
+def window_allowed(length: int, window: int, device: torch.device) -> torch.Tensor:
+    """[L, L] bool: query i may attend to key j when |i - j| <= window (a bidirectional sliding window)."""
+    positions = torch.arange(length, device=device)
+    return (positions[:, None] - positions[None, :]).abs() <= window
+
+
+def _windowed_bias(bias: torch.Tensor, window: int) -> torch.Tensor:
+    """A [n, 1, 1, l] key-padding bias narrowed to a sliding window: [n, 1, l, l]. Disallowed places get the
+    finite minimum (not -inf plus -inf): a padded query row with no key in reach then averages harmlessly instead of
+    giving NaN, which the backward pass would spread into the real keys' gradients."""
+    n, width = bias.shape[0], bias.shape[-1]
+    allowed = (bias == 0) & window_allowed(width, window, bias.device)  # [n, 1, l, l]
+    return torch.zeros(n, 1, width, width, device=bias.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+
+
 def packed_attention(qkv: torch.Tensor, packing: Packing, heads: int, attn_bias: torch.Tensor,
-                     dropout_p: float) -> torch.Tensor:
+                     dropout_p: float, window: int | None = None) -> torch.Tensor:
     """Self-attention of packed sequences: qkv [T, 3H] -> context [T, H], each token attending only to the real
-    tokens of its own sequence. `attn_bias` is the padded path's [B, 1, 1, L] key-padding bias."""
+    tokens of its own sequence. `attn_bias` is the padded path's [B, 1, 1, L] key-padding bias. `window`: each
+    token attends only to the tokens at most `window` places from it within its own sequence (ModernBERT's local
+    layers); None is global attention. The window never reaches across a packed boundary, as each sequence is
+    attended on its own."""
     t, h3 = qkv.shape
     d = h3 // 3 // heads
     if (varlen_attn is not None and qkv.is_cuda and dropout_p == 0.0 and packing.prefix
             and qkv.dtype in (torch.float16, torch.bfloat16)):
         q, k, v = qkv.view(t, 3, heads, d).unbind(1)
-        ctx = varlen_attn(q, k, v, packing.cu_seqlens, packing.cu_seqlens, packing.max_seqlen, packing.max_seqlen)
+        reach = (-1, -1) if window is None else (window, window)
+        ctx = varlen_attn(q, k, v, packing.cu_seqlens, packing.cu_seqlens, packing.max_seqlen, packing.max_seqlen,
+                          window_size=reach)
         return ctx.reshape(t, heads * d)
     # grouped SDPA: each group of similar lengths gathered into [n, l, 3H] (a zero row at the padded places),
     # attended with its own key-padding bias; the real tokens' contexts go back to their packed rows
     padded = F.pad(qkv, (0, 0, 0, 1))  # row T: zeros for the padded places
     groups, back = packing.attention_groups()
+    if window is not None and window not in packing._window_biases:  # once per batch, shared by the local layers
+        packing._window_biases[window] = [_windowed_bias(bias, window) if width > window + 1 else bias
+                                          for _, width, _, bias, _ in groups]
     outs = []
-    for n, width, gather, bias, real in groups:
+    for g, (n, width, gather, bias, real) in enumerate(groups):
+        if window is not None:
+            bias = packing._window_biases[window][g]
         q, k, v = padded.index_select(0, gather).view(n, width, 3, heads, d).permute(2, 0, 3, 1, 4)
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
         outs.append(ctx.transpose(1, 2).reshape(n * width, heads * d).index_select(0, real))

@@ -22,6 +22,7 @@ import torch
 
 from ..permissions import follow_umask
 from ..weights import find_weights_file, load_state_file
+from . import modernbert as mb
 from .deberta import deberta_hf_to_torchpalm, deberta_torchpalm_to_hf, is_deberta_state
 from .paddle import load_paddle_model, params_dir
 
@@ -56,7 +57,7 @@ _LEGACY = {".gamma": ".weight", ".beta": ".bias"}
 
 
 # The base model's attribute in HF's task models (BertForMaskedLM.bert, RobertaForMaskedLM.roberta, ...).
-_MODEL_PREFIXES = ("bert.", "roberta.", "ernie.", "deberta.")
+_MODEL_PREFIXES = ("bert.", "roberta.", "ernie.", "deberta.", "model.")
 
 
 def _strip(name: str) -> str:
@@ -74,10 +75,13 @@ def hf_to_torchpalm(hf_state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
     to torchpalm names.
 
     Returns the converted dict and the HF keys that have no torchpalm counterpart (e.g. MLM/NSP heads).
-    A DeBERTa-v2/v3 state dict (its own attention names) is converted by `convert.deberta`'s map.
+    A DeBERTa-v2/v3 state dict (its own attention names) is converted by `convert.deberta`'s map, a ModernBERT's
+    by `convert.modernbert`'s.
     """
     if is_deberta_state(hf_state):
         return deberta_hf_to_torchpalm(hf_state)
+    if mb.is_modernbert_state(hf_state):
+        return mb.modernbert_hf_to_torchpalm(hf_state)
     state = {_strip(k): v for k, v in hf_state.items()}
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
@@ -104,9 +108,12 @@ def hf_to_torchpalm(hf_state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
 def torchpalm_to_hf(state: dict[str, torch.Tensor], prefix: str = "", model_type: str = "bert"
                     ) -> dict[str, torch.Tensor]:
     """Converts torchpalm BERT/RoBERTa/ERNIE names back to HF `BertModel`/`RobertaModel`/`ErnieModel` names
-    (optionally prefixed, e.g. 'bert.'); `model_type` 'deberta-v2': `DeBERTaV2`'s to `DebertaV2Model`'s."""
+    (optionally prefixed, e.g. 'bert.'); `model_type` 'deberta-v2': `DeBERTaV2`'s to `DebertaV2Model`'s;
+    ModernBERT's names (model_type 'modernbert', or recognised) to `ModernBertModel`'s."""
     if model_type == "deberta-v2":
         return deberta_torchpalm_to_hf(state, prefix)
+    if model_type == "modernbert" or mb.is_torchpalm_modernbert_state(state):
+        return mb.modernbert_torchpalm_to_hf(state, prefix)
     out: dict[str, torch.Tensor] = {}
     for ours, theirs in _PLAIN.items():
         if ours in state:
@@ -129,13 +136,15 @@ def torchpalm_to_hf(state: dict[str, torch.Tensor], prefix: str = "", model_type
 # ---------------------------------------------------------------- whole directories
 # HF model_type -> (the HF base model class, torchpalm's backbone class)
 MODEL_TYPES = {"bert": ("BertModel", "BERT"), "roberta": ("RobertaModel", "RoBERTa"), "ernie": ("ErnieModel", "ERNIE"),
-               "deberta-v2": ("DebertaV2Model", "DeBERTaV2")}
+               "deberta-v2": ("DebertaV2Model", "DeBERTaV2"), "modernbert": ("ModernBertModel", "ModernBERT")}
 TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json")
 # keys of torchpalm/PALM backbone configs that HF configs spell differently or do not have
 _OURS_ONLY = ("sent_type_vocab_size", "use_task_emb", "is_pairwise")
 # Masked-LM checkpoints (roberta-base, BertForMaskedLM saves) have no pooler; transformers initialises it then.
 _OPTIONAL = ("pooler.weight", "pooler.bias")
+# ... and a bare ModernBertModel has no prediction head (its task models and masked-LM checkpoints do)
+_OPTIONAL_OF = {"modernbert": mb.OPTIONAL}
 
 
 class ConversionError(ValueError):
@@ -174,6 +183,8 @@ def model_type_of(config: dict, state: dict[str, torch.Tensor] | None = None) ->
     names = list(state or ())
     if is_deberta_state(state or {}):
         return "deberta-v2"
+    if mb.is_modernbert_state(state or {}):
+        return "modernbert"
     if any(k.startswith("roberta.") for k in names):
         return "roberta"
     if any(k.endswith("task_type_embeddings.weight") for k in names) or "task_type_vocab_size" in config:
@@ -201,8 +212,9 @@ def _check_tensors(got: dict[str, torch.Tensor], expected: dict[str, torch.Tenso
     `optional` tensors may be absent (a note is logged); when present their shape is checked too."""
     absent_optional = [k for k in optional if k in expected and k not in got]
     if absent_optional:
-        logger.warning("%s: no %s (the pooler of checkpoints saved from a masked-LM model, e.g. roberta-base); it "
-                       "is left out, and a model loading this keeps its own initialisation, as transformers does",
+        logger.warning("%s: no %s (the pooler of checkpoints saved from a masked-LM model, e.g. roberta-base, or "
+                       "the prediction head of a bare ModernBertModel); it is left out, and a model loading this keeps "
+                       "its own initialisation, as transformers does",
                        file, " / ".join(absent_optional))
     expected = {k: v for k, v in expected.items() if k not in absent_optional}
     missing = [k for k in expected if k not in got]
@@ -303,9 +315,10 @@ def from_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike) -> str:
         config.setdefault("use_task_id", any(k.endswith("task_type_embeddings.weight") for k in hf_state))
     expected = _skeleton(model_type, config).state_dict()
     stripped = {_strip(k): v for k, v in hf_state.items()}
+    optional = [k for k in _OPTIONAL_OF.get(model_type, _OPTIONAL) if k in expected]
     _check_tensors(stripped, torchpalm_to_hf(expected, model_type=model_type), file,
                    f"an HF {model_type} model with this config.json",
-                   tuple(_PLAIN[k] for k in _OPTIONAL))
+                   tuple(torchpalm_to_hf({k: expected[k] for k in optional}, model_type=model_type)))
     converted, unused = hf_to_torchpalm(hf_state)
     # e.g. a task embedding in the weights of a config with use_task_id false: HF's model ignores it too
     unused += [torchpalm_to_hf({k: v}, model_type=model_type).popitem()[0]
@@ -343,7 +356,8 @@ def load_backbone_weights(path: str | os.PathLike, config: dict | None = None) -
             logger.info("%s: only the backbone is loaded; the heads of %s are not (load_ckpt loads them too)",
                         file, heads)
         return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, file
-    if any(k.startswith(("layers.", "word_embeddings.")) for k in state):
+    # (a bare HF ModernBertModel's names start with "layers." too: is_modernbert_state tells them apart)
+    if any(k.startswith(("layers.", "word_embeddings.")) for k in state) and not mb.is_modernbert_state(state):
         return state, file
     converted, unused = hf_to_torchpalm(state)
     if not converted:
@@ -419,7 +433,7 @@ def to_hf(src: str | os.PathLike, out_dir: str | os.PathLike, tokenizer_dir: str
     skeleton = _skeleton(model_type, config)
     expected = skeleton.state_dict()
     what = f"the {type(skeleton).__name__} that {config_source} describes"
-    _check_tensors(state, expected, file, what, _OPTIONAL)
+    _check_tensors(state, expected, file, what, _OPTIONAL_OF.get(model_type, _OPTIONAL))
     extra = sorted(set(state) - set(expected))
     if extra:
         raise ConversionError(f"{file}: tensor {extra[0]!r} has no place in {what} (HF {MODEL_TYPES[model_type][0]})"
