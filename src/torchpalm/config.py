@@ -79,7 +79,8 @@ class Key:
 NUMBER = (int, float)
 OPT_STR, OPT_INT, OPT_NUMBER = (str, type(None)), (int, type(None)), (int, float, type(None))
 
-BACKBONES = {"bert": "BERT", "ernie": "ERNIE", "roberta": "RoBERTa", "deberta-v2": "DeBERTaV2"}
+BACKBONES = {"bert": "BERT", "ernie": "ERNIE", "roberta": "RoBERTa", "deberta-v2": "DeBERTaV2",
+             "hf": "HFEncoder"}
 READERS = {"classify": "ClassifyReader", "match": "MatchReader", "sequence_label": "SequenceLabelReader",
            "mrc": "MRCReader", "mask_lm": "MaskLMReader"}
 HEADS = {"classify": "Classify", "match": "Match", "sequence_label": "SequenceLabel", "mrc": "MRC",

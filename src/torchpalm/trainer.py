@@ -336,7 +336,7 @@ class Trainer:
         """Loads pretrained backbone weights into the predict backbone (head stays as initialised)."""
         if self._pred_backbone is None:
             raise RuntimeError("call build_predict_forward before load_predict_model")
-        state, file = ckpt.load_backbone_weights(model_path, backbone_config(self._pred_backbone))
+        state, file = pretrained_weights(self._pred_backbone, model_path)
         for name in ckpt.assign_state(self._pred_backbone, state, file):
             logger.info("Warning: %s not found in %s.", name, model_path)
 
@@ -608,9 +608,17 @@ def backbone_config(backbone: nn.Module) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
+def pretrained_weights(backbone: nn.Module, model_path: str) -> tuple[dict, str]:
+    """(tensors in the backbone's parameter names, the file read): the backbone's own `pretrained_state` when it
+    has one (HFEncoder keeps HF's names), else torchpalm's converters (HF, torchpalm or Paddle files)."""
+    if hasattr(backbone, "pretrained_state"):
+        return backbone.pretrained_state(model_path)
+    return ckpt.load_backbone_weights(model_path, backbone_config(backbone))
+
+
 def load_pretrained_backbone(backbone: nn.Module, model_path: str) -> None:
     logger.info("Loading pretraining parameters from %s...", model_path)
-    state, file = ckpt.load_backbone_weights(model_path, backbone_config(backbone))
+    state, file = pretrained_weights(backbone, model_path)
     for name in ckpt.assign_state(backbone, state, file):
         logger.info("Warning: %s not found in %s.", name, model_path)
     logger.info("")
