@@ -2,6 +2,8 @@
 
 encoder_outputs [B, L, H] -> rows at mask_pos [M, H] -> Linear(H, H) -> act -> LayerNorm
 -> logits = h @ embedding_table.T + bias [M, V]; loss = mean cross-entropy over the M masked tokens.
+With `transform=False` the rows go straight to the tied output layer: ModernBERT's backbone already applies
+its prediction head (dense -> act -> LayerNorm, the transform of `ModernBertForMaskedLM`) to `encoder_outputs`.
 PALM clamped `mask_pos` with a constant derived from static shapes, so every masked token read flat
 position 0 (spec §17.1); here the true positions are gathered, after checking they are inside the batch.
 """
@@ -29,6 +31,8 @@ class MaskLM(Head):
         dropout_prob: accepted for PALM's signature; like PALM's and BERT's MLM heads, no dropout is applied.
         param_initializer_range: std of the truncated-normal init of the transform layer.
         phase: 'train' or 'predict'.
+        transform: the Linear -> act -> LayerNorm before the output layer (BERT's); False for a backbone whose
+            `encoder_outputs` have been through it already (ModernBERT: then this head is HF's tied decoder).
 
     Inputs: backbone `encoder_outputs [B, L, H]` and `embedding_table [V, H]`; reader `mask_pos [M]` (flat
     indices into `[B * L]`) and, for the loss, `mask_label [M]`.
@@ -36,24 +40,27 @@ class MaskLM(Head):
     """
 
     def __init__(self, input_dim: int, vocab_size: int, hidden_act: str, dropout_prob: float = 0.0,
-                 param_initializer_range: float = 0.02, phase: str = "train"):
+                 param_initializer_range: float = 0.02, phase: str = "train", transform: bool = True):
         super().__init__(phase)
         if hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {hidden_act!r} is not supported; choose one of {sorted(ACTIVATIONS)}")
         self.input_dim, self.vocab_size, self.hidden_act = input_dim, vocab_size, hidden_act
         self.dropout_prob, self.param_initializer_range = dropout_prob, param_initializer_range
+        self.use_transform = bool(transform)
         # PALM: <task>.mask_lm_trans_fc.w_0/b_0, mask_lm_trans_layer_norm_scale/_bias, mask_lm_out_fc.b_0
-        self.transform = nn.Linear(input_dim, input_dim)
-        self.act = ACTIVATIONS[hidden_act]
-        self.layer_norm = nn.LayerNorm(input_dim, eps=LAYER_NORM_EPS)
+        if self.use_transform:
+            self.transform = nn.Linear(input_dim, input_dim)
+            self.act = ACTIVATIONS[hidden_act]
+            self.layer_norm = nn.LayerNorm(input_dim, eps=LAYER_NORM_EPS)
+            truncated_normal_(self.transform.weight, param_initializer_range)
+            nn.init.zeros_(self.transform.bias)
         self.output_bias = nn.Parameter(torch.zeros(vocab_size))
-        truncated_normal_(self.transform.weight, param_initializer_range)
-        nn.init.zeros_(self.transform.bias)
         self.train(phase == "train")
 
     def config(self) -> dict:
         return {"input_dim": self.input_dim, "vocab_size": self.vocab_size, "hidden_act": self.hidden_act,
-                "dropout_prob": self.dropout_prob, "param_initializer_range": self.param_initializer_range}
+                "dropout_prob": self.dropout_prob, "param_initializer_range": self.param_initializer_range,
+                "transform": self.use_transform}
 
     @property
     def inputs_attrs(self) -> dict:
@@ -85,7 +92,8 @@ class MaskLM(Head):
             raise ValueError(f"mask_pos must be flat indices into the padded batch, 0 <= pos < B*L = {b}*{length} "
                              f"= {b * length}; got values from {int(pos.min())} to {int(pos.max())}")
         hidden = enc.reshape(b * length, h).index_select(0, pos)
-        hidden = self.layer_norm(self.act(self.transform(hidden)))
+        if self.use_transform:
+            hidden = self.layer_norm(self.act(self.transform(hidden)))
         logits = (hidden @ table.t() + self.output_bias).float()
         out = {"logits": logits, "word_ids": logits.argmax(dim=-1)}
         if "mask_label" in batch:
