@@ -16,7 +16,8 @@ rename, `complete.json` marker) holding:
     model.onnx           with `palm.export(..., onnx=True)`: backbone + every head, one output per task
 
 Classes are looked up by name in `torchpalm.backbone`, `torchpalm.head` and `torchpalm.reader` only, so
-loading a bundle never imports or runs code named by the file; weights are safetensors.
+loading a bundle never imports or runs code named by the file; weights are safetensors. Every file bundle.json
+names lies inside the bundle folder (`file_in_bundle`: no absolute path, no `..`, no symbolic link leading out).
 """
 
 from __future__ import annotations
@@ -185,6 +186,9 @@ def read_spec(directory: str | os.PathLike, check_complete: bool = True) -> dict
             spec = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to parse (bundle.json is a few levels deep: tasks, "
+                         f"head, config)") from None
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise ValueError(f"{path}: not a torchpalm inference bundle (expected \"format\": \"{FORMAT}\")")
     version = spec.get("format_version")
@@ -199,3 +203,21 @@ def read_spec(directory: str | os.PathLike, check_complete: bool = True) -> dict
         if not isinstance(spec.get(key), dict) or not spec[key]:
             raise ValueError(f"{path}: missing or empty {key!r}")
     return spec
+
+
+def file_in_bundle(directory: str, name, where: str) -> str:
+    """The path of a file `name` that a bundle names (relative to the bundle folder), refused unless it lies
+    inside that folder: no absolute path, no `..`, and no symbolic link on the way that leads out, so a
+    bundle cannot make a Predictor read files elsewhere on the machine. `where` names the key, for messages."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: expected a file name inside the bundle folder, got {name!r}")
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts:
+        raise ValueError(f"{where}: {name!r} is not inside the bundle folder {directory} (absolute paths and "
+                         f"'..' are refused: a bundle's files are its own)")
+    path = os.path.join(directory, name)
+    root = os.path.realpath(directory)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise ValueError(f"{where}: {name!r} is a symbolic link leading out of the bundle folder {directory} (to "
+                         f"{os.path.realpath(path)}); refused")
+    return path

@@ -17,35 +17,66 @@ parameters are shared, its results buffer is not).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import types
+import typing
 from collections.abc import Sequence
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from . import backbone as backbone_module
 from . import checkpoint as ckpt
 from . import head as head_module
 from . import reader as reader_module
-from .bundle import BUNDLE_FILE, read_spec
+from .bundle import BUNDLE_FILE, file_in_bundle, read_spec
 from .head.base import Head
+from .limits import short_repr
 from .loop import autocast, backbone_features, default_device, same_inputs, to_device
 from .reader.base import Reader
 from .trainer import finish_prediction, outputs_to_numpy
+from .weights import read_safetensors
 
 # inputs the exported graph never needs (bookkeeping the reader passes through to post-processing)
 NOT_MODEL_INPUTS = ("unique_ids",)
 
 
 def _lookup(module, name: str, base: type, what: str, source: str) -> type:
-    """A class named in bundle.json, found in torchpalm's own package only (loading never imports other code)."""
+    """A class named in bundle.json, found in torchpalm's own package only (loading never imports other code);
+    the abstract base itself (`Backbone`, `Head`, `Reader`) builds nothing and is refused too."""
     cls = getattr(module, str(name), None) if not str(name).startswith("_") else None
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        known = sorted(n for n in getattr(module, "__all__", ()) if isinstance(getattr(module, n, None), type))
-        raise ValueError(f"{source}: unknown {what} class {name!r} (torchpalm knows {known})")
+    if not (isinstance(cls, type) and issubclass(cls, base)) or cls is base:
+        known = sorted(n for n in getattr(module, "__all__", ())
+                       if isinstance(getattr(module, n, None), type) and getattr(module, n) is not base)
+        raise ValueError(f"{source}: unknown {what} class {short_repr(name)} (torchpalm knows {known})")
     return cls
+
+
+@contextlib.contextmanager
+def _blame(where: str):
+    """A constructor's complaint about a bundle's config (an unknown option, a wrong value) as a ValueError
+    naming bundle.json and the key it came from."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{where}: {e.args[0] if e.args else e}") from e
+
+
+def _takes_path(hint) -> bool:
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return any((typing.get_origin(o) or o) is os.PathLike for o in options)
+
+
+def _path_options(reader_cls: type, options: dict, directory: str, where: str) -> dict:
+    """Reader options that name a file (a `label_map` path: a str where the constructor takes a path) are
+    confined to the bundle folder like its `files`."""
+    if not isinstance(options, dict):
+        raise ValueError(f"{where}: expected a mapping of the reader's options, got {short_repr(options)}")
+    hints = typing.get_type_hints(reader_cls.__init__)
+    return {key: file_in_bundle(directory, value, f"{where}.{key}")
+            if isinstance(value, str) and _takes_path(hints.get(key)) else value for key, value in options.items()}
 
 
 class Predictor:
@@ -78,10 +109,12 @@ class Predictor:
         spec = read_spec(directory, check_complete=not _unfinished)
         where = os.path.join(directory, BUNDLE_FILE)
         bb = spec["backbone"]
-        backbone = _lookup(backbone_module, bb.get("class"), nn.Module, "backbone", where).from_config(
-            bb["config"], phase="predict")
+        backbone_cls = _lookup(backbone_module, bb.get("class"), backbone_module.Backbone, "backbone", where)
+        with _blame(f"{where}: backbone.config ({backbone_cls.__name__})"):
+            backbone = backbone_cls.from_config(bb["config"], phase="predict")
         heads, readers, owners = {}, {}, {}
         for name, task in spec["tasks"].items():
+            key = f"{where}: tasks.{name}"
             try:
                 head_spec, reader_spec = task["head"], task["reader"]
                 config = dict(head_spec["config"])
@@ -90,21 +123,26 @@ class Predictor:
                 raise ValueError(f"{where}: task {name!r} lacks {e} (expected head, reader and weights_of)") from None
             if "pred_output_path" in config:  # a training run's output folder means nothing here
                 config["pred_output_path"] = None
-            heads[name] = _lookup(head_module, head_spec.get("class"), Head, "head", where)(**config, phase="predict")
+            head_cls = _lookup(head_module, head_spec.get("class"), Head, "head", where)
+            with _blame(f"{key}.head.config ({head_cls.__name__})"):
+                heads[name] = head_cls(**config, phase="predict")
             files = {}
             for arg, rel in reader_spec.get("files", {}).items():
-                files[arg] = os.path.join(directory, rel)
+                files[arg] = file_in_bundle(directory, rel, f"{key}.reader.files.{arg}")
                 if not os.path.isfile(files[arg]):
                     raise FileNotFoundError(f"{directory}: missing {rel} (task {name!r}: its reader's {arg}, "
                                             f"listed in {BUNDLE_FILE})")
             reader_cls = _lookup(reader_module, reader_spec.get("class"), Reader, "reader", where)
-            readers[name] = reader_cls(**files, **reader_spec.get("options", {}), phase="predict")
+            options = _path_options(reader_cls, reader_spec.get("options", {}), directory,
+                                    f"{key}.reader.options")
+            with _blame(f"{key}.reader.options ({reader_cls.__name__})"):
+                readers[name] = reader_cls(**files, **options, phase="predict")
             readers[name].register_with(backbone)
             heads[name].check_reader(readers[name])  # label-map size; the tagger's no-entity id
-        weights = os.path.join(directory, "model.safetensors")
+        weights = file_in_bundle(directory, "model.safetensors", f"{directory}: the weights")
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"{directory}: missing model.safetensors (the weights)")
-        state = load_file(weights, device="cpu")
+        state = read_safetensors(weights)  # a truncated or corrupt file is an error naming it
         missing = [f"backbone.{k}" for k in ckpt.assign_state(
             backbone, {k[9:]: v for k, v in state.items() if k.startswith("backbone.")}, weights)]
         for name, head in heads.items():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -137,26 +138,33 @@ def _read_header(f, path: str, size: int) -> tuple[torch.dtype, list[int]]:
     return PADDLE_DTYPES[code], dims
 
 
+def _read_checked_header(f, path: str) -> tuple[torch.dtype, list[int], int]:
+    """`_read_header`, then the data size its shape implies checked against what the file holds, so a shape
+    is never trusted beyond the file (a header declaring [2**62, 4] over no data): (dtype, dims, count)."""
+    size = os.path.getsize(path)
+    dtype, dims = _read_header(f, path, size)
+    count = math.prod(dims)  # exact: numpy's int64 product wraps around (2**62 * 4 -> 0)
+    needed, left = count * np.dtype(_NUMPY[dtype]).itemsize, size - f.tell()
+    if left != needed:
+        state = "truncated" if left < needed else "has trailing bytes"
+        raise PaddleFormatError(f"{path}: {state}: its header declares a {dtype} tensor of shape {dims}, which "
+                                f"needs {needed} data bytes, the file has {left}")
+    return dtype, dims, count
+
+
 def read_shape(path: str | os.PathLike) -> list[int]:
-    """The shape recorded in a Paddle variable file's header (the data is not read)."""
+    """The shape recorded in a Paddle variable file's header, checked against the file's size (the data is
+    not read)."""
     path = os.fspath(path)
     with open(path, "rb") as f:
-        return _read_header(f, path, os.path.getsize(path))[1]
+        return _read_checked_header(f, path)[1]
 
 
 def read_tensor(path: str | os.PathLike) -> torch.Tensor:
     """Reads one Paddle 1.x variable file (a serialised LoDTensor; the LoD, if any, is skipped)."""
     path = os.fspath(path)
-    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        dtype, dims = _read_header(f, path, size)
-        count = int(np.prod(dims)) if dims else 1
-        itemsize = np.dtype(_NUMPY[dtype]).itemsize
-        left = size - f.tell()
-        if left != count * itemsize:
-            state = "truncated" if left < count * itemsize else "has trailing bytes"
-            raise PaddleFormatError(f"{path}: {state}: a {dtype} tensor of shape {dims} needs "
-                                    f"{count * itemsize} data bytes, the file has {left}")
+        dtype, dims, count = _read_checked_header(f, path)
         array = np.fromfile(f, dtype=_NUMPY[dtype], count=count)
     tensor = torch.from_numpy(array.reshape(dims))
     if dtype == torch.bfloat16:
