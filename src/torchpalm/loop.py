@@ -157,6 +157,11 @@ def load_model_state(backbone: nn.Module, heads: dict[str, nn.Module], tasks: di
             logger.info("Warning: %s.%s not found in %s.", tasks[name].head_owner, missing, source)
 
 
+# torch's default generators are one per process: trainers in several threads take turns at them (each swaps
+# its own stream in for a forward pass, `TrainLoop.own_rng`), or one thread's dropout draws from another's
+GLOBAL_RNG_LOCK = threading.RLock()
+
+
 def rng_state(device: torch.device) -> dict:
     """The state of torch's default generators that a step on `device` draws from (dropout): CPU and, on CUDA,
     that device's."""
@@ -256,6 +261,7 @@ class TrainLoop:
         # this trainer's dropout uses; weights and dropout masks of different models sharing draws is harmless,
         # and advancing it would change every seeded script's results.)
         self._rng = rng_state(device)
+        self._stepping = threading.Lock()  # held during a training step (see train_step)
         # [first global step whose loss or gradient was not finite (0: none), number of such steps]
         self._nonfinite = torch.zeros(2, dtype=torch.int64, device=device)
         self._skipped_reported = 0
@@ -298,16 +304,27 @@ class TrainLoop:
 
         Costs two state copies each way per step (5 KB on CPU, 16 bytes per CUDA device): nothing next to a step.
         """
-        outside = rng_state(self.device)
-        set_rng_state(self._rng, self.device)
-        try:
-            yield
-        finally:
-            self._rng = rng_state(self.device)
-            set_rng_state(outside, self.device)
+        with GLOBAL_RNG_LOCK:  # another thread's trainer must not swap its stream in meanwhile
+            outside = rng_state(self.device)
+            set_rng_state(self._rng, self.device)
+            try:
+                yield
+            finally:
+                self._rng = rng_state(self.device)
+                set_rng_state(outside, self.device)
 
     def train_step(self, task: str, batch: dict) -> torch.Tensor:
-        """One optimisation step of `task` on `batch`; returns the loss (a detached device tensor)."""
+        """One optimisation step of `task` on `batch`; returns the loss (a detached device tensor). Two trainers
+        may train in two threads; one trainer in two threads at once is refused (its data and state would mix)."""
+        if not self._stepping.acquire(blocking=False):
+            raise RuntimeError(f"task '{task}': this trainer is already taking a training step in another thread; "
+                               f"a trainer trains in one thread at a time (separate trainers may train in parallel)")
+        try:
+            return self._train_step(task, batch)
+        finally:
+            self._stepping.release()
+
+    def _train_step(self, task: str, batch: dict) -> torch.Tensor:
         self._forward.train()
         lr = self.optimizer.lr_at(self.global_step)
         for group in self.torch_optimizer.param_groups:
