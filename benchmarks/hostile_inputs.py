@@ -75,12 +75,15 @@ def config_file(tmp: str, **changes) -> str:
     return write(os.path.join(tmp, "config.json"), json.dumps({**TINY, **changes}))
 
 
-def trainer_of(tmp: str):
-    torch.manual_seed(0)
-    reader = palm.reader.ClassifyReader(VOCAB, 32, seed=0, do_lower_case=True)
+def trainer_of(tmp: str, seed: int = 0, pause: float = 0.0):
+    """A tiny BERT classifier (dropout 0.1), fitted; `pause` seconds of sleep before each backbone forward."""
+    torch.manual_seed(seed)
+    reader = palm.reader.ClassifyReader(VOCAB, 32, seed=seed, do_lower_case=True)
     reader.load_data(tsv(tmp), 4, num_epochs=2)
     backbone = palm.backbone.BERT.from_config(config_file(tmp))
     reader.register_with(backbone)
+    if pause:
+        backbone.register_forward_pre_hook(lambda module, args: time.sleep(pause))
     trainer = palm.Trainer("cls", device="cpu")
     loss = trainer.build_forward(backbone, palm.head.Classify(2, 32, 0.0))
     trainer.build_backward(palm.optimizer.Adam(loss, 1e-3))
@@ -241,6 +244,169 @@ def saving(t: Table, tmp: str) -> None:
                       f"{sorted(n for n in os.listdir(save_path) if n.startswith('ckpt'))}")
 
 
+def run_configs(t: Table, tmp: str) -> None:
+    """YAML run configs (issue 28 items 1 and 3)."""
+    from torchpalm import config as C
+
+    flag = os.path.join(tmp, "payload_ran")
+    write(os.path.join(tmp, "evil.py"), f"open({flag!r}, 'w').write('ran')\n")
+
+    def run_config(pretrained: str, text: str = "") -> str:
+        path = write(os.path.join(tmp, "run.yaml"), text or (
+            f"backbone: {{type: bert, pretrained: '{pretrained}'}}\ntasks: {{name: cls, reader: {{type: classify, "
+            f"max_len: 16}}, head: {{type: classify, num_classes: 2}}}}\noptimizer: {{lr: 0.001}}\n"))
+        start = time.perf_counter()
+        try:
+            C.load(path)
+        finally:
+            print(f"  ({time.perf_counter() - start:.2f} s; the module ran: {os.path.exists(flag)})", flush=True)
+        return "loaded"
+
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    sys.path.insert(0, "")
+    try:
+        t.outcome("config", "`pretrained: package:evil`, evil.py in the working directory",
+                  lambda: run_config("package:evil"))
+    finally:
+        sys.path.remove("")
+        os.chdir(cwd)
+    t.outcome("config", "`pretrained: package:this` (a standard-library module)", lambda: run_config("package:this"))
+    levels = [f"l0: &l0 [{', '.join(['x'] * 10)}]"] + [
+        f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    bomb = "\n".join(levels) + "\nbackbone: {type: bert, config: {}, vocab: v}\ntasks: {name: c, reader: {type: " \
+        "classify, max_len: 16, columns: *l8}, head: {type: classify, num_classes: 2}}\noptimizer: {lr: 0.1}\n"
+    t.outcome("config", f"{len(bomb)}-byte YAML whose aliases expand to 10^9 values in `reader.columns`",
+              lambda: run_config("", bomb))
+    t.outcome("config", "YAML nested 50,000 deep", lambda: run_config("", "backbone: " + "[" * 50_000 + "]" * 50_000))
+
+
+def bundles(t: Table, tmp: str) -> None:
+    """Inference bundles and Paddle files (issue 28 items 5 and 6)."""
+    import shutil
+    import struct
+
+    from torchpalm.convert import torchpalm_to_paddle, write_params
+    from torchpalm.convert.paddle import load_paddle_model, read_tensor
+
+    trainer = trainer_of(tmp)
+    original = palm.export(trainer, os.path.join(tmp, "bundle"))
+    os.makedirs(os.path.join(tmp, "secret"), exist_ok=True)
+    secret = shutil.copyfile(VOCAB, os.path.join(tmp, "secret", "vocab.txt"))
+
+    def load_edited(edit) -> str:
+        folder = os.path.join(tmp, "edited")
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(original, folder, symlinks=True)
+        spec_file = os.path.join(folder, "bundle.json")
+        spec = json.loads(Path(spec_file).read_text())
+        if edit(folder, spec) is not False:
+            write(spec_file, json.dumps(spec))
+        marker = os.path.join(folder, ckpt.MARKER)  # a deliberate attacker updates the marker too
+        record = json.loads(Path(marker).read_text())
+        record["files"] = {n: os.path.getsize(os.path.join(folder, n)) for n in record["files"]}
+        write(marker, json.dumps(record))
+        palm.Predictor.load(folder, device="cpu")
+        return "loaded"
+
+    def vocab(value):
+        return lambda folder, spec: spec["tasks"]["cls"]["reader"]["files"].update(vocab_path=value)
+
+    def link_out(folder, spec):
+        os.remove(os.path.join(folder, "reader.cls", "vocab.txt"))
+        os.symlink(secret, os.path.join(folder, "reader.cls", "vocab.txt"))
+
+    def cut_weights(folder, spec):
+        path = os.path.join(folder, "model.safetensors")
+        os.truncate(path, os.path.getsize(path) // 2)
+
+    def deep(folder, spec):
+        write(os.path.join(folder, "bundle.json"), "[" * 200_000 + "]" * 200_000)
+        return False
+
+    cases = [("`vocab_path: ../secret/vocab.txt` in bundle.json", vocab("../secret/vocab.txt")),
+             ("an absolute `vocab_path` in bundle.json", vocab(secret)),
+             ("`reader.cls/vocab.txt` a symbolic link to a file outside", link_out),
+             ("backbone class `Backbone`", lambda f, s: s["backbone"].update({"class": "Backbone"})),
+             ("head class `Head`", lambda f, s: s["tasks"]["cls"]["head"].update({"class": "Head"})),
+             ("an unknown option in the head config", lambda f, s: s["tasks"]["cls"]["head"]["config"].update(
+                 bogus=1)),
+             ("an unknown option in the reader options", lambda f, s: s["tasks"]["cls"]["reader"]["options"]
+              .update(bogus=1)),
+             ("`model.safetensors` cut in half", cut_weights),
+             ("bundle.json nested 200,000 deep", deep)]
+    for what, edit in cases:
+        t.outcome("bundle", what, lambda e=edit: load_edited(e))
+
+    def header(dims) -> bytes:  # a Paddle variable file's header (FP32), as convert.paddle.write_tensor writes it
+        def varint(v):
+            out = bytearray()
+            while True:
+                byte, v = v & 0x7F, v >> 7
+                out.append(byte | (0x80 if v else 0))
+                if not v:
+                    return bytes(out)
+        desc = b"\x08\x05" + b"".join(b"\x10" + varint(d) for d in dims)
+        return struct.pack("<IQI", 0, 0, 0) + struct.pack("<i", len(desc)) + desc
+
+    t.outcome("paddle", "a Paddle file declaring dims `[2**62, 4]`", lambda: read_tensor(
+        write(os.path.join(tmp, "pooled_fc.b_0"), header([2**62, 4]))))
+    params = os.path.join(tmp, "params")
+    write_params(params, torchpalm_to_paddle(palm.backbone.BERT.from_config(TINY).state_dict()))
+    write(os.path.join(params, "word_embedding"), header([10**9, 10**6]) + b"\0" * 64)
+    t.outcome("paddle", "a Paddle `word_embedding` declaring `[1e9, 1e6]` (no config)",
+              lambda: load_paddle_model(params))
+
+
+def threads(t: Table, tmp: str) -> None:
+    """Trainers in threads (issue 28 item 8)."""
+    import threading
+
+    def losses(trainer, n=8):
+        return [float(trainer.train_one_step(trainer.get_one_batch())["cls.loss"]) for _ in range(n)]
+
+    def pair(seed_a=1, seed_b=2):
+        made = []
+        for seed in (seed_a, seed_b):
+            made.append(trainer_of(tmp, seed=seed, pause=0.005))  # the pause makes the threads' steps overlap
+        return made
+
+    def two_trainers() -> str:
+        alone = [losses(trainer) for trainer in pair()]
+        together = [None, None]
+        workers = [threading.Thread(target=lambda i=i, tr=tr: together.__setitem__(i, losses(tr)))
+                   for i, tr in enumerate(pair())]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        same = sum(a == b for x, y in zip(alone, together) for a, b in zip(x, y))
+        return f"{same} of 16 step losses identical to each trainer trained alone"
+
+    t.outcome("threads", "two trainers (dropout on) training in two threads at once", two_trainers)
+
+    def one_trainer() -> str:
+        trainer = trainer_of(tmp, pause=0.3)
+        errors = []
+
+        def step():
+            try:
+                trainer.train_one_step(trainer.get_one_batch())
+            except RuntimeError as e:
+                errors.append(e)
+        workers = [threading.Thread(target=step) for _ in range(2)]
+        for w in workers:
+            w.start()
+            time.sleep(0.05)
+        for w in workers:
+            w.join()
+        if errors:
+            raise errors[0]
+        return "both steps ran"
+
+    t.outcome("threads", "one trainer stepping in two threads at once", one_trainer)
+
+
 def write_benchmarks(table: str) -> None:
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text(encoding="utf-8")
@@ -274,7 +440,7 @@ def main() -> None:
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000))
     with tempfile.TemporaryDirectory() as tmp:
         table = Table(tmp)
-        for part in (configs, weights, data, saving):
+        for part in (configs, run_configs, weights, data, bundles, saving, threads):
             part(table, tmp)
         print("\n" + table.markdown())
     if args.write:
