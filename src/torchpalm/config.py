@@ -3,7 +3,7 @@
 A config names a backbone, one task or several (each a reader, a head and its files), an optimizer, a schedule
 and the training settings; `torchpalm train|predict|evaluate` (torchpalm/cli.py) run it. Layout:
 
-    backbone:  {type: bert|ernie|roberta, pretrained: DIR|null, config: FILE|{...}|null, vocab: FILE|null}
+    backbone:  {type: bert|ernie|roberta|modernbert|..., pretrained: DIR|null, config: FILE|{...}|null, vocab: FILE|null}
     tasks:     a list of {name, reader: {type, ...}, head: {type, ...}, train_file, dev_file, predict_file,
                mix_ratio, aux, loss_weight} (a single mapping is one task)
     optimizer: {type: adam or a torch.optim class (SGD, AdamW, ...), lr, weight_decay, options: {its arguments}}
@@ -19,7 +19,8 @@ The reader and head options are the parameters of their classes' constructors (a
 itself are not options: the vocabulary, phase, input file, batch size and epochs of a reader, and a head's
 `input_dim` (the backbone's hidden size). A few head options default to what the rest of the config implies:
 `num_classes` to the size of the reader's label map, `max_query_len` to the MRC reader's, `vocab_size` and
-`hidden_act` to the backbone's.
+`hidden_act` to the backbone's (ModernBERT's `hidden_activation`), and a MaskLM head on ModernBERT to
+`transform: false` (the backbone applies its own prediction head).
 
 Validation happens before anything is built: an unknown or missing key, or a value of the wrong type, is a
 `ConfigError` naming the key path (`tasks[0].reader.max_len`), the closest valid key and the valid ones.
@@ -80,7 +81,7 @@ NUMBER = (int, float)
 OPT_STR, OPT_INT, OPT_NUMBER = (str, type(None)), (int, type(None)), (int, float, type(None))
 
 BACKBONES = {"bert": "BERT", "ernie": "ERNIE", "roberta": "RoBERTa", "deberta-v2": "DeBERTaV2",
-             "hf": "HFEncoder"}
+             "modernbert": "ModernBERT", "hf": "HFEncoder"}
 READERS = {"classify": "ClassifyReader", "match": "MatchReader", "sequence_label": "SequenceLabelReader",
            "mrc": "MRCReader", "mask_lm": "MaskLMReader"}
 HEADS = {"classify": "Classify", "match": "Match", "sequence_label": "SequenceLabel", "mrc": "MRC",
@@ -579,6 +580,8 @@ def backbone_files(cfg: dict) -> tuple[dict, str, str | None]:
     vocab = b["vocab"]
     if vocab is None:  # RoBERTa's byte-level BPE reads its files (tokenizer.json, or vocab.json + merges.txt)
         vocab = pretrained if b["type"] == "roberta" else side_file(pretrained, ("vocab.txt",))  # from the dir
+        if b["type"] == "modernbert" and not os.path.exists(vocab):  # ships tokenizer.json: the readers read the dir
+            vocab = pretrained
     if not isinstance(config, dict):
         if not os.path.isfile(config):
             raise ConfigError(f"backbone.config: file not found: {config}")
@@ -623,7 +626,9 @@ def build_head(task: dict, config: dict, phase: str, label_map: Mapping[str, int
     cls = component_class("head", task["head"]["type"])
     params = _params(cls.__init__, HEAD_WIRED)
     kwargs = {k: v for k, v in task["head"].items() if k != "type"}
-    implied = {"vocab_size": config.get("vocab_size"), "hidden_act": config.get("hidden_act"),
+    implied = {"vocab_size": config.get("vocab_size"),
+               "hidden_act": config.get("hidden_act", config.get("hidden_activation")),
+               "transform": False if config.get("model_type") == "modernbert" else None,
                "max_query_len": task["reader"].get("max_query_len"),
                "num_classes": max(label_map.values()) + 1 if label_map else None}
     for name, value in implied.items():

@@ -111,6 +111,16 @@ PRETRAINED: tuple[PretrainedModel, ...] = (
                     "DeBERTaV2", "microsoft/deberta-v3-base", note="not in PaddlePALM"),
     PretrainedModel("DeBERTa-v3-large", "DeBERTa-v3 large (Microsoft), L24 H1024 A16, 128k SentencePiece "
                     "vocabulary", "DeBERTaV2", "microsoft/deberta-v3-large", note="not in PaddlePALM"),
+    # not in PALM: ModernBERT and the encoders built on it (rotary, local/global attention; tokenizer.json)
+    *(PretrainedModel(name, description, "ModernBERT", repo, note="not in PaddlePALM") for name, description, repo in (
+        ("ModernBERT-base", "ModernBERT base (Answer.AI, LightOn), L22 H768, 8k context", "answerdotai/ModernBERT-base"),
+        ("ModernBERT-large", "ModernBERT large (Answer.AI, LightOn), L28 H1024, 8k context",
+         "answerdotai/ModernBERT-large"),
+        *((f"Ettin-encoder-{size}", f"Ettin encoder {size} (JHU CLSP, ModernBERT architecture, open data)",
+           f"jhu-clsp/ettin-encoder-{size}") for size in ("17m", "32m", "68m", "150m", "400m", "1b")),
+        ("mmBERT-small", "mmBERT small (JHU CLSP), multilingual ModernBERT, 1800+ languages", "jhu-clsp/mmBERT-small"),
+        ("mmBERT-base", "mmBERT base (JHU CLSP), multilingual ModernBERT, 1800+ languages", "jhu-clsp/mmBERT-base"),
+    )),
 )
 
 
@@ -209,7 +219,7 @@ def _offline() -> bool:
 
 
 def _offline_help(model: PretrainedModel, target: str, reason: str) -> str:
-    vocab = "spm.model" if model.backbone == "DeBERTaV2" else "vocab.txt"
+    vocab = {"DeBERTaV2": "spm.model", "ModernBERT": "tokenizer.json"}.get(model.backbone, "vocab.txt")
     return (f"cannot fetch {model.name!r}: {reason}.\n"
             f"It is the HuggingFace Hub repository {model.repo} ({model.url}). On a machine with internet:\n"
             f"    hf download {model.repo} config.json {vocab} {WEIGHTS[0]} --local-dir {model.name}\n"

@@ -125,7 +125,8 @@ def layer_types_of(config: dict, layers: int, source: str) -> list[str]:
     (from the first) global and the others local (default 3, as the original)."""
     types = config.get("layer_types")
     if types is None:
-        every = config.get("global_attn_every_n_layers") or 3
+        every = config.get("global_attn_every_n_layers")
+        every = 3 if every is None else every
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"{source}: 'global_attn_every_n_layers' must be an integer >= 1, got {every!r}")
         return [GLOBAL if i % every == 0 else LOCAL for i in range(layers)]
@@ -195,6 +196,9 @@ class ModernBERT(Backbone):
         if isinstance(local_attention, bool) or not isinstance(local_attention, int) or local_attention < 2:
             raise ValueError(f"{source}: local_attention must be an integer >= 2, got {local_attention!r}")
         layer_types = layer_types_of({"layer_types": layer_types}, num_hidden_layers, source)
+        if hidden_size % num_attention_heads == 0 and (hidden_size // num_attention_heads) % 2:
+            raise ValueError(f"{source}: the head size 'hidden_size' / 'num_attention_heads' = "
+                             f"{hidden_size // num_attention_heads} must be even (rotary embeddings turn pairs)")
         check_config(dict(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
                           num_attention_heads=num_attention_heads, vocab_size=vocab_size,
                           max_position_embeddings=max_position_embeddings, intermediate_size=intermediate_size,
