@@ -21,6 +21,7 @@ import torchpalm as palm
 from . import config as C
 from .config import ConfigError
 from .convert import PaddleFormatError, convert_paddle_to_torchpalm, convert_torchpalm_to_paddle
+from .evaluation import with_note
 from .metrics_log import plot_metrics
 from .reader import DataError
 
@@ -336,7 +337,7 @@ def report(metrics: dict, path: str) -> None:
         json.dump(metrics, f, indent=1)
         f.write("\n")
     for name, scores in metrics.items():
-        print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        print(f"{name}: {with_note(scores)}")  # (with a note on a trivial result: all one class, only O)
     print(f"metrics written to {path}")
 
 

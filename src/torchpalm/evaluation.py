@@ -14,12 +14,17 @@ logged; the best checkpoint of every task (and of the weighted aggregate) is kep
 Default metrics by head: Classify and Match -> accuracy; SequenceLabel -> entity F1 (seqeval's default mode, in
 the scheme the tags are written in: IOB2, IOBES, BMES or BILOU); MRC -> SQuAD F1 (CMRC2018's for Chinese readers).
 Any `metric(results, reader) -> {name: value}` works (the first key is the one compared).
+
+A trivial result is said next to its metric (the `note` of the `Scores` the default metrics return, shown by the
+`[eval]` line and `torchpalm evaluate`): a classifier whose predictions are all one class (with the rate of the
+majority class among the gold labels, the accuracy that alone gives), a tagger that predicts one tag (only `O`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 
 from . import checkpoint, distributed
@@ -30,8 +35,35 @@ logger = logging.getLogger("torchpalm")
 Metric = Callable[[object, object], dict]
 
 
-def accuracy_metric(results: list[dict], reader) -> dict:
-    return {"accuracy": accuracy([r["label"] for r in results], reader.gold_labels())}
+class Scores(dict):
+    """A metric's `{name: value}`, with a `note` saying why the values may mean less than they seem ('' if
+    nothing to say): a trivial predictor."""
+
+    def __init__(self, values: dict, note: str = ""):
+        super().__init__(values)
+        self.note = note
+
+
+def with_note(scores: dict) -> str:
+    """`scores` as `name value, ...`, followed by its note in parentheses when it has one."""
+    text = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    note = getattr(scores, "note", "")
+    return f"{text} ({note})" if note else text
+
+
+def one_class_note(predicted: list[int], gold: list[int], id2label: dict) -> str:
+    """'' unless every prediction is one class; then that, with the majority class's share of the gold labels."""
+    if len(predicted) < 2 or len(set(predicted)) > 1:
+        return ""
+    majority, count = Counter(gold).most_common(1)[0]
+    return (f"trivial: every prediction is class {id2label.get(predicted[0], predicted[0])}; the majority class "
+            f"{id2label.get(majority, majority)} is {count / len(gold):.1%} of the gold labels")
+
+
+def accuracy_metric(results: list[dict], reader) -> Scores:
+    predicted, gold = [r["label"] for r in results], reader.gold_labels()
+    return Scores({"accuracy": accuracy(predicted, gold)},
+                  one_class_note(predicted, gold, getattr(reader, "id2label", {})))
 
 
 def entity_f1_metric(results: list[list[int]], reader, scheme: str | None = None, mode: str = "default") -> dict:
@@ -41,7 +73,9 @@ def entity_f1_metric(results: list[list[int]], reader, scheme: str | None = None
     predicted = [[id2label[int(i)] for i in row] for row in results]
     scheme = scheme or infer_scheme([*id2label.values(), *(t for tags in gold for t in tags)])
     scores = chunk_f1(gold, predicted, scheme=scheme, mode=mode)
-    return {"f1": scores["f1"], "precision": scores["precision"], "recall": scores["recall"]}
+    tags = {t for row in predicted for t in row}
+    note = f"trivial: every predicted tag is {next(iter(tags))!r}" if len(tags) == 1 and len(predicted) > 1 else ""
+    return Scores({"f1": scores["f1"], "precision": scores["precision"], "recall": scores["recall"]}, note)
 
 
 def answer_f1_metric(results: dict[str, str], reader) -> dict:
@@ -149,7 +183,10 @@ class Evaluator:
             self.evals_without_improvement = 0
         else:
             self.evals_without_improvement += 1
-        parts = [f"{n} {next(iter(s))} {next(iter(s.values())):.4f}" for n, s in record["tasks"].items()]
+        parts = []
+        for n, s in record["tasks"].items():
+            name, value = next(iter(s.items()))  # the compared metric, and a note on a trivial result
+            parts.append(f"{n} {with_note(Scores({name: value}, getattr(s, 'note', '')))}")
         if len(self.trainers) > 1 and "aggregate" in record:
             parts.append(f"aggregate {record['aggregate']:.4f}")
         best = self.best.get(self.monitor)
