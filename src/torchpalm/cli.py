@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -87,29 +88,73 @@ def check_data_files(cfg: dict, keys: Sequence[str], overrides: dict[str, str] |
                 raise ConfigError(f"{where}: data file not found: {path}")
 
 
-def train_label_map(task: dict, cfg: dict, vocab: str) -> dict | None:
-    """The label map training used, for predict-phase readers: the config's, or (a sequence_label task whose
-    map is built from its training tags) the one the train reader builds from train_file again."""
-    given = C.label_map_option(task["reader"])
-    if given is not None or task["reader"]["type"] != "sequence_label":
+def checkpoint_record(checkpoint: str | None) -> dict:
+    """A checkpoint's trainer_state.json ({} when there is none: an HF or Paddle model, --backbone-only)."""
+    path = os.path.join(checkpoint, "trainer_state.json") if checkpoint is not None else ""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        try:
+            record = json.load(f)
+        except ValueError as e:
+            raise ConfigError(f"{path}: not a readable trainer state ({e})") from None
+    return record if isinstance(record, dict) else {}
+
+
+@dataclass
+class Trained:
+    """What training decided about a task that its config need not say, for the predict side: the reader's
+    `data_options` (a label map built from the training labels, text pairs or single texts) and the head's
+    `num_classes`."""
+
+    reader_options: dict
+    num_classes: int | None = None
+
+
+def trained(task: dict, cfg: dict, vocab: str, record: dict) -> Trained:
+    """Read from the checkpoint's record (`checkpoint_record`); a checkpoint without them (written before they
+    were kept) gives a sequence_label task the map its train reader builds from train_file again."""
+    reader_state = (record.get("tasks", {}).get(task["name"]) or {}).get("reader") or {}
+    head = (record.get("heads") or {}).get(task["name"]) or {}
+    out = Trained(dict(reader_state.get("data_options") or {}), (head.get("config") or {}).get("num_classes"))
+    if out.reader_options or C.label_map_option(task["reader"]) is not None:
+        return out
+    if task["reader"]["type"] == "sequence_label":
+        need(task, "train_file", "predict/evaluate", " (its tags give the label map; or set reader.label_map_config)")
+        reader, load_kwargs = C.build_reader(task, cfg, vocab, "train")
+        with C.blame(C.key_in(cfg, f"{task['path']}.train_file")):
+            reader.load_data(task["train_file"], cfg["train"]["batch_size"], **load_kwargs)
+        out.reader_options = reader.data_options()
+    return out
+
+
+def train_num_classes(task: dict, reader) -> int | None:
+    """num_classes of a classify / match head the config leaves out: the label map's size (built from the
+    training labels, or given), else the largest integer label id + 1, logged."""
+    if "num_classes" in task["head"] or task["head"]["type"] not in ("classify", "match"):
         return None
-    need(task, "train_file", "predict/evaluate", " (its tags give the label map; or set reader.label_map_config)")
-    reader, load_kwargs = C.build_reader(task, cfg, vocab, "train")
-    with C.blame(C.key_in(cfg, f"{task['path']}.train_file")):
-        reader.load_data(task["train_file"], cfg["train"]["batch_size"], **load_kwargs)
-    return reader.label_map
+    if C.reader_label_map(reader) is not None:
+        return None  # (build_head takes it from the map)
+    try:
+        labels = reader.gold_labels()
+    except ValueError:  # pairwise matching: no labels (and no classes)
+        return None
+    logger.info("task %s: num_classes %d (the largest label id of the training file + 1)", task["name"],
+                max(labels) + 1)
+    return max(labels) + 1
 
 
 def predict_trainer(task: dict, cfg: dict, files: tuple, data_file: str, checkpoint: str | None = None,
-                    label_map: dict | None = None, trainer=None, backbone_only: bool = False,
+                    known: Trained | None = None, trainer=None, backbone_only: bool = False,
                     key: str = "dev_file"):
     """A Trainer named like the task with its predict side built over `data_file` (the task's config `key`, or
-    `--input`) (PALM's predict script):
+    `--input`) (PALM's predict script), given what training decided (`known`):
     predict reader, predict backbone and head, then the checkpoint's weights (`backbone_only`: the backbone's
     alone, `load_predict_model`; the head keeps its initialisation); or, given the training `trainer`, its
     trained weights (evaluation during training). Returns (trainer, reader)."""
     config, vocab, _ = files
-    reader, load_kwargs = C.build_reader(task, cfg, vocab, "predict", label_map)
+    known = known or Trained({})
+    reader, load_kwargs = C.build_reader(task, cfg, vocab, "predict", known.reader_options)
     where = "--input" if key == "--input" else C.key_in(cfg, f"{task['path']}.{key}")
     with C.blame(where):
         reader.load_data(data_file, cfg["train"]["batch_size"], **load_kwargs)
@@ -117,7 +162,8 @@ def predict_trainer(task: dict, cfg: dict, files: tuple, data_file: str, checkpo
     reader.register_with(backbone)
     trainer = trainer or palm.Trainer(task["name"], device=cfg["train"]["device"],
                                       precision=cfg["train"]["precision"])
-    trainer.build_predict_forward(backbone, C.build_head(task, config, "predict", C.reader_label_map(reader)))
+    trainer.build_predict_forward(backbone, C.build_head(task, config, "predict", C.reader_label_map(reader),
+                                                         known.num_classes))
     if checkpoint is not None and backbone_only:
         trainer.load_predict_model(checkpoint)
     elif checkpoint is not None:
@@ -148,16 +194,18 @@ def train(cfg: dict, dry_run: bool = False, resume: bool = False) -> str | None:
     for reader in readers.values():
         reader.register_with(backbone)
     # 4. heads  5. one trainer per task, all on the same backbone
-    trainers = {}
+    trainers, known = {}, {}
     for t in tasks:
+        reader = readers[t["name"]]
+        known[t["name"]] = Trained(reader.data_options(), train_num_classes(t, reader))
         with C.blame(t["path"]):
             trainer = trainers[t["name"]] = palm.Trainer(
                 t["name"], mix_ratio=t["mix_ratio"], device=tr["device"], precision=tr["precision"],
                 grad_clip=tr["grad_clip"], loss_weight=t["loss_weight"], fsdp=tr["fsdp"])
         if t["aux"]:
             trainer.set_as_aux()
-        loss_var = trainer.build_forward(
-            backbone, C.build_head(t, config, "train", C.reader_label_map(readers[t["name"]])))
+        loss_var = trainer.build_forward(backbone, C.build_head(t, config, "train", C.reader_label_map(reader),
+                                                                known[t["name"]].num_classes))
     if multi:
         options = {k: v for k, v in cfg["multi_task"].items() if k != "reference"}
         with C.blame("multi_task"):
@@ -188,8 +236,7 @@ def train(cfg: dict, dry_run: bool = False, resume: bool = False) -> str | None:
         # The predict modules' initialisation (then replaced by the trained weights) must not move the random
         # stream: a dev file changes nothing about training.
         with torch.random.fork_rng(devices=[]):
-            _, dev_reader = predict_trainer(t, cfg, files, t["dev_file"], trainer=trainer,
-                                            label_map=C.reader_label_map(readers[t["name"]]))
+            _, dev_reader = predict_trainer(t, cfg, files, t["dev_file"], trainer=trainer, known=known[t["name"]])
         trainer.set_dev(dev_reader)
     if dev_tasks and tr["evaluate_every"] is not None:
         runner.set_evaluation(every_steps=tr["evaluate_every"])
@@ -225,6 +272,7 @@ def predict(cfg: dict, checkpoint: str | None, inputs: Sequence[str], output: st
                               "--checkpoint loads the backbone from it")
         torch.manual_seed(cfg["train"]["seed"])  # the untrained heads (and the backbones, before loading)
     output = output or os.path.join(cfg["train"]["save_path"], "predict")
+    record = checkpoint_record(checkpoint)
     overrides = input_files(cfg, inputs)
     check_data_files(cfg, ("predict_file",), overrides)
     written = {}
@@ -233,7 +281,7 @@ def predict(cfg: dict, checkpoint: str | None, inputs: Sequence[str], output: st
         if data_file is None:
             logger.info("task %s: no predict_file (nor --input): skipped", t["name"])
             continue
-        trainer, reader = predict_trainer(t, cfg, files, data_file, checkpoint, train_label_map(t, cfg, files[1]),
+        trainer, reader = predict_trainer(t, cfg, files, data_file, checkpoint, trained(t, cfg, files[1], record),
                                           backbone_only=backbone_only,
                                           key="--input" if t["name"] in overrides else "predict_file")
         trainer.fit_reader(reader, phase="predict")
@@ -252,12 +300,14 @@ def export(cfg: dict, checkpoint: str, out: str, onnx: bool = False) -> str:
 
     config, vocab, _ = C.backbone_files(cfg)
     backbone = C.build_backbone(cfg, config, "predict")
-    tasks = []
+    tasks, record = [], checkpoint_record(checkpoint)
     for t in cfg["tasks"]:
-        reader, _ = C.build_reader(t, cfg, vocab, "predict", train_label_map(t, cfg, vocab))
+        known = trained(t, cfg, vocab, record)
+        reader, _ = C.build_reader(t, cfg, vocab, "predict", known.reader_options)
         reader.register_with(backbone)
         trainer = palm.Trainer(t["name"], device="cpu")
-        trainer.build_predict_forward(backbone, C.build_head(t, config, "predict", C.reader_label_map(reader)))
+        trainer.build_predict_forward(backbone, C.build_head(t, config, "predict", C.reader_label_map(reader),
+                                                             known.num_classes))
         trainer.load_ckpt(checkpoint)  # the shared backbone and this task's head
         tasks.append(bundle.BundleTask(t["name"], trainer._pred_head, reader, t["name"]))
     path = bundle.write(backbone, tasks, out, onnx)
@@ -313,14 +363,14 @@ def input_files(cfg: dict, inputs: Sequence[str]) -> dict[str, str]:
 def evaluate(cfg: dict, checkpoint: str, output: str | None) -> dict[str, dict]:
     """Each task's default metric (torchpalm.evaluation) on its dev file; printed and written as JSON."""
     check_data_files(cfg, ("dev_file",))
-    files = C.backbone_files(cfg)
+    files, record = C.backbone_files(cfg), checkpoint_record(checkpoint)
     metrics = {}
     for t in cfg["tasks"]:
         if t["dev_file"] is None:  # (validation made sure a dev_file has a metric)
             logger.info("task %s: no dev_file: skipped", t["name"])
             continue
         trainer, reader = predict_trainer(t, cfg, files, t["dev_file"], checkpoint,
-                                          train_label_map(t, cfg, files[1]))
+                                          trained(t, cfg, files[1], record))
         metrics[t["name"]] = trainer.evaluate(reader)
     if not metrics:
         raise ConfigError("no task has a dev_file (a labelled file) to evaluate on")

@@ -526,8 +526,10 @@ def _check_required(task: dict, cfg: dict) -> None:
     implied = {"vocab_size", "hidden_act"}  # from the backbone config
     if "max_query_len" in task["reader"]:
         implied.add("max_query_len")
-    if label_map_option(task["reader"]) is not None or task["reader"]["type"] == "sequence_label":
-        implied.add("num_classes")  # the label map's size (a sequence_label map may come from the train tags)
+    if label_map_option(task["reader"]) is not None or task["reader"]["type"] in ("sequence_label", "classify",
+                                                                               "match"):
+        implied.add("num_classes")  # the label map's size (given, or built from the training labels), else the
+        # largest integer label id + 1
     for name, p in head_params.items():
         if p.default is p.empty and name not in task["head"] and name not in implied:
             why = " (or give the reader a label map)" if name == "num_classes" else ""
@@ -601,15 +603,16 @@ def build_backbone(cfg: dict, config: dict, phase: str):
         return cls.from_config(config, phase=phase)
 
 
-def build_reader(task: dict, cfg: dict, vocab: str, phase: str, label_map: Mapping[str, int] | None = None):
-    """The task's reader (not loaded); returns (reader, load_data options). `label_map` is the one training
-    used, for a predict reader whose config gives none (a sequence_label map built from the train tags)."""
+def build_reader(task: dict, cfg: dict, vocab: str, phase: str, learned: Mapping[str, Any] | None = None):
+    """The task's reader (not loaded); returns (reader, load_data options). `learned` are the options the
+    training file decided (`Reader.data_options()`: a label map built from its labels, text pairs or not), for a
+    predict reader; the config's own values come first."""
     cls = component_class("reader", task["reader"]["type"])
     ctor = _params(cls.__init__, READER_WIRED)
     options = {k: v for k, v in task["reader"].items() if k != "type"}
-    for key in ("label_map", "label_map_config"):
-        if key in ctor and options.get(key) is None and label_map is not None:
-            options[key] = dict(label_map)
+    for key, value in (learned or {}).items():
+        if key in ctor and options.get(key) is None and value is not None:
+            options[key] = value
     options.setdefault("seed", cfg["train"]["seed"])
     if cfg["backbone"]["type"] == "roberta":
         options.setdefault("tokenizer", "bpe")
@@ -621,8 +624,10 @@ def build_reader(task: dict, cfg: dict, vocab: str, phase: str, label_map: Mappi
         return cls(vocab, phase=phase, **kwargs), load_kwargs
 
 
-def build_head(task: dict, config: dict, phase: str, label_map: Mapping[str, int] | None):
-    """The task's head; `label_map` (the reader's) gives `num_classes` when the config does not."""
+def build_head(task: dict, config: dict, phase: str, label_map: Mapping[str, int] | None,
+               num_classes: int | None = None):
+    """The task's head; `label_map` (the reader's), else `num_classes` (what training found), gives
+    `num_classes` when the config does not."""
     cls = component_class("head", task["head"]["type"])
     params = _params(cls.__init__, HEAD_WIRED)
     kwargs = {k: v for k, v in task["head"].items() if k != "type"}
@@ -630,7 +635,7 @@ def build_head(task: dict, config: dict, phase: str, label_map: Mapping[str, int
                "hidden_act": config.get("hidden_act", config.get("hidden_activation")),
                "transform": False if config.get("model_type") == "modernbert" else None,
                "max_query_len": task["reader"].get("max_query_len"),
-               "num_classes": max(label_map.values()) + 1 if label_map else None}
+               "num_classes": max(label_map.values()) + 1 if label_map else num_classes}
     for name, value in implied.items():
         if name in params and name not in kwargs and value is not None:
             kwargs[name] = value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -208,16 +210,110 @@ def test_unknown_label_is_an_error_in_train_only(tmp_path, uncased_vocab):
     no_label = write(tmp_path, "text_a\ngood\n", "nolabel.tsv")
     pred.load_data(no_label, 2)
     assert pred.num_examples == 1
-    # without a label map, integer labels work as before, and a name says how to read names
-    with pytest.raises(DataError, match=r"data.tsv:2: column 'label' must be an integer, got 'pos' \(for label "
-                                         r"names, pass label_map="):
-        ClassifyReader(uncased_vocab, 16).load_data(path, 2)
+    # without a label map, names build one (test_label_map_from_the_training_labels); a name among integer ids is
+    # an error saying how to read names
+    mixed = write(tmp_path, "label\ttext_a\n1\tgood\npos\tso so\n", "mixed.tsv")
+    with pytest.raises(DataError, match=r"mixed.tsv:3: column 'label' must be an integer, got 'pos': other labels "
+                                         r"of the file are integer ids; .* \(or pass label_map="):
+        ClassifyReader(uncased_vocab, 16).load_data(mixed, 2)
     with pytest.raises(ValueError, match="has id 2 but the head has 2 classes"):
         ClassifyReader(uncased_vocab, 16, label_map=["a", "b", "c"]).check_num_classes(2)
     with pytest.raises(ValueError, match=r"labels \['a'\] appear more than once"):
         ClassifyReader(uncased_vocab, 16, label_map=["a", "b", "a"])
     with pytest.raises(ValueError, match=r"bad.json: expected a JSON object"):
         ClassifyReader(uncased_vocab, 16, label_map=write(tmp_path, '"pos"', "bad.json"))
+
+
+def test_label_map_from_the_training_labels(tmp_path, uncased_vocab, caplog):
+    """No label map and text labels (RTE's entailment / not_entailment): the map is the file's labels, sorted,
+    logged, and kept (`label_map`, `data_options()`, the reader state a checkpoint stores, the bundle options)."""
+    path = write(tmp_path, "label\ttext_a\ttext_b\nnot_entailment\ta\tb\nentailment\tc\td\nnot_entailment\te\tf\n")
+    r = ClassifyReader(uncased_vocab, 16)
+    with caplog.at_level(logging.INFO, logger="torchpalm"):
+        r.load_data(path, 3, num_epochs=1, shuffle_train=False)
+    assert r.label_map == {"entailment": 0, "not_entailment": 1}
+    assert labels_in_order(r) == [1, 0, 1]
+    assert "label map built from the labels of" in caplog.text and "(sorted;" in caplog.text
+    assert r.data_options() == {"text_pairs": True, "label_map": {"entailment": 0, "not_entailment": 1}}
+    assert r.state_dict()["data_options"] == r.data_options()
+    assert r.export_options()["label_map"] == r.label_map and r.export_options()["text_pairs"] is True
+    # integer labels keep their meaning: ids, no map
+    ids = write(tmp_path, "label\ttext_a\n2\ta\n0\tb\n", "ids.tsv")
+    r = ClassifyReader(uncased_vocab, 16)
+    r.load_data(ids, 2, num_epochs=1, shuffle_train=False)
+    assert r.label_map is None and labels_in_order(r) == [2, 0] and r.data_options() == {"text_pairs": False}
+    # through the encoded-data cache too (the built map is part of the key; a cache hit still learns it)
+    for hit in (False, True):
+        r = ClassifyReader(uncased_vocab, 16).set_cache_dir(tmp_path / "cache")
+        r.load_data(path, 3, num_epochs=1, shuffle_train=False)
+        assert r.cache_hit is hit and r.label_map == {"entailment": 0, "not_entailment": 1}
+        assert labels_in_order(r) == [1, 0, 1]
+
+
+def test_label_files_one_label_per_line(tmp_path, uncased_vocab):
+    """`labels.txt` as datasets ship it (one label per line, the id is the line number) as well as JSON, for
+    Classify, Match and SequenceLabel; a file that is neither names the formats accepted."""
+    from torchpalm.reader import MatchReader, SequenceLabelReader
+
+    labels = write(tmp_path, "neg\npos\n\n", "labels.txt")  # (a blank line at the end is no label)
+    path = write(tmp_path, "sentence\tlabel\ngood\tpos\nbad\tneg\n")
+    r = ClassifyReader(uncased_vocab, 16, label_map=labels)
+    r.load_data(path, 2, num_epochs=1, shuffle_train=False)
+    assert r.label_map == {"neg": 0, "pos": 1} and labels_in_order(r) == [1, 0]
+    assert MatchReader(uncased_vocab, 16, label_map=labels).label_map == {"neg": 0, "pos": 1}
+    tags = write(tmp_path, "B-PER\nI-PER\nO", "tags.txt")
+    assert SequenceLabelReader(uncased_vocab, 16, tags).label_map == {"B-PER": 0, "I-PER": 1, "O": 2}
+    assert ClassifyReader(uncased_vocab, 16, label_map=write(tmp_path, '["neg", "pos"]', "l.txt")).label_map == {
+        "neg": 0, "pos": 1}  # JSON in a .txt file is still JSON
+    formats = r"a label file holds a JSON list of labels or object \{label: id\}, or one label per line"
+    for content, message in [("0\tneg\n1\tpos\n", r"odd.txt:1: a tab in a list of one label per line; "),
+                             ("neg\n\npos\n", r"odd.txt:2: an empty line in a list of one label per line; "),
+                             ('["neg", "pos"', r"odd.txt:1: not valid JSON \(.*\); ")]:
+        with pytest.raises(ValueError, match=message + formats):
+            ClassifyReader(uncased_vocab, 16, label_map=write(tmp_path, content, "odd.txt"))
+    with pytest.raises(ValueError, match=r"odd.json:1: not valid JSON \(.*\); a label file holds"):
+        ClassifyReader(uncased_vocab, 16, label_map=write(tmp_path, "neg\npos\n", "odd.json"))
+
+
+def test_predict_file_without_the_label_the_columns_declare_last(tmp_path, uncased_vocab):
+    """The training file's columns, label last, read an unlabelled predict file (one field short) as unlabelled;
+    any other count is an error saying how to declare a predict file's columns."""
+    from torchpalm.reader import MatchReader
+
+    unlabelled = write(tmp_path, "a man sleeps\ta person rests\nit rains\tthe sun shines\n", "test.tsv")
+    columns = ["text_a", "text_b", "label"]
+    for cls in (ClassifyReader, MatchReader):
+        r = cls(uncased_vocab, 16, phase="predict", label_map=["no", "yes"])
+        r.load_data(unlabelled, 2, columns=columns)
+        assert r.num_examples == 2 and "label_ids" not in next(iter(r))
+        labelled = cls(uncased_vocab, 16, phase="predict", label_map=["no", "yes"])
+        labelled.load_data(write(tmp_path, "a\tb\tyes\nc\td\tno\n", "dev.tsv"), 2, columns=columns)
+        assert labelled.gold_labels() == [1, 0]
+        # a train file needs its labels
+        with pytest.raises(DataError, match=r"test.tsv:1: expected 3 tab-separated fields \(columns: \['text_a', "
+                                             r"'text_b', 'label'\]\), got 2$"):
+            cls(uncased_vocab, 16, label_map=["no", "yes"]).load_data(unlabelled, 2, columns=columns)
+    # label not last: which field is missing is unknown, so an error that says how to declare them
+    with pytest.raises(DataError, match=r"test.tsv:1: expected 3 tab-separated fields .* got 2; in a predict file "
+                                         r"the label may be left out when it is the last of the columns"):
+        ClassifyReader(uncased_vocab, 16, phase="predict").load_data(unlabelled, 2,
+                                                                     columns=["label", "text_a", "text_b"])
+
+
+def test_a_pair_task_refuses_single_texts(tmp_path, uncased_vocab):
+    """A predict reader that knows its task was trained on text pairs (from the checkpoint or bundle) refuses
+    single texts, and one trained on single texts refuses pairs, saying why."""
+    pred = ClassifyReader(uncased_vocab, 16, phase="predict", text_pairs=True)
+    with pytest.raises(DataError, match=r"<inputs>: this task was trained on text pairs \(text_a, text_b\) but the "
+                                         r"input holds single texts"):
+        pred.load_inputs(["just one sentence"], 2)
+    with pytest.raises(DataError, match=r"single.tsv: this task was trained on text pairs"):
+        pred.load_data(write(tmp_path, "text_a\nhello\n", "single.tsv"), 2)
+    pred.load_inputs([("a", "b")], 2)
+    single = ClassifyReader(uncased_vocab, 16, phase="predict", text_pairs=False)
+    with pytest.raises(DataError, match=r"trained on single texts \(text_a\) but the input holds text pairs"):
+        single.load_inputs([("a", "b")], 2)
+    ClassifyReader(uncased_vocab, 16, phase="predict").load_inputs(["a", "b"], 2)  # unknown: not checked
 
 
 def test_file_without_header_takes_columns(tmp_path, uncased_vocab):

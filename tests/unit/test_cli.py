@@ -253,8 +253,9 @@ BAD = {
                             ["tasks[0].reader.type: unknown reader type 'clasify' (did you mean classify?)",
                              "sequence_label"]),
     "missing lr": (lambda r: r["optimizer"].pop("lr"), ["optimizer.lr: missing required key", "weight_decay"]),
-    "missing num_classes": (lambda r: r["tasks"][1]["head"].pop("num_classes"),
-                            ["tasks[1].head.num_classes: missing required key (or give the reader a label map)"]),
+    # (a classify or match reader implies it: the label map's size, or the largest label id + 1)
+    "missing num_classes": (lambda r: r["tasks"][0].update(reader={"type": "mask_lm"}, head={"type": "classify"}),
+                            ["tasks[0].head.num_classes: missing required key (or give the reader a label map)"]),
     "missing max_len": (lambda r: r["train"].pop("max_len"),
                         ["tasks[0].reader.max_len: missing required key (or train.max_len)"]),
     "missing label map": (lambda r: r["tasks"][0].update(reader={"type": "sequence_label", "max_len": 8}),

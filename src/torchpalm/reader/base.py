@@ -529,11 +529,19 @@ class Reader:
         """Starts iteration again from the first batch of epoch 0."""
         self._epoch, self._position = 0, 0
 
+    def data_options(self) -> dict:
+        """The constructor options the training file decided (a label map built from its labels, ...), to build
+        predict readers of the same task with: kept in checkpoints (in `state_dict`) and bundles. None here."""
+        return {}
+
     def state_dict(self) -> dict:
-        """Everything that decides the next batch (and the batching options, when set, to check on resume)."""
+        """Everything that decides the next batch (and the batching options, when set, to check on resume), and
+        the `data_options()` (for readers built later from the checkpoint)."""
         state = {"seed": self._seed, "epoch": self._epoch, "position": self._position}
         if self._batching is not None:
             state["batching"] = dict(self._batching)
+        if self.data_options():
+            state["data_options"] = self.data_options()
         return state
 
     def load_state_dict(self, state: dict) -> None:

@@ -34,13 +34,22 @@ def encode_text_columns(reader: Reader, rows: list, columns: tuple[str, ...]) ->
     return {c: tok.encode_batch([reader._text(r[c]) for _, r in rows]) for c in columns}
 
 
+def is_integer(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_label(value: str, path: str, line_no: int) -> int:
     """A class id from the `label` column: a non-negative integer, or a DataError naming file and line."""
     try:
         label = int(value.strip())
     except ValueError:
-        raise DataError(f"{path}:{line_no}: column 'label' must be an integer, got {value!r} (for label names, "
-                        f"pass label_map=[...] to the reader)") from None
+        raise DataError(f"{path}:{line_no}: column 'label' must be an integer, got {value!r}: other labels of the "
+                        f"file are integer ids; give every label as an id or every one as a name (or pass "
+                        f"label_map=[...] to the reader)") from None
     if label < 0:
         raise DataError(f"{path}:{line_no}: label must be >= 0, got {label}")
     return label
@@ -81,9 +90,15 @@ class ClassifyReader(Reader):
     `load_data(..., columns=["label", "text_a"])` (see `torchpalm.reader.parsing.read_table`).
 
     Labels are integer class ids, or, with `label_map`, names: a list of names (index = id), a dict name -> id,
-    or the path of a JSON file holding either. An unknown name in a train file is an error naming file, line
-    and the known labels; in a predict file (where the label column is optional) it is a gold label the model
-    cannot get right (`UNKNOWN_LABEL` in `gold_labels()`).
+    or the path of a label file (a JSON list or object, or one label per line). An unknown name in a train file
+    is an error naming file, line and the known labels; in a predict file (where the label column is optional)
+    it is a gold label the model cannot get right (`UNKNOWN_LABEL` in `gold_labels()`). Without a `label_map`, a
+    training file whose labels are not all non-negative integers gets one built from its labels, in sorted
+    order (logged; `label_map` and `data_options()` hold it, so checkpoints and bundles keep it).
+
+    `text_pairs` says whether the task reads text pairs (`text_a` + `text_b`) or single texts; a train reader
+    learns it from its file, and a predict reader given it (from a checkpoint or bundle) refuses the other
+    kind of input with the reason, rather than predicting on input the model was never trained on.
 
     Yields the common backbone inputs plus `label_ids [B] int64` in train. In predict the label column is
     optional; when present it is kept so predictions can be scored.
@@ -99,10 +114,13 @@ class ClassifyReader(Reader):
         do_lower_case: bool = False,
         phase: str = "train",
         label_map: str | os.PathLike | Mapping[str, int] | Sequence[str] | None = None,
+        text_pairs: bool | None = None,
     ):
         super().__init__(vocab_path, max_len, tokenizer=tokenizer, lang=lang, seed=seed,
                          do_lower_case=do_lower_case, phase=phase)
         self._label_map, self._label_map_source = load_label_map(label_map) if label_map is not None else (None, "")
+        self._label_map_built = False  # built from the training file's labels (not given)
+        self._text_pairs = text_pairs
 
     _cache_version = 1  # bump when the encoded examples change
 
@@ -132,6 +150,55 @@ class ClassifyReader(Reader):
         """What the Classify and Match heads read after prediction: `id2label`, to write label names."""
         return {"id2label": self.id2label}
 
+    def data_options(self) -> dict:
+        """What the training file decided: whether rows are text pairs, and the label map built from its labels
+        (see `Reader.data_options`)."""
+        learned = {"text_pairs": self._text_pairs} if self._text_pairs is not None else {}
+        if self._label_map_built:
+            learned["label_map"] = self.label_map
+        return learned
+
+    def _columns(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(required, optional) columns of a file in this phase."""
+        if self._phase == "train":
+            return ("text_a", "label"), ("text_b",)
+        return ("text_a",), ("text_b", "label")
+
+    def _load_examples_cached(self, path: str):
+        if self._phase == "train":  # before encoding: the label map is part of the cache key
+            self._learn_from(self._read_rows(path, *self._columns()), path)
+        return super()._load_examples_cached(path)
+
+    def _learn_from(self, rows: list, path: str) -> None:
+        """Takes from a training file what it decides: text pairs or single texts, and, when no label map was
+        given and no label is an integer (an id), a label map of its labels, sorted."""
+        self._text_pairs = "text_b" in rows[0][1]
+        if self._label_map is not None and not self._label_map_built or "label" not in self._columns()[0]:
+            return
+        empty = next((line_no for line_no, row in rows if not row["label"].strip()), None)
+        if empty is not None:
+            raise DataError(f"{path}:{empty}: empty label")
+        names = sorted({row["label"].strip() for _, row in rows})
+        if any(is_integer(name) for name in names):  # integer ids, as they always were (a name among them is an error)
+            self._label_map, self._label_map_built = None, False
+            return
+        self._label_map, self._label_map_built = {name: i for i, name in enumerate(names)}, True
+        self._label_map_source = f"built from the labels of {path}, sorted"
+        logger.info("label map built from the labels of %s (sorted; pass label_map=[...] for another order): %s",
+                    path, self._label_map)
+
+    def _check_input_kind(self, rows: list, path: str) -> None:
+        """A predict reader that knows its task's input refuses the other kind (pairs for singles, or back)."""
+        if self._phase != "predict" or self._text_pairs is None or not rows:
+            return
+        has_b = "text_b" in rows[0][1]
+        if has_b != self._text_pairs:
+            trained, given = ("text pairs (text_a, text_b)", "single texts") if self._text_pairs else (
+                "single texts (text_a)", "text pairs")
+            raise DataError(f"{path}: this task was trained on {trained} but the input holds {given}; the model "
+                            f"would predict on input it never saw. Give {trained}"
+                            + (" (a text_b column, or (text_a, text_b) tuples)" if self._text_pairs else ""))
+
     def _label(self, value: str, path: str, line_no: int) -> int:
         """The class id of a `label` field: an integer, or a name looked up in the label map."""
         if self._label_map is None:
@@ -145,19 +212,17 @@ class ClassifyReader(Reader):
                         f"known labels: {preview(list(self._label_map))}")
 
     def export_options(self) -> dict:
-        return {**self._base_options(), "label_map": self.label_map}
+        return {**self._base_options(), "label_map": self.label_map, "text_pairs": self._text_pairs}
 
     def _examples_from_inputs(self, inputs: list) -> list[dict]:
         """Texts, (text_a, text_b) pairs, or dicts with those keys; all of one kind."""
         return self._encode_rows(rows_from_inputs(inputs, ("text_a",), ("text_b",)), "<inputs>")
 
     def _load_examples(self, path):
-        need_label = self._phase == "train"
-        rows = self._read_rows(path, required=("text_a", "label") if need_label else ("text_a",),
-                               optional=("text_b",) if need_label else ("text_b", "label"))
-        return self._encode_rows(rows, path)
+        return self._encode_rows(self._read_rows(path, *self._columns()), path)
 
     def _encode_rows(self, rows: list, path: str) -> list[dict]:
+        self._check_input_kind(rows, path)
         has_b = "text_b" in rows[0][1]
         encoded = encode_text_columns(self, rows, ("text_a", "text_b") if has_b else ("text_a",))
         examples = []

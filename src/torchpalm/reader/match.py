@@ -99,7 +99,9 @@ class MatchReader(ClassifyReader):
         return ("text_a", "text_b"), ("label",)
 
     def export_options(self) -> dict:
-        return {**super().export_options(), "learning_strategy": self._learning_strategy}
+        options = {**super().export_options(), "learning_strategy": self._learning_strategy}
+        options.pop("text_pairs")  # always pairs (the columns say so)
+        return options
 
     def _examples_from_inputs(self, inputs: list) -> list[dict]:
         """(text_a, text_b) pairs, or dicts with those keys."""
@@ -108,6 +110,11 @@ class MatchReader(ClassifyReader):
     def _load_examples(self, path):
         required, optional = self._columns()
         return self._encode_rows(self._read_rows(path, required=required, optional=optional), path)
+
+    def data_options(self) -> dict:
+        learned = super().data_options()
+        learned.pop("text_pairs", None)  # always pairs
+        return learned
 
     def _encode_rows(self, rows: list, path: str) -> list[dict]:
         text_columns = ("text_a", "text_b", "text_b_neg") if self._pairwise_train() else ("text_a", "text_b")

@@ -168,11 +168,21 @@ def read_table(
         )
     wanted = {c: header.index(c) for c in (*required, *optional) if c in header}
     kind = "tab-separated" if fmt == "tsv" else "comma-separated"
+    # A predict file (its label optional) read with the training file's columns, label last: rows one field
+    # short are unlabelled rows, not broken ones.
+    unlabelled = header_no is None and header[-1] == "label" and "label" in optional
     rows = []
     for line_no, fields in records:
+        if unlabelled and len(fields) == len(header) - 1:
+            rows.append((line_no, {c: fields[i] for c, i in wanted.items() if c != "label"}))
+            continue
         if len(fields) != len(header):
+            hint = ""
+            if header_no is None and "label" in optional:
+                hint = ("; in a predict file the label may be left out when it is the last of the columns: "
+                        "declare them so (e.g. columns=[text_a, text_b, label]), or give the predict file's own")
             raise DataError(f"{path}:{line_no}: expected {len(header)} {kind} fields "
-                            f"({'header' if header_no is not None else 'columns'}: {header}), got {len(fields)}")
+                            f"({'header' if header_no is not None else 'columns'}: {header}), got {len(fields)}{hint}")
         rows.append((line_no, {c: fields[i] for c, i in wanted.items()}))
     if not rows:
         raise DataError(f"{path}: no examples{' after the header line' if header_no is not None else ''}")

@@ -382,6 +382,7 @@ class SequenceLabelReader(Reader):
         self._used_format: str | None = None
         self._label_map: dict[str, int] | None = None
         self._label_map_source = "the training tags"
+        self._label_map_given = label_map_config is not None
         if label_map_config is not None:
             self._label_map, self._label_map_source = load_label_map(label_map_config, what="tag")
             self._check_no_entity()
@@ -467,6 +468,10 @@ class SequenceLabelReader(Reader):
             raise ValueError(f"file_format must be one of {FORMATS} or None (detect), got {file_format!r}")
         self._load_format = file_format or self._file_format
         super().load_data(input_file, batch_size, num_epochs, shuffle_train=shuffle_train, columns=columns)
+
+    def data_options(self) -> dict:
+        """The label map, when the training file gave it (its tags, or its Parquet schema's tag names)."""
+        return {} if self._label_map is None or self._label_map_given else {"label_map_config": self.label_map}
 
     def export_options(self) -> dict:
         return {**self._base_options(), "label_map_config": self.label_map, "no_entity_label": self._no_entity_label,
