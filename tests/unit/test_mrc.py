@@ -141,6 +141,47 @@ def test_train_windows_keep_exactly_those_holding_the_answer(longest_squad, unca
         assert f.token_offsets[e][0] < ex.end_char <= f.token_offsets[e][1]
 
 
+def test_an_answer_at_a_window_edge_belongs_to_the_window_exactly_when_it_fits(uncased_vocab, tmp_path):
+    """Answers that end on a window's last token or start on its first are in that window; one token further and
+    they are not (the window check's `<` / `<=` at both edges)."""
+    words = [str(n) for n in range(100, 140)]  # 40 words, one WordPiece token each
+    ctx = " ".join(words)
+
+    def char_span(first, last):  # the answer text covering words[first..last]
+        start = ctx.index(words[first])
+        return ctx[start:ctx.index(words[last]) + len(words[last])], start
+
+    def features(first, last, **kw):
+        text, start = char_span(first, last)
+        path = squad_file(tmp_path, [(ctx, [("q", "which ?", text, start)])], name=f"a{first}_{last}.json")
+        reader = palm.reader.MRCReader(uncased_vocab, 24, 4, 8, do_lower_case=True, **kw)
+        reader.load_data(path, 1)
+        return reader.features
+
+    windows = [(f.doc_start, f.num_doc_tokens) for f in features(0, 0, remove_noanswer=False)]
+    assert len(words) == sum(n for _, n in windows[-1:]) + windows[-1][0]  # one token per word
+    (start0, n0), (start1, _) = windows[0], windows[1]
+    assert start1 < start0 + n0 - 1  # overlapping windows: an answer near the edge can sit in one or both
+    edge = start0 + n0 - 1  # window 0's last token
+
+    def holding(first, last):
+        """{window start: (start, end) token of the answer in that window} of the windows that hold it."""
+        return {f.doc_start: (f.start_position - f.doc_offset, f.end_position - f.doc_offset)
+                for f in features(first, last)}
+
+    # ends exactly on window 0's last token: window 0 holds it, to its last token
+    assert holding(edge - 1, edge)[start0] == (n0 - 2, n0 - 1)
+    # ends one token past it: window 0 must not claim it (its end would be the [SEP] after the document)
+    assert start0 not in holding(edge - 1, edge + 1)
+    # starts exactly on window 1's first token: window 1 holds it from its first token
+    assert holding(start1, start1 + 1)[start1] == (0, 1)
+    # starts one token before: window 1 must not claim it
+    assert start1 not in holding(start1 - 1, start1)
+    # and without dropping windows, the ones that do not hold the answer point to [CLS]
+    kept = {f.doc_start: f.start_position for f in features(edge - 1, edge + 1, remove_noanswer=False)}
+    assert kept[start0] == 0 and kept[start1] > 0
+
+
 # ---------------------------------------------------------------- answer char -> token mapping on real data
 def _span_text(reader, f):
     ex = reader.examples[f.example_index]
