@@ -1,6 +1,7 @@
 """The manual in docs/ cannot drift from the code: every runnable python block of each page runs, in order, in one
 namespace per page (as tests/unit/test_customizing_guide.py does for docs/customizing.md, which it checks in
-more detail), and every `file.py:function` that docs/architecture.md walks through exists.
+more detail), the config page's YAML is a valid config, and every `file.py:function` that docs/architecture.md
+walks through exists.
 
 A block that cannot run on its own (it needs a real model, the network or a GPU) is preceded by
 `<!-- not run: why -->`; each page's count of runnable blocks is pinned so that blocks are not silently dropped.
@@ -14,6 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+
+from torchpalm import config
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -56,6 +60,14 @@ def test_the_python_blocks_of_a_page_run(name, tmp_path, monkeypatch):
     if name == "data-formats.md":
         assert ns["batch"]["token_ids"].shape == (2, 5)  # the last of the three formats read
         assert ns["error"] == "bad.tsv:3: expected 2 tab-separated fields (header: ['label', 'text_a']), got 3"
+
+
+def test_the_config_page_example_is_a_valid_config(tmp_path):
+    text = (DOCS / "config.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```yaml\n(.*?)^```", text, re.S | re.M)
+    assert len(blocks) == 1
+    cfg = config.validate(yaml.safe_load(blocks[0]), str(tmp_path))  # every key known, every value well typed
+    assert [t["name"] for t in cfg["tasks"]] == ["slot", "intent"]
 
 
 ARCH_NAME = re.compile(r"`([\w/]+\.py):([\w.]+)")
