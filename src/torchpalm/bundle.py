@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, state_keys
 
 logger = logging.getLogger("torchpalm")
 
@@ -126,11 +126,7 @@ def periodic_writer(trainer):
 
 def model_state(backbone: nn.Module, tasks: list[BundleTask]) -> dict[str, torch.Tensor]:
     """Weights under checkpoint names (as `TrainLoop.state`): a shared head is stored once, under its owner."""
-    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    for t in tasks:
-        if t.weights_of == t.name:
-            state.update({f"{t.name}.{k}": v for k, v in t.head.state_dict().items()})
-    return state
+    return state_keys.model_state(backbone, {t.name: t.head for t in tasks if t.weights_of == t.name})
 
 
 def export(trainer, out_dir: str | os.PathLike, onnx: bool = False) -> str:
@@ -149,7 +145,7 @@ def export(trainer, out_dir: str | os.PathLike, onnx: bool = False) -> str:
                          "export without onnx and convert the bundle in one process (Predictor.to_onnx)")
     path = os.path.abspath(out_dir)
     with loop.ema_weights():
-        state = loop.full_state() if loop.sharded else None  # (a collective under FSDP)
+        state = loop.state(full=True) if loop.sharded else None  # (a collective under FSDP)
         with loop.full_weights():  # the predict modules see whole weights (for tracing to ONNX)
             if distributed.is_main():
                 path = write(backbone, tasks, out_dir, onnx, loop.global_step, state)

@@ -16,6 +16,11 @@ model.safetensors and trainer_state.json (what every earlier save wrote), with a
 A save that was killed leaves `<name>.tmp-*` (or, when it replaced a checkpoint of the same name, `<name>.old`);
 `remove_stale` deletes those of torchpalm's names (`ckpt.step<N>`, `pred.step<N>`, `best.<task>`) and never a
 folder under its final name. `latest(save_path)` is the complete `ckpt.step<N>` with the largest N.
+
+Tensor names (`backbone.<name>`, `<task>.<name>`, `ema.<name>`) are spelled in `state_keys` only.
+
+`Checkpointer` is the training side: it decides when a run saves (`maybe_save`), writes training checkpoints
+and 'predict' bundles, prunes old ones, and restores a loop's training state from a checkpoint.
 """
 
 from __future__ import annotations
@@ -32,12 +37,15 @@ from collections.abc import Callable
 import torch
 from safetensors.torch import save_file
 
+from . import distributed, fsdp
+
 # `X as X`: re-exported where callers have always found them (`palm.checkpoint.load_backbone_weights`). Weight
 # files are read in weights.py; the any-source backbone loader sits in convert/hf.py, beside the maps it uses.
 from .convert.hf import load_backbone_weights as load_backbone_weights
 from .convert.paddle import load_paddle_model, params_dir
 from .fsdp import shard_like
 from .permissions import follow_umask
+from .state_keys import EMA, prefixed, scoped
 from .weights import find_weights_file as find_weights_file
 from .weights import load_state_file as load_state_file
 from .weights import read_safetensors, torch_load_safely
@@ -284,3 +292,131 @@ def load_checkpoint_dir(directory: str) -> tuple[dict[str, torch.Tensor], dict, 
     optimizer_state = torch_load_safely(opt_path) if os.path.isfile(opt_path) else None
     rng_state = torch_load_safely(rng_path) if os.path.isfile(rng_path) else None
     return model_state, trainer_state, optimizer_state, rng_state
+
+
+class Checkpointer:
+    """When and what a training run saves, and how it picks up again: the one place of the training save path.
+
+    Periodic saves (`maybe_save`, every `save_steps` global steps and at the end of a run) write
+    `<save_path>/ckpt.step<N>` (`save`: weights, EMA, optimizer, random stream, counters; for resuming) and/or
+    `<save_path>/pred.step<N>` (an inference bundle with the EMA weights), then `prune` keeps the last
+    `max_to_keep` of each. `load_training_state` puts a checkpoint's training state back into the loop.
+
+    Args:
+        loop: the `loop.TrainLoop` whose model, optimizer, EMA weights, counters and random stream are saved.
+
+    Under torchrun every rank calls `save` and `maybe_save` at the same point: rank 0 writes (under DDP the ranks
+    hold the same weights and optimizer state; under FSDP every rank first helps gather the full tensors) and
+    the others wait until the checkpoint is complete.
+    """
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.save_path: str | None = None
+        self.save_steps: int | None = None
+        self.save_types: tuple[str, ...] = ()
+        self.max_to_keep: int | None = None
+        self.last_saved_step = -1
+        # what a 'predict' save adds to the weights to make an inference bundle (`torchpalm.bundle`): set by the
+        # trainer, which knows the readers; returns a `write_extra` for `save_checkpoint`
+        self.bundle_files: Callable[[], Callable[[str], None]] | None = None
+
+    def configure(self, save_path: str | None, save_steps: int | None, save_types: tuple[str, ...],
+                  max_to_keep: int | None = None) -> None:
+        """Saves every `save_steps` global steps to `save_path` (None: no periodic saving), keeping the last
+        `max_to_keep` periodic saves of each type (None: all). Leftovers of killed saves there are removed."""
+        if save_path is None or save_steps is None:
+            self.save_path = self.save_steps = None
+            return
+        self.save_path, self.save_steps, self.save_types = os.fspath(save_path), int(save_steps), save_types
+        self.max_to_keep = max_to_keep
+        if distributed.is_main():  # the only rank that writes files
+            os.makedirs(self.save_path, exist_ok=True)
+            remove_stale(self.save_path)
+
+    def save(self, directory: str, trainer_state: dict) -> str:
+        """Writes a full training checkpoint (weights, EMA, optimizer, RNG, counters) to `directory` atomically;
+        `trainer_state` adds the trainer's part (reader positions, configs, ...). Returns the folder."""
+        loop = self.loop
+        loop.check_finite()  # a checkpoint never holds weights a non-finite step produced
+        if loop.sharded or distributed.is_main():  # (under FSDP a collective: every rank gathers)
+            state = loop.state(full=True)
+            if loop.ema is not None:
+                state.update(prefixed(fsdp.full_state(loop.ema) if loop.sharded else loop.ema, EMA))
+            opt_state = loop.torch_optimizer.state_dict()
+            if loop.sharded:
+                opt_state = fsdp.full_optimizer_state(opt_state)
+        if not distributed.is_main():
+            distributed.barrier()
+            return directory
+        trainer_state = {"step": loop.global_step, "nonfinite": loop.nonfinite_record(), **trainer_state}
+        path = save_checkpoint(directory, state, trainer_state, opt_state, loop.rng)
+        distributed.barrier()
+        return path
+
+    def save_bundle(self, directory: str, trainer_state: dict) -> None:
+        """Writes an inference bundle of the model as it predicts (EMA weights swapped in) to `directory`."""
+        loop = self.loop
+        with loop.ema_weights():
+            state = loop.state(full=True)  # (under FSDP every rank gathers)
+            if distributed.is_main():
+                extra = self.bundle_files() if self.bundle_files is not None else None
+                save_checkpoint(directory, state, {"step": loop.global_step, **trainer_state}, write_extra=extra)
+
+    def maybe_save(self, trainer_state: Callable[[], dict], force: bool = False) -> None:
+        """Saves when a periodic save is due (or, with `force`, now: the end of a run), once per step."""
+        step = self.loop.global_step
+        if self.save_path is None or self.last_saved_step == step:
+            return
+        if not force and step % self.save_steps:
+            return
+        self.last_saved_step = step
+        if "ckpt" in self.save_types:
+            path = self.save(os.path.join(self.save_path, f"ckpt.step{step}"), trainer_state())
+            logger.info("checkpoint has been saved at %s", path)
+        if "predict" in self.save_types and (distributed.is_main() or self.loop.sharded):
+            path = os.path.join(self.save_path, f"pred.step{step}")
+            self.save_bundle(path, trainer_state())
+            if distributed.is_main():
+                for name in self.loop.tasks:
+                    logger.info("%s: predict model saved at %s", name, path)
+                logger.info("predict model has been saved at %s", path)
+        self.prune()
+
+    def prune(self) -> None:
+        """Keeps the last `max_to_keep` periodic saves of each kind (rank 0; nothing with max_to_keep None)."""
+        if self.max_to_keep is None or self.save_path is None or not distributed.is_main():
+            return
+        for kind in ("ckpt", "pred"):
+            for path in prune(self.save_path, kind, self.max_to_keep):
+                logger.info("removed %s (max_to_keep=%d)", path, self.max_to_keep)
+
+    def load_training_state(self, state: dict, opt_state: dict | None, rng: dict | None,
+                            tensors: dict[str, torch.Tensor], source: str) -> None:
+        """Restores counters, optimizer, EMA and random stream from a checkpoint read by `load_checkpoint_dir`
+        (`state`: its trainer_state.json, `tensors`: its weights; the model weights are loaded separately)."""
+        loop = self.loop
+        if state.get("format") == "paddle":
+            logger.warning("%s: a PaddlePALM checkpoint: training starts at step 0 from its weights, with a fresh "
+                           "optimizer (Paddle's Adam moments are not imported)", source)
+            return
+        if opt_state is None:
+            # resuming from it would restart Adam's moments at the saved step: a different run, silently
+            raise ValueError(f"{source}: no optimizer.pt, so it cannot resume training (a 'predict' export or a "
+                             f"weights-only folder); load_ckpt(path, training_state=False) starts a new run from "
+                             f"its weights")
+        if loop.sharded:  # the file holds full moments: each rank keeps its parameters' shards
+            opt_state = fsdp.sharded_optimizer_state(opt_state, loop.torch_optimizer)
+        loop.torch_optimizer.load_state_dict(opt_state)
+        loop.global_step = int(state.get("step", 0))
+        loop.restore_nonfinite(state.get("nonfinite", {}))
+        for name in loop.tasks:
+            task_state = state.get("tasks", {}).get(name, {})
+            loop.task_steps[name] = int(task_state.get("step", loop.global_step if len(loop.tasks) == 1 else 0))
+        if loop.ema is not None:
+            for k, v in scoped(tensors, EMA).items():
+                if k in loop.ema:
+                    loop.ema[k].copy_(shard_like(v, loop.ema[k]))
+        if rng is not None:
+            loop.rng = rng  # the stream the saved run's next step would have drawn from
+        self.last_saved_step = loop.global_step

@@ -2,7 +2,8 @@
 
 A task is a name, a head and a reader (`Task`). The loop owns everything else: the model (one backbone and an
 `nn.ModuleDict` of heads keyed by task name), the torch optimizer and the schedule, the EMA weights, the step
-counters (global and per task), checkpoints, and the progress log. A step is
+counters (global and per task), the random stream of its steps, and the progress log; its `checkpointer`
+(`checkpoint.Checkpointer`) saves and restores all that. A step is
 
     batch of task t -> backbone -> head t -> loss -> backward -> gradient norm -> (clip) -> optimizer step -> (EMA)
 
@@ -14,8 +15,8 @@ the next log line, checkpoint or the end of training (the only places that read 
 the first such step, raised before anything is saved (so the last checkpoint predates it), or, with
 `skip_nonfinite`, a count of the skipped steps.
 
-Checkpoint names: the backbone's parameters as `backbone.<name>`, each head's as `<task>.<name>` (a head shared
-through `reuse_head_with` is stored once, under its owner), EMA weights as `ema.<those names>`.
+Tensors are named as in checkpoints (`checkpoint.model_state`); a head shared through `reuse_head_with` is
+stored once, under its owner.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import contextlib
 import inspect
 import logging
 import math
-import os
 import signal
 import sys
 import threading
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import distributed, fsdp
+from . import distributed, fsdp, state_keys
 from .metrics_log import MetricsLog
 from .optimizer import Optimizer, param_groups
 
@@ -141,16 +141,14 @@ class MultiTaskModel(nn.Module):
 def load_model_state(backbone: nn.Module, heads: dict[str, nn.Module], tasks: dict[str, Task],
                      state: dict[str, torch.Tensor], source: str) -> None:
     """Assigns a checkpoint's backbone and head tensors; a head the checkpoint lacks is an error naming it."""
-    in_file = sorted({k.split(".", 1)[0] for k in state if not k.startswith(("backbone.", "ema."))})
     head_states = {}
     for name, head in heads.items():
         owner = tasks[name].head_owner
-        head_states[name] = {k[len(owner) + 1:]: v for k, v in state.items() if k.startswith(owner + ".")}
+        head_states[name] = state_keys.scoped(state, owner)
         if not head_states[name] and any(p.numel() for p in head.parameters()):
-            raise KeyError(f"{source}: no parameters for task '{owner}' (tasks in the checkpoint: {in_file}); "
-                           f"name the Trainer like the task that was trained")
-    bb_state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    for name in ckpt.assign_state(backbone, bb_state, source):
+            raise KeyError(f"{source}: no parameters for task '{owner}' (tasks in the checkpoint: "
+                           f"{state_keys.head_scopes(state)}); name the Trainer like the task that was trained")
+    for name in ckpt.assign_state(backbone, state_keys.scoped(state, state_keys.BACKBONE), source):
         logger.info("Warning: backbone.%s not found in %s.", name, source)
     for name, head in heads.items():
         for missing in ckpt.assign_state(head, head_states[name], source):
@@ -260,33 +258,35 @@ class TrainLoop:
         # per trainer. (The global RNG is not advanced, so a module built later initialises from the numbers
         # this trainer's dropout uses; weights and dropout masks of different models sharing draws is harmless,
         # and advancing it would change every seeded script's results.)
-        self._rng = rng_state(device)
+        self.rng = rng_state(device)
         self._stepping = threading.Lock()  # held during a training step (see train_step)
         # [first global step whose loss or gradient was not finite (0: none), number of such steps]
         self._nonfinite = torch.zeros(2, dtype=torch.int64, device=device)
         self._skipped_reported = 0
-        self._save_path: str | None = None
-        self._save_steps: int | None = None
-        self._save_types: tuple[str, ...] = ()
-        self._max_to_keep: int | None = None
         self.metrics_log: MetricsLog | None = None
-        self._last_saved_step = -1
-        # what a 'predict' save adds to the weights to make an inference bundle (`torchpalm.bundle`): set by
-        # the trainer, which knows the readers; returns a `write_extra` for `checkpoint.save_checkpoint`
-        self.bundle_files: Callable[[], Callable[[str], None]] | None = None
+        self.checkpointer = ckpt.Checkpointer(self)
         # points the trainers' predict-phase modules at the model's current parameters (set by the trainer);
         # needed under FSDP, where the full weights exist only inside `full_weights`
         self.share_predict_weights: Callable[[], None] | None = None
         self._unsharded_depth = 0
 
     # ---- state ----
-    def state(self) -> dict[str, torch.Tensor]:
-        """The model's tensors under checkpoint names (see the module docstring)."""
-        state = {f"backbone.{k}": v for k, v in self.model.backbone.state_dict().items()}
-        for name, task in self.tasks.items():
-            if task.reuse_head_with is None:
-                state.update({f"{name}.{k}": v for k, v in self.model.heads[name].state_dict().items()})
-        return state
+    def state(self, full: bool = False) -> dict[str, torch.Tensor]:
+        """The model's tensors under checkpoint names (a shared head once, under its owner); `full`: whole
+        tensors under FSDP (a collective: every rank calls it)."""
+        heads = {name: self.model.heads[name] for name, task in self.tasks.items() if task.reuse_head_with is None}
+        state = state_keys.model_state(self.model.backbone, heads)
+        return fsdp.full_state(state) if full and self.sharded else state
+
+    def nonfinite_record(self) -> dict[str, int]:
+        """{"first": first global step whose loss or gradient was not finite (0: none), "skipped": how many}."""
+        first, skipped = self._nonfinite.tolist()
+        return {"first": first, "skipped": skipped}
+
+    def restore_nonfinite(self, record: dict) -> None:
+        """Puts a checkpoint's `nonfinite_record` back (a resumed run reports the steps of the first part too)."""
+        self._nonfinite.copy_(torch.tensor([record.get("first", 0), record.get("skipped", 0)]))
+        self._skipped_reported = int(record.get("skipped", 0))
 
     def set_total_steps(self, total: int, certain: bool = True) -> None:
         """Tells the learning-rate schedule how many steps the run takes (see `Schedualer.set_total_steps`)."""
@@ -306,11 +306,11 @@ class TrainLoop:
         """
         with GLOBAL_RNG_LOCK:  # another thread's trainer must not swap its stream in meanwhile
             outside = rng_state(self.device)
-            set_rng_state(self._rng, self.device)
+            set_rng_state(self.rng, self.device)
             try:
                 yield
             finally:
-                self._rng = rng_state(self.device)
+                self.rng = rng_state(self.device)
                 set_rng_state(outside, self.device)
 
     def train_step(self, task: str, batch: dict) -> torch.Tensor:
@@ -428,31 +428,21 @@ class TrainLoop:
             finally:
                 self._unsharded_depth -= 1
 
-    def full_state(self) -> dict[str, torch.Tensor]:
-        """`state()` with whole tensors under FSDP (a collective: every rank calls it)."""
-        return fsdp.full_state(self.state()) if self.sharded else self.state()
-
-    # ---- checkpoints ----
+    # ---- saving and the training log ----
     def set_saver(self, save_path: str | None, save_steps: int | None, save_types: tuple[str, ...],
                   max_to_keep: int | None = None, tensorboard_dir: str | None = None,
                   plot: bool | None = None) -> None:
-        """Saves every `save_steps` global steps (None: no periodic saving), keeping the last `max_to_keep`
-        periodic saves of each type (None: all). Leftovers of killed saves in `save_path` are removed here.
-        The training log goes to `<save_path>/metrics.jsonl` and, given `tensorboard_dir`, to TensorBoard
-        there; `plot` draws `<save_path>/metrics.png` at the end of training (None: if matplotlib is there)."""
-        if save_path is None or save_steps is None:
-            if tensorboard_dir is not None:
-                raise ValueError("TensorBoard logging goes with the saver: set_saver(save_path, save_steps, "
-                                 "tensorboard=True)")
-            self._save_path = self._save_steps = self.metrics_log = None
-            return
-        self._save_path, self._save_steps, self._save_types = os.fspath(save_path), int(save_steps), save_types
-        self._max_to_keep = max_to_keep
-        if distributed.is_main():  # the only rank that writes files
-            os.makedirs(save_path, exist_ok=True)
-            ckpt.remove_stale(save_path)
-            if self.metrics_log is not None:
-                self.metrics_log.close()
+        """Periodic saves (`Checkpointer.configure`) and the training log: `<save_path>/metrics.jsonl` and,
+        given `tensorboard_dir`, TensorBoard there; `plot` draws `<save_path>/metrics.png` at the end of
+        training (None: if matplotlib is there)."""
+        if (save_path is None or save_steps is None) and tensorboard_dir is not None:
+            raise ValueError("TensorBoard logging goes with the saver: set_saver(save_path, save_steps, "
+                             "tensorboard=True)")
+        self.checkpointer.configure(save_path, save_steps, save_types, max_to_keep)
+        if self.metrics_log is not None:
+            self.metrics_log.close()
+        self.metrics_log = None
+        if self.checkpointer.save_path is not None and distributed.is_main():  # the only rank that writes files
             self.metrics_log = MetricsLog(save_path, tensorboard_dir=tensorboard_dir, plot=plot)
 
     def log_metrics(self, record: dict) -> None:
@@ -464,89 +454,6 @@ class TrainLoop:
         """End of `train()`: flushes TensorBoard and draws the curves (`<save_path>/metrics.png`)."""
         if self.metrics_log is not None:
             self.metrics_log.finish()
-
-    def save(self, directory: str, trainer_state: dict) -> str:
-        """Writes a full training checkpoint (weights, EMA, optimizer, RNG, counters) atomically.
-
-        Under torchrun every rank calls this at the same point; rank 0 writes (under DDP the ranks hold the same
-        weights and optimizer state; under FSDP every rank first helps gather the full tensors) and the others
-        wait until the checkpoint is complete."""
-        self.check_finite()
-        if self.sharded:
-            state = self.full_state()
-            if self.ema is not None:
-                state.update({f"ema.{k}": v for k, v in fsdp.full_state(self.ema).items()})
-            opt_state = fsdp.full_optimizer_state(self.torch_optimizer.state_dict())
-        elif distributed.is_main():
-            state = self.state()
-            if self.ema is not None:
-                state.update({f"ema.{k}": v for k, v in self.ema.items()})
-            opt_state = self.torch_optimizer.state_dict()
-        if not distributed.is_main():
-            distributed.barrier()
-            return directory
-        first, skipped = self._nonfinite.tolist()
-        trainer_state = {"step": self.global_step, "nonfinite": {"first": first, "skipped": skipped},
-                         **trainer_state}
-        path = ckpt.save_checkpoint(directory, state, trainer_state, opt_state, self._rng)
-        distributed.barrier()
-        return path
-
-    def maybe_save(self, trainer_state: Callable[[], dict], force: bool = False) -> None:
-        if self._save_path is None or self._last_saved_step == self.global_step:
-            return
-        if not force and self.global_step % self._save_steps:
-            return
-        self._last_saved_step = self.global_step
-        if "ckpt" in self._save_types:
-            path = self.save(os.path.join(self._save_path, f"ckpt.step{self.global_step}"), trainer_state())
-            logger.info("checkpoint has been saved at %s", path)
-        if "predict" in self._save_types and (distributed.is_main() or self.sharded):
-            path = os.path.join(self._save_path, f"pred.step{self.global_step}")
-            with self.ema_weights():
-                state = self.full_state()  # (under FSDP every rank gathers; rank 0 writes)
-                if distributed.is_main():
-                    extra = self.bundle_files() if self.bundle_files is not None else None
-                    ckpt.save_checkpoint(path, state, {"step": self.global_step, **trainer_state()},
-                                         write_extra=extra)
-            if distributed.is_main():
-                for name in self.tasks:
-                    logger.info("%s: predict model saved at %s", name, path)
-                logger.info("predict model has been saved at %s", path)
-        if self._max_to_keep is not None and distributed.is_main():
-            for kind in ("ckpt", "pred"):
-                for path in ckpt.prune(self._save_path, kind, self._max_to_keep):
-                    logger.info("removed %s (max_to_keep=%d)", path, self._max_to_keep)
-
-    def load_training_state(self, state: dict, opt_state: dict | None, rng: dict | None,
-                            model_state_: dict[str, torch.Tensor], source: str) -> None:
-        """Restores counters, optimizer, EMA and RNG from a checkpoint (the weights are loaded separately)."""
-        if state.get("format") == "paddle":
-            logger.warning("%s: a PaddlePALM checkpoint: training starts at step 0 from its weights, with a fresh "
-                           "optimizer (Paddle's Adam moments are not imported)", source)
-            return
-        if opt_state is None:
-            # resuming from it would restart Adam's moments at the saved step: a different run, silently
-            raise ValueError(f"{source}: no optimizer.pt, so it cannot resume training (a 'predict' export or a "
-                             f"weights-only folder); load_ckpt(path, training_state=False) starts a new run from "
-                             f"its weights")
-        if self.sharded:  # the file holds full moments: each rank keeps its parameters' shards
-            opt_state = fsdp.sharded_optimizer_state(opt_state, self.torch_optimizer)
-        self.torch_optimizer.load_state_dict(opt_state)
-        self.global_step = int(state.get("step", 0))
-        nonfinite = state.get("nonfinite", {})
-        self._nonfinite.copy_(torch.tensor([nonfinite.get("first", 0), nonfinite.get("skipped", 0)]))
-        self._skipped_reported = int(nonfinite.get("skipped", 0))
-        for name in self.tasks:
-            task_state = state.get("tasks", {}).get(name, {})
-            self.task_steps[name] = int(task_state.get("step", self.global_step if len(self.tasks) == 1 else 0))
-        if self.ema is not None:
-            for k, v in model_state_.items():
-                if k.startswith("ema.") and k[4:] in self.ema:
-                    self.ema[k[4:]].copy_(fsdp.shard_like(v, self.ema[k[4:]]))
-        if rng is not None:
-            self._rng = rng  # the stream the saved run's next step would have drawn from
-        self._last_saved_step = self.global_step
 
     # ---- the loop ----
     def run(self, batches: Iterator[tuple[str, dict]], finished: Callable[[], bool], total_steps: int,
@@ -598,16 +505,16 @@ class TrainLoop:
                                           "lr": self.optimizer.lr_at(self.global_step - 1),
                                           "steps_per_second": speed, "time": now})
                     stop = after_step(task) if after_step is not None else False  # PALM: after the log line
-                    self.maybe_save(trainer_state)
+                    self.checkpointer.maybe_save(trainer_state)
                     if stop:
                         break
             finally:
                 progress.close()
             self.check_finite()
-            self.maybe_save(trainer_state, force=True)  # also the checkpoint of an interrupted run
+            self.checkpointer.maybe_save(trainer_state, force=True)  # also the checkpoint of an interrupted run
         if interrupted:
             logger.info("training stopped by %s after global step %d%s", interrupted.name, self.global_step,
-                        "" if self._save_path is not None else " (no saver set: nothing saved)")
+                        "" if self.checkpointer.save_path is not None else " (no saver set: nothing saved)")
             raise interrupted.exception()
 
 class StopRequest:

@@ -189,7 +189,7 @@ class MultiHeadTrainer:
                                shard=fsdp_wanted(self._fsdp))
         for t in self._trainers:
             t._loop, t._multi_task, t._optimizer = self._loop, self, optimizer
-        self._loop.bundle_files = lambda: bundle.periodic_writer(self)
+        self._loop.checkpointer.bundle_files = lambda: bundle.periodic_writer(self)
         self._loop.share_predict_weights = self._share_predict_weights
         if self._saver_args is not None:
             self._loop.set_saver(*self._saver_args)
@@ -319,7 +319,7 @@ class MultiHeadTrainer:
             logger.info("loading checkpoint into train program")
         load_model_state(backbone, heads, self.tasks, state, model_path)
         if training and training_state and self._loop is not None:
-            self._loop.load_training_state(trainer_state, opt_state, rng, state, model_path)
+            self._loop.checkpointer.load_training_state(trainer_state, opt_state, rng, state, model_path)
             for t in self._trainers:
                 t._restore_reader(trainer_state.get("tasks", {}).get(t.name, {}).get("reader"))
             self._pending_sampler = trainer_state.get("sampler")
@@ -362,7 +362,7 @@ class MultiHeadTrainer:
         """Writes a full training checkpoint (backbone, every head, optimizer, counters, readers, sampler)."""
         if self._loop is None:
             raise RuntimeError("call build_backward before save")
-        return self._loop.save(directory, self._trainer_state())
+        return self._loop.checkpointer.save(directory, self._trainer_state())
 
     # ---- training ----
     def _is_finished(self) -> bool:
@@ -422,7 +422,7 @@ class MultiHeadTrainer:
         loss = self._loop.train_step(name, batch)
         self._loop.check_finite()
         self._after_step(name)  # finish messages and due evaluations (early stopping is train()'s to act on)
-        self._loop.maybe_save(self._trainer_state)
+        self._loop.checkpointer.maybe_save(self._trainer_state)
         return {f"{name}.loss": loss.float().cpu().numpy()}, task_id
 
     def get_one_batch(self, phase: str = "train") -> dict:

@@ -31,6 +31,7 @@ from . import backbone as backbone_module
 from . import checkpoint as ckpt
 from . import head as head_module
 from . import reader as reader_module
+from . import state_keys
 from .bundle import BUNDLE_FILE, file_in_bundle, read_spec
 from .head.base import Head
 from .limits import short_repr
@@ -143,12 +144,9 @@ class Predictor:
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"{directory}: missing model.safetensors (the weights)")
         state = read_safetensors(weights)  # a truncated or corrupt file is an error naming it
-        missing = [f"backbone.{k}" for k in ckpt.assign_state(
-            backbone, {k[9:]: v for k, v in state.items() if k.startswith("backbone.")}, weights)]
-        for name, head in heads.items():
-            prefix = owners[name] + "."
-            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            missing += [f"{owners[name]}.{k}" for k in ckpt.assign_state(head, own, weights)]
+        parts = [(state_keys.BACKBONE, backbone), *((owners[name], head) for name, head in heads.items())]
+        missing = [f"{scope}.{k}" for scope, module in parts
+                   for k in ckpt.assign_state(module, state_keys.scoped(state, scope), weights)]
         if missing:
             raise ValueError(f"{weights}: lacks {len(missing)} tensor(s) the bundle's model needs, e.g. {missing[:5]}")
         device = torch.device(device) if device is not None else default_device()

@@ -268,7 +268,7 @@ class Trainer:
         self._loop = TrainLoop(self._model, {self._name: self._task}, optimizer, weight_decay, use_ema, ema_decay,
                                self.device, self._precision, self._grad_clip, self._skip_nonfinite,
                                shard=fsdp_wanted(self._fsdp))
-        self._loop.bundle_files = lambda: bundle.periodic_writer(self)
+        self._loop.checkpointer.bundle_files = lambda: bundle.periodic_writer(self)
         self._loop.share_predict_weights = self._share_predict_weights
         if self._saver_args is not None:
             self._loop.set_saver(*self._saver_args)
@@ -359,7 +359,7 @@ class Trainer:
         task = dataclasses.replace(self._task, reuse_head_with=owner if owner != self._name else None)
         load_model_state(backbone, {self._name: head}, {self._name: task}, state, model_path)
         if training_state and self._loop is not None and self._own_loop() is not None:
-            self._loop.load_training_state(trainer_state, opt_state, rng, state, model_path)
+            self._loop.checkpointer.load_training_state(trainer_state, opt_state, rng, state, model_path)
             self._restore_reader(trainer_state.get("tasks", {}).get(self._name, {}).get("reader"))
             if self._evaluator is not None and trainer_state.get("evaluation"):
                 self._evaluator.load_state_dict(trainer_state["evaluation"])
@@ -421,7 +421,7 @@ class Trainer:
         """Writes a full training checkpoint to `directory` (atomically)."""
         if self._loop is None:
             raise RuntimeError("call build_backward before save")
-        return self._loop.save(directory, self._trainer_state())
+        return self._loop.checkpointer.save(directory, self._trainer_state())
 
     # ---- evaluation ----
     def set_dev(self, reader, metric=None) -> None:
@@ -479,7 +479,7 @@ class Trainer:
         loss = self._loop.train_step(self._name, batch)
         self._loop.check_finite()
         if self._own_loop() is not None:
-            self._loop.maybe_save(self._trainer_state)
+            self._loop.checkpointer.maybe_save(self._trainer_state)
         return {f"{self._name}.loss": distributed.mean(loss).float().cpu().numpy()}  # the global batch's loss
 
     def get_one_batch(self, phase: str = "train") -> dict:

@@ -21,6 +21,7 @@ import shutil
 import torch
 
 from ..permissions import follow_umask
+from ..state_keys import BACKBONE, head_scopes, scoped
 from ..weights import find_weights_file, load_state_file
 from . import modernbert as mb
 from .deberta import deberta_hf_to_torchpalm, deberta_torchpalm_to_hf, is_deberta_state
@@ -347,15 +348,15 @@ def load_backbone_weights(path: str | os.PathLike, config: dict | None = None) -
         paddle_dir = params_dir(path) if os.path.isdir(path) else None
         if paddle_dir is None:
             raise
-        state = load_paddle_model(paddle_dir, config)
-        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, paddle_dir
+        return scoped(load_paddle_model(paddle_dir, config), BACKBONE), paddle_dir
     state = load_state_file(file)
-    if any(k.startswith("backbone.") for k in state):
-        heads = sorted({k.split(".", 1)[0] for k in state if not k.startswith(("backbone.", "ema."))})
+    backbone = scoped(state, BACKBONE)
+    if backbone:
+        heads = head_scopes(state)
         if heads:
             logger.info("%s: only the backbone is loaded; the heads of %s are not (load_ckpt loads them too)",
                         file, heads)
-        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, file
+        return backbone, file
     # (a bare HF ModernBertModel's names start with "layers." too: is_modernbert_state tells them apart)
     if any(k.startswith(("layers.", "word_embeddings.")) for k in state) and not mb.is_modernbert_state(state):
         return state, file
