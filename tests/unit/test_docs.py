@@ -24,7 +24,7 @@ DOCS = ROOT / "docs"
 SRC = ROOT / "src" / "torchpalm"
 BLOCK = re.compile(r"^(<!-- not run: [^>]+ -->\n)?```python\n(.*?)^```", re.S | re.M)
 # pages whose python blocks run here (customizing.md has its own test), with how many of them run
-RUNNABLE = {"checkpoints.md": 3, "inference.md": 2, "data-formats.md": 2, "conversion.md": 3}
+RUNNABLE = {"checkpoints.md": 3, "inference.md": 2, "data-formats.md": 2, "conversion.md": 3, "training.md": 2}
 
 
 def runnable_blocks(page: Path) -> list[tuple[int, str]]:
@@ -54,6 +54,9 @@ def test_the_python_blocks_of_a_page_run(name, tmp_path, monkeypatch):
         assert (tmp_path / "outputs" / "ckpt.step16" / "complete.json").is_file()
     if name == "inference.md":
         assert (tmp_path / "model.onnx").is_file()
+    if name == "training.md":
+        assert [r["step"] for r in ns["trainer"].eval_history] == [8, 16]
+        assert (tmp_path / "outputs" / "best.sst2" / "complete.json").is_file()
     if name == "conversion.md":
         assert all(torch.equal(ns["original"][k], ns["again"][k]) for k in ns["original"])
         assert all(torch.equal(ns["state"][k], v) for k, v in ns["backbone"].state_dict().items())
