@@ -18,11 +18,12 @@ Two paths give the same ids:
 HuggingFace `tokenizers` (Rust) implements the same pipeline but, called from Python, encodes several times
 slower than the fast path (see BENCHMARKS.md); it is kept for the character offsets the MRC reader needs.
 
-RoBERTa's byte-level BPE (`ByteLevelBPETokenizer`) is assembled exactly as `transformers.RobertaTokenizer`
-does it, from `vocab.json` + `merges.txt` (or read from a `tokenizer.json`). Both classes offer the same
-surface to the readers: `encode_batch`, the special ids, `word_prefix` (what a word that is not the first of a
-sentence carries before it: nothing for WordPiece, a space for byte-level BPE) and `build_inputs` (the
-model's single/pair template). `load_tokenizer` picks one by the readers' `tokenizer=` name.
+Other tokenizers live in `torchpalm.hf_tokenizer`: `HFTokenizer` reads the model's own `tokenizer.json`
+(WordPiece, byte-level BPE, Unigram / Metaspace; its SentencePiece model converted once where that is all it
+ships), `ByteLevelBPETokenizer` is RoBERTa's. All offer the same surface to the readers: `encode_batch`, the
+special ids, `word_prefix` (what a word that is not the first of a sentence carries before it: nothing for
+WordPiece, a space for byte-level BPE), `template` / `build_inputs` (the model's single/pair layout) and
+`encode_with_offsets` (character spans, for MRC). `load_tokenizer` picks one by the readers' `tokenizer=` name.
 """
 
 from __future__ import annotations
@@ -35,10 +36,22 @@ from collections.abc import Sequence
 from itertools import chain
 
 import numpy as np
-from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
-from tokenizers.models import BPE, WordPiece
+from tokenizers import AddedToken, Tokenizer
+from tokenizers.models import WordPiece
 from tokenizers.normalizers import BertNormalizer
-from tokenizers.pre_tokenizers import BertPreTokenizer, ByteLevel
+from tokenizers.pre_tokenizers import BertPreTokenizer
+
+from .hf_tokenizer import (
+    TOKENIZER_JSON,
+    ByteLevelBPETokenizer,
+    HFTokenizer,
+    convert_sentencepiece,
+    find_tokenizer,
+)
+from .input_template import InputTemplate, truncate_pair
+
+__all__ = ["ByteLevelBPETokenizer", "HFTokenizer", "InputTemplate", "WordPieceTokenizer", "build_inputs",
+           "load_tokenizer", "truncate_pair"]
 
 logger = logging.getLogger("torchpalm")
 
@@ -208,6 +221,7 @@ class WordPieceTokenizer:
     MAX_MEMO = 2_000_000
     word_prefix = ""  # WordPiece splits on whitespace: a word encodes the same wherever it stands
     pair_separators = 1  # [CLS] a [SEP] b [SEP]
+    kind = "wordpiece"
 
     def __init__(self, vocab_path: str | os.PathLike, do_lower_case: bool = True):
         self.vocab_path = os.fspath(vocab_path)
@@ -219,6 +233,8 @@ class WordPieceTokenizer:
         self.cls_id = self.vocab["[CLS]"]
         self.sep_id = self.vocab["[SEP]"]
         self.mask_id = self.vocab["[MASK]"]
+        self.template = InputTemplate.bert(self.cls_id, self.sep_id)
+        self.special_ids = frozenset(self.vocab[t] for t in SPECIAL_TOKENS)
         self._memo: dict[str, tuple[int, ...]] = {}  # whitespace token of cleaned text -> its word-piece ids
         # character -> what PALM's cleaning makes of it (None: deleted); ASCII controls known from the start
         self._translate: dict[int, str | None] = dict(_ASCII_CONTROL_DELETE)
@@ -290,6 +306,11 @@ class WordPieceTokenizer:
         """Ids of each pre-split word separately (for word-level labels)."""
         return self.encode_batch(words)
 
+    def encode_with_offsets(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids `[n]`, character spans `[n, 2]` in the original text) of each text, by the Rust pipeline."""
+        return [(np.asarray(e.ids, dtype=np.int64), np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2))
+                for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
     def _token_ids(self, token: str) -> tuple[int, ...]:
         """The ids of one whitespace-separated token of cleaned text: PALM's per-token steps, then WordPiece."""
         vocab = self.vocab
@@ -333,144 +354,42 @@ class WordPieceTokenizer:
 
     def build_inputs(self, ids_a: Sequence[int], ids_b: Sequence[int] | None, max_len: int):
         """`[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]` truncated to `max_len`: (token ids, segment ids)."""
-        return build_inputs(ids_a, ids_b, max_len, self.cls_id, self.sep_id)
+        return self.template.build(ids_a, ids_b, max_len)
 
 
-BPE_SPECIALS = {"cls": "<s>", "sep": "</s>", "pad": "<pad>", "unk": "<unk>", "mask": "<mask>"}
-
-
-def _bpe_files(path: str) -> tuple[str | None, str | None, str | None]:
-    """(tokenizer.json, vocab.json, merges.txt) that `path` (a model directory or one of those files) names."""
-    if os.path.isdir(path):
-        tokenizer_json = os.path.join(path, "tokenizer.json")
-        if os.path.isfile(tokenizer_json):
-            return tokenizer_json, None, None
-        return None, os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
-    if os.path.basename(path) == "tokenizer.json":
-        return path, None, None
-    return None, path, os.path.join(os.path.dirname(path), "merges.txt")
-
-
-class ByteLevelBPETokenizer:
-    """RoBERTa's (GPT-2's) byte-level BPE, as `transformers.RobertaTokenizer` builds it.
-
-    Args:
-        path: a model directory holding `tokenizer.json`, or `vocab.json` and `merges.txt`; or the path of
-            `tokenizer.json`, or of `vocab.json` (with `merges.txt` beside it).
-        do_lower_case: lower-case the text first (RoBERTa is cased; off by default).
-
-    Special tokens are RoBERTa's: `<s>` (cls), `</s>` (sep), `<pad>`, `<unk>`, `<mask>`. A word that is not the
-    first of its sentence is encoded with a leading space (`word_prefix`), as it appears in running text
-    ("Ġword"); pairs are `<s> a </s></s> b </s>`.
-    """
-
-    word_prefix = " "
-    pair_separators = 2  # <s> a </s></s> b </s>
-
-    def __init__(self, path: str | os.PathLike, do_lower_case: bool = False):
-        path = os.fspath(path)
-        tokenizer_json, vocab_json, merges_txt = _bpe_files(path)
-        if tokenizer_json is not None:
-            tok = Tokenizer.from_file(tokenizer_json)  # JSON only: nothing in it can run code
-            self.vocab_path = tokenizer_json
-        else:
-            for needed in (vocab_json, merges_txt):
-                if not os.path.isfile(needed):
-                    raise FileNotFoundError(f"byte-level BPE file not found: {needed} (tokenizer='bpe' needs "
-                                            f"tokenizer.json, or vocab.json and merges.txt, in {path})")
-            # The same model, pre-tokenizer and decoder as transformers.RobertaTokenizer (no unk: every byte is
-            # a symbol of a real byte-level vocabulary). The Rust code raises a bare Exception on a bad file, e.g.
-            # a merge whose result the vocabulary lacks (HF's RobertaTokenizer refuses those files too).
-            try:
-                vocab, merges = BPE.read_file(vocab_json, merges_txt)
-                tok = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
-                                    end_of_word_suffix="", fuse_unk=False))
-            except Exception as e:
-                raise ValueError(f"{vocab_json} + {merges_txt}: not a usable BPE vocabulary and merges pair: {e}"
-                                 ) from None
-            tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
-            tok.decoder = decoders.ByteLevel()
-            # character offsets without the leading space of "Ġword" (as HF's trim_offsets=True), for MRC
-            tok.post_processor = processors.ByteLevel(trim_offsets=True)
-            self.vocab_path = vocab_json
-        self.vocab = tok.get_vocab(with_added_tokens=True)
-        missing = [t for t in BPE_SPECIALS.values() if t not in self.vocab]
-        if missing:
-            raise ValueError(f"{self.vocab_path}: the vocabulary lacks RoBERTa's special tokens {missing}")
-        tok.add_special_tokens([AddedToken(t, normalized=False) for t in BPE_SPECIALS.values()])
-        if do_lower_case:
-            tok.normalizer = (normalizers.Sequence([tok.normalizer, normalizers.Lowercase()])
-                              if tok.normalizer is not None else normalizers.Lowercase())
-        self.do_lower_case = do_lower_case
-        self.inv_vocab = {i: t for t, i in self.vocab.items()}
-        self._tok = tok
-        self.cls_id, self.sep_id, self.pad_id, self.unk_id, self.mask_id = (
-            self.vocab[BPE_SPECIALS[k]] for k in ("cls", "sep", "pad", "unk", "mask"))
-
-    @property
-    def vocab_size(self) -> int:
-        return max(self.vocab.values()) + 1
-
-    def tokenize(self, text: str) -> list[str]:
-        """Byte-level pieces of one text (no <s>/</s>), e.g. ["Hello", "Ġworld"]."""
-        return self._tok.encode(text, add_special_tokens=False).tokens
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-
-    def encode_words(self, words: Sequence[str]) -> list[list[int]]:
-        """Ids of each word of ONE sentence as it reads in running text: the first bare, the others after a space."""
-        return self.encode_batch([w if i == 0 else self.word_prefix + w for i, w in enumerate(words)])
-
-    def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
-        return [self.vocab.get(t, self.unk_id) for t in tokens]
-
-    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
-        return [self.inv_vocab.get(int(i), BPE_SPECIALS["unk"]) for i in ids]
-
-    def build_inputs(self, ids_a: Sequence[int], ids_b: Sequence[int] | None, max_len: int):
-        """`<s> a </s>` or `<s> a </s></s> b </s>` truncated to `max_len`: (token ids, segment ids)."""
-        return build_inputs(ids_a, ids_b, max_len, self.cls_id, self.sep_id, pair_separators=2)
-
-
-TOKENIZERS = {"wordpiece": WordPieceTokenizer, "bpe": ByteLevelBPETokenizer}
+TOKENIZERS = ("wordpiece", "bpe", "auto")
 
 
 def load_tokenizer(kind: str, path: str | os.PathLike, do_lower_case: bool = False):
-    """The readers' tokenizer: 'wordpiece' (`vocab.txt`, or a directory holding it) or 'bpe' (RoBERTa's
-    byte-level BPE: a directory with `tokenizer.json` or `vocab.json` + `merges.txt`, or one of those files)."""
+    """The readers' tokenizer.
+
+    Args:
+        kind: 'wordpiece' (`vocab.txt`, or a folder holding it: PALM/BERT semantics, the fast path), 'bpe'
+            (RoBERTa's byte-level BPE: a folder with `tokenizer.json` or `vocab.json` + `merges.txt`, or one of
+            those files) or 'auto' (whatever the model ships, see `torchpalm.hf_tokenizer.find_tokenizer`: its
+            `tokenizer.json`, else its SentencePiece model converted once, else `vocab.txt`, else `vocab.json`).
+            A 'wordpiece' folder without `vocab.txt` is read as 'auto'.
+        path: the file or the model folder.
+        do_lower_case: lower-case the text (WordPiece: and strip accents) before tokenizing.
+    """
     if kind not in TOKENIZERS:
-        raise ValueError(f"tokenizer must be one of {sorted(TOKENIZERS)}, got {kind!r}")
+        raise ValueError(f"tokenizer must be one of {list(TOKENIZERS)}, got {kind!r}")
     path = os.fspath(path)
     if kind == "wordpiece" and os.path.isdir(path):
-        path = os.path.join(path, "vocab.txt")
-    return TOKENIZERS[kind](path, do_lower_case=do_lower_case)
-
-
-def truncate_pair(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
-    """PALM/BERT longest-first truncation of a pair, in closed form.
-
-    Repeatedly drops the last token of the longer sequence (of b when equal) until `len_a + len_b <=
-    max_tokens`; returns the kept lengths.
-    """
-    excess = len_a + len_b - max_tokens
-    if excess <= 0:
-        return len_a, len_b
-    # Trim the longer one down to the shorter's length first, then alternate (b first when equal).
-    diff = abs(len_a - len_b)
-    take = min(diff, excess)
-    if len_a > len_b:
-        len_a -= take
-    else:
-        len_b -= take
-    excess -= take
-    if excess > 0:
-        len_b -= (excess + 1) // 2
-        len_a -= excess // 2
-    return len_a, len_b
+        if os.path.isfile(os.path.join(path, "vocab.txt")):
+            return WordPieceTokenizer(os.path.join(path, "vocab.txt"), do_lower_case=do_lower_case)
+        logger.info("%s has no vocab.txt: reading the tokenizer the model ships (tokenizer='auto')", path)
+        kind = "auto"
+    if kind == "bpe":
+        return ByteLevelBPETokenizer(path, do_lower_case=do_lower_case)
+    if kind == "wordpiece":
+        return WordPieceTokenizer(path, do_lower_case=do_lower_case)
+    found, file = find_tokenizer(path)
+    if found == "sentencepiece":
+        file = os.path.join(convert_sentencepiece(file), TOKENIZER_JSON)
+    if found in ("hf", "sentencepiece"):
+        return HFTokenizer(file, do_lower_case=do_lower_case)
+    return load_tokenizer(found, file, do_lower_case)
 
 
 def build_inputs(
@@ -481,12 +400,5 @@ def build_inputs(
 
     `pair_separators=2` puts two separators between a and b (RoBERTa's `<s> a </s></s> b </s>`).
     """
-    if ids_b is None:
-        a = list(ids_a[: max(max_len - 2, 0)])
-        tokens = [cls_id, *a, sep_id]
-        return np.asarray(tokens, dtype=np.int64), np.zeros(len(tokens), dtype=np.int64)
-    la, lb = truncate_pair(len(ids_a), len(ids_b), max_len - 2 - pair_separators)
-    tokens = [cls_id, *ids_a[:la], *[sep_id] * pair_separators, *ids_b[:lb], sep_id]
-    segments = np.zeros(len(tokens), dtype=np.int64)
-    segments[la + 1 + pair_separators :] = 1
-    return np.asarray(tokens, dtype=np.int64), segments
+    return InputTemplate.bert(cls_id, sep_id, pair_separators).build(ids_a, ids_b, max_len)
+
