@@ -30,6 +30,7 @@ from tokenizers.models import BPE
 from tokenizers.pre_tokenizers import ByteLevel
 
 from .input_template import InputTemplate
+from .permissions import follow_umask
 
 logger = logging.getLogger("torchpalm")
 
@@ -98,6 +99,8 @@ class HFTokenizer:
         path: a `tokenizer.json`, or the model folder holding it (token names come from the
             `tokenizer_config.json` / `special_tokens_map.json` beside it).
         do_lower_case: lower-case the text before the file's own normalizer (off by default: the file decides).
+        source: what messages name as this tokenizer's file (`vocab_path`), when not `path` itself (the
+            SentencePiece model a cached tokenizer.json was converted from).
 
     Attributes:
         template: the single / pair layout of the post-processor (`InputTemplate`).
@@ -107,7 +110,7 @@ class HFTokenizer:
         word_prefix: see `word_prefix_of`.
     """
 
-    def __init__(self, path: str | os.PathLike, do_lower_case: bool = False):
+    def __init__(self, path: str | os.PathLike, do_lower_case: bool = False, source: str | None = None):
         path = os.fspath(path)
         file = os.path.join(path, TOKENIZER_JSON) if os.path.isdir(path) else path
         if not os.path.isfile(file):
@@ -117,7 +120,7 @@ class HFTokenizer:
         except Exception as e:  # the Rust side raises a bare Exception for a malformed file
             raise ValueError(f"{file}: not a tokenizer.json the `tokenizers` library can read: {e}") from None
         names, names_source = special_token_names(os.path.dirname(file) or ".")
-        self._setup(tok, file, names, names_source or file, do_lower_case)
+        self._setup(tok, source or file, names, names_source or file, do_lower_case)
 
     def _setup(self, tok: Tokenizer, where: str, names: dict[str, str], names_source: str,
                do_lower_case: bool) -> None:
@@ -379,6 +382,7 @@ def convert_sentencepiece(model_file: str | os.PathLike) -> str:
     staging = tempfile.mkdtemp(prefix=".converting-", dir=cache_root)
     try:
         hf.save_pretrained(staging)
+        follow_umask(staging)  # mkdtemp made it private; the cache is shared like any other file
         try:
             os.replace(staging, target)  # atomic: a concurrent run either finds the whole folder or converts too
         except OSError:  # another process got there first

@@ -129,15 +129,21 @@ class InputTemplate:
     def build(self, ids_a: Sequence[int], ids_b: Sequence[int] | None, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """The sequence of one text or a pair, truncated to `max_len` (pairs longest-first, b first when equal):
         (token ids `[n]`, segment ids `[n]`), both int64."""
-        if ids_b is None:
-            texts, parts = {TEXT_A: list(ids_a[: max(max_len - self.num_special, 0)])}, self.single
+        return self.arrange(ids_a, ids_b, max_len)
+
+    def arrange(self, values_a: Sequence, values_b: Sequence | None, max_len: int, special=None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """`build` for any per-token values (e.g. word-start flags): the texts' values truncated and placed as
+        their tokens would be, `special` at the special tokens (None: their ids). Returns (values, segments)."""
+        if values_b is None:
+            texts, parts = {TEXT_A: list(values_a[: max(max_len - self.num_special, 0)])}, self.single
         else:
-            la, lb = truncate_pair(len(ids_a), len(ids_b), max(max_len - self.num_special_pair, 0))
-            texts, parts = {TEXT_A: list(ids_a[:la]), TEXT_B: list(ids_b[:lb])}, self.pair
-        tokens: list[int] = []
+            la, lb = truncate_pair(len(values_a), len(values_b), max(max_len - self.num_special_pair, 0))
+            texts, parts = {TEXT_A: list(values_a[:la]), TEXT_B: list(values_b[:lb])}, self.pair
+        values: list = []
         segments: list[int] = []
         for token, segment in parts:
-            seq = texts[token] if token < 0 else (token,)
-            tokens.extend(seq)
+            seq = texts[token] if token < 0 else (token if special is None else special,)
+            values.extend(seq)
             segments.extend([segment] * len(seq))
-        return np.asarray(tokens, dtype=np.int64), np.asarray(segments, dtype=np.int64)
+        return np.asarray(values, dtype=np.int64), np.asarray(segments, dtype=np.int64)

@@ -386,8 +386,9 @@ def load_tokenizer(kind: str, path: str | os.PathLike, do_lower_case: bool = Fal
         return WordPieceTokenizer(path, do_lower_case=do_lower_case)
     found, file = find_tokenizer(path)
     if found == "sentencepiece":
-        file = os.path.join(convert_sentencepiece(file), TOKENIZER_JSON)
-    if found in ("hf", "sentencepiece"):
+        converted = os.path.join(convert_sentencepiece(file), TOKENIZER_JSON)
+        return HFTokenizer(converted, do_lower_case=do_lower_case, source=file)
+    if found == "hf":
         return HFTokenizer(file, do_lower_case=do_lower_case)
     return load_tokenizer(found, file, do_lower_case)
 

@@ -362,12 +362,12 @@ class BERT(Backbone):
             raise ValueError(f"{type(reader).__name__} max_len={max_len} is above the backbone's "
                              f"'max_position_embeddings' {positions} ({self.config_source}): positions past "
                              f"{positions - 1} have no embedding; use max_len <= {positions}")
-        tokenizer = getattr(reader, "_tokenizer", None)
+        tokenizer = getattr(reader, "tokenizer", None)
         if tokenizer is not None and tokenizer.vocab_size > self.config["vocab_size"]:
             raise ValueError(f"the vocabulary {tokenizer.vocab_path} has {tokenizer.vocab_size} ids but the "
                              f"backbone's 'vocab_size' is {self.config['vocab_size']} ({self.config_source}): "
-                             f"ids from {self.config['vocab_size']} up have no embedding; is it the vocab.txt "
-                             f"that goes with this config?")
+                             f"ids from {self.config['vocab_size']} up have no embedding; is it the tokenizer "
+                             f"(vocab.txt, tokenizer.json) that goes with this model?")
 
     def reset_parameters(self) -> None:
         """Truncated-normal(initializer_range) weights, zero biases, unit LayerNorms (spec §7.3)."""

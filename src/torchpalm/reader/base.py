@@ -22,7 +22,7 @@ import torch
 
 from .. import distributed
 from ..limits import short_repr
-from ..tokenizer import ByteLevelBPETokenizer, WordPieceTokenizer, load_tokenizer
+from ..tokenizer import HFTokenizer, WordPieceTokenizer, load_tokenizer
 from . import batching, cache
 from .collate import COMMON_OUTPUTS, collate_common, pad_2d
 from .labels import load_label_map, preview
@@ -86,8 +86,11 @@ class Reader:
     Args:
         vocab_path: vocabulary file (`vocab.txt`), or the model directory holding the tokenizer files.
         max_len: maximum sequence length including [CLS]/[SEP].
-        tokenizer: 'wordpiece' (BERT, ERNIE; `vocab.txt`) or 'bpe' (RoBERTa's byte-level BPE: `vocab_path` is
-            the model directory with `tokenizer.json` or `vocab.json` + `merges.txt`, or one of those files).
+        tokenizer: 'wordpiece' (BERT, ERNIE; `vocab.txt`), 'bpe' (RoBERTa's byte-level BPE: `vocab_path` is
+            the model directory with `tokenizer.json` or `vocab.json` + `merges.txt`, or one of those files) or
+            'auto': whatever the model ships, `vocab_path` being its folder (its `tokenizer.json` with the special
+            tokens and pair template of its post-processor; else its SentencePiece model, converted once; else
+            `vocab.txt` or `vocab.json`). A folder without `vocab.txt` is read as 'auto' whatever is given.
         lang: 'en'/'english' or 'cn'/'chinese'; Chinese deletes ASCII spaces from text columns (PALM's for_cn).
         seed: seed of this reader's own RNG (shuffling, masking); None draws one from OS entropy.
         do_lower_case: lower-case and strip accents (True for uncased vocabularies).
@@ -95,7 +98,7 @@ class Reader:
     """
 
     # the `tokenizer=` names this reader can work with (see torchpalm.tokenizer.load_tokenizer)
-    supported_tokenizers: tuple[str, ...] = ("wordpiece", "bpe")
+    supported_tokenizers: tuple[str, ...] = ("wordpiece", "bpe", "auto")
 
     def __init__(
         self,
@@ -261,7 +264,10 @@ class Reader:
                                   f"no export_options()")
 
     def _base_options(self) -> dict:
-        return {"max_len": self._max_len, "lang": self._lang, "do_lower_case": self._tokenizer.do_lower_case}
+        options = {"max_len": self._max_len, "lang": self._lang, "do_lower_case": self._tokenizer.do_lower_case}
+        if self._tokenizer.kind != "wordpiece":  # the saved files are a tokenizer.json: say how to read them
+            options["tokenizer"] = self._tokenizer.kind
+        return options
 
     def export(self, directory: str | os.PathLike) -> dict:
         """Writes this reader's tokenizer files into `directory`; returns `{"class", "options", "files"}`, what
@@ -301,7 +307,7 @@ class Reader:
     def _encoding_options(self) -> dict:
         """Everything besides the data file that decides the encoded examples (part of the cache key)."""
         if self._vocab_digest is None:
-            self._vocab_digest = cache.file_digest(self._vocab_path)
+            self._vocab_digest = cache.file_digest(self._tokenizer.vocab_path)
         cls = type(self)
         return {"reader": f"{cls.__module__}.{cls.__qualname__}", "reader_version": self._cache_version,
                 "tokenizer": type(self._tokenizer).__name__, "vocab": self._vocab_digest, "max_len": self._max_len,
@@ -353,7 +359,7 @@ class Reader:
         return self._phase
 
     @property
-    def tokenizer(self) -> WordPieceTokenizer | ByteLevelBPETokenizer:
+    def tokenizer(self) -> WordPieceTokenizer | HFTokenizer:
         return self._tokenizer
 
     @property

@@ -4,8 +4,9 @@ Texts are tokenised once; masking is drawn afresh for every batch from the batch
 of seed, epoch and position), so every epoch sees new masks and a resumed run sees the very same ones.
 
 Masking (BERT's recipe, PALM's per-token draw): every maskable token (anything but [PAD] [UNK] [CLS] [SEP]
-[MASK]) is selected with probability `mask_prob`; with `whole_word_mask` the draw is per word, a word being
-a piece plus its '##' continuation pieces (a CJK character is a word of its own). A sentence with at least
+[MASK], or the special tokens of the model's tokenizer.json) is selected with probability `mask_prob`; with
+`whole_word_mask` the draw is per word, a word being a piece plus its '##' continuation pieces (a CJK character
+is a word of its own), or with a tokenizer.json the pieces of one pre-tokenizer word (its `word_ids`). A sentence with at least
 one maskable token and no selection gets one unit selected uniformly (PALM forced one [MASK]; with numpy >= 2,
 or for a length-2 input, its forcing code crashed, spec §17.31). Each selected token independently becomes
 [MASK] (80%), a random vocabulary token (10%, never a special or `[unusedN]` token) or stays (10%).
@@ -23,9 +24,8 @@ import os
 import numpy as np
 import torch
 
-from ..tokenizer import SPECIAL_TOKENS, build_inputs
 from .base import Reader
-from .collate import COMMON_OUTPUTS, collate_common
+from .collate import COMMON_OUTPUTS, collate_common, pad_2d
 from .parsing import read_lines, read_tsv
 
 FILE_FORMATS = ("tsv", "csv", "txt")
@@ -59,7 +59,6 @@ class MaskLMReader(Reader):
             written in the text; see the module docstring).
     """
 
-    supported_tokenizers = ("wordpiece",)  # [MASK] and ## pieces (whole-word masking) are WordPiece's
 
     def __init__(
         self,
@@ -83,16 +82,22 @@ class MaskLMReader(Reader):
         self.dev_count, self.print_prefix = dev_count, print_prefix
         self.mask_prob, self.whole_word_mask, self.mask_in_predict = float(mask_prob), whole_word_mask, mask_in_predict
         self._file_format = "tsv"
-        vocab = self._tokenizer.vocab
-        size = self._tokenizer.vocab_size
+        tok = self._tokenizer
+        if tok.mask_id is None:
+            raise ValueError(f"{tok.vocab_path}: the tokenizer has no mask token (mask_token in its "
+                             f"tokenizer_config.json, or [MASK] / <mask> in the vocabulary): masked-LM needs one")
+        vocab = tok.vocab
+        size = tok.vocab_size
         self._is_special = np.zeros(size, dtype=bool)
-        self._is_special[[vocab[t] for t in SPECIAL_TOKENS]] = True
-        # '##' pieces continue the previous word (only used for whole-word masking); a CJK character is a
-        # word of its own even as a '##' piece (the tokenizer isolates CJK characters, so that is rare)
+        self._is_special[sorted(tok.special_ids)] = True  # [PAD] [UNK] [CLS] [SEP] [MASK], <s> </s> <pad> ...
+        # WordPiece: '##' pieces continue the previous word (only used for whole-word masking); a CJK character is
+        # a word of its own even as a '##' piece (the tokenizer isolates CJK characters, so that is rare). Other
+        # tokenizers give each example its word starts (the pre-tokenizer's words) instead.
         self._is_continuation = np.zeros(size, dtype=bool)
+        wordpiece = tok.kind == "wordpiece"
         replaceable = []
         for token, i in vocab.items():
-            if token.startswith("##") and len(token) > 2 and not _is_cjk_char(token[2:]):
+            if wordpiece and token.startswith("##") and len(token) > 2 and not _is_cjk_char(token[2:]):
                 self._is_continuation[i] = True
             # random replacements: real tokens only, no specials and no reserved "[unused0]"-style entries
             if not self._is_special[i] and not (len(token) > 2 and token[0] == "[" and token[-1] == "]"):
@@ -132,12 +137,28 @@ class MaskLMReader(Reader):
             rows = read_tsv(path, required=("text_a",), optional=("text_b",))
         has_b = "text_b" in rows[0][1]
         tok = self._tokenizer
-        enc_a = tok.encode_batch([r["text_a"] for _, r in rows])
-        enc_b = tok.encode_batch([r["text_b"] for _, r in rows]) if has_b else None
+        if tok.kind == "wordpiece":  # word starts come from the '##' pieces (`_is_continuation`)
+            examples = []
+            enc_a = tok.encode_batch([r["text_a"] for _, r in rows])
+            enc_b = tok.encode_batch([r["text_b"] for _, r in rows]) if has_b else None
+            for i, (line_no, _) in enumerate(rows):
+                ids, segs = tok.build_inputs(enc_a[i], enc_b[i] if has_b else None, self._max_len)
+                examples.append({"token_ids": ids, "segment_ids": segs, "line": line_no})
+            return examples
+        return self._examples_with_word_starts(rows, has_b)
+
+    def _examples_with_word_starts(self, rows: list, has_b: bool) -> list[dict]:
+        """Examples of a tokenizer.json tokenizer, each with `word_start` (bool per token: it begins a word of
+        the pre-tokenizer, `word_ids`; True on special tokens), for whole-word masking."""
+        tok = self._tokenizer
+        enc_a = tok.encode_with_word_starts([r["text_a"] for _, r in rows])
+        enc_b = tok.encode_with_word_starts([r["text_b"] for _, r in rows]) if has_b else None
         examples = []
         for i, (line_no, _) in enumerate(rows):
-            ids, segs = build_inputs(enc_a[i], enc_b[i] if has_b else None, self._max_len, tok.cls_id, tok.sep_id)
-            examples.append({"token_ids": ids, "segment_ids": segs, "line": line_no})
+            (ids_a, starts_a), (ids_b, starts_b) = enc_a[i], enc_b[i] if has_b else (None, None)
+            ids, segs = tok.build_inputs(ids_a, ids_b, self._max_len)
+            word_start = tok.template.arrange(starts_a, starts_b, self._max_len, special=1)[0].astype(bool)
+            examples.append({"token_ids": ids, "segment_ids": segs, "word_start": word_start, "line": line_no})
         return examples
 
     def _collate(self, examples, rng):
@@ -145,7 +166,10 @@ class MaskLMReader(Reader):
                                self._tokenizer.pad_id)
         ids = batch["token_ids"].numpy()
         if self._masks():
-            masked, mask_pos = self.mask(ids, rng)
+            word_start = None
+            if "word_start" in examples[0]:  # tokenizer.json tokenizers: the pre-tokenizer's words
+                word_start = pad_2d([e["word_start"] for e in examples], 1, ids.shape[1]).numpy().astype(bool)
+            masked, mask_pos = self.mask(ids, rng, word_start)
             batch["token_ids"] = torch.from_numpy(masked)
             batch["mask_label"] = torch.from_numpy(ids.reshape(-1)[mask_pos])
         else:
@@ -153,12 +177,15 @@ class MaskLMReader(Reader):
         batch["mask_pos"] = torch.from_numpy(mask_pos.astype(np.int64))
         return batch
 
-    def mask(self, ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def mask(self, ids: np.ndarray, rng: np.random.Generator, word_start: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
         """Draws the masks of one padded batch.
 
         Args:
             ids: token ids `[B, L]` (padded with [PAD]).
             rng: the batch's generator (all randomness comes from it).
+            word_start: bool `[B, L]`, True where a token begins a word (whole-word masking); None: a token
+                begins a word unless it is a WordPiece '##' piece.
 
         Returns:
             (masked ids `[B, L]`, selected flat positions `[M]` into `[B * L]`, ascending).
@@ -171,7 +198,8 @@ class MaskLMReader(Reader):
         if self.whole_word_mask:
             prev_maskable = np.concatenate([[False], maskable[:-1]])
             prev_maskable[::length] = False  # a row never continues the previous row's last word
-            starts &= ~(self._is_continuation[flat] & prev_maskable)
+            continues = self._is_continuation[flat] if word_start is None else ~word_start.reshape(-1)
+            starts &= ~(continues & prev_maskable)
         unit_of_token = np.cumsum(starts) - 1  # unit index of every maskable token
         start_pos = np.flatnonzero(starts)
         n_units = len(start_pos)

@@ -21,8 +21,10 @@ objects); empty answers mark an impossible question, as in `squad_v2`. Consecuti
 Windows follow BERT (spec §5.5): the query is truncated to `max_query_len` sub-tokens, a window holds at most
 `max_len - len(query) - 3` document sub-tokens, the next window starts `min(window_len, doc_stride)` later, and
 the last window is the first that reaches the end of the document. Sequence: `[CLS] query [SEP] doc [SEP]`,
-segment ids 0 up to the first [SEP], then 1 (RoBERTa's byte-level BPE, `tokenizer='bpe'`: `<s> query </s></s>
-doc </s>`, one more special token, so a window holds one document token less).
+segment ids 0 up to the first [SEP], then 1; in general the model's pair template with the query as the first
+text (RoBERTa's `<s> query </s></s> doc </s>`, one more special token, so a window holds one document token
+less). A token's character span starts after any space it begins with ("▁word", "Ġword"), so answers are exact
+slices of the context with every tokenizer.
 
 Yields the common backbone inputs plus, in train, `start_positions [B]` and `end_positions [B]` (int64 positions
 in the sequence; 0 = [CLS] for "no answer in this window"), and in predict `unique_ids [B]` (int64).
@@ -85,7 +87,7 @@ class MRCFeature:
         doc_span_index: index of the window among its example's windows.
         token_ids: `[CLS] query [SEP] doc_window [SEP]` ids, shape [n].
         segment_ids: 0 up to and including the first [SEP], 1 after, shape [n].
-        doc_offset: sequence position of the first document token (`len(query) + 2`; + 3 with RoBERTa's BPE).
+        doc_offset: sequence position of the first document token (`len(query) + 2`; + 3 with RoBERTa's `</s></s>`).
         doc_start: index of the window's first sub-token among all sub-tokens of the context.
         token_offsets: [n_doc, 2] character (start, end) in the context of each document token of the window;
             sequence position `p` holds document token `p - doc_offset`.
@@ -163,6 +165,19 @@ def answer_token_span(offsets: np.ndarray, start_char: int, end_char: int) -> tu
     if len(overlap) == 0:
         return None
     return int(overlap[0]), int(overlap[-1])
+
+
+def trim_leading_spaces(context: str, offsets: np.ndarray) -> np.ndarray:
+    """Moves each token's start past the white space it begins with: a Metaspace piece ("▁word") or a byte-level
+    one ("Ġword") spans the space before its word, and an answer cut out from its start must not begin with it.
+    A piece that is all space ends up empty (start = end) and so never overlaps an answer."""
+    if len(offsets) == 0:
+        return offsets
+    for i, (start, end) in enumerate(offsets.tolist()):
+        while start < end and context[start].isspace():
+            start += 1
+        offsets[i, 0] = start
+    return offsets
 
 
 def attach_combining_marks(context: str, offsets: np.ndarray) -> np.ndarray:
@@ -305,7 +320,7 @@ class MRCReader(Reader):
         self._dataset: dict | None = None
         super().__init__(vocab_path, max_len, tokenizer=tokenizer, lang=lang, seed=seed,
                          do_lower_case=do_lower_case, phase=phase)
-        specials = 2 + self._tokenizer.pair_separators  # [CLS] q [SEP] d [SEP], or <s> q </s></s> d </s>
+        specials = self._tokenizer.template.num_special_pair  # [CLS] q [SEP] d [SEP], or <s> q </s></s> d </s>
         if max_len - max_query_len - specials < 1:
             raise ValueError(f"max_len ({max_len}) leaves no room for the document after a query of up to "
                              f"max_query_len={max_query_len} tokens and {specials} special tokens")
@@ -418,21 +433,18 @@ class MRCReader(Reader):
 
     def _encode_dataset(self, path: str) -> list[MRCFeature]:
         examples, counts = self._parse(path, self._dataset)
-        tok = self._tokenizer._tok
+        tok = self._tokenizer
         logger.info("converting examples to features...")
         # Each context once (paragraphs have several questions); the Rust encoder runs them in parallel.
         contexts = list(dict.fromkeys(ex.context for ex in examples))
         context_index = {c: i for i, c in enumerate(contexts)}
-        encoded = tok.encode_batch(contexts, add_special_tokens=False)
-        docs = [(np.asarray(e.ids, dtype=np.int64),
-                 attach_combining_marks(c, np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2)))
-                for c, e in zip(contexts, encoded)]
-        queries = [e.ids[:self._max_query_len]
-                   for e in tok.encode_batch([ex.question_text for ex in examples], add_special_tokens=False)]
+        docs = [(ids, attach_combining_marks(c, trim_leading_spaces(c, offsets)))
+                for c, (ids, offsets) in zip(contexts, tok.encode_with_offsets(contexts))]
+        queries = [ids[:self._max_query_len] for ids in tok.encode_batch([ex.question_text for ex in examples])]
 
         train = self._phase == "train"
-        cls_id, sep_id = self._tokenizer.cls_id, self._tokenizer.sep_id
-        seps = self._tokenizer.pair_separators  # [SEP] between query and document, or RoBERTa's </s></s>
+        template = tok.template  # the model's pair: [CLS] q [SEP] d [SEP], <s> q </s></s> d </s>, ...
+        n_special = template.num_special_pair
         features: list[MRCFeature] = []
         kept: list[MRCExample] = []
         windows_dropped = 0
@@ -448,8 +460,8 @@ class MRCReader(Reader):
                     counts["bad"] += 1
                     continue
             example_index = len(kept)
-            doc_offset = len(query) + 1 + seps
-            spans = doc_spans(len(doc_ids), self._max_len - len(query) - 2 - seps, self._doc_stride)
+            doc_offset = template.pair_offsets(len(query))[1]
+            spans = doc_spans(len(doc_ids), self._max_len - len(query) - n_special, self._doc_stride)
             flags = max_context_flags(spans, len(doc_ids))
             n_before = len(features)
             for span_index, ((start, length), is_max) in enumerate(zip(spans, flags)):
@@ -463,9 +475,7 @@ class MRCReader(Reader):
                         elif self._remove_noanswer:
                             windows_dropped += 1
                             continue
-                token_ids = np.concatenate([[cls_id], query, [sep_id] * seps, doc_ids[start:start + length], [sep_id]])
-                segment_ids = np.zeros(len(token_ids), dtype=np.int64)
-                segment_ids[doc_offset:] = 1
+                token_ids, segment_ids = template.build(query, doc_ids[start:start + length], self._max_len)
                 features.append(MRCFeature(
                     unique_id=FIRST_UNIQUE_ID + len(features), example_index=example_index,
                     doc_span_index=span_index, token_ids=token_ids.astype(np.int64), segment_ids=segment_ids,

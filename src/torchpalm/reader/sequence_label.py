@@ -34,9 +34,12 @@ Detection (`file_format=None`) looks at the extension and the first non-blank li
 A 'lines' file whose first sentence has one token looks like CoNLL (rule 3); its first multi-tag line then stops
 the CoNLL parse with an error that says so and asks for `file_format='lines'`, instead of reading "O O O" as a tag.
 
-Unlike PALM, labels are per WORD, not per sub-token (spec §17.10): every word is tokenised (WordPiece; or
-RoBERTa's byte-level BPE, where every word but a sentence's first carries its leading space, "Ġword") and the
-head scores the hidden state of its first sub-token. Batch layout (beside the common backbone inputs):
+Unlike PALM, labels are per WORD, not per sub-token (spec §17.10): every word is tokenised on its own, as the
+tokenizer encodes pre-split words (`is_split_into_words` in transformers: WordPiece; a `tokenizer.json`'s
+Unigram / Metaspace pieces, "▁word"; byte-level BPE, where every word but a sentence's first carries its leading
+space, "Ġword", as in running text), a word that the pre-tokenizer splits further ("U.S." -> "U", ".", "S", ".")
+keeping all its pieces, and the head scores the hidden state of its first piece. The model's special tokens go
+around the sentence (its single template). Batch layout (beside the common backbone inputs):
 
     word_starts  [B, W] int64  position of each word's first sub-token in `token_ids` (padded with 0)
     seq_lens     [B]    int64  number of words kept (PALM: sub-tokens incl. [CLS]/[SEP])
@@ -523,7 +526,9 @@ class SequenceLabelReader(Reader):
             firsts = list(dict.fromkeys(s.words[0] for s in sentences if s.words))
             first_pieces_of = {w: (ids or unk) for w, ids in zip(firsts, tok.encode_batch(firsts), strict=True)}
 
-        budget, cls_id, sep_id = self._max_len - 2, tok.cls_id, tok.sep_id
+        # the model's special tokens around the sentence ([CLS] ... [SEP], <s> ... </s>): its single template
+        template = tok.template
+        budget, first = self._max_len - template.num_special, template.single_offset
         examples, n_truncated = [], 0
         for s in sentences:
             pieces = [first_pieces_of[w] if k == 0 else pieces_of[w] for k, w in enumerate(s.words)]
@@ -533,8 +538,8 @@ class SequenceLabelReader(Reader):
             if kept == 0 and pieces:  # a single word longer than the budget: keep its first pieces
                 kept, flat = 1, pieces[0][:budget]
             n_truncated += kept < len(s.words)
-            starts = np.concatenate([[0], ends[: kept - 1]]) + 1 if kept else np.zeros(0, dtype=np.int64)
-            ex = {"token_ids": np.asarray([cls_id, *flat, sep_id], dtype=np.int64),
+            starts = np.concatenate([[0], ends[: kept - 1]]) + first if kept else np.zeros(0, dtype=np.int64)
+            ex = {"token_ids": template.build(flat, None, self._max_len)[0],
                   "word_starts": starts.astype(np.int64), "n_words": len(s.words), "line": s.line,
                   "words": s.words}
             if has_tags:
@@ -545,7 +550,7 @@ class SequenceLabelReader(Reader):
                     ex["label_ids"] = np.asarray(self._tag_ids(path, s)[:kept], dtype=np.int64)
             examples.append(ex)
         if n_truncated:
-            logger.info("%s: %d of %d sentences have more than %d sub-tokens (max_len %d minus [CLS]/[SEP]); their "
+            logger.info("%s: %d of %d sentences have more than %d sub-tokens (max_len %d minus special tokens); their "
                         "last words are cut (and predicted as %r)", path, n_truncated, len(sentences), budget,
                         self._max_len, self._no_entity_label)
         return examples
