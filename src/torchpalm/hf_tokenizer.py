@@ -16,13 +16,14 @@ converted once, by the converter of `transformers` (which needs the `sentencepie
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
@@ -341,10 +342,12 @@ def _conversion_key(model_file: str) -> str:
     return digest.hexdigest()[:32]
 
 
-def convert_sentencepiece(model_file: str | os.PathLike) -> str:
-    """The folder of a `tokenizer.json` (with its `tokenizer_config.json`) converted from a model folder that
-    ships only a SentencePiece model, by `transformers.AutoTokenizer` (the model's own tokenizer class, which
-    the folder's tokenizer_config.json or config.json names); cached, so the conversion runs once.
+@contextlib.contextmanager
+def sentencepiece_converted(model_file: str | os.PathLike) -> Iterator[str]:
+    """Yields the folder of a `tokenizer.json` (with its `tokenizer_config.json`) converted from a model folder
+    that ships only a SentencePiece model, by `transformers.AutoTokenizer` (the model's own tokenizer class,
+    which the folder's tokenizer_config.json or config.json names). The folder is in the tokenizer cache, so the
+    conversion runs once; with the cache off it is a temporary folder, removed on exit.
 
     Raises:
         ImportError: naming the file when `transformers` or `sentencepiece` is missing.
@@ -363,9 +366,10 @@ def convert_sentencepiece(model_file: str | os.PathLike) -> str:
     cache_root = tokenizer_cache_dir()
     target = os.path.join(cache_root, _conversion_key(model_file)) if cache_root is not None else None
     if target is not None and os.path.isfile(os.path.join(target, TOKENIZER_JSON)):
-        return target
-    logger.info("%s: converting the SentencePiece model to tokenizer.json (once; kept in %s)", model_file,
-                target or "a temporary folder")
+        yield target
+        return
+    logger.info("%s: converting the SentencePiece model to tokenizer.json%s", model_file,
+                f" (once: kept in {target})" if target else "")
     try:
         hf = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -375,9 +379,10 @@ def convert_sentencepiece(model_file: str | os.PathLike) -> str:
     if not hasattr(hf, "backend_tokenizer"):
         raise ValueError(f"{directory}: transformers built a {type(hf).__name__}, which has no tokenizer.json form")
     if target is None:
-        out = tempfile.mkdtemp(prefix="torchpalm-tokenizer-")
-        hf.save_pretrained(out)
-        return out
+        with tempfile.TemporaryDirectory(prefix="torchpalm-tokenizer-") as out:
+            hf.save_pretrained(out)
+            yield out
+        return
     os.makedirs(cache_root, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".converting-", dir=cache_root)
     try:
@@ -390,7 +395,7 @@ def convert_sentencepiece(model_file: str | os.PathLike) -> str:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
+    yield target
 
 
 def find_tokenizer(path: str | os.PathLike) -> tuple[str, str]:

@@ -45,8 +45,8 @@ from .hf_tokenizer import (
     TOKENIZER_JSON,
     ByteLevelBPETokenizer,
     HFTokenizer,
-    convert_sentencepiece,
     find_tokenizer,
+    sentencepiece_converted,
 )
 from .input_template import InputTemplate, truncate_pair
 
@@ -386,8 +386,8 @@ def load_tokenizer(kind: str, path: str | os.PathLike, do_lower_case: bool = Fal
         return WordPieceTokenizer(path, do_lower_case=do_lower_case)
     found, file = find_tokenizer(path)
     if found == "sentencepiece":
-        converted = os.path.join(convert_sentencepiece(file), TOKENIZER_JSON)
-        return HFTokenizer(converted, do_lower_case=do_lower_case, source=file)
+        with sentencepiece_converted(file) as folder:  # read whole: the folder may be a temporary one
+            return HFTokenizer(os.path.join(folder, TOKENIZER_JSON), do_lower_case=do_lower_case, source=file)
     if found == "hf":
         return HFTokenizer(file, do_lower_case=do_lower_case)
     return load_tokenizer(found, file, do_lower_case)

@@ -193,15 +193,23 @@ class MaskLMReader(Reader):
         b, length = ids.shape
         flat = ids.reshape(-1)
         maskable = ~self._is_special[flat]
-        # 1. units: each maskable piece, or (whole-word) a piece together with its '##' continuations
-        starts = maskable.copy()
-        if self.whole_word_mask:
-            prev_maskable = np.concatenate([[False], maskable[:-1]])
-            prev_maskable[::length] = False  # a row never continues the previous row's last word
-            continues = self._is_continuation[flat] if word_start is None else ~word_start.reshape(-1)
-            starts &= ~(continues & prev_maskable)
-        unit_of_token = np.cumsum(starts) - 1  # unit index of every maskable token
-        start_pos = np.flatnonzero(starts)
+        # 1. units: each maskable piece, or (whole-word) a piece together with its '##' continuations, or the
+        #    maskable pieces of one word that `word_start` marks (an [UNK] inside it does not cut it in two)
+        if self.whole_word_mask and word_start is not None:
+            word_of = np.cumsum(word_start.reshape(-1)) - 1  # rows begin with a special token: a word of its own
+            has_maskable = np.zeros(word_of[-1] + 1, dtype=bool)
+            has_maskable[word_of[maskable]] = True
+            unit_of_token = np.cumsum(has_maskable)[word_of] - 1
+            starts = np.zeros_like(maskable)
+            starts[maskable] = np.concatenate([[True], np.diff(unit_of_token[maskable]) != 0])
+        else:
+            starts = maskable.copy()
+            if self.whole_word_mask:
+                prev_maskable = np.concatenate([[False], maskable[:-1]])
+                prev_maskable[::length] = False  # a row never continues the previous row's last word
+                starts &= ~(self._is_continuation[flat] & prev_maskable)
+            unit_of_token = np.cumsum(starts) - 1  # unit index of every maskable token
+        start_pos = np.flatnonzero(starts)  # the first maskable piece of each unit
         n_units = len(start_pos)
         if n_units == 0:  # nothing maskable in the whole batch (e.g. only empty texts)
             return ids.copy(), np.zeros(0, dtype=np.int64)
