@@ -580,9 +580,10 @@ def backbone_files(cfg: dict) -> tuple[dict, str, str | None]:
     pretrained = b["pretrained"]
     config = b["config"] if b["config"] is not None else side_file(pretrained, CONFIG_NAMES)
     vocab = b["vocab"]
-    if vocab is None:  # RoBERTa's byte-level BPE reads its files (tokenizer.json, or vocab.json + merges.txt)
-        vocab = pretrained if b["type"] == "roberta" else side_file(pretrained, ("vocab.txt",))  # from the dir
-        if b["type"] == "modernbert" and not os.path.exists(vocab):  # ships tokenizer.json: the readers read the dir
+    if vocab is None:  # from the model folder: its vocab.txt (BERT, ERNIE; PALM's layout), else the folder itself,
+        # where the readers find the tokenizer the model ships (tokenizer.json, a SentencePiece model, vocab.json)
+        vocab = side_file(pretrained, ("vocab.txt",))
+        if b["type"] == "roberta" or not os.path.isfile(vocab):
             vocab = pretrained
     if not isinstance(config, dict):
         if not os.path.isfile(config):
@@ -614,8 +615,8 @@ def build_reader(task: dict, cfg: dict, vocab: str, phase: str, learned: Mapping
         if key in ctor and options.get(key) is None and value is not None:
             options[key] = value
     options.setdefault("seed", cfg["train"]["seed"])
-    if cfg["backbone"]["type"] == "roberta":
-        options.setdefault("tokenizer", "bpe")
+    if cfg["backbone"]["type"] == "roberta":  # RoBERTa's byte-level BPE, XLM-R's SentencePiece: what it ships
+        options.setdefault("tokenizer", "auto")
     if cfg["train"]["max_len"] is not None:
         options.setdefault("max_len", cfg["train"]["max_len"])
     kwargs = {k: v for k, v in options.items() if k in ctor}
