@@ -229,3 +229,89 @@ def test_tokenizer_json_beside_vocab_txt_and_folder_rules(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"empty: no tokenizer files \(looked for tokenizer.json, "):
         os.mkdir(tmp_path / "empty")
         load_tokenizer("auto", tmp_path / "empty")
+
+
+def test_export_rebuilds_a_reader_with_the_same_ids(kind, model_dir, tmp_path):
+    texts = sst2_sentences(50, start=61000)
+    path = write_table(tmp_path / "pairs.tsv", ["label", "text_a", "text_b"],
+                       [["1", a, b] for a, b in zip(texts[::2], texts[1::2])])
+    reader = palm.reader.ClassifyReader(model_dir, 48, tokenizer="auto", phase="predict")
+    spec = reader.export(tmp_path / "bundle")  # what palm.export writes for the Predictor
+    files = {arg: os.path.join(tmp_path / "bundle", rel) for arg, rel in spec["files"].items()}
+    assert spec["options"]["tokenizer"] == "auto" and os.path.basename(files["vocab_path"]) == "tokenizer.json"
+    rebuilt = palm.reader.ClassifyReader(**files, **spec["options"], phase="predict")
+    for r in (reader, rebuilt):
+        r.load_data(path, batch_size=25)
+    assert torch.equal(next(iter(reader))["token_ids"], next(iter(rebuilt))["token_ids"])
+    assert (rebuilt.tokenizer.pad_id, rebuilt.tokenizer.mask_id) == (reader.tokenizer.pad_id,
+                                                                      reader.tokenizer.mask_id)
+
+
+def test_sentencepiece_model_is_converted_once_and_cached(tmp_path, monkeypatch):
+    pytest.importorskip("sentencepiece")
+    model_dir = MAKERS["xlmr-spm"](str(tmp_path / "xlmr"))
+    monkeypatch.setenv("TORCHPALM_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", counting)
+    texts = sst2_sentences(200, start=62000)
+    first = load_tokenizer("auto", model_dir).encode_batch(texts)
+    second = load_tokenizer("auto", model_dir).encode_batch(texts)
+    assert len(calls) == 1 and first == second
+    assert os.listdir(tmp_path / "cache" / "tokenizers")  # kept there
+    # another SentencePiece model (or another tokenizer_config.json) is another conversion
+    with open(os.path.join(model_dir, "tokenizer_config.json"), "a", encoding="utf-8") as f:
+        f.write("\n")
+    load_tokenizer("auto", model_dir)
+    assert len(calls) == 2
+
+
+def test_sentencepiece_without_its_packages_and_bad_files_are_clear_errors(tmp_path, monkeypatch):
+    (tmp_path / "spm").mkdir()
+    (tmp_path / "spm" / "spm.model").write_bytes(b"\x00not a model")
+    monkeypatch.setitem(__import__("sys").modules, "sentencepiece", None)  # not installed
+    with pytest.raises(ImportError, match=r"spm/spm\.model: this model ships only a SentencePiece model; .* \(pip "
+                                          r"install 'torchpalm\[sentencepiece\]'"):
+        palm.reader.ClassifyReader(tmp_path / "spm", 32)
+    model_dir = MAKERS["unigram"](str(tmp_path / "uni"))
+    spec = json.load(open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8"))
+    spec["post_processor"]["pair"] = spec["post_processor"]["pair"][::-1]  # b before a: no reader layout for it
+    json.dump(spec, open(os.path.join(model_dir, "tokenizer.json"), "w", encoding="utf-8"))
+    with pytest.raises(ValueError, match=r"uni/tokenizer\.json: post-processor TemplateProcessing: the pair template "
+                                         r"must hold \$A then \$B once each"):
+        load_tokenizer("auto", model_dir)
+    spec["post_processor"]["pair"] = spec["post_processor"]["pair"][::-1]
+    json.dump(spec, open(os.path.join(model_dir, "tokenizer.json"), "w", encoding="utf-8"))
+    json.dump({"mask_token": "<nope>"}, open(os.path.join(model_dir, "tokenizer_config.json"), "w"))
+    with pytest.raises(ValueError, match=r"tokenizer_config\.json: mask_token '<nope>' is not in the vocabulary"):
+        load_tokenizer("auto", model_dir)
+    (tmp_path / "uni" / "tokenizer.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"uni/tokenizer\.json: not a tokenizer\.json the `tokenizers` library"):
+        load_tokenizer("auto", model_dir)
+
+
+def test_templates_of_every_post_processor_equal_the_rust_post_processing():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from torchpalm.input_template import InputTemplate
+
+    vocab = {t: i for i, t in enumerate(["<s>", "</s>", "[CLS]", "[SEP]", "a", "b", "c", "d", "e", "<unk>"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    template = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] [SEP] $B:1 [SEP]:1",
+                                             special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    for post in (None, processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2)),
+                 processors.RobertaProcessing(("</s>", 1), ("<s>", 0)), template,
+                 processors.Sequence([processors.ByteLevel(trim_offsets=True), template])):
+        tok.post_processor = post
+        ours = InputTemplate.from_post_processor(json.loads(tok.to_str())["post_processor"], "t.json")
+        for a, b in (("a b c", None), ("a b", "c d e"), ("", "d")):
+            expected = tok.encode(a, b)
+            ids_a, ids_b = tok.encode(a, add_special_tokens=False).ids, b and tok.encode(b, add_special_tokens=False).ids
+            ids, segments = ours.build(ids_a, ids_b, 100)
+            assert (ids.tolist(), segments.tolist()) == (expected.ids, expected.type_ids), (post, a, b)
