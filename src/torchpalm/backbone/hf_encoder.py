@@ -16,6 +16,8 @@ import os
 
 import torch
 
+from ..state_keys import BACKBONE, scoped
+from ..weights import find_weights_file, load_state_file
 from .base import Backbone
 from .bert import config_source, load_config
 
@@ -123,12 +125,11 @@ class HFEncoder(Backbone):
         """The tensors of an HF model directory/file (names with or without the task model's prefix, such as
         `electra.`) or of a torchpalm checkpoint, in this backbone's names; and the file read. What
         `trainer.load_pretrain` loads for this backbone."""
-        from .. import checkpoint as ckpt
-
-        file = ckpt.find_weights_file(path)
-        state = ckpt.load_state_file(file)
-        if any(k.startswith("backbone.") for k in state):  # a torchpalm checkpoint
-            return {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}, file
+        file = find_weights_file(path)
+        state = load_state_file(file)
+        backbone = scoped(state, BACKBONE)
+        if backbone:  # a torchpalm checkpoint
+            return backbone, file
         prefix = f"{self.model.base_model_prefix}."
         own = self.state_dict()
         converted = {f"model.{k.removeprefix(prefix)}": v for k, v in state.items()}
