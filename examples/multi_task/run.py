@@ -117,6 +117,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reference", default=None, choices=TASKS,
                    help="sampling reference task: its epochs define the budgets (default: the first main task)")
     p.add_argument("--sampling", default="ratio", choices=SAMPLING, help="how each step's task is drawn")
+    p.add_argument("--balance", default="auto", type=lambda v: None if v.lower() == "none" else v,
+                   help="task balancing (MultiHeadTrainer(balance=...)): auto, grad_scale, loss_scale, "
+                        "uncertainty, pcgrad (with --sampling all), or none (PaddlePALM's plain sum)")
     p.add_argument("--temperature", type=float, default=2.0, help="T of --sampling temperature")
     p.add_argument("--anneal_to", type=float, default=0.2, help="final size exponent of --sampling annealed")
     p.add_argument("--num_epochs", type=float, default=5, help="epochs of the reference task (single task: of "
@@ -273,7 +276,7 @@ def train_multi(setup: Setup, args, ckpt_dir: str) -> dict:
             trainers[task].set_as_aux()
         trainers[task].build_forward(backbone, setup.head(task))
     mh = palm.MultiHeadTrainer([trainers[t] for t in args.tasks], sampling=args.sampling,
-                               temperature=args.temperature, anneal_to=args.anneal_to)
+                               temperature=args.temperature, anneal_to=args.anneal_to, balance=args.balance)
     loss_var = mh.build_forward()
     # 6. optimizer, schedule, backward
     sched = setup.schedule()
@@ -296,7 +299,8 @@ def train_multi(setup: Setup, args, ckpt_dir: str) -> dict:
             "budgets": {t: trainers[t].task.budget for t in args.tasks},
             "steps_per_epoch": {t: trainers[t].steps_per_epoch for t in args.tasks},
             "train_examples": {t: readers[t].num_examples for t in args.tasks},
-            "task_mix": task_mix}
+            "task_mix": task_mix,
+            "task_weights": mh.task_weights}
 
 
 def train_single(setup: Setup, args, task: str, num_epochs: float, lr: float, ckpt_dir: str,

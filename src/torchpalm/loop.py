@@ -239,6 +239,10 @@ class TrainLoop:
                 model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
                 find_unused_parameters=True)
         self._params = [p for p in model.parameters() if p.requires_grad]
+        self._shared_params = [p for p in model.backbone.parameters() if p.requires_grad]
+        self._head_params = [p for p in model.heads.parameters() if p.requires_grad]
+        # multi-task balancing: a factor per task on its loss (`torchpalm.balancing`; set by MultiHeadTrainer)
+        self.balancer = None
         # fused torch optimizers take GradScaler's `found_inf` flag and skip the update on the device
         self._skips_on_device = getattr(self.torch_optimizer, "_step_supports_amp_scaling", False)
         self.ema: dict[str, torch.Tensor] | None = None
@@ -336,11 +340,15 @@ class TrainLoop:
         if share is not None:  # this rank's part of the global mean (ranks may count different tokens)
             loss = loss * share
         weight = self.tasks[task].loss_weight
-        (loss * weight if weight != 1.0 else loss).backward()
+        if self.balancer is not None:  # multi-task balancing (`torchpalm.balancing`), on top of loss_weight
+            weight = weight * self.balancer.factor(task)
+        (loss * weight if not isinstance(weight, float) or weight != 1.0 else loss).backward()
         loss = loss.detach()
         # one pass over the gradients, shared with clipping (a NaN or inf anywhere makes the norm non-finite;
         # so does a finite gradient too large for the norm's float32, which no update should apply either)
-        norm = torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None])
+        norm, shared = self._grad_norm()
+        if self.balancer is not None:
+            self.balancer.observe(task, loss, shared, torch.as_tensor(weight, dtype=torch.float32))
         if self.grad_clip is not None:
             torch.nn.utils.clip_grads_with_norm_(self._params, self.grad_clip, norm)
         bad = ~(torch.isfinite(fsdp.full(norm)) & torch.isfinite(loss))  # (a sharded norm is a DTensor)
@@ -359,6 +367,15 @@ class TrainLoop:
         self.global_step += 1
         self.task_steps[task] += 1
         return loss
+
+    def _grad_norm(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The gradient's global norm and, when the balancer wants it, its norm on the backbone alone (whole
+        tensors under FSDP), in the same one pass over the gradients."""
+        if self.balancer is None or not self.balancer.needs_shared_norm:
+            return torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None]), None
+        shared = torch.nn.utils.get_total_norm([p.grad for p in self._shared_params if p.grad is not None])
+        heads = torch.nn.utils.get_total_norm([p.grad for p in self._head_params if p.grad is not None])
+        return torch.nn.utils.get_total_norm([shared, heads]), fsdp.full(shared)
 
     @property
     def skipped_steps(self) -> int:
@@ -500,10 +517,13 @@ class TrainLoop:
                         logger.info("%s", line)
                         lr = self.optimizer.lr_at(self.global_step)
                         progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
-                        self.log_metrics({"step": self.global_step, "task": task, "task_step": step,
-                                          "epoch": (step - 1) // spe, "loss": value,
-                                          "lr": self.optimizer.lr_at(self.global_step - 1),
-                                          "steps_per_second": speed, "time": now})
+                        record = {"step": self.global_step, "task": task, "task_step": step,
+                                  "epoch": (step - 1) // spe, "loss": value,
+                                  "lr": self.optimizer.lr_at(self.global_step - 1),
+                                  "steps_per_second": speed, "time": now}
+                        if self.balancer is not None:  # the factors the next steps apply
+                            record["task_weights"] = self.balancer.weights()
+                        self.log_metrics(record)
                     stop = after_step(task) if after_step is not None else False  # PALM: after the log line
                     self.checkpointer.maybe_save(trainer_state)
                     if stop:

@@ -1,13 +1,14 @@
 """The training log as data: `<save_path>/metrics.jsonl`, TensorBoard scalars and a curve plot.
 
 Written by the training loop at every log line (`{"step", "task", "task_step", "epoch", "loss", "lr",
-"steps_per_second", "time"}`, `lr` being the rate that step used) and by evaluation during training (`{"step",
+"steps_per_second", "time"}`, `lr` being the rate that step used, plus `task_weights` {task: factor} when a
+multi-task balancer is on) and by evaluation during training (`{"step",
 "eval": {task: {metric: value}}, "aggregate"?}`), so a run can be plotted or compared without parsing its console
 output. A resumed run drops the lines past the step it resumes from, so the file never holds two histories.
 
 Every record goes through `MetricsLog.write`, the one place that also writes TensorBoard (optional, `pip install
-tensorboard`): `loss/<task>`, `lr`, `steps_per_second/<task>`, `eval/<task>/<metric>` and (several tasks) `eval/aggregate`,
-at the global step; a resumed run purges the events past its step as it does the lines. At the end of training
+tensorboard`): `loss/<task>`, `lr`, `steps_per_second/<task>`, `task_weight/<task>` (multi-task balancing),
+`eval/<task>/<metric>` and (several tasks) `eval/aggregate`, at the global step; a resumed run purges the events past its step as it does the lines. At the end of training
 `<save_path>/metrics.png` shows the curves (optional, matplotlib); `plot_metrics(save_path)` or
 `torchpalm plot <save_path>` redraws them from a finished run.
 """
@@ -135,7 +136,8 @@ def tensorboard_scalars(record: dict) -> list[tuple[str, float]]:
         return scalars
     task = record["task"]
     return [(f"loss/{task}", record["loss"]), ("lr", record["lr"]),
-            (f"steps_per_second/{task}", record["steps_per_second"])]
+            (f"steps_per_second/{task}", record["steps_per_second"]),
+            *((f"task_weight/{t}", w) for t, w in record.get("task_weights", {}).items())]
 
 
 def _step_of(line: str) -> int:
@@ -187,6 +189,8 @@ def curve_series(records: Iterable[dict]) -> dict[str, dict[str, Series]]:
         elif "loss" in r:
             add("loss", r["task"], r["step"], r["loss"])
             add("learning rate", "lr", r["step"], r["lr"])
+            for t, w in r.get("task_weights", {}).items():
+                add("task weights (balancing)", t, r["step"], w)
     return {title: series for title, series in panels.items() if series}
 
 

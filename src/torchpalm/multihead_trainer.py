@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from . import bundle, distributed
+from . import balancing, bundle, distributed
 from . import checkpoint as ckpt
 from .evaluation import Evaluator, best_checkpoint_dir
 from .fsdp import wanted as fsdp_wanted
@@ -78,11 +78,15 @@ class MultiHeadTrainer:
             reproducible run, as PALM's examples intended).
         fsdp: shard the shared model with FSDP2 under torchrun (see `Trainer`; None: any trainer's `fsdp=`,
             else the TORCHPALM_FSDP environment variable).
+        balance: how much each task's loss counts on the shared backbone (`torchpalm.balancing`): 'auto' (the
+            default: each task's backbone gradient scaled to the running mean over tasks), 'grad_scale',
+            'loss_scale', 'uncertainty', a `torchpalm.balancing.Balancer`, or None (PaddlePALM's plain sum of
+            the losses). Each trainer's `loss_weight` applies on top.
     """
 
     def __init__(self, trainers: Sequence[Trainer], sampling: str = "ratio", temperature: float = 2.0,
                  max_examples: int | None = None, anneal_to: float = 0.2, seed: int | None = None,
-                 fsdp: bool | None = None):
+                 fsdp: bool | None = None, balance: str | balancing.Balancer | None = "auto"):
         trainers = list(trainers)
         if not trainers or not all(isinstance(t, Trainer) for t in trainers):
             raise TypeError("MultiHeadTrainer needs a non-empty list of palm.Trainer objects")
@@ -104,6 +108,8 @@ class MultiHeadTrainer:
         # a bad strategy or parameter is an error here, not after the readers were fitted
         TaskSampler(sampling, [1] * len(names), [1.0] * len(names), 0, temperature, max_examples, anneal_to, 1)
         self._seed = seed
+        self._balance = balance
+        balancing.make_balancer(balance, names, joint=False)  # a bad name is an error here
         self._fsdp = fsdp if fsdp is not None else next((t._fsdp for t in trainers if t._fsdp is not None), None)
         self.device = trainers[0].device
         self._backbone = self._model = self._pred_backbone = None
@@ -144,6 +150,12 @@ class MultiHeadTrainer:
         """Steps not applied because their loss or gradient was NaN or infinite (the first trainer's
         `skip_nonfinite`, like its precision and grad_clip, applies to the joint loop)."""
         return self._loop.skipped_steps if self._loop is not None else 0
+
+    @property
+    def task_weights(self) -> dict[str, float] | None:
+        """The factor the balancer puts on each task's loss now (None: no balancing; see `balance`)."""
+        balancer = self._loop.balancer if self._loop is not None else None
+        return balancer.weights() if balancer is not None else None
 
     @property
     def torch_optimizer(self) -> torch.optim.Optimizer | None:
@@ -189,6 +201,8 @@ class MultiHeadTrainer:
                                shard=fsdp_wanted(self._fsdp))
         for t in self._trainers:
             t._loop, t._multi_task, t._optimizer = self._loop, self, optimizer
+        balancer = balancing.make_balancer(self._balance, [t.name for t in self._trainers], joint=False)
+        self._loop.balancer = balancer.to(self.device) if balancer is not None else None
         self._loop.checkpointer.bundle_files = lambda: bundle.periodic_writer(self)
         self._loop.share_predict_weights = self._share_predict_weights
         if self._saver_args is not None:
@@ -323,6 +337,7 @@ class MultiHeadTrainer:
             for t in self._trainers:
                 t._restore_reader(trainer_state.get("tasks", {}).get(t.name, {}).get("reader"))
             self._pending_sampler = trainer_state.get("sampler")
+            self._load_balancer(trainer_state.get("balance"), model_path)
             if self._evaluator is not None and trainer_state.get("evaluation"):
                 self._evaluator.load_state_dict(trainer_state["evaluation"])
             if self._sampler is not None:  # readers already fitted: re-plan from the restored position
@@ -356,7 +371,26 @@ class MultiHeadTrainer:
             "backbone": backbone_record(self._backbone),
             "heads": {t.name: head_record(t._head) for t in self._trainers if t.task.reuse_head_with is None},
             "evaluation": self._evaluator.state_dict() if self._evaluator is not None else None,
+            "balance": self._loop.balancer.state_dict() if self._loop.balancer is not None else None,
         }
+
+    def _load_balancer(self, state: dict | None, source: str) -> None:
+        """The balancer state of a checkpoint; one saved without balancing (None, or an earlier torchpalm
+        version) resumes with PALM's plain sum, as it was trained."""
+        if state is None:
+            if self._loop.balancer is not None:
+                logger.info("%s was trained without task balancing: resuming with the plain sum of the losses "
+                            "(balance=None)", source)
+            self._loop.balancer = None
+            return
+        if self._balance is None:
+            raise ValueError(f"{source} was trained with balance={state['method']!r}, this trainer has "
+                             f"balance=None; resume with balance='auto' (the checkpoint's method) or start a new "
+                             f"run from its weights with load_ckpt(path, training_state=False)")
+        if self._balance == "auto":  # the method the checkpoint was trained with
+            self._loop.balancer = balancing.make_balancer(state["method"], [t.name for t in self._trainers],
+                                                          joint=False).to(self.device)
+        self._loop.balancer.load_state_dict(state)  # a different explicit method is an error naming both
 
     def save(self, directory: str) -> str:
         """Writes a full training checkpoint (backbone, every head, optimizer, counters, readers, sampler)."""

@@ -625,6 +625,8 @@ def scalars_of_jsonl(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
             add(f"loss/{r['task']}", r["step"], r["loss"])
             add("lr", r["step"], r["lr"])
             add(f"steps_per_second/{r['task']}", r["step"], r["steps_per_second"])
+            for task, weight in r.get("task_weights", {}).items():  # multi-task balancing
+                add(f"task_weight/{task}", r["step"], weight)
     return want
 
 
@@ -688,6 +690,7 @@ def test_multi_task_tensorboard_and_the_plotted_series(tmp_path, uncased_vocab, 
     evals = [r for r in records if "eval" in r]
     assert panels["loss"] == losses and all(losses[t][0] for t in losses)
     assert panels["learning rate"]["lr"][1] == [r["lr"] for r in records if "loss" in r]
+    assert panels["task weights (balancing)"]["cls"][1] == [r["task_weights"]["cls"] for r in records if "loss" in r]
     assert panels["tag (dev)"]["f1"] == ([r["step"] for r in evals], [r["eval"]["tag"]["f1"] for r in evals])
     assert panels["cls (dev)"]["accuracy"][1] == [r["eval"]["cls"]["accuracy"] for r in evals]
     assert panels["aggregate (dev)"]["aggregate"][1] == [r["aggregate"] for r in evals] and len(evals) >= 2

@@ -1,0 +1,240 @@
+"""Task balancing for multi-task training: how much each task's loss counts on the shared backbone.
+
+PaddlePALM backpropagates each task's loss as it is (a plain sum over the run). A CRF tagger's loss sums over a
+sentence's words, about ten times a classifier's cross-entropy, and all tasks share one Adam state: on the shared
+layers Adam's second-moment estimate follows the tagger, and the classifier's steps shrink to a fraction of their
+single-task size. A balancer gives every task's loss a factor (on top of `Trainer(loss_weight=)`) so that the
+tasks count alike. `MultiHeadTrainer(balance=...)` picks one:
+
+    grad_scale   (the default with one task per step) each task's gradient on the shared backbone scaled to the
+                 running mean over tasks: factor_t = mean_s(G_s) / G_t, G_t a bias-corrected running mean of
+                 task t's gradient norm on the backbone (the norm the loop computes anyway for clipping and the
+                 finite check: no extra backward, no extra pass). The loss-scale normaliser of Chen et al. 2018
+                 (GradNorm) without its learned weights; what Adam's shared second moment needs equalised.
+    loss_scale   (the default with sampling="all") each loss divided by a running estimate of its own scale:
+                 factor_t = mean_s(L_s) / L_t, L_t a bias-corrected running mean of the task's loss (the "DWA"
+                 and "scale normalisation" family; Liu et al. 2019 use the losses' ratios the same way).
+    uncertainty  Kendall, Gal & Cipolla 2018, "Multi-task learning using uncertainty to weigh losses": a learned
+                 log-variance s_t per task, loss exp(-s_t) * L_t + s_t; s_t descends its own gradient
+                 1 - exp(-s_t) * L_t with Adam (`lr`), so exp(-s_t) moves towards 1 / L_t.
+    pcgrad       Yu et al. 2020, "Gradient surgery for multi-task learning" (sampling="all" only): each task's
+                 backbone gradient loses its component along every other task's gradient it conflicts with
+                 (negative dot product), then they are summed. One backward per task.
+
+All balancers see only what is the same on every process under torchrun (the gradient norm after DDP's
+all-reduce, the global batch's mean loss), so every process applies the same factors. Their state (running means,
+log-variances, counts) is JSON in the checkpoint's trainer state and round-trips exactly (float32 values), so a
+resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import distributed, fsdp
+
+METHODS = ("grad_scale", "loss_scale", "uncertainty", "pcgrad")
+
+
+class Balancer:
+    """A factor per task on its loss, updated from what each step observed.
+
+    Args:
+        tasks: the task names, in task-id order.
+
+    A subclass sets `factor` (what the loop multiplies a task's loss by before backward) and `observe` (what it
+    learns from the step just taken). The factors live on the device as a float32 tensor [num_tasks], so nothing
+    waits for the device; `weights()` reads them back (for the log).
+    """
+
+    name = ""
+    needs_shared_norm = False  # observe() wants the norm of the task's gradient on the backbone
+    joint_only = False  # needs a batch of every task in each step (sampling="all")
+
+    def __init__(self, tasks: Sequence[str]):
+        self.tasks = list(tasks)
+        self.index = {t: i for i, t in enumerate(self.tasks)}
+        self.device = torch.device("cpu")
+        # finite steps observed per task, on the device like the rest (whether a step was finite is a device
+        # flag: counting it on the host would wait for the device every step)
+        self.counts = torch.zeros(len(self.tasks), dtype=torch.float32)
+
+    def to(self, device: torch.device) -> Balancer:
+        self.device = torch.device(device)
+        for name, value in self._tensors().items():
+            setattr(self, name, value.to(self.device))
+        return self
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """The float32 state tensors [num_tasks] (moved by `to`, saved by `state_dict`)."""
+        return {"counts": self.counts}
+
+    def factor(self, task: str) -> torch.Tensor:
+        """The factor on `task`'s loss this step (a 0-dim float32 device tensor)."""
+        raise NotImplementedError
+
+    def observe(self, task: str, loss: torch.Tensor, shared_norm: torch.Tensor | None,
+                applied: torch.Tensor) -> None:
+        """Learns from the step just taken on `task`.
+
+        Args:
+            task: the task of the step.
+            loss: its loss as logged (this process's part of the global mean; unweighted) [].
+            shared_norm: the norm of the gradient on the backbone as backpropagated (None unless
+                `needs_shared_norm`) [].
+            applied: the whole factor the loss was multiplied by (loss_weight x this balancer's factor) [].
+        """
+        raise NotImplementedError
+
+    def _count(self, i: int, finite: torch.Tensor) -> None:
+        self.counts[i] += finite.float()
+
+    def weights(self) -> dict[str, float]:
+        """Every task's current factor (reads back from the device)."""
+        return {t: float(self.factor(t)) for t in self.tasks}
+
+    def state_dict(self) -> dict:
+        return {"method": self.name, **{name: value.tolist() for name, value in self._tensors().items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("method") != self.name:
+            raise ValueError(f"the checkpoint was trained with balance={state.get('method')!r}, this trainer "
+                             f"uses {self.name!r}")
+        if len(state["counts"]) != len(self.tasks):
+            raise ValueError(f"the checkpoint's balancer has {len(state['counts'])} tasks, this trainer "
+                             f"{len(self.tasks)}")
+        for name in self._tensors():
+            setattr(self, name, torch.tensor(state[name], dtype=torch.float32, device=self.device))
+
+
+class _RunningScale(Balancer):
+    """factor_t = mean over the tasks seen so far of S_s / S_t, S_t a bias-corrected running mean (decay
+    `beta` per step of task t) of a per-task scale; 1 for a task not seen yet."""
+
+    def __init__(self, tasks: Sequence[str], beta: float = 0.98):
+        super().__init__(tasks)
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
+        self.beta = float(beta)
+        self.ema = torch.zeros(len(self.tasks), dtype=torch.float32)
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {**super()._tensors(), "ema": self.ema}
+
+    def factor(self, task: str) -> torch.Tensor:
+        i = self.index[task]
+        seen = self.counts > 0
+        # bias-corrected as Adam's moments: (1 - beta^n) is the weight the n observations carry in total
+        estimates = torch.where(seen, self.ema / (1.0 - self.beta ** self.counts).clamp_min(1e-30), 0.0)
+        mean = estimates.sum() / seen.sum().clamp_min(1)
+        return torch.where(seen[i], mean / estimates[i].clamp_min(1e-12), 1.0)
+
+    def _update(self, task: str, scale: torch.Tensor) -> None:
+        """Moves task's running mean towards `scale` (a non-finite scale, a skipped step, changes nothing)."""
+        i = self.index[task]
+        scale = scale.detach().float().reshape(())
+        new = self.beta * self.ema[i] + (1.0 - self.beta) * scale
+        finite = torch.isfinite(scale)
+        self.ema[i] = torch.where(finite, new, self.ema[i])
+        self._count(i, finite)
+
+
+class GradScale(_RunningScale):
+    """Each task's backbone gradient scaled to the running mean over tasks (see the module docstring)."""
+
+    name = "grad_scale"
+    needs_shared_norm = True
+
+    def observe(self, task, loss, shared_norm, applied):
+        if shared_norm is None:
+            raise ValueError("grad_scale needs the norm of the task's gradient on the backbone")
+        # the gradient of the loss as it is, whatever factor it was backpropagated with
+        self._update(task, shared_norm / applied.clamp_min(1e-30))
+
+
+class LossScale(_RunningScale):
+    """Each loss divided by a running estimate of its own scale (see the module docstring)."""
+
+    name = "loss_scale"
+
+    def observe(self, task, loss, shared_norm, applied):
+        self._update(task, distributed.mean(loss))  # the global batch's loss: the same on every process
+
+
+class Uncertainty(Balancer):
+    """Kendall et al. 2018: factor_t = exp(-s_t), s_t a learned log-variance (Adam with `lr`, from `init`)."""
+
+    name = "uncertainty"
+
+    def __init__(self, tasks: Sequence[str], lr: float = 0.01, init: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(tasks)
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        self.lr, self.betas, self.eps = float(lr), betas, float(eps)
+        n = len(self.tasks)
+        self.log_var = torch.full((n,), float(init), dtype=torch.float32)
+        self.m = torch.zeros(n, dtype=torch.float32)
+        self.v = torch.zeros(n, dtype=torch.float32)
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {**super()._tensors(), "log_var": self.log_var, "m": self.m, "v": self.v}
+
+    def factor(self, task: str) -> torch.Tensor:
+        return torch.exp(-self.log_var[self.index[task]])
+
+    def observe(self, task, loss, shared_norm, applied):
+        i = self.index[task]
+        loss = distributed.mean(loss).detach().float().reshape(())
+        # d/ds [exp(-s) L + s] = 1 - exp(-s) L; an Adam step on s_t alone (the other tasks' s have no gradient)
+        grad = 1.0 - torch.exp(-self.log_var[i]) * loss
+        finite = torch.isfinite(grad)
+        grad = torch.where(finite, grad, torch.zeros_like(grad))
+        self._count(i, finite)
+        step = self.counts[i].clamp_min(1)
+        b1, b2 = self.betas
+        m = b1 * self.m[i] + (1 - b1) * grad
+        v = b2 * self.v[i] + (1 - b2) * grad * grad
+        update = self.lr * (m / (1 - b1 ** step)) / ((v / (1 - b2 ** step)).sqrt() + self.eps)
+        self.m[i] = torch.where(finite, m, self.m[i])
+        self.v[i] = torch.where(finite, v, self.v[i])
+        self.log_var[i] = torch.where(finite, self.log_var[i] - update, self.log_var[i])
+
+
+def make_balancer(balance: str | Balancer | None, tasks: Sequence[str], joint: bool) -> Balancer | None:
+    """The balancer `MultiHeadTrainer(balance=...)` asks for.
+
+    Args:
+        balance: 'auto' (grad_scale with one task per step, loss_scale with a batch of every task per step),
+            a name in METHODS, a `Balancer`, or None (PALM's plain sum).
+        tasks: the task names in task-id order.
+        joint: every step trains every task (sampling="all").
+    """
+    if balance is None:
+        return None
+    if isinstance(balance, Balancer):
+        balancer = balance
+    elif balance == "auto":
+        balancer = LossScale(tasks) if joint else GradScale(tasks)
+    elif balance in _CLASSES:
+        balancer = _CLASSES[balance](tasks)
+    else:
+        raise ValueError(f"balance must be 'auto', None, a torchpalm.balancing.Balancer or one of "
+                         f"{list(METHODS)}, got {balance!r}")
+    if balancer.tasks != list(tasks):
+        raise ValueError(f"the balancer was built for tasks {balancer.tasks}, the trainer has {list(tasks)}")
+    if balancer.joint_only and not joint:
+        raise ValueError(f"balance={balancer.name!r} combines the gradients of every task in a step: use it with "
+                         f"MultiHeadTrainer(sampling='all')")
+    return balancer
+
+
+def shared_norm(norm: torch.Tensor) -> torch.Tensor:
+    """A gradient norm as a plain tensor (under FSDP the shards' norm is a DTensor: gathered, a collective)."""
+    return fsdp.full(norm)
+
+
+_CLASSES: dict[str, type[Balancer]] = {"grad_scale": GradScale, "loss_scale": LossScale,
+                                       "uncertainty": Uncertainty}

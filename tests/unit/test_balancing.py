@@ -1,0 +1,237 @@
+"""Task balancing (`torchpalm.balancing`): each method's formula, its state in checkpoints, its place in the
+training step and in the logs."""
+
+import json
+import math
+
+import pytest
+import torch
+from test_multihead_trainer import Setup
+from torch import nn
+
+import torchpalm as palm
+from torchpalm import balancing
+from torchpalm.loop import MultiTaskModel, Task, TrainLoop
+from torchpalm.metrics_log import curve_series, tensorboard_scalars
+
+
+# ---- a toy model: a shared linear layer and one regression head per task, the task's loss scaled ----
+class Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 8)
+
+    def forward(self, batch):
+        return {"x": torch.tanh(self.linear(batch["x"]))}
+
+
+class ScaledHead(nn.Module):
+    """Mean squared error times `scale` (a task whose loss is `scale` times another's)."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.out, self.scale = nn.Linear(8, 1), scale
+
+    def forward(self, features, batch):
+        return {"loss": self.scale * ((self.out(features["x"]).squeeze(-1) - batch["y"]) ** 2).mean()}
+
+    def no_weight_decay(self):
+        return []
+
+    def param_lr_scales(self):
+        return {}
+
+
+def toy_loop(balancer, scales=(1.0, 10.0), loss_weights=(1.0, 1.0)):
+    torch.manual_seed(0)
+    names = ["a", "b"]
+    heads = {n: ScaledHead(s) for n, s in zip(names, scales)}
+    tasks = {n: Task(n, heads[n], loss_weight=w) for n, w in zip(names, loss_weights)}
+    loop = TrainLoop(MultiTaskModel(Shared(), heads), tasks, palm.optimizer.Adam(None, 1e-3), None, False, None,
+                     torch.device("cpu"), "fp32", None)
+    loop.balancer = balancer
+    return loop
+
+
+def toy_batch(step):
+    g = torch.Generator().manual_seed(step)
+    x = torch.randn(16, 4, generator=g)
+    return {"x": x, "y": x.sum(-1)}
+
+
+def effective_norms(loop, steps):
+    """The backbone gradient norm each step backpropagated, per task (what the balancer observed)."""
+    seen = {"a": [], "b": []}
+    observe = loop.balancer.observe
+
+    def spy(task, loss, shared, applied):
+        seen[task].append(float(shared))
+        observe(task, loss, shared, applied)
+
+    loop.balancer.observe = spy
+    for step in range(steps):
+        loop.train_step("ab"[step % 2], toy_batch(step))
+    return seen
+
+
+# ---- grad_scale ----
+def test_grad_scale_gives_tasks_whose_losses_differ_10x_equal_backbone_gradients():
+    """After warm-up each task's backpropagated backbone gradient is the running mean over tasks, though b's
+    loss (and gradient) is 10x a's; loss_weight stays a factor on top."""
+    loop = toy_loop(balancing.GradScale(["a", "b"], beta=0.9))
+    seen = effective_norms(loop, 200)
+    ratio = sum(seen["b"][-20:]) / sum(seen["a"][-20:])
+    assert ratio == pytest.approx(1.0, abs=0.15)
+    # unbalanced the same toy has b's backbone gradient about 10x a's
+    plain = toy_loop(balancing.GradScale(["a", "b"], beta=0.9))
+    plain_seen = effective_norms(plain, 2)  # the first step of each task has factor 1: the raw norms
+    assert plain_seen["b"][0] / plain_seen["a"][0] > 5
+    # loss_weight 2 on b: b's backpropagated gradient is twice a's, the balancer's estimate of b unchanged
+    weighted = toy_loop(balancing.GradScale(["a", "b"], beta=0.9), loss_weights=(1.0, 2.0))
+    seen = effective_norms(weighted, 200)
+    assert sum(seen["b"][-20:]) / sum(seen["a"][-20:]) == pytest.approx(2.0, rel=0.15)
+
+
+def test_grad_scale_formula_with_bias_correction():
+    """factor_t = mean_s(G_s) / G_t with G_t the bias-corrected running mean of the raw norms (the observed norm
+    divided by the factor applied); a task not seen yet has factor 1."""
+    b = balancing.GradScale(["a", "b", "c"], beta=0.5)
+    assert float(b.factor("a")) == 1.0
+    one = torch.tensor(1.0)
+    b.observe("a", one, torch.tensor(2.0), one)          # G_a = 2 (one observation: exactly the value)
+    for value in (8.0, 8.0, 8.0):
+        b.observe("b", one, torch.tensor(value * 0.5), torch.tensor(0.5))  # backpropagated at 0.5: raw 8
+    assert float(b.factor("c")) == 1.0
+    assert float(b.factor("a")) == pytest.approx((2 + 8) / 2 / 2)
+    assert float(b.factor("b")) == pytest.approx((2 + 8) / 2 / 8)
+    b.observe("a", one, torch.tensor(float("nan")), one)  # a skipped step moves nothing
+    assert float(b.factor("a")) == pytest.approx((2 + 8) / 2 / 2)
+
+
+# ---- loss_scale ----
+def test_loss_scale_divides_each_loss_by_its_running_scale():
+    b = balancing.LossScale(["a", "b"], beta=0.9)
+    one = torch.tensor(1.0)
+    b.observe("a", torch.tensor(1.0), None, one)
+    for _ in range(5):
+        b.observe("b", torch.tensor(10.0), None, one)
+    # bias-corrected: the estimates are the losses themselves however few steps each task had
+    assert float(b.factor("a")) * 1.0 == pytest.approx(float(b.factor("b")) * 10.0)
+    assert float(b.factor("a")) == pytest.approx(5.5)
+
+
+def test_loss_scale_in_the_loop_equalises_the_backpropagated_losses():
+    loop = toy_loop(balancing.LossScale(["a", "b"], beta=0.9))
+    contributions = {"a": [], "b": []}
+    for step in range(200):
+        task = "ab"[step % 2]
+        factor = float(loop.balancer.factor(task))
+        contributions[task].append(factor * float(loop.train_step(task, toy_batch(step))))
+    assert sum(contributions["b"][-20:]) / sum(contributions["a"][-20:]) == pytest.approx(1.0, abs=0.2)
+
+
+# ---- uncertainty ----
+def test_uncertainty_weights_move_to_the_inverse_loss_scales():
+    """Kendall et al.: minimising exp(-s) L + s gives exp(-s) = 1 / L; the first Adam step is lr against the
+    gradient's sign."""
+    b = balancing.Uncertainty(["a", "b"], lr=0.05)
+    one = torch.tensor(1.0)
+    b.observe("b", torch.tensor(10.0), None, one)  # gradient 1 - 10 < 0: s_b goes up by lr
+    assert float(b.log_var[1]) == pytest.approx(0.05, rel=1e-4) and float(b.log_var[0]) == 0.0
+    for _ in range(1500):
+        b.observe("a", torch.tensor(0.5), None, one)
+        b.observe("b", torch.tensor(10.0), None, one)
+    assert float(b.factor("a")) == pytest.approx(2.0, rel=0.05)
+    assert float(b.factor("b")) == pytest.approx(0.1, rel=0.05)
+    assert float(b.log_var[1]) == pytest.approx(math.log(10.0), abs=0.05)
+
+
+# ---- checkpoints, resume, choice, logs ----
+def test_state_round_trips_exactly_through_json():
+    for b in (balancing.GradScale(["a", "b"]), balancing.Uncertainty(["a", "b"], lr=0.1)):
+        for i in range(7):
+            b.observe("ab"[i % 2], torch.tensor(1.0 + i / 3), torch.tensor(0.3 + i / 7), torch.tensor(1.0))
+        copy = type(b)(["a", "b"])
+        copy.load_state_dict(json.loads(json.dumps(b.state_dict())))
+        assert copy.state_dict() == b.state_dict() and torch.equal(copy.counts, b.counts)
+        with pytest.raises(ValueError, match="trained with balance"):
+            balancing.LossScale(["a", "b"]).load_state_dict(b.state_dict())
+
+
+def test_make_balancer_names():
+    assert isinstance(balancing.make_balancer("auto", ["a", "b"], joint=False), balancing.GradScale)
+    assert balancing.make_balancer(None, ["a", "b"], joint=False) is None
+    with pytest.raises(ValueError, match="balance must be"):
+        balancing.make_balancer("gradnorm", ["a"], joint=False)
+    with pytest.raises(ValueError, match="balance must be"):
+        palm.MultiHeadTrainer([palm.Trainer("a"), palm.Trainer("b")], balance="sum")
+
+
+def test_default_run_balances_logs_the_weights_and_resumes_them(tmp_path, uncased_vocab, tiny_config):
+    s = Setup(tmp_path, uncased_vocab, tiny_config)
+    s.fit()
+    s.mh.set_saver(str(tmp_path / "out"), 100)
+    s.mh.train(print_steps=2)
+    weights = s.mh.task_weights
+    assert set(weights) == {"tag", "cls"} and weights["cls"] > weights["tag"]  # the CRF's gradient is larger
+    records = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
+    assert all(set(r["task_weights"]) == {"tag", "cls"} for r in records if "loss" in r)
+    assert ("task_weight/cls", records[-1]["task_weights"]["cls"]) in tensorboard_scalars(records[-1])
+    assert set(curve_series(records)["task weights (balancing)"]) == {"tag", "cls"}
+    state = json.load(open(next((tmp_path / "out").glob("ckpt.step*")) / "trainer_state.json"))["balance"]
+    assert state["method"] == "grad_scale" and sum(state["counts"]) == s.mh.cur_train_step
+
+
+def test_plain_sum_and_checkpoints_without_balancing(tmp_path, uncased_vocab, tiny_config):
+    """balance=None is PALM's plain sum (no factor); a checkpoint written without balancing, as by earlier
+    versions, resumes with the plain sum even under balance='auto', and its losses are those of balance=None."""
+    plain = Setup(tmp_path, uncased_vocab, tiny_config, balance=None)
+    plain.fit()
+    assert plain.mh.task_weights is None
+    expected = plain.losses(10)
+
+    first = Setup(tmp_path, uncased_vocab, tiny_config, balance=None)
+    first.fit()
+    first.losses(4)
+    path = first.mh.save(str(tmp_path / "old"))
+    state_file = tmp_path / "old" / "trainer_state.json"
+    state = json.load(open(state_file))
+    del state["balance"]  # what an earlier torchpalm wrote
+    json.dump(state, open(state_file, "w"))
+    marker = json.load(open(tmp_path / "old" / "complete.json"))  # keep the completeness marker truthful
+    marker["files"] = [[n, state_file.stat().st_size if n == state_file.name else size]
+                       for n, size in dict(marker["files"]).items()]
+    json.dump(marker, open(tmp_path / "old" / "complete.json", "w"))
+    resumed = Setup(tmp_path, uncased_vocab, tiny_config, seed=5)  # balance='auto'
+    resumed.fit()
+    resumed.mh.load_ckpt(path)
+    assert resumed.mh.task_weights is None
+    assert resumed.losses(6) == expected[4:]
+    # a balanced checkpoint under an explicit balance=None is an error, not a silent switch
+    balanced = Setup(tmp_path, uncased_vocab, tiny_config)
+    balanced.fit()
+    balanced.losses(3)
+    path = balanced.mh.save(str(tmp_path / "new"))
+    explicit = Setup(tmp_path, uncased_vocab, tiny_config, balance=None)
+    with pytest.raises(ValueError, match="trained with balance='grad_scale'"):
+        explicit.mh.load_ckpt(path)
+
+
+def test_balanced_run_differs_from_the_plain_sum(tmp_path, uncased_vocab, tiny_config):
+    """The default really changes the steps (the factor reaches the backward), and 'uncertainty' resumes exactly."""
+    plain = Setup(tmp_path, uncased_vocab, tiny_config, balance=None)
+    plain.fit()
+    auto = Setup(tmp_path, uncased_vocab, tiny_config)
+    auto.fit()
+    assert plain.losses(8) != auto.losses(8)
+    straight = Setup(tmp_path, uncased_vocab, tiny_config, balance="uncertainty")
+    straight.fit()
+    expected = straight.losses(12)
+    first = Setup(tmp_path, uncased_vocab, tiny_config, balance="uncertainty")
+    first.fit()
+    got = first.losses(5)
+    path = first.mh.save(str(tmp_path / "u"))
+    resumed = Setup(tmp_path, uncased_vocab, tiny_config, seed=3, balance="uncertainty")
+    resumed.fit()
+    resumed.mh.load_ckpt(path)
+    assert got + resumed.losses(7) == expected
