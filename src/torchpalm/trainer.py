@@ -64,6 +64,8 @@ def share_parameters(src: nn.Module, dst: nn.Module) -> None:
         for pname in list(module._parameters):
             theirs = other._parameters.get(pname)
             mine = module._parameters[pname]
+            if mine is None and theirs is None and pname in other._parameters:
+                continue  # a parameter both leave out (a LayerNorm or Linear built with bias=False)
             if mine is None or theirs is None or mine.shape != theirs.shape:
                 raise ValueError(f"cannot share weights: '{name}.{pname}' differs between the train and predict "
                                  f"modules (build them with the same configuration)")
