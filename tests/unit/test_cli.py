@@ -222,6 +222,32 @@ def test_example_config_validates_and_builds(example, tmp_path, uncased_vocab, c
     assert "dry run" in capsys.readouterr().out
     assert not list((tmp_path / "out").glob("*"))  # nothing trained, nothing saved
 
+    # The same config with its label maps and num_classes left out trains on text labels (and tags) read from
+    # the data, and evaluates from its checkpoint (issue 29).
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    tasks = raw["tasks"] if isinstance(raw["tasks"], list) else [raw["tasks"]]
+    for i, task in enumerate(tasks):
+        for key in ("label_map", "label_map_config"):
+            task["reader"].pop(key, None)
+        if task["reader"]["type"] in ("classify", "match"):
+            task["head"].pop("num_classes", None)
+            table = (tmp_path / f"{i}.tsv").read_text(encoding="utf-8").splitlines()
+            (tmp_path / f"{i}.tsv").write_text("\n".join([table[0]] + [("pos" if row[0] == "1" else "neg") + row[1:]
+                                                                       for row in table[1:]]) + "\n")
+    (tmp_path / "from_data.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    sets = [s for s in sets if "label_map_config" not in s] + ["train.epochs=1", "train.save_steps=null"]
+    assert main(["train", str(tmp_path / "from_data.yaml"), *(x for s in sets for x in ("--set", s))]) == 0
+    (checkpoint,) = (tmp_path / "out").glob("ckpt.step*")
+    assert main(["evaluate", str(tmp_path / "from_data.yaml"), "--checkpoint", str(checkpoint),
+                 *(x for s in sets for x in ("--set", s))]) == 0
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    for task in tasks:
+        if task["reader"]["type"] in ("classify", "match", "sequence_label"):
+            options = state["tasks"][task["name"]]["reader"]["data_options"]
+            label_map = options.get("label_map", options.get("label_map_config"))
+            assert label_map == ({"neg": 0, "pos": 1} if task["reader"]["type"] != "sequence_label" else
+                                 {"B-POS": 0, "O": 1})
+
 
 def bad_config(tmp_path, vocab, edit) -> str:
     tasks = [cls_task(tmp_path), cls_task(tmp_path, name="cls2")]
@@ -258,8 +284,6 @@ BAD = {
                             ["tasks[0].head.num_classes: missing required key (or give the reader a label map)"]),
     "missing max_len": (lambda r: r["train"].pop("max_len"),
                         ["tasks[0].reader.max_len: missing required key (or train.max_len)"]),
-    "missing label map": (lambda r: r["tasks"][0].update(reader={"type": "sequence_label", "max_len": 8}),
-                          ["tasks[0].reader.label_map_config: missing required key", "no_entity_label"]),
     "missing tasks": (lambda r: r.pop("tasks"), ["tasks: missing required key"]),
     "wrong type train": (lambda r: r["train"].update(batch_size="32"),
                          ['train.batch_size: expected integer, got string "32"']),

@@ -349,8 +349,8 @@ class SequenceLabelReader(Reader):
     Args:
         vocab_path: vocabulary file.
         max_len: maximum sub-tokens per sequence including [CLS]/[SEP].
-        label_map_config: a dict `{tag: id}`, a list of tags (index = id), or the path of a JSON file holding
-            either; None builds the map from the training file's
+        label_map_config: a dict `{tag: id}`, a list of tags (index = id), or the path of a label file (JSON
+            list or object, or one tag per line); None (the default) builds the map from the training file's
             tags (sorted, so it is deterministic; see `label_map`). Required in predict.
         tokenizer, lang, seed, do_lower_case, phase: as for every reader (spec §5.1); `lang` changes nothing
             here (words come pre-split, and CJK characters are split by the tokenizer anyway).
@@ -365,7 +365,7 @@ class SequenceLabelReader(Reader):
         self,
         vocab_path: str | os.PathLike,
         max_len: int,
-        label_map_config: str | os.PathLike | Mapping[str, int] | Sequence[str] | None,
+        label_map_config: str | os.PathLike | Mapping[str, int] | Sequence[str] | None = None,
         tokenizer: str = "wordpiece",
         lang: str = "en",
         seed: int | None = None,
