@@ -25,6 +25,7 @@ import contextlib
 import inspect
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -451,15 +452,17 @@ class TrainLoop:
                   plot: bool | None = None) -> None:
         """Periodic saves (`Checkpointer.configure`) and the training log: `<save_path>/metrics.jsonl` and,
         given `tensorboard_dir`, TensorBoard there; `plot` draws `<save_path>/metrics.png` at the end of
-        training (None: if matplotlib is there)."""
-        if (save_path is None or save_steps is None) and tensorboard_dir is not None:
+        training (None: if matplotlib is there). The log and the curves need only the folder: they are written
+        without `save_steps` (no periodic saves) too."""
+        if save_path is None and tensorboard_dir is not None:
             raise ValueError("TensorBoard logging goes with the saver: set_saver(save_path, save_steps, "
                              "tensorboard=True)")
         self.checkpointer.configure(save_path, save_steps, save_types, max_to_keep)
         if self.metrics_log is not None:
             self.metrics_log.close()
         self.metrics_log = None
-        if self.checkpointer.save_path is not None and distributed.is_main():  # the only rank that writes files
+        if save_path is not None and distributed.is_main():  # the only rank that writes files
+            os.makedirs(save_path, exist_ok=True)
             self.metrics_log = MetricsLog(save_path, tensorboard_dir=tensorboard_dir, plot=plot)
 
     def log_metrics(self, record: dict) -> None:

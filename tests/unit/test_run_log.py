@@ -1,0 +1,43 @@
+"""What a run shows about itself (issue 29): metrics.jsonl and metrics.png whenever there is an output folder
+(save_steps or not), global step / total steps and the epoch in the CLI's log lines, and --dry-run's plan."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+import yaml
+from conftest import TINY_CONFIG
+from toy_data import write_cls, write_tags
+
+from torchpalm.cli import main
+
+
+def write_config(tmp_path, vocab, multi: bool, **train) -> str:
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_CONFIG), encoding="utf-8")
+    tasks = [{"name": "cls", "reader": {"type": "classify", "do_lower_case": True}, "head": {"type": "classify"},
+              "train_file": write_cls(tmp_path / "cls.tsv", 24)}]
+    if multi:
+        tasks.append({"name": "tag", "reader": {"type": "sequence_label", "do_lower_case": True},
+                      "head": {"type": "sequence_label"}, "train_file": write_tags(tmp_path / "tag.tsv", 16)})
+    cfg = {"backbone": {"type": "bert", "config": "tiny.json", "vocab": vocab}, "tasks": tasks,
+           "optimizer": {"type": "adam", "lr": 1e-3}, "schedule": {"type": "triangular", "warmup": 0.1},
+           "train": {"epochs": 2, "batch_size": 8, "max_len": 16, "seed": 0, "save_path": "out", "device": "cpu",
+                     "print_steps": 1, **train}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return str(tmp_path / "run.yaml")
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_metrics_log_and_curves_without_save_steps(tmp_path, uncased_vocab, monkeypatch, multi):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", write_config(tmp_path, uncased_vocab, multi)]) == 0  # (no save_steps)
+    records = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    final = max(int(n.split("step")[1]) for n in os.listdir(tmp_path / "out") if n.startswith("ckpt.step"))
+    assert [r["step"] for r in records] == list(range(1, final + 1))  # print_steps 1: every step
+    assert (tmp_path / "out" / "metrics.png").stat().st_size > 0
+    # and no periodic checkpoints: only the final one the CLI writes
+    assert [n for n in os.listdir(tmp_path / "out") if n.startswith("ckpt.")] == [f"ckpt.step{final}"]
