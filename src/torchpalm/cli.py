@@ -242,8 +242,9 @@ def train(cfg: dict, dry_run: bool = False, resume: bool = False) -> str | None:
         runner.set_evaluation(every_steps=tr["evaluate_every"])
     if dry_run:
         print(f"dry run: {len(tasks)} task(s) built ({', '.join(readers)}); not training")
+        print_plan(runner, trainers, readers, multi)
         return None
-    runner.train(print_steps=tr["print_steps"])
+    runner.train(print_steps=tr["print_steps"], log_totals=True)
     final = os.path.join(tr["save_path"], f"ckpt.step{runner.cur_train_step}")
     if not os.path.isdir(final):  # (with save_steps set, the saver has written the last step itself)
         runner.save(final)
@@ -255,6 +256,17 @@ def train(cfg: dict, dry_run: bool = False, resume: bool = False) -> str | None:
             metrics = {t["name"]: trainers[t["name"]].evaluate() for t in dev_tasks}
         report(metrics, os.path.join(tr["save_path"], "dev_metrics.json"))
     return final
+
+
+def print_plan(runner, trainers: dict, readers: dict, multi: bool) -> None:
+    """The run's length, task by task (examples, steps an epoch, the steps it trains), and in all."""
+    for name, trainer in trainers.items():
+        reader = readers[name]
+        epochs = trainer.num_train_steps / max(reader.steps_per_epoch, 1)
+        print(f"plan: {name}: {reader.num_examples} examples, {reader.steps_per_epoch} steps an epoch, "
+              f"{trainer.num_train_steps} steps ({epochs:.2f} epochs){' (aux)' if trainer.is_aux else ''}")
+    total = runner.overall_train_steps if multi else runner.num_train_steps
+    print(f"plan: {total} steps in all")
 
 
 def predict(cfg: dict, checkpoint: str | None, inputs: Sequence[str], output: str | None,

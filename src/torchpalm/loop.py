@@ -478,7 +478,7 @@ class TrainLoop:
     # ---- the loop ----
     def run(self, batches: Iterator[tuple[str, dict]], finished: Callable[[], bool], total_steps: int,
             print_steps: int, trainer_state: Callable[[], dict], multi_task: bool,
-            after_step: Callable[[str], bool] | None = None) -> None:
+            after_step: Callable[[str], bool] | None = None, log_totals: bool = False) -> None:
         """Trains until `finished()` or the batches run out.
 
         Args:
@@ -490,6 +490,9 @@ class TrainLoop:
             multi_task: use the multi-task log line (spec §11).
             after_step: called with the task name after each step (finish messages, evaluation); returning
                 True stops training early.
+            log_totals: log the run's global step / total steps and the task's epoch (`step 23/308, cls
+                (epoch 0: 23/77), loss: ...`) instead of PALM's lines (spec §11), whose step counts within
+                the epoch.
         """
         if self.metrics_log is not None:  # the history continues from this step (a fresh run: from 0); lines a
             self.metrics_log.drop_after(self.global_step)  # killed run wrote after its last checkpoint go
@@ -513,13 +516,22 @@ class TrainLoop:
                         value = float(distributed.mean(loss))  # the global batch's loss
                         spe = max(self.tasks[task].steps_per_epoch, 1)
                         step = self.task_steps[task]
-                        line = (f"step {(step - 1) % spe + 1}/{spe} (epoch {(step - 1) // spe}), "
-                                f"loss: {value:.3f}, speed: {speed:.2f} steps/s")
-                        if multi_task:
-                            line = f"global step: {self.global_step}, {task:>{width}}: {line}"
+                        in_epoch = f"{(step - 1) % spe + 1}/{spe}"
+                        end = f"loss: {value:.3f}, speed: {speed:.2f} steps/s"
+                        if log_totals:
+                            total = f"/{total_steps}" if total_steps and math.isfinite(total_steps) else ""
+                            line = (f"step {self.global_step}{total}, {task:>{width}} (epoch {(step - 1) // spe}: "
+                                    f"{in_epoch}), {end}")
+                        elif multi_task:
+                            line = (f"global step: {self.global_step}, {task:>{width}}: step {in_epoch} "
+                                    f"(epoch {(step - 1) // spe}), {end}")
+                        else:
+                            line = f"step {in_epoch} (epoch {(step - 1) // spe}), {end}"
                         logger.info("%s", line)
                         lr = self.optimizer.lr_at(self.global_step)
-                        progress.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
+                        progress.set_postfix(**({"task": task} if multi_task else {}),
+                                             epoch=f"{(step - 1) // spe}: {in_epoch}", loss=f"{value:.3f}",
+                                             lr=f"{lr:.2e}")
                         record = {"step": self.global_step, "task": task, "task_step": step,
                                   "epoch": (step - 1) // spe, "loss": value,
                                   "lr": self.optimizer.lr_at(self.global_step - 1),

@@ -466,13 +466,14 @@ class MultiHeadTrainer:
             raise RuntimeError("call fit_readers_with_mixratio(...) first")
         return next(self._joint)
 
-    def train(self, print_steps: int = 5) -> None:
-        """Trains until every main task has reached its budget; logs PALM's multi-task lines (spec §11)."""
+    def train(self, print_steps: int = 5, log_totals: bool = False) -> None:
+        """Trains until every main task has reached its budget; logs PALM's multi-task lines (spec §11), or with
+        `log_totals` the global step / total steps and the task's epoch (as `Trainer.train`)."""
         self._check_ready()
         names = [t.name for t in self._trainers]
         batches = ((names[int(b[TASK_ID][0])], b) for b in self._joint)
         self._loop.run(batches, self._is_finished, self._overall_train_steps, print_steps, self._trainer_state,
-                       multi_task=True, after_step=self._after_step)
+                       multi_task=True, after_step=self._after_step, log_totals=log_totals)
         self._maybe_evaluate(final=True)
         self._log_task_mix()
         self._loop.finish_logs()

@@ -491,8 +491,10 @@ class Trainer:
             raise RuntimeError(f"call fit_reader(reader, phase={phase!r}) first")
         return next(iterator)
 
-    def train(self, print_steps: int = 5) -> None:
-        """Runs training to the end of the fitted reader (one epoch if its num_epochs is None)."""
+    def train(self, print_steps: int = 5, log_totals: bool = False) -> None:
+        """Runs training to the end of the fitted reader (one epoch if its num_epochs is None). Every
+        `print_steps` steps a line is logged: PALM's (`step 23/77 (epoch 0), ...`, the step within the epoch) or,
+        with `log_totals`, the run's (`step 23/308, cls (epoch 0: 23/77), ...`, as the command line logs)."""
         if self._train_iterator is None:
             raise RuntimeError("call fit_reader(reader) before train()")
         if self._loop is None:
@@ -502,7 +504,8 @@ class Trainer:
         name, budget = self._name, self._task.budget
         batches = ((name, batch) for batch in self._train_iterator)
         self._loop.run(batches, lambda: self._loop.task_steps[name] >= budget, budget, print_steps,
-                       self._trainer_state, multi_task=False, after_step=lambda _: self._maybe_evaluate())
+                       self._trainer_state, multi_task=False, after_step=lambda _: self._maybe_evaluate(),
+                       log_totals=log_totals)
         self._maybe_evaluate(final=True)
         self._loop.finish_logs()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 
 import pytest
 import yaml
@@ -41,3 +42,30 @@ def test_metrics_log_and_curves_without_save_steps(tmp_path, uncased_vocab, monk
     assert (tmp_path / "out" / "metrics.png").stat().st_size > 0
     # and no periodic checkpoints: only the final one the CLI writes
     assert [n for n in os.listdir(tmp_path / "out") if n.startswith("ckpt.")] == [f"ckpt.step{final}"]
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_cli_log_lines_show_the_global_step_of_the_run(tmp_path, uncased_vocab, monkeypatch, caplog, capsys,
+                                                       multi):
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path, uncased_vocab, multi)
+    assert main(["train", path, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    plan = [line for line in out.splitlines() if line.startswith("plan: ")]
+    cls_steps, epochs = re.fullmatch(r"plan: cls: 24 examples, 3 steps an epoch, (\d+) steps \(([\d.]+) epochs\)",
+                                     plan[0]).groups()
+    assert float(epochs) == pytest.approx(int(cls_steps) / 3, abs=0.005)
+    total = int(re.fullmatch(r"plan: (\d+) steps in all", plan[-1]).group(1))
+    if multi:  # (the run lasts until every main task has had its steps: the sampler's exact run length)
+        assert plan[1].startswith("plan: tag: 16 examples, 2 steps an epoch, ") and total >= int(cls_steps)
+    else:
+        assert (int(cls_steps), total) == (6, 6)
+    with caplog.at_level(logging.INFO, logger="torchpalm"):
+        assert main(["train", path]) == 0
+    steps = [m for m in caplog.messages if m.startswith("step ")]
+    assert len(steps) == total
+    assert steps[0].startswith(f"step 1/{total}, ")
+    cls = [m for m in steps if ", cls (epoch" in m]
+    # the task's epoch and its step within it: the third cls step ends epoch 0, the fourth starts epoch 1
+    assert ", cls (epoch 0: 3/3), loss: " in cls[2] and ", cls (epoch 1: 1/3), loss: " in cls[3]
+    assert steps[-1].startswith(f"step {total}/{total}, ")
