@@ -32,7 +32,8 @@ def test_multi_task_log_lines_print_above_the_progress_bar(tmp_path, uncased_voc
     console = logging.StreamHandler(sys.stdout)  # what ensure_console_logging installs outside pytest
     logger = logging.getLogger("torchpalm")
     logger.addHandler(console)
-    monkeypatch.setattr(logger, "level", logging.INFO)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # (setLevel, not the attribute: it clears the logger's isEnabledFor cache)
     try:
         torch.manual_seed(0)
         backbone = palm.backbone.BERT.from_config(tiny_config)
@@ -54,5 +55,6 @@ def test_multi_task_log_lines_print_above_the_progress_bar(tmp_path, uncased_voc
         assert console in logger.handlers  # given back after the run
     finally:
         logger.removeHandler(console)
+        logger.setLevel(level)
     steps = [line for line in RecordingBar.written if line.startswith("global step: ")]
     assert len(steps) == mh.cur_train_step >= 4
