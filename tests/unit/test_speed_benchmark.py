@@ -29,3 +29,19 @@ def test_rounds_spread_over_all_batches_and_budget_batches_hold_the_budget():
     assert [len(r) for r in plan] == [4, 3, 3] and plan[0][0] == 0 and plan[0][1] == 16  # round-robin
     examples = [{"ids": [0] * n} for n in (5, 5, 5, 9, 2, 2, 7)]
     assert token_budget_batches(examples, list(range(7)), 10) == [[0, 1], [2], [3], [4, 5]]
+
+
+def test_gpu_speed_smoke_runs_modernbert_against_hf_on_cpu(tmp_path, monkeypatch):
+    """benchmarks/gpu_speed.py's ModernBERT run, at tiny sizes on CPU (the script's check where no GPU is at hand):
+    torchpalm's ModernBERT and HF's ModernBertForSequenceClassification both train and predict, with ratios."""
+    import gpu_speed
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave the test process's threads alone
+    results = gpu_speed.main(["--device", "cpu", "--precision", "fp32", "--smoke", "--runs",
+                              "modernbert_base_batch32", "--out", str(tmp_path / "gpu_speed.json")])
+    sst2 = results["modernbert_base_batch32"]["sst2"]
+    assert set(sst2["train"]) == {"torchpalm", "torchpalm_padded", "hf", "hf_grouped"}
+    assert set(sst2["predict"]) == {"torchpalm", "torchpalm_padded", "hf", "hf_grouped"}
+    assert {"torchpalm_over_best_hf", "torchpalm_over_hf"} <= set(sst2["train_ratios"])
+    # MFU counts the non-embedding parameters: the 3-layer model's, without its token embeddings
+    assert 0 < sst2["parameters_for_flops"] < 100_000
