@@ -1,8 +1,9 @@
 """Data-parallel training on torch.distributed, started by `torchrun` (or any launcher that sets the
 `WORLD_SIZE`, `RANK`, `LOCAL_RANK`, `MASTER_ADDR` and `MASTER_PORT` environment variables).
 
-A PALM script needs no change: the first `Trainer` built in a process started that way joins the process group
-(NCCL on GPU, gloo on CPU) and uses the GPU of its local rank. Without those variables (a plain `python
+A PALM script needs no change: in a process started that way, the first `build_backward`, `fit_reader` or
+`train` of a Trainer joins the process group (NCCL on GPU, gloo on CPU; `loop.prepare_process`; constructors
+change nothing outside the object) and the Trainer uses the GPU of its local rank. Without those variables (a plain `python
 run.py`) nothing here does anything and training is exactly the one-process path.
 
 The rules (PALM's, spec §12, and what a data-parallel run must keep):

@@ -66,6 +66,16 @@ def ensure_console_logging() -> None:
         logger.propagate = False
 
 
+def prepare_process(device: torch.device | None) -> None:
+    """What a training or prediction process needs once, done by the first Trainer call that needs it
+    (`build_backward`, `fit_reader`, `train`), never by a constructor: under torchrun, join the process group;
+    with several GPUs (or TORCHPALM_NPROC > 1) and no launcher, re-run the script as that many processes and
+    exit with their status (`distributed.init`); show progress lines on stdout unless logging is configured.
+    Repeated calls do nothing."""
+    distributed.init(device)
+    ensure_console_logging()
+
+
 def default_device() -> torch.device:
     """The GPU (under torchrun: the local rank's), else the CPU."""
     return distributed.local_device()

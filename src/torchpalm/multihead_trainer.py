@@ -41,6 +41,7 @@ from .loop import (
     autocast,
     backbone_features,
     load_model_state,
+    prepare_process,
     progress_bar,
     same_inputs,
     to_device,
@@ -195,6 +196,7 @@ class MultiHeadTrainer:
         if self._model is None:
             raise RuntimeError("call build_forward() before build_backward")
         first = self._trainers[0]
+        prepare_process(self.device)
         self._optimizer = optimizer
         self._loop = TrainLoop(self._model, self.tasks, optimizer, weight_decay, use_ema, ema_decay, self.device,
                                first._precision, first._grad_clip, first._skip_nonfinite,
@@ -470,6 +472,7 @@ class MultiHeadTrainer:
         """Trains until every main task has reached its budget; logs PALM's multi-task lines (spec §11), or with
         `log_totals` the global step / total steps and the task's epoch (as `Trainer.train`)."""
         self._check_ready()
+        prepare_process(self.device)
         names = [t.name for t in self._trainers]
         batches = ((names[int(b[TASK_ID][0])], b) for b in self._joint)
         self._loop.run(batches, self._is_finished, self._overall_train_steps, print_steps, self._trainer_state,

@@ -39,6 +39,7 @@ from .loop import (
     default_device,
     ensure_console_logging,
     load_model_state,
+    prepare_process,
     progress_bar,
     to_device,
 )
@@ -116,6 +117,10 @@ class Trainer:
         fsdp: under torchrun, shard the weights, gradients and optimizer state over the ranks with FSDP2
             instead of replicating them with DDP (`torchpalm.fsdp`); None: the TORCHPALM_FSDP environment
             variable decides (off by default). Nothing changes in one process.
+
+    Building a Trainer changes nothing outside it. The process-level setup (under torchrun: joining the process
+    group; with several GPUs and no launcher: re-running the script as one process per GPU; the stdout log
+    handler) happens at the first `build_backward`, `fit_reader` or `train` (`loop.prepare_process`).
     """
 
     def __init__(self, name: str, mix_ratio: float = 1.0, reuse_head_with: str | None = None,
@@ -130,9 +135,6 @@ class Trainer:
             raise ValueError(f"mix_ratio must be >= 0, got {mix_ratio}")
         if not loss_weight > 0:
             raise ValueError(f"loss_weight must be > 0, got {loss_weight}")
-        # under torchrun: join the process group; with several GPUs and no launcher: start one process per GPU
-        distributed.init(torch.device(device) if device is not None else None)
-        ensure_console_logging()
         self._name = name
         self.device = torch.device(device) if device is not None else default_device()
         if distributed.launched() and self.device.type == "cuda":
@@ -266,6 +268,7 @@ class Trainer:
         """
         if self._backbone is None:
             raise RuntimeError("call build_forward(backbone, head) before build_backward")
+        prepare_process(self.device)
         self._optimizer = optimizer
         self._loop = TrainLoop(self._model, {self._name: self._task}, optimizer, weight_decay, use_ema, ema_decay,
                                self.device, self._precision, self._grad_clip, self._skip_nonfinite,
@@ -295,6 +298,7 @@ class Trainer:
             raise RuntimeError(f"call {'build_forward' if phase == 'train' else 'build_predict_forward'} "
                                f"before fit_reader(phase={phase!r})")
         check_reader_fits(reader, backbone, head)
+        prepare_process(self.device)
         reader.reset()
         if phase == "train" and distributed.active():
             # every rank walks rank 0's shuffled order (seed=None draws a different seed in each process) and
@@ -329,6 +333,7 @@ class Trainer:
     def load_pretrain(self, model_path: str, convert: bool = False) -> None:
         """Loads backbone weights from an HF model directory/file, a torchpalm checkpoint or a PaddlePALM/ERNIE
         Paddle parameter directory (`<model>/params`, as PALM's downloader left it) (non-strict)."""
+        ensure_console_logging()
         backbone = self._weights()[0]
         if backbone is None:
             raise RuntimeError("call build_forward or build_predict_forward before load_pretrain")
@@ -353,6 +358,7 @@ class Trainer:
         backbone, head = self._weights()
         if backbone is None:
             raise RuntimeError("call build_forward or build_predict_forward before load_ckpt")
+        ensure_console_logging()
         state, trainer_state, opt_state, rng = ckpt.load_checkpoint_dir(model_path)
         if self._backbone is not None:
             logger.info("loading checkpoint into train program")
@@ -501,6 +507,7 @@ class Trainer:
             raise RuntimeError("call build_backward(optimizer) before train()")
         if self._own_loop() is None:
             raise RuntimeError(f"task '{self._name}' belongs to a MultiHeadTrainer: call train() on that")
+        prepare_process(self.device)
         name, budget = self._name, self._task.budget
         batches = ((name, batch) for batch in self._train_iterator)
         self._loop.run(batches, lambda: self._loop.task_steps[name] >= budget, budget, print_steps,

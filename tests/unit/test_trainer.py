@@ -478,3 +478,24 @@ def test_signal_during_train_saves_a_consistent_checkpoint(tmp_path, uncased_voc
     assert resumed.resume() == str(out / "ckpt.step5")
     resumed.train(print_steps=0)
     assert got + rest == expected  # bit-identical to the uninterrupted run: no batch skipped or repeated
+
+
+def test_constructors_leave_the_process_alone_until_training_needs_it(tmp_path, uncased_vocab, tiny_config,
+                                                                       monkeypatch):
+    """`Trainer(...)` / `MultiHeadTrainer(...)` join no process group, re-launch nothing and install no log
+    handler or hook (issue 26 item 5): that waits for build_backward / fit_reader / train."""
+    import sys
+
+    from torchpalm import loop
+    from torchpalm import trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(palm.distributed, "init", lambda device=None: calls.append(("init", device)))
+    for module in (loop, trainer_module):
+        monkeypatch.setattr(module, "ensure_console_logging", lambda: calls.append(("logging",)))
+    hook = sys.excepthook
+    trainer = palm.Trainer("cls", device="cpu")
+    palm.MultiHeadTrainer([trainer, palm.Trainer("other", device="cpu")])
+    assert calls == [] and sys.excepthook is hook
+    build(tmp_path, uncased_vocab, tiny_config)  # build_forward, build_backward, fit_reader
+    assert ("init", torch.device("cpu")) in calls and ("logging",) in calls
