@@ -119,8 +119,9 @@ def make_bytelevel(model_dir: str) -> str:
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
     os.makedirs(model_dir, exist_ok=True)
     tok.save(os.path.join(model_dir, "tokenizer.json"))
-    _write_configs(model_dir, {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "unk": "[UNK]", "mask": "[MASK]"},
-                   model_input_names=["input_ids", "attention_mask"])
+    # its padding token is the config's choice, not the [PAD] a reader would guess
+    _write_configs(model_dir, {"cls": "[CLS]", "sep": "[SEP]", "pad": "<|padding|>", "unk": "[UNK]",
+                               "mask": "[MASK]"}, model_input_names=["input_ids", "attention_mask"])
     return model_dir
 
 
