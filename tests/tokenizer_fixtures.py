@@ -6,7 +6,9 @@ Hugging Face layout (tokenizer.json + tokenizer_config.json + special_tokens_map
 * 'bytelevel': a byte-level BPE as ModernBERT's (no prefix space, [CLS] a [SEP] b [SEP]);
 * 'wordpiece': BERT's WordPiece with its normalizer and BertProcessing;
 * 'xlmr-spm': only a SentencePiece model (`sentencepiece.bpe.model`, a Unigram) as XLM-R ships it, which
-  transformers' XLMRobertaTokenizer reads with fairseq's id offset (needs the `sentencepiece` package).
+  transformers' XLMRobertaTokenizer reads with fairseq's id offset (needs the `sentencepiece` package);
+* 'deberta-spm': only DeBERTa-v3's `spm.model` ([PAD] [CLS] [SEP] [UNK] first), which DebertaV2Tokenizer reads,
+  adding [MASK] after the pieces.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import zipfile
 
 from conftest import shared
 
-KINDS = ("unigram", "bytelevel", "wordpiece", "xlmr-spm")
+KINDS = ("unigram", "bytelevel", "wordpiece", "xlmr-spm", "deberta-spm")
+NEEDS_SENTENCEPIECE = ("xlmr-spm", "deberta-spm")
 
 
 def sst2_sentences(n: int = 3000, start: int = 0) -> list[str]:
@@ -153,5 +156,21 @@ def make_xlmr_spm(model_dir: str) -> str:
     return model_dir
 
 
+def make_deberta_spm(model_dir: str) -> str:
+    """DeBERTa-v3's layout: `spm.model` with [PAD] [CLS] [SEP] [UNK] as ids 0..3, and a tokenizer_config.json
+    naming DebertaV2Tokenizer; no tokenizer.json."""
+    import sentencepiece
+
+    os.makedirs(model_dir, exist_ok=True)
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(training_text()), model_prefix=os.path.join(model_dir, "spm"), vocab_size=3000,
+        model_type="unigram", pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="[PAD]", bos_piece="[CLS]",
+        eos_piece="[SEP]", unk_piece="[UNK]", minloglevel=2)
+    os.remove(os.path.join(model_dir, "spm.vocab"))
+    with open(os.path.join(model_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"tokenizer_class": "DebertaV2Tokenizer", "do_lower_case": False, "model_max_length": 512}, f)
+    return model_dir
+
+
 MAKERS = {"unigram": make_unigram, "bytelevel": make_bytelevel, "wordpiece": make_wordpiece,
-          "xlmr-spm": make_xlmr_spm}
+          "xlmr-spm": make_xlmr_spm, "deberta-spm": make_deberta_spm}

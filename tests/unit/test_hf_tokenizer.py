@@ -1,7 +1,7 @@
 """The model's own tokenizer in every reader: ids equal `transformers.AutoTokenizer`'s (loaded from the same
 folder) on SST-2 sentences, CoNLL words and SQuAD question/context pairs, for a Unigram/Metaspace tokenizer
-(DeBERTa-v3's layout), a byte-level BPE (ModernBERT's), a WordPiece tokenizer.json and XLM-R's SentencePiece
-model; special tokens and templates from the post-processor; clear errors."""
+(DeBERTa-v3's layout), a byte-level BPE (ModernBERT's), a WordPiece tokenizer.json, and the SentencePiece models
+XLM-R and DeBERTa-v3 ship; special tokens and templates from the post-processor; clear errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ import os
 import numpy as np
 import pytest
 import torch
-from tokenizer_fixtures import KINDS, MAKERS, conll_sentences, squad_questions, sst2_sentences
+from tokenizer_fixtures import (
+    KINDS,
+    MAKERS,
+    NEEDS_SENTENCEPIECE,
+    conll_sentences,
+    squad_questions,
+    sst2_sentences,
+)
 
 import torchpalm as palm
 from torchpalm.hf_tokenizer import HFTokenizer
@@ -22,7 +29,7 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module", params=KINDS)
 def kind(request) -> str:
-    if request.param == "xlmr-spm":
+    if request.param in NEEDS_SENTENCEPIECE:
         pytest.importorskip("sentencepiece")
     return request.param
 
