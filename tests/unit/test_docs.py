@@ -24,7 +24,7 @@ DOCS = ROOT / "docs"
 SRC = ROOT / "src" / "torchpalm"
 BLOCK = re.compile(r"^(<!-- not run: [^>]+ -->\n)?```python\n(.*?)^```", re.S | re.M)
 # pages whose python blocks run here (customizing.md has its own test), with how many of them run
-RUNNABLE = {"checkpoints.md": 3, "inference.md": 2, "data-formats.md": 2, "conversion.md": 3, "training.md": 2}
+RUNNABLE = {"checkpoints.md": 3, "inference.md": 2, "data-formats.md": 3, "conversion.md": 3, "training.md": 2}
 
 
 def runnable_blocks(page: Path) -> list[tuple[int, str]]:
