@@ -21,11 +21,15 @@ Tensor names (`backbone.<name>`, `<task>.<name>`, `ema.<name>`) are spelled in `
 
 `Checkpointer` is the training side: it decides when a run saves (`maybe_save`), writes training checkpoints
 and 'predict' bundles, prunes old ones, and restores a loop's training state from a checkpoint.
+
+A run holds an OS lock on its save folder from `set_saver` on (`disk.SaveFolderLock`), so a second run there is
+refused instead of removing the first one's unfinished save; a write that fails for want of space, a file size
+limit or a read-only file system is said in plain words (`disk.plain_write_error`). No checkpoint holds a
+non-finite weight, EMA value or optimizer moment (`Checkpointer.ensure_finite_state`).
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -43,6 +47,9 @@ from . import distributed, fsdp
 # files are read in weights.py; the any-source backbone loader sits in convert/hf.py, beside the maps it uses.
 from .convert.hf import load_backbone_weights as load_backbone_weights
 from .convert.paddle import load_paddle_model, params_dir
+from .disk import DISK_FULL as DISK_FULL
+from .disk import SaveFolderBusy as SaveFolderBusy
+from .disk import SaveFolderLock, plain_write_error, tensor_bytes
 from .fsdp import shard_like
 from .permissions import follow_umask
 from .state_keys import EMA, prefixed, scoped
@@ -52,7 +59,6 @@ from .weights import read_safetensors, torch_load_safely
 
 logger = logging.getLogger("torchpalm")
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # "no space left" and "quota exceeded": the same advice
 MARKER = "complete.json"
 LEGACY_FILES = ("model.safetensors", "trainer_state.json")  # what every save wrote before the marker existed
 # a periodic save's name, and what a killed save of one of torchpalm's names leaves behind
@@ -132,9 +138,10 @@ def save_checkpoint(directory: str, model_state: dict[str, torch.Tensor], traine
     """
     directory = os.path.abspath(directory)
     parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
+    tmp = None
     try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
         # safetensors needs contiguous, unshared tensors
         save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()},
                   os.path.join(tmp, "model.safetensors"))
@@ -166,14 +173,26 @@ def save_checkpoint(directory: str, model_state: dict[str, torch.Tensor], traine
             os.replace(tmp, directory)
         _fsync_dir(parent)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno in DISK_FULL:
-            raise OSError(e.errno, f"the disk holding {parent} is full ({os.strerror(e.errno)}) while saving "
-                                   f"checkpoint {os.path.basename(directory)}: the unfinished copy was removed and "
-                                   f"earlier checkpoints are untouched. Free some space (or keep fewer "
-                                   f"checkpoints: set_saver(..., max_to_keep=K)) and save again") from e
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        plain = plain_write_error(e, parent, f"checkpoint {os.path.basename(directory)}",
+                                  tensor_bytes((model_state, optimizer_state, rng_state)))
+        if plain is not None:
+            raise plain from e
         raise
     return directory
+
+
+# ---------------------------------------------------------------- non-finite state
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors holding a NaN or an infinity (one `isfinite` pass over each and
+    a single read-back; shards of a sharded tensor are checked where they are)."""
+    names = [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and v.numel()]
+    if not names:
+        return []
+    local = [getattr(tensors[k], "to_local", lambda t=tensors[k]: t)() for k in names]
+    flags = torch.stack([torch.isfinite(t).all().to(local[0].device) for t in local]).tolist()
+    return [k for k, ok in zip(names, flags) if not ok]
 
 
 def incomplete_reason(directory: str) -> str | None:
@@ -205,15 +224,21 @@ def latest(save_path: str | os.PathLike) -> str | None:
 
     Leftovers of killed saves (`*.tmp-*`, `*.old`) and incomplete folders are never returned.
     """
+    found = complete_checkpoints(save_path)
+    return found[0] if found else None
+
+
+def complete_checkpoints(save_path: str | os.PathLike) -> list[str]:
+    """The complete training checkpoints `save_path/ckpt.step<N>`, newest (largest N) first."""
     save_path = os.fspath(save_path)
     if not os.path.isdir(save_path):
-        return None
+        return []
     steps = []
     for name in os.listdir(save_path):
         m = STEP_DIR.fullmatch(name)
         if m and m.group(1) == "ckpt" and is_complete(os.path.join(save_path, name)):
-            steps.append((int(m.group(2)), name))
-    return os.path.join(save_path, max(steps)[1]) if steps else None
+            steps.append((int(m.group(2)), os.path.join(save_path, name)))
+    return [path for _, path in sorted(steps, reverse=True)]
 
 
 def remove_stale(save_path: str | os.PathLike) -> list[str]:
@@ -317,6 +342,7 @@ class Checkpointer:
         self.save_types: tuple[str, ...] = ()
         self.max_to_keep: int | None = None
         self.last_saved_step = -1
+        self.folder_lock: SaveFolderLock | None = None  # held from `configure` on
         # what a 'predict' save adds to the weights to make an inference bundle (`torchpalm.bundle`): set by the
         # trainer, which knows the readers; returns a `write_extra` for `save_checkpoint`
         self.bundle_files: Callable[[], Callable[[str], None]] | None = None
@@ -332,6 +358,9 @@ class Checkpointer:
         self.max_to_keep = max_to_keep
         if distributed.is_main():  # the only rank that writes files
             os.makedirs(self.save_path, exist_ok=True)
+            # one run per folder for this run's lifetime; clean-up only with the lock held (another live run's
+            # unfinished save looks just like a killed one's)
+            self.folder_lock = SaveFolderLock(self.save_path)
             remove_stale(self.save_path)
 
     def save(self, directory: str, trainer_state: dict) -> str:
@@ -339,6 +368,7 @@ class Checkpointer:
         `trainer_state` adds the trainer's part (reader positions, configs, ...). Returns the folder."""
         loop = self.loop
         loop.check_finite()  # a checkpoint never holds weights a non-finite step produced
+        self.ensure_finite_state(os.path.basename(directory))  # nor ones a finite step made infinite
         if loop.sharded or distributed.is_main():  # (under FSDP a collective: every rank gathers)
             state = loop.state(full=True)
             if loop.ema is not None:
@@ -363,6 +393,46 @@ class Checkpointer:
                 extra = self.bundle_files() if self.bundle_files is not None else None
                 save_checkpoint(directory, state, {"step": loop.global_step, **trainer_state}, write_extra=extra)
 
+    def ensure_finite_state(self, name: str) -> None:
+        """Before saving `name`: the weights, EMA and optimizer moments must be finite. A learning-rate spike
+        can make them infinite while every loss and gradient was finite, and no checkpoint may hold that.
+        Without `skip_nonfinite` it is a FloatingPointError (nothing is written); with it, weights, EMA and
+        optimizer go back to the newest checkpoint and training goes on from the next batch."""
+        loop = self.loop
+        tensors = dict(loop.state())
+        if loop.ema is not None:
+            tensors.update(prefixed(loop.ema, EMA))
+        names = {id(p): n for n, p in loop.model.named_parameters()}
+        for param, moments in loop.torch_optimizer.state.items():
+            tensors.update({f"optimizer {k} of {names.get(id(param), '?')}": v for k, v in moments.items()})
+        bad = nonfinite_tensors(tensors)
+        if loop.sharded:  # each rank checked its shards: all must agree
+            any_bad = distributed.mean(torch.tensor(float(len(bad)), device=loop.device)).item() > 0
+            bad = bad or (["a shard on another process"] if any_bad else [])
+        if not bad:
+            return
+        newest = latest(self.save_path) if self.save_path is not None else None
+        what = (f"global step {loop.global_step}: {len(bad)} tensor(s) of the model, its EMA or optimizer moments "
+                f"hold NaN or infinite values (e.g. {', '.join(bad[:3])}) though the losses and gradients were "
+                f"finite (a learning rate too large?)")
+        if not loop.skip_nonfinite or newest is None:
+            where = (f"the newest checkpoint, {newest}, holds the last finite state: lower the learning rate and "
+                     f"resume from it" + ("" if loop.skip_nonfinite else
+                                          ", or pass Trainer(skip_nonfinite=True) to roll back to it and go on")
+                     if newest else "there is no earlier checkpoint to go back to: lower the learning rate")
+            raise FloatingPointError(f"{what}. {name} was not written, so no checkpoint holds them; {where}")
+        state, _, opt_state, _ = load_checkpoint_dir(newest)
+        with torch.no_grad():
+            for k, v in loop.state().items():
+                v.copy_(shard_like(state[k], v))
+            for k, v in (loop.ema or {}).items():
+                v.copy_(shard_like(state.get(f"{EMA}.{k}", state[k]), v))
+        if loop.sharded:
+            opt_state = fsdp.sharded_optimizer_state(opt_state, loop.torch_optimizer)
+        loop.torch_optimizer.load_state_dict(opt_state)
+        logger.warning("%s; skip_nonfinite: rolled the weights, EMA and optimizer back to %s (the steps since are "
+                       "lost) and training goes on from the next batch", what, newest)
+
     def maybe_save(self, trainer_state: Callable[[], dict], force: bool = False) -> None:
         """Saves when a periodic save is due (or, with `force`, now: the end of a run), once per step."""
         step = self.loop.global_step
@@ -374,6 +444,8 @@ class Checkpointer:
         if "ckpt" in self.save_types:
             path = self.save(os.path.join(self.save_path, f"ckpt.step{step}"), trainer_state())
             logger.info("checkpoint has been saved at %s", path)
+        if "ckpt" not in self.save_types:  # (`save` checks for a ckpt)
+            self.ensure_finite_state(f"pred.step{step}")
         if "predict" in self.save_types and (distributed.is_main() or self.loop.sharded):
             path = os.path.join(self.save_path, f"pred.step{step}")
             self.save_bundle(path, trainer_state())

@@ -38,6 +38,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed, fsdp, state_keys
+from .disk import plain_write_error
 from .metrics_log import MetricsLog
 from .optimizer import Optimizer, param_groups
 
@@ -478,7 +479,13 @@ class TrainLoop:
     def log_metrics(self, record: dict) -> None:
         """Appends a record to `<save_path>/metrics.jsonl` and TensorBoard (when a saver is set)."""
         if self.metrics_log is not None:
-            self.metrics_log.write(record)
+            try:
+                self.metrics_log.write(record)
+            except OSError as e:  # a disk that filled up, or was remounted read-only, mid-run
+                plain = plain_write_error(e, self.checkpointer.save_path, "the training log (metrics.jsonl)")
+                if plain is None:
+                    raise
+                raise plain from e
 
     def finish_logs(self) -> None:
         """End of `train()`: flushes TensorBoard and draws the curves (`<save_path>/metrics.png`)."""

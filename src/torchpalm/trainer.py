@@ -641,12 +641,22 @@ def resume_latest(trainer, save_path: str | None, saver_args: tuple | None) -> s
     save_path = save_path if save_path is not None else (saver_args[0] if saver_args else None)
     if save_path is None:
         raise ValueError("resume() needs save_path, or set_saver(save_path, ...) first")
-    path = ckpt.latest(save_path)
-    if path is None:
-        logger.info("no complete checkpoint in %s: training starts from the beginning", save_path)
-        return None
-    trainer.load_ckpt(path)
-    return path
+    skipped = []
+    for path in ckpt.complete_checkpoints(save_path):  # newest first: the newest that loads
+        try:
+            trainer.load_ckpt(path)
+        except (ValueError, TypeError, KeyError, OSError) as e:  # corrupt, non-finite, unreadable: the next one
+            skipped.append(f"{os.path.basename(path)} ({e})")
+            logger.warning("resume: skipped %s, which does not load: %s", path, e)
+            continue
+        if skipped:
+            logger.warning("resumed from %s, the newest checkpoint that loads (skipped: %s)", path,
+                           "; ".join(skipped))
+        return path
+    if skipped:
+        raise ValueError(f"{save_path}: no checkpoint there loads, so training cannot resume: {'; '.join(skipped)}")
+    logger.info("no complete checkpoint in %s: training starts from the beginning", save_path)
+    return None
 
 
 def saver_args(save_path, save_steps, save_type: str, can_export: bool, max_to_keep: int | None = None,
