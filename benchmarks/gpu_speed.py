@@ -8,6 +8,8 @@
 4. The ModernBERT-base configuration (random init, benchmarks/modernbert_base.json) against HF's
    ModernBertForSequenceClassification (SDPA, padded; plain and grouped by length), batch 32; and on token-budget
    batches.
+5. DeBERTa-v3-base (random init): torchpalm's DeBERTaV2, packed and padded, vs DebertaV2ForSequenceClassification
+   plain and grouped by length (`deberta_speed.py`).
 (`--compile` adds torchpalm under torch.compile to 1 and 2.)
 
 bf16 autocast by default (`--precision fp32` for fp32). All results go to one JSON file,
@@ -27,6 +29,7 @@ import json
 import os
 import tempfile
 
+from deberta_speed import main as deberta_speed
 from speed_vs_hf import ROOT
 from speed_vs_hf import main as speed_vs_hf
 
@@ -96,6 +99,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\n===== {name} =====", flush=True)
         results[name] = speed_vs_hf(common + extra + ["--out", os.path.join(out_dir, f"gpu_speed.{name}.{device}"
                                                                                        f".json")])
+    # DeBERTa-v3-base (random init) against DebertaV2ForSequenceClassification, SST-2 batches of 32
+    print("\n===== deberta_v3_base_batch32 =====", flush=True)
+    deberta = ["--device", args.device, "--precision", args.precision, "--rounds", str(args.rounds)]
+    deberta += (["--tiny", "--steps", "2", "--predict_steps", "2", "--warmup", "1", "--batch_size", "4",
+                 "--threads", "1"] if args.smoke else ["--steps", str(args.steps), "--predict_steps", str(args.steps)])
+    deberta += ["--peak_tflops", str(args.peak_tflops)] if args.peak_tflops else []
+    results["deberta_v3_base_batch32"] = deberta_speed(
+        deberta + ["--out", os.path.join(out_dir, f"gpu_speed.deberta_v3_base_batch32.{device}.json")])
     out = args.out or os.path.join(out_dir, f"gpu_speed.{device}.json")
     with open(out, "w") as f:
         json.dump(results, f, indent=1)

@@ -22,6 +22,15 @@ CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "
           "vocab_size": 30522, "max_position_embeddings": 128, "type_vocab_size": 2, "hidden_act": "gelu",
           "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02}
 
+# TORCHPALM_TEST_BACKBONE=deberta: the same script on a tiny DeBERTa-v3 (relative attention, shared keys)
+if os.environ.get("TORCHPALM_TEST_BACKBONE") == "deberta":
+    CONFIG = {**CONFIG, "model_type": "deberta-v2", "type_vocab_size": 0, "relative_attention": True,
+              "position_buckets": 8, "norm_rel_ebd": "layer_norm", "share_att_key": True, "pos_att_type": "p2c|c2p",
+              "position_biased_input": False}
+    BACKBONE = palm.backbone.DeBERTaV2
+else:
+    BACKBONE = palm.backbone.BERT
+
 work, vocab = sys.argv[1], sys.argv[2]
 mode = sys.argv[3]
 multi = mode == "multi"
@@ -35,7 +44,7 @@ def classify(name, file, seed):
     return reader
 
 
-backbone = palm.backbone.BERT.from_config(CONFIG)
+backbone = BACKBONE.from_config(CONFIG)
 if mode == "tag":  # sentences of 1-12 words: the ranks' halves of a batch hold different numbers of words
     reader = palm.reader.SequenceLabelReader(vocab, 32, {"O": 0, "B": 1, "I": 2}, seed=3, do_lower_case=True)
     reader.load_data(os.path.join(work, "tag.tsv"), 8, num_epochs=2)
@@ -62,7 +71,7 @@ if not multi:
     trainer.resume()  # from the latest checkpoint in `out`, if any (the resume test puts one there)
     dev = palm.reader.ClassifyReader(vocab, 32, do_lower_case=True, phase="predict")
     dev.load_data(os.path.join(work, "test.tsv"), 4)
-    dev_backbone = palm.backbone.BERT.from_config(CONFIG, phase="predict")
+    dev_backbone = BACKBONE.from_config(CONFIG, phase="predict")
     dev.register_with(dev_backbone)
     trainer.build_predict_forward(dev_backbone, palm.head.Classify(2, 32, phase="predict"))
     trainer.set_dev(dev)
@@ -92,7 +101,7 @@ def predict_reader(backbone):
     return reader
 
 
-pred_backbone = palm.backbone.BERT.from_config(CONFIG, phase="predict")
+pred_backbone = BACKBONE.from_config(CONFIG, phase="predict")
 extra = {}
 if not multi:
     pred_reader = predict_reader(pred_backbone)

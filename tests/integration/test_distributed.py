@@ -41,9 +41,9 @@ def write_data(work: Path) -> None:
     (work / "tag.tsv").write_text("\n".join(tagged) + "\n", encoding="utf-8")
 
 
-def run(work: Path, mode: str, launcher: list[str], fsdp: bool = False) -> None:
+def run(work: Path, mode: str, launcher: list[str], fsdp: bool = False, backbone: str = "bert") -> None:
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1", FSDP_ENV: "1" if fsdp else "0"}
+           "OMP_NUM_THREADS": "1", FSDP_ENV: "1" if fsdp else "0", "TORCHPALM_TEST_BACKBONE": backbone}
     vocab = str(shared("vocab", "bert-base-uncased-vocab.txt"))
     done = subprocess.run([*launcher, str(SCRIPT), str(work), vocab, mode], env=env, capture_output=True,
                           text=True, timeout=600)
@@ -320,3 +320,16 @@ def test_multi_head_trainer_under_fsdp(works):
     same_run(one, two, "pred/a/predictions.json")
     single, ranks = json.load(open(one / "rank0.json")), [json.load(open(two / f"rank{r}.json")) for r in (0, 1)]
     assert ranks[0]["b"] == ranks[1]["b"] == single["b"] and ranks[0]["sharded_numel"] > 0
+
+
+def test_fsdp_shards_deberta_layer_by_layer(works):
+    """DeBERTa-v3 under FSDP2 (each layer one unit; the relative embedding table in the root unit): the same
+    losses, weights and gathered predictions as one process."""
+    one, two = works
+    run(one, "single", [sys.executable], backbone="deberta")
+    run(two, "single", torchrun(), fsdp=True, backbone="deberta")
+    same_run(one, two)
+    facts = [json.load(open(two / f"rank{r}.json")) for r in (0, 1)]
+    assert facts[0]["sharded_numel"] + facts[1]["sharded_numel"] == facts[0]["numel"] > 0
+    state = json.load(open(two / "out" / "final" / "trainer_state.json"))
+    assert state["backbone"]["class"] == "DeBERTaV2"
