@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -42,8 +43,9 @@ config (YAML; relative paths are relative to the config file):
   schedule:   type (triangular|warmup|none), warmup (steps, or a float < 1: fraction of the run),
               decay_from_warmup_end; or type (a torch.optim.lr_scheduler class: CosineAnnealingLR, ...),
               options (its arguments; the value num_train_steps is the run's length)
-  train:      epochs, batch_size, max_len, seed, save_path, save_steps, print_steps, evaluate_every,
-              device, precision, grad_clip, tensorboard, fsdp (under torchrun: shard with FSDP2)
+  train:      epochs (a fraction too), max_steps (the run's exact length, instead of epochs), batch_size,
+              max_len, seed, save_path, save_steps, print_steps, evaluate_every, device, precision, grad_clip,
+              tensorboard, fsdp (under torchrun: shard with FSDP2)
   multi_task: sampling, temperature, max_examples, anneal_to, seed, reference (several tasks only)
 A misspelt, missing or mistyped key is an error naming its path, e.g. tasks[0].reader.max_len.
 """
@@ -178,17 +180,16 @@ def train(cfg: dict, dry_run: bool = False, resume: bool = False) -> str | None:
     from the latest complete checkpoint in train.save_path (from the start when there is none)."""
     files = config, vocab, pretrained = C.backbone_files(cfg)
     tr, tasks, multi = cfg["train"], cfg["tasks"], len(cfg["tasks"]) > 1
-    if not multi and tr["epochs"] != int(tr["epochs"]):
-        raise ConfigError(f"train.epochs: one task trains whole epochs, got {tr['epochs']!r}")
     check_data_files(cfg, ("train_file", "dev_file"))
     torch.manual_seed(tr["seed"])  # head (and from-scratch backbone) initialisation and dropout
-    # 1. readers (multi-task: they cycle; the trainer's step budgets end the run)
+    # 1. readers (multi-task, max_steps or a fraction of an epoch: they cycle; the step budget ends the run)
+    cycle = multi or tr["max_steps"] is not None or tr["epochs"] != int(tr["epochs"])
     readers = {}
     for t in tasks:
         readers[t["name"]], load_kwargs = C.build_reader(t, cfg, vocab, "train")
         with C.blame(C.key_in(cfg, f"{t['path']}.train_file")):
             readers[t["name"]].load_data(need(t, "train_file", "train"), tr["batch_size"],
-                                         num_epochs=None if multi else int(tr["epochs"]), **load_kwargs)
+                                         num_epochs=None if cycle else int(tr["epochs"]), **load_kwargs)
     # 2. backbone  3. register every reader with it
     backbone = C.build_backbone(cfg, config, "train")
     for reader in readers.values():
@@ -220,9 +221,11 @@ def train(cfg: dict, dry_run: bool = False, resume: bool = False) -> str | None:
     if multi:
         main_tasks = [t["name"] for t in tasks if not t["aux"]]
         reference = cfg["multi_task"].get("reference") or (main_tasks[0] if main_tasks else tasks[0]["name"])
-        runner.fit_readers_with_mixratio(list(readers.values()), reference, tr["epochs"])
+        runner.fit_readers_with_mixratio(list(readers.values()), reference, tr["epochs"], max_steps=tr["max_steps"])
     else:
-        runner.fit_reader(readers[tasks[0]["name"]])
+        reader = readers[tasks[0]["name"]]
+        steps = tr["max_steps"] or (math.ceil(tr["epochs"] * reader.steps_per_epoch) if cycle else None)
+        runner.fit_reader(reader, max_steps=steps)
     # 8. pretrained weights, saver, dev sets, train
     if pretrained is not None:
         runner.load_pretrain(pretrained)

@@ -10,7 +10,7 @@ and the training settings; `torchpalm train|predict|evaluate` (torchpalm/cli.py)
     schedule:  {type: triangular|warmup|none, warmup: steps (int) or fraction (float < 1), decay_from_warmup_end}
                or {type: a torch.optim.lr_scheduler class (CosineAnnealingLR, ...), options: {its arguments}},
                where the option value `num_train_steps` is the run length the trainer computes
-    train:     {epochs, batch_size, max_len, seed, save_path, save_steps, print_steps, evaluate_every, device,
+    train:     {epochs, max_steps, batch_size, max_len, seed, save_path, save_steps, print_steps, evaluate_every, device,
                precision, grad_clip, tensorboard, fsdp}
     multi_task: {sampling, temperature, max_examples, anneal_to, seed, reference}   (several tasks only)
 
@@ -133,6 +133,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
     },
     "train": {
         "epochs": Key(NUMBER, 1),
+        "max_steps": Key(OPT_INT, None),  # the run's exact length, instead of epochs (HF's max_steps)
         "batch_size": Key((int,), 32),
         "max_len": Key(OPT_INT, None),
         "seed": Key((int,), 1),
@@ -354,6 +355,10 @@ def validate(raw: dict, base_dir: str = ".", cwd_keys: set[str] = frozenset(), s
         s["options"] = _class_options("schedule.options", s["options"], TORCH_SCHEDULES[s["type"]],
                                       ("optimizer", "last_epoch", "verbose"))
         s["options"] = {k: NUM_TRAIN_STEPS if v == "num_train_steps" else v for k, v in s["options"].items()}
+    tr = cfg["train"]
+    if tr["epochs"] <= 0 or (tr["max_steps"] is not None and tr["max_steps"] < 1):
+        raise ConfigError(f"train.{'epochs' if tr['epochs'] <= 0 else 'max_steps'}: must be > 0, got "
+                          f"{tr['epochs'] if tr['epochs'] <= 0 else tr['max_steps']!r}")
     if s["warmup"] < 0 or (isinstance(s["warmup"], float) and s["warmup"] >= 1):
         raise ConfigError(f"schedule.warmup: expected a number of steps (integer >= 0) or a fraction of the run "
                           f"(0 <= float < 1), got {s['warmup']!r}")

@@ -109,6 +109,7 @@ class MultiHeadTrainer:
         # a bad strategy or parameter is an error here, not after the readers were fitted
         TaskSampler(sampling, [1] * len(names), [1.0] * len(names), 0, temperature, max_examples, anneal_to, 1)
         self._seed = seed
+        self._max_steps: int | None = None
         self._balance = balance
         balancing.make_balancer(balance, names, joint=False)  # a bad name is an error here
         self._fsdp = fsdp if fsdp is not None else next((t._fsdp for t in trainers if t._fsdp is not None), None)
@@ -233,8 +234,8 @@ class MultiHeadTrainer:
             raise ValueError(f"{what}: got {len(readers)} readers for {len(names)} tasks {names}")
         return dict(zip(names, readers))
 
-    def fit_readers_with_mixratio(self, readers, sampling_reference: str, num_epochs: float,
-                                  phase: str = "train") -> Iterator[dict]:
+    def fit_readers_with_mixratio(self, readers, sampling_reference: str, num_epochs: float | None,
+                                  phase: str = "train", max_steps: int | None = None) -> Iterator[dict]:
         """Fits each task's reader and plans the run (spec §4.2); returns the joint batch iterator.
 
         Args:
@@ -244,6 +245,9 @@ class MultiHeadTrainer:
             num_epochs: epochs of the reference task; task t trains `int(num_epochs * mix_ratio_t * steps per
                 epoch of the reference)` steps (for strategies other than 'ratio': its share of such a run).
             phase: 'train', or 'predict' (the same as `merge_inference_readers(readers)`).
+            max_steps: the run is exactly this many global steps (the schedule spans them), whatever the
+                budgets (then only the expected share of each task); `num_epochs` may then be None (1 for the
+                budgets).
         """
         if phase == "predict":
             return self.merge_inference_readers(readers)
@@ -255,6 +259,11 @@ class MultiHeadTrainer:
         names = list(by_task)
         if sampling_reference not in by_task:
             raise ValueError(f"sampling_reference {sampling_reference!r} names no task (tasks: {names})")
+        if max_steps is not None:
+            if isinstance(max_steps, bool) or int(max_steps) != max_steps or max_steps < 1:
+                raise ValueError(f"max_steps must be an integer >= 1 or None, got {max_steps!r}")
+            num_epochs = num_epochs or 1
+        self._max_steps = int(max_steps) if max_steps is not None else None
         if not num_epochs or num_epochs <= 0:
             raise ValueError(f"num_epochs must be > 0, got {num_epochs!r}")
         for name, reader in by_task.items():
@@ -296,6 +305,10 @@ class MultiHeadTrainer:
         steps = [self._loop.task_steps[n] for n in names] if self._loop is not None else None
         start = self._loop.global_step if self._loop is not None else 0
         self._overall_train_steps = run_length(self._sampler, budgets, aux, start, steps)
+        if self._max_steps is not None:  # the run's length, whatever the budgets
+            self._overall_train_steps = self._max_steps
+            if self._sampler.strategy == "annealed":
+                self._sampler.total_steps = self._max_steps
         logger.info("Estimated overall train steps %d.", self._overall_train_steps)
         self._sync_schedule()
         self._next_draw = start
@@ -402,6 +415,8 @@ class MultiHeadTrainer:
 
     # ---- training ----
     def _is_finished(self) -> bool:
+        if self._max_steps is not None:
+            return self._loop.global_step >= self._max_steps
         return all(self._loop.task_steps[t.name] >= t.task.budget for t in self._trainers if not t.is_aux)
 
     def _after_step(self, name: str) -> bool:

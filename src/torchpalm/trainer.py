@@ -154,6 +154,7 @@ class Trainer:
         self._train_iterator: Iterator | None = None
         self._pred_iterator: Iterator | None = None
         self._pending_reader_state: dict | None = None
+        self._max_steps: int | None = None
         self._saver_args: tuple | None = None  # set_saver before build_backward: applied when the loop exists
         self._dev: tuple | None = None  # (dev reader, metric)
         self._evaluator: Evaluator | None = None
@@ -284,15 +285,22 @@ class Trainer:
         if self._own_loop() is not None and self._task.budget is not None:
             # a reader loaded with num_epochs=None cycles forever: train() runs one epoch, but a script's own
             # train_one_step loop may run any number of steps, so a length the script gave is not second-guessed
-            self._loop.set_total_steps(self._task.budget, certain=self._train_reader.num_epochs is not None)
+            self._loop.set_total_steps(self._task.budget, certain=self._train_reader.num_epochs is not None
+                                       or self._max_steps is not None)
 
     def _own_loop(self) -> TrainLoop | None:
         return self._loop if self._multi_task is None else None
 
-    def fit_reader(self, reader, phase: str = "train") -> Iterator[dict[str, torch.Tensor]]:
-        """Binds a loaded reader, checks it against the backbone and head, and returns its batch iterator."""
+    def fit_reader(self, reader, phase: str = "train", max_steps: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Binds a loaded reader, checks it against the backbone and head, and returns its batch iterator.
+
+        `max_steps` (train): `train()` runs exactly this many steps, and a schedule left open spans them, instead
+        of the reader's epochs (load it with `num_epochs=None` to cycle, or with enough epochs). Fractional
+        epochs are `max_steps = ceil(epochs * reader.steps_per_epoch)` on a cycling reader."""
         if phase not in ("train", "predict"):
             raise ValueError(f"phase must be 'train' or 'predict', got {phase!r}")
+        if max_steps is not None and (isinstance(max_steps, bool) or int(max_steps) != max_steps or max_steps < 1):
+            raise ValueError(f"max_steps must be an integer >= 1 or None, got {max_steps!r}")
         backbone, head = (self._backbone, self._head) if phase == "train" else (self._pred_backbone, self._pred_head)
         if backbone is None:
             raise RuntimeError(f"call {'build_forward' if phase == 'train' else 'build_predict_forward'} "
@@ -309,6 +317,12 @@ class Trainer:
             self._train_reader = self._task.reader = reader
             epochs = reader.num_epochs if reader.num_epochs is not None else 1  # None: one epoch (PALM)
             self._task.budget = epochs * reader.steps_per_epoch
+            if max_steps is not None and reader.num_epochs is not None and max_steps > self._task.budget:
+                raise ValueError(f"max_steps={max_steps} is more than the reader's {reader.num_epochs} epoch(s) of "
+                                 f"{reader.steps_per_epoch} steps give ({self._task.budget}): load it with "
+                                 f"num_epochs=None (it cycles) or more epochs")
+            self._max_steps = int(max_steps) if max_steps is not None else None
+            self._task.budget = self._max_steps or self._task.budget
             if self._pending_reader_state is not None:
                 reader.load_state_dict(self._pending_reader_state)
                 self._pending_reader_state = None

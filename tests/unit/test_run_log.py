@@ -69,3 +69,61 @@ def test_cli_log_lines_show_the_global_step_of_the_run(tmp_path, uncased_vocab, 
     # the task's epoch and its step within it: the third cls step ends epoch 0, the fourth starts epoch 1
     assert ", cls (epoch 0: 3/3), loss: " in cls[2] and ", cls (epoch 1: 1/3), loss: " in cls[3]
     assert steps[-1].startswith(f"step {total}/{total}, ")
+
+
+def test_max_steps_and_fractional_epochs_from_the_config(tmp_path, uncased_vocab, monkeypatch, capsys):
+    """`train.max_steps` (one task: 3 steps an epoch; and several) and a fraction of an epoch end the run exactly
+    there, with the schedule over those steps; a run killed and resumed ends with the same weights."""
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(tmp_path)
+    one = write_config(tmp_path, uncased_vocab, multi=False, save_steps=2)
+    assert main(["train", one, "--set", "train.max_steps=5", "--set", "train.save_path=full"]) == 0
+    assert sorted(n for n in os.listdir("full") if n.startswith("ckpt.")) == ["ckpt.step2", "ckpt.step4",
+                                                                               "ckpt.step5"]
+    records = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    # triangular, warmup 0.1 of 5 steps (0 whole steps), decaying to 0 at step 5 (not at the 6 of 2 epochs)
+    assert [r["lr"] for r in records] == pytest.approx([1e-3 * (5 - k) / 5 for k in range(5)])
+    # killed after step 2, resumed: the same last weights
+    os.makedirs("killed")
+    os.rename("full/ckpt.step2", "killed/ckpt.step2")
+    assert main(["train", one, "--set", "train.max_steps=5", "--set", "train.save_path=killed", "--resume"]) == 0
+    full, resumed = (load_file(f"{d}/ckpt.step5/model.safetensors") for d in ("full", "killed"))
+    assert all((full[k] == resumed[k]).all() for k in full)
+    # half an epoch of 3 steps: 2 steps (rounded up)
+    assert main(["train", one, "--set", "train.epochs=0.5", "--set", "train.save_path=half", "--dry-run"]) == 0
+    assert "plan: cls: 24 examples, 3 steps an epoch, 2 steps (0.67 epochs)" in capsys.readouterr().out
+    assert main(["train", one, "--set", "train.epochs=0.5", "--set", "train.save_path=half"]) == 0
+    assert sorted(n for n in os.listdir("half") if n.startswith("ckpt.")) == ["ckpt.step2"]
+    # several tasks: the run is max_steps global steps
+    several = write_config(tmp_path, uncased_vocab, multi=True)
+    assert main(["train", several, "--set", "train.max_steps=7", "--dry-run"]) == 0
+    assert "plan: 7 steps in all" in capsys.readouterr().out
+    assert main(["train", several, "--set", "train.max_steps=7", "--set", "train.save_path=multi"]) == 0
+    assert sorted(n for n in os.listdir("multi") if n.startswith("ckpt.")) == ["ckpt.step7"]
+    assert main(["train", one, "--set", "train.max_steps=0"]) == 2
+    assert "train.max_steps: must be > 0, got 0" in capsys.readouterr().err
+
+
+def test_max_steps_through_the_api(tmp_path, uncased_vocab, tiny_config):
+    import torchpalm as palm
+
+    def trainer_on(num_epochs):
+        reader = palm.reader.ClassifyReader(uncased_vocab, 16, seed=0)
+        reader.load_data(write_cls(tmp_path / "cls.tsv", 24), 8, num_epochs=num_epochs)
+        backbone = palm.backbone.BERT.from_config(tiny_config)
+        reader.register_with(backbone)
+        trainer = palm.Trainer("cls", device="cpu")
+        schedule = palm.lr_sched.TriangularSchedualer(0.1, None)
+        trainer.build_backward(palm.optimizer.Adam(trainer.build_forward(backbone, palm.head.Classify(2, 32)), 1e-3,
+                                                   schedule))
+        return trainer, reader, schedule
+
+    trainer, reader, schedule = trainer_on(None)  # cycling
+    trainer.fit_reader(reader, max_steps=5)
+    assert trainer.num_train_steps == schedule.num_train_steps == 5
+    trainer.train(print_steps=0)
+    assert trainer.cur_train_step == 5
+    trainer, reader, _ = trainer_on(1)  # one epoch holds 3 steps
+    with pytest.raises(ValueError, match=r"max_steps=5 is more than the reader's 1 epoch\(s\) of 3 steps give \(3\)"):
+        trainer.fit_reader(reader, max_steps=5)
