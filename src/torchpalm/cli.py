@@ -148,19 +148,20 @@ def train_num_classes(task: dict, reader) -> int | None:
 
 def predict_trainer(task: dict, cfg: dict, files: tuple, data_file: str, checkpoint: str | None = None,
                     known: Trained | None = None, trainer=None, backbone_only: bool = False,
-                    key: str = "dev_file"):
+                    key: str = "dev_file", backbone=None):
     """A Trainer named like the task with its predict side built over `data_file` (the task's config `key`, or
     `--input`) (PALM's predict script), given what training decided (`known`):
     predict reader, predict backbone and head, then the checkpoint's weights (`backbone_only`: the backbone's
     alone, `load_predict_model`; the head keeps its initialisation); or, given the training `trainer`, its
-    trained weights (evaluation during training). Returns (trainer, reader)."""
+    trained weights (evaluation during training). `backbone`: a predict backbone tasks share (their checkpoint
+    then loaded once, `load_once`). Returns (trainer, reader)."""
     config, vocab, _ = files
     known = known or Trained({})
     reader, load_kwargs = C.build_reader(task, cfg, vocab, "predict", known.reader_options)
     where = "--input" if key == "--input" else C.key_in(cfg, f"{task['path']}.{key}")
     with C.blame(where):
         reader.load_data(data_file, cfg["train"]["batch_size"], **load_kwargs)
-    backbone = C.build_backbone(cfg, config, "predict")
+    backbone = backbone if backbone is not None else C.build_backbone(cfg, config, "predict")
     reader.register_with(backbone)
     trainer = trainer or palm.Trainer(task["name"], device=cfg["train"]["device"],
                                       precision=cfg["train"]["precision"])
@@ -171,6 +172,17 @@ def predict_trainer(task: dict, cfg: dict, files: tuple, data_file: str, checkpo
     elif checkpoint is not None:
         trainer.load_ckpt(checkpoint)
     return trainer, reader
+
+
+def load_once(trainers: list, checkpoint: str) -> None:
+    """Loads a checkpoint into predict trainers that share one predict backbone, reading it once (several
+    tasks: as one MultiHeadTrainer, which loads the backbone and every head from one read)."""
+    if len(trainers) == 1:
+        trainers[0].load_ckpt(checkpoint)
+        return
+    runner = palm.MultiHeadTrainer(trainers)
+    runner.build_predict_forward()
+    runner.load_ckpt(checkpoint, training_state=False)
 
 
 # ---------------------------------------------------------------- commands
@@ -315,7 +327,7 @@ def export(cfg: dict, checkpoint: str, out: str, onnx: bool = False) -> str:
 
     config, vocab, _ = C.backbone_files(cfg)
     backbone = C.build_backbone(cfg, config, "predict")
-    tasks, record = [], checkpoint_record(checkpoint)
+    tasks, trainers, record = [], [], checkpoint_record(checkpoint)
     for t in cfg["tasks"]:
         known = trained(t, cfg, vocab, record)
         reader, _ = C.build_reader(t, cfg, vocab, "predict", known.reader_options)
@@ -323,8 +335,9 @@ def export(cfg: dict, checkpoint: str, out: str, onnx: bool = False) -> str:
         trainer = palm.Trainer(t["name"], device="cpu")
         trainer.build_predict_forward(backbone, C.build_head(t, config, "predict", C.reader_label_map(reader),
                                                              known.num_classes))
-        trainer.load_ckpt(checkpoint)  # the shared backbone and this task's head
+        trainers.append(trainer)
         tasks.append(bundle.BundleTask(t["name"], trainer._pred_head, reader, t["name"]))
+    load_once(trainers, checkpoint)  # the shared backbone and every task's head, from one read
     path = bundle.write(backbone, tasks, out, onnx)
     print(path)
     return path
@@ -379,16 +392,18 @@ def evaluate(cfg: dict, checkpoint: str, output: str | None) -> dict[str, dict]:
     """Each task's default metric (torchpalm.evaluation) on its dev file; printed and written as JSON."""
     check_data_files(cfg, ("dev_file",))
     files, record = C.backbone_files(cfg), checkpoint_record(checkpoint)
-    metrics = {}
+    backbone = C.build_backbone(cfg, files[0], "predict")  # shared: the checkpoint is read once
+    built = {}
     for t in cfg["tasks"]:
         if t["dev_file"] is None:  # (validation made sure a dev_file has a metric)
             logger.info("task %s: no dev_file: skipped", t["name"])
             continue
-        trainer, reader = predict_trainer(t, cfg, files, t["dev_file"], checkpoint,
-                                          trained(t, cfg, files[1], record))
-        metrics[t["name"]] = trainer.evaluate(reader)
-    if not metrics:
+        built[t["name"]] = predict_trainer(t, cfg, files, t["dev_file"], None, trained(t, cfg, files[1], record),
+                                           backbone=backbone)
+    if not built:
         raise ConfigError("no task has a dev_file (a labelled file) to evaluate on")
+    load_once([trainer for trainer, _ in built.values()], checkpoint)
+    metrics = {name: trainer.evaluate(reader) for name, (trainer, reader) in built.items()}
     output = output or os.path.join(cfg["train"]["save_path"], "evaluate")
     report(metrics, os.path.join(output, "metrics.json"))
     return metrics

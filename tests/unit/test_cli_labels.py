@@ -90,3 +90,35 @@ def test_integer_labels_keep_their_meaning_and_give_num_classes(tmp_path, uncase
     assert main(["predict", path, "--checkpoint", str(tmp_path / "out" / "ckpt.step3")]) == 0
     predicted = lines(tmp_path / "out" / "predict" / "rte" / "predictions.json")
     assert len(predicted[0]["probs"]) == 3 and "label_name" not in predicted[0]
+
+
+def test_multi_task_evaluate_and_export_read_the_checkpoint_once(tmp_path, uncased_vocab, monkeypatch):
+    from toy_data import write_cls, write_tags
+
+    from torchpalm import checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path, uncased_vocab, train_file="train.tsv", dev_file="train.tsv")
+    raw = yaml.safe_load(open(path))
+    write_pairs(tmp_path / "train.tsv", 16, 0)
+    raw["tasks"] = [raw["tasks"], {"name": "tag", "reader": {"type": "sequence_label", "do_lower_case": True},
+                                   "head": {"type": "sequence_label"}, "train_file": write_tags(tmp_path / "tag.tsv", 16),
+                                   "dev_file": "tag.tsv"},
+                    {"name": "cls", "reader": {"type": "classify"}, "head": {"type": "classify"},
+                     "train_file": write_cls(tmp_path / "cls.tsv", 16), "dev_file": "cls.tsv"}]
+    (tmp_path / "multi.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main(["train", "multi.yaml", "--set", "train.max_steps=4"]) == 0
+    reads = []
+    real = checkpoint.load_checkpoint_dir
+    monkeypatch.setattr(checkpoint, "load_checkpoint_dir", lambda d: reads.append(d) or real(d))
+    assert main(["evaluate", "multi.yaml", "--checkpoint", "out/ckpt.step4", "--output", "ev"]) == 0
+    assert len(reads) == 1
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert set(metrics) == {"rte", "tag", "cls"}
+    assert main(["export", "multi.yaml", "--checkpoint", "out/ckpt.step4", "--out", "bundle"]) == 0
+    assert len(reads) == 2
+    # the bundle's predictions score as evaluate scored (every head got its own weights from the one read)
+    predictor = palm.Predictor.load(tmp_path / "bundle", device="cpu")
+    predicted = predictor.predict(str(tmp_path / "cls.tsv"), task="cls")
+    gold = [int(line.split("\t")[0]) for line in (tmp_path / "cls.tsv").read_text().splitlines()[1:]]
+    assert metrics["cls"]["accuracy"] == pytest.approx(np.mean([r["label"] == g for r, g in zip(predicted, gold)]))
