@@ -28,6 +28,10 @@ if os.environ.get("TORCHPALM_TEST_BACKBONE") == "deberta":
               "position_buckets": 8, "norm_rel_ebd": "layer_norm", "share_att_key": True, "pos_att_type": "p2c|c2p",
               "position_biased_input": False}
     BACKBONE = palm.backbone.DeBERTaV2
+elif os.environ.get("TORCHPALM_TEST_BACKBONE") == "modernbert":  # a tiny ModernBERT with a 4-token window
+    CONFIG = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "vocab_size": 30522,
+              "intermediate_size": 48, "local_attention": 4, "global_attn_every_n_layers": 2, "pad_token_id": 0}
+    BACKBONE = palm.backbone.ModernBERT
 else:
     BACKBONE = palm.backbone.BERT
 

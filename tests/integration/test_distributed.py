@@ -195,6 +195,19 @@ def test_token_averaged_loss_is_the_global_batch_mean(works):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
 
 
+def test_fsdp_shards_modernbert_layer_by_layer(works):
+    """ModernBERT under FSDP2 (each layer one unit; local layers, rotary positions, packed batches): the same
+    losses, weights, EMA bundle and gathered predictions as one process."""
+    one, two = works
+    run(one, "single", [sys.executable], backbone="modernbert")
+    run(two, "single", torchrun(), fsdp=True, backbone="modernbert")
+    same_run(one, two)
+    facts = [json.load(open(two / f"rank{r}.json")) for r in (0, 1)]
+    assert facts[0]["sharded_numel"] + facts[1]["sharded_numel"] == facts[0]["numel"] > 0
+    state = json.load(open(two / "out" / "final" / "trainer_state.json"))
+    assert state["backbone"]["class"] == "ModernBERT"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
