@@ -82,3 +82,33 @@ def test_a_tokenizer_larger_than_the_embedding_table_is_refused_naming_the_file(
     # the model's own (converted) tokenizer fits
     palm.reader.ClassifyReader(xlmr_dir, 64).register_with(palm.backbone.RoBERTa.from_config(
         os.path.join(xlmr_dir, "config.json")))
+
+
+def test_xlmr_trains_exports_a_bundle_and_the_predictor_predicts_the_same(xlmr_dir, tmp_path):
+    texts = sst2_sentences(64, start=63000)
+    rows = [f"{int('good' in t.split() or 'best' in t.split())}\t{t}" for t in texts]
+    (tmp_path / "train.tsv").write_text("label\ttext_a\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    config = os.path.join(xlmr_dir, "config.json")
+    torch.manual_seed(0)
+    reader = palm.reader.ClassifyReader(xlmr_dir, 64, seed=0)
+    reader.load_data(str(tmp_path / "train.tsv"), 16, num_epochs=1)
+    backbone = palm.backbone.RoBERTa.from_config(config)
+    reader.register_with(backbone)
+    trainer = palm.Trainer("cls", device="cpu")
+    loss = trainer.build_forward(backbone, palm.head.Classify(2, 32, 0.1))
+    trainer.build_backward(palm.optimizer.Adam(loss, 3e-3, palm.lr_sched.TriangularSchedualer(1, 4)))
+    trainer.fit_reader(reader)
+    trainer.load_pretrain(xlmr_dir)
+    for _ in range(4):
+        trainer.train_one_step(trainer.get_one_batch())
+    pred_reader = palm.reader.ClassifyReader(xlmr_dir, 64, phase="predict")
+    pred_reader.load_data(str(tmp_path / "train.tsv"), 8)
+    pred_backbone = palm.backbone.RoBERTa.from_config(config, phase="predict")
+    pred_reader.register_with(pred_backbone)
+    trainer.build_predict_forward(pred_backbone, palm.head.Classify(2, 32, phase="predict"))
+    trainer.fit_reader(pred_reader, phase="predict")
+    expected = [r["probs"] for r in trainer.predict(print_steps=0)]
+    path = palm.export(trainer, tmp_path / "bundle")
+    assert "tokenizer.json" in os.listdir(os.path.join(path, "reader.cls"))  # the converted tokenizer travels
+    got = [r["probs"] for r in palm.Predictor.load(path, device="cpu").predict(texts, batch_size=8)]
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=0, atol=1e-6)
