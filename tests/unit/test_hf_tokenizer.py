@@ -322,3 +322,20 @@ def test_templates_of_every_post_processor_equal_the_rust_post_processing():
             ids_a, ids_b = tok.encode(a, add_special_tokens=False).ids, b and tok.encode(b, add_special_tokens=False).ids
             ids, segments = ours.build(ids_a, ids_b, 100)
             assert (ids.tolist(), segments.tolist()) == (expected.ids, expected.type_ids), (post, a, b)
+
+
+@pytest.mark.parametrize("family", ["modernbert", "deberta-v2", "hf-electra"])
+def test_every_backbone_refuses_a_tokenizer_json_larger_than_its_embeddings(family, tmp_path):
+    model_dir = MAKERS["bytelevel"](str(tmp_path / "other"))  # 3000 ids
+    tiny = {"vocab_size": 1500, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 48, "max_position_embeddings": 64}
+    if family == "modernbert":
+        backbone = palm.backbone.ModernBERT.from_config(transformers.ModernBertConfig(**tiny).to_dict())
+    elif family == "deberta-v2":
+        backbone = palm.backbone.DeBERTaV2.from_config(transformers.DebertaV2Config(**tiny).to_dict())
+    else:
+        backbone = palm.backbone.HFEncoder(transformers.ElectraConfig(**tiny, embedding_size=32).to_dict())
+    reader = palm.reader.ClassifyReader(model_dir, 32)  # the folder's tokenizer.json
+    with pytest.raises(ValueError, match=r"other/tokenizer\.json has 3000 ids but the (backbone's 'vocab_size' is|"
+                                         r"model embeds) 1500"):
+        reader.register_with(backbone)
