@@ -368,7 +368,8 @@ def load_tokenizer(kind: str, path: str | os.PathLike, do_lower_case: bool = Fal
             (RoBERTa's byte-level BPE: a folder with `tokenizer.json` or `vocab.json` + `merges.txt`, or one of
             those files) or 'auto' (whatever the model ships, see `torchpalm.hf_tokenizer.find_tokenizer`: its
             `tokenizer.json`, else its SentencePiece model converted once, else `vocab.txt`, else `vocab.json`).
-            A 'wordpiece' folder without `vocab.txt` is read as 'auto'.
+            A 'wordpiece' folder without `vocab.txt`, or a file named like another kind's (`*.json`, `*.model`),
+            is read as 'auto'.
         path: the file or the model folder.
         do_lower_case: lower-case the text (WordPiece: and strip accents) before tokenizing.
     """
@@ -380,6 +381,8 @@ def load_tokenizer(kind: str, path: str | os.PathLike, do_lower_case: bool = Fal
             return WordPieceTokenizer(os.path.join(path, "vocab.txt"), do_lower_case=do_lower_case)
         logger.info("%s has no vocab.txt: reading the tokenizer the model ships (tokenizer='auto')", path)
         kind = "auto"
+    elif kind == "wordpiece" and os.path.isfile(path) and find_tokenizer(path)[0] != "wordpiece":
+        kind = "auto"  # a tokenizer.json, vocab.json or SentencePiece model given by its path
     if kind == "bpe":
         return ByteLevelBPETokenizer(path, do_lower_case=do_lower_case)
     if kind == "wordpiece":

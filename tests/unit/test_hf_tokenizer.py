@@ -231,6 +231,8 @@ def test_tokenizer_json_beside_vocab_txt_and_folder_rules(tmp_path):
     assert type(auto) is HFTokenizer and auto.vocab_path.endswith("tokenizer.json")
     texts = sst2_sentences(500)
     assert auto.encode_batch(texts) == load_tokenizer("wordpiece", model_dir, do_lower_case=True).encode_batch(texts)
+    # the file itself, even under PALM's default name, is read as what it is
+    assert type(load_tokenizer("wordpiece", os.path.join(model_dir, "tokenizer.json"))) is HFTokenizer
     os.remove(tmp_path / "wp" / "tokenizer.json")
     assert type(load_tokenizer("auto", model_dir)) is WordPieceTokenizer
     with pytest.raises(FileNotFoundError, match=r"empty: no tokenizer files \(looked for tokenizer.json, "):

@@ -90,7 +90,8 @@ class Reader:
             the model directory with `tokenizer.json` or `vocab.json` + `merges.txt`, or one of those files) or
             'auto': whatever the model ships, `vocab_path` being its folder (its `tokenizer.json` with the special
             tokens and pair template of its post-processor; else its SentencePiece model, converted once; else
-            `vocab.txt` or `vocab.json`). A folder without `vocab.txt` is read as 'auto' whatever is given.
+            `vocab.txt` or `vocab.json`). Under 'wordpiece' (the default) a folder without `vocab.txt`, or a
+            `tokenizer.json` / SentencePiece file, is read as 'auto'.
         lang: 'en'/'english' or 'cn'/'chinese'; Chinese deletes ASCII spaces from text columns (PALM's for_cn).
         seed: seed of this reader's own RNG (shuffling, masking); None draws one from OS entropy.
         do_lower_case: lower-case and strip accents (True for uncased vocabularies).
