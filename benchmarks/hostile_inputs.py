@@ -11,6 +11,7 @@ a 2-layer, 32-wide BERT, so the whole run takes well under a minute on a CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -26,7 +27,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import torchpalm as palm
 from torchpalm import checkpoint as ckpt
@@ -75,7 +76,7 @@ def config_file(tmp: str, **changes) -> str:
     return write(os.path.join(tmp, "config.json"), json.dumps({**TINY, **changes}))
 
 
-def trainer_of(tmp: str, seed: int = 0, pause: float = 0.0):
+def trainer_of(tmp: str, seed: int = 0, pause: float = 0.0, **trainer_options):
     """A tiny BERT classifier (dropout 0.1), fitted; `pause` seconds of sleep before each backbone forward."""
     torch.manual_seed(seed)
     reader = palm.reader.ClassifyReader(VOCAB, 32, seed=seed, do_lower_case=True)
@@ -84,7 +85,7 @@ def trainer_of(tmp: str, seed: int = 0, pause: float = 0.0):
     reader.register_with(backbone)
     if pause:
         backbone.register_forward_pre_hook(lambda module, args: time.sleep(pause))
-    trainer = palm.Trainer("cls", device="cpu")
+    trainer = palm.Trainer("cls", device="cpu", **trainer_options)
     loss = trainer.build_forward(backbone, palm.head.Classify(2, 32, 0.0))
     trainer.build_backward(palm.optimizer.Adam(loss, 1e-3))
     trainer.fit_reader(reader)
@@ -243,6 +244,130 @@ def saving(t: Table, tmp: str) -> None:
               lambda: f"{os.path.basename(ckpt.latest(save_path))}; "
                       f"{sorted(n for n in os.listdir(save_path) if n.startswith('ckpt'))}")
 
+
+
+def saving_hazards(t: Table, tmp: str) -> None:
+    """Full disks, size limits, read-only folders, non-finite state, two runs on one folder (issue 28 items 2,
+    4, 7). The errors of the disk are injected as each library raises them (tests/unit/test_hostile_training.py
+    also meets them on a real 20 MiB tmpfs)."""
+    import shutil
+    import subprocess
+
+    from safetensors import SafetensorError
+
+    def at_step4(name: str, target, error, **trainer_options):
+        folder = os.path.join(tmp, name)
+        trainer = trainer_of(tmp, **trainer_options)
+        trainer.set_saver(folder, 2)
+        for _ in range(3):
+            trainer.train_one_step(trainer.get_one_batch())  # ckpt.step2
+
+        def fail(*args, **kwargs):
+            raise error
+
+        try:
+            with mock.patch.object(*target, fail):
+                trainer.train_one_step(trainer.get_one_batch())  # ckpt.step4
+        finally:
+            left = sorted(n for n in os.listdir(folder) if n.startswith("ckpt"))
+            print(f"  after the failed save: {left}; latest() = {ckpt.latest(folder)}", flush=True)
+        return "saved"
+
+    no_room = mock.patch.object(ckpt.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1, 1, 0))
+    cases = [
+        ("safetensors `No space left on device (os error 28)` writing `ckpt.step4`", (ckpt, "save_file"),
+         SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                         'left on device" })')),
+        ("torch.save `unexpected pos` (a short write; no space left)", (ckpt.torch, "save"),
+         RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3904 vs 3840")),
+        ("`File too large` (EFBIG: a file size limit)", (ckpt.torch, "save"),
+         OSError(errno.EFBIG, os.strerror(errno.EFBIG))),
+        ("save folder remounted read-only (EROFS)", (ckpt.tempfile, "mkdtemp"),
+         OSError(errno.EROFS, os.strerror(errno.EROFS))),
+    ]
+    for i, (what, target, error) in enumerate(cases):
+        with no_room if "unexpected pos" in what else contextlib.nullcontext():
+            t.outcome("saving", what, lambda n=f"disk{i}", tg=target, e=error: at_step4(n, tg, e))
+
+    def read_only_log():
+        trainer = trainer_of(tmp)
+        trainer.set_saver(os.path.join(tmp, "ro"), 100)
+
+        def read_only(self, record):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+        with mock.patch.object(palm.metrics_log.MetricsLog, "write", read_only):
+            trainer.train(print_steps=1)
+        return "trained"
+
+    t.outcome("saving", "read-only remount, then the next metrics line", read_only_log)
+
+    def poisoned(skip: bool):
+        folder = os.path.join(tmp, f"nan{int(skip)}")
+        trainer = trainer_of(tmp, skip_nonfinite=skip)
+        trainer.set_saver(folder, 3)
+        for _ in range(3):
+            trainer.train_one_step(trainer.get_one_batch())  # ckpt.step3
+        backbone = next(m for m in trainer.model.modules() if isinstance(m, palm.backbone.BERT))
+        with torch.no_grad():  # what a learning-rate spike leaves while losses and gradients stay finite
+            backbone.word_embeddings.weight[30000, 3] = float("inf")
+        records = []
+        handler = logging.Handler()
+        handler.emit = lambda record: records.append(record.getMessage())
+        logging.getLogger("torchpalm").addHandler(handler)
+        try:
+            for _ in range(3):
+                trainer.train_one_step(trainer.get_one_batch())  # the save at step 6
+        finally:
+            logging.getLogger("torchpalm").removeHandler(handler)
+        kept = sorted(n for n in os.listdir(folder) if n.startswith("ckpt"))
+        return f"{kept}; warning: {next(r for r in records if 'rolled' in r)}"
+
+    t.outcome("saving", "an infinite weight (losses finite) when `ckpt.step6` is due", lambda: poisoned(False))
+    t.outcome("saving", "the same with `skip_nonfinite=True`", lambda: poisoned(True))
+
+    def resume_poisoned():
+        folder = os.path.join(tmp, "resume")
+        trainer = trainer_of(tmp)
+        trainer.set_saver(folder, 3)
+        for _ in range(6):
+            trainer.train_one_step(trainer.get_one_batch())  # ckpt.step3, ckpt.step6
+        weights = os.path.join(folder, "ckpt.step6", "model.safetensors")  # a NaN from an older torchpalm
+        state = load_file(weights)
+        state["backbone.word_embeddings.weight"][5, 5] = float("nan")
+        save_file(state, weights)
+        marker = os.path.join(folder, "ckpt.step6", ckpt.MARKER)
+        record = json.loads(Path(marker).read_text())
+        record["files"]["model.safetensors"] = os.path.getsize(weights)
+        write(marker, json.dumps(record))
+        records = []
+        handler = logging.Handler()
+        handler.emit = lambda r: records.append(r.getMessage())
+        logging.getLogger("torchpalm").addHandler(handler)
+        try:
+            loaded = trainer_of(tmp).resume(folder)
+        finally:
+            logging.getLogger("torchpalm").removeHandler(handler)
+        return f"{os.path.basename(loaded)}; warning: {next(r for r in records if r.startswith('resumed'))}"
+
+    t.outcome("saving", "`resume()` when the newest checkpoint holds a NaN", resume_poisoned)
+
+    def second_run():
+        folder = os.path.join(tmp, "busy")
+        os.makedirs(folder)
+        holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]); "
+                                   "from torchpalm.checkpoint import SaveFolderLock; l = SaveFolderLock(sys.argv[1]); "
+                                   "print('holding', flush=True); time.sleep(60)", folder, str(ROOT / "src")],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            holder.stdout.readline()
+            trainer_of(tmp).set_saver(folder, 2)
+        finally:
+            holder.kill()
+            holder.wait()
+        return "set"
+
+    t.outcome("saving", "a second process's `set_saver` on a live run's save folder", second_run)
 
 def run_configs(t: Table, tmp: str) -> None:
     """YAML run configs (issue 28 items 1 and 3)."""
@@ -417,7 +542,9 @@ def write_benchmarks(table: str) -> None:
         "time is on this file's machine while other jobs shared its two cores. Before the fix, the max-context "
         "step alone (the windows x tokens table, kept as `quadratic_max_context_flags` in "
         "tests/unit/test_hostile_inputs.py) took 88.7 s and 3.3 GiB on that context; now 0.4 s and 3 MiB "
-        "(measured once, 2026-12-01, tracemalloc peak).", width=115)
+        "(measured once, 2026-12-01, tracemalloc peak). The saving rows inject each library's own error (the real full "
+        "disk, read-only remount and file size limit are in tests/unit/test_hostile_training.py, on a 20 MiB "
+        "tmpfs).", width=115)
     section = f"### Hostile and mistaken inputs ({time.strftime('%Y-%m-%d')})\n\n{intro}\n\n{table}\n"
     if "\n## Reliability\n" not in text:
         text = text.rstrip("\n") + "\n\n## Reliability\n\n"
@@ -440,7 +567,7 @@ def main() -> None:
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000))
     with tempfile.TemporaryDirectory() as tmp:
         table = Table(tmp)
-        for part in (configs, run_configs, weights, data, bundles, saving, threads):
+        for part in (configs, run_configs, weights, data, bundles, saving, saving_hazards, threads):
             part(table, tmp)
         print("\n" + table.markdown())
     if args.write:
