@@ -341,3 +341,25 @@ def test_every_backbone_refuses_a_tokenizer_json_larger_than_its_embeddings(fami
     with pytest.raises(ValueError, match=r"other/tokenizer\.json has 3000 ids but the (backbone's 'vocab_size' is|"
                                          r"model embeds) 1500"):
         reader.register_with(backbone)
+
+
+def test_a_word_the_tokenizer_drops_gets_the_unknown_token_or_a_clear_error(tmp_path):
+    model_dir = MAKERS["unigram"](str(tmp_path / "uni"))  # WhitespaceSplit drops a word that is a space
+    path = tmp_path / "tags.tsv"
+    path.write_text("text_a\tlabel\nEU\x02\u3000\x02rejects\tB\x02O\x02O\n", encoding="utf-8")
+    reader = palm.reader.SequenceLabelReader(model_dir, 32, ["B", "O"], seed=0)
+    reader.load_data(str(path), batch_size=1)
+    example = reader.examples[0]
+    assert example["token_ids"][example["word_starts"][1]] == reader.tokenizer.unk_id
+    assert len(example["word_starts"]) == 3
+    spec = json.load(open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8"))
+    spec["model"]["unk_id"] = None  # a tokenizer without an unknown token (none by that name either)
+    spec["model"]["vocab"][3][0] = "[RESERVED]"
+    spec["added_tokens"] = [{**t, "content": "[RESERVED]"} if t["id"] == 3 else t for t in spec["added_tokens"]]
+    json.dump(spec, open(os.path.join(model_dir, "tokenizer.json"), "w", encoding="utf-8"))
+    os.remove(os.path.join(model_dir, "tokenizer_config.json"))
+    os.remove(os.path.join(model_dir, "special_tokens_map.json"))
+    reader = palm.reader.SequenceLabelReader(model_dir, 32, ["B", "O"], seed=0)
+    with pytest.raises(palm.reader.DataError, match=r"tags\.tsv: the word '\\u3000' encodes to no token and the "
+                                                     r"tokenizer \(.*uni/tokenizer\.json\) has no unknown token"):
+        reader.load_data(str(path), batch_size=1)
