@@ -517,14 +517,25 @@ class SequenceLabelReader(Reader):
         # Encode each distinct word once, all in one batched call (MSRA: 2.2M characters, ~5k distinct). A word
         # encodes as it reads in running text: byte-level BPE marks a word after a space ("Ġword", `word_prefix`),
         # so a sentence's first word (no space before it) is encoded on its own where that differs.
-        tok, unk = self._tokenizer, [self._tokenizer.unk_id]
+        tok = self._tokenizer
+
+        def pieces(word: str, ids: list[int]) -> list[int]:
+            """A word the tokenizer drops entirely (white space, a control character) still needs a token for
+            its label: the unknown token."""
+            if ids:
+                return ids
+            if tok.unk_id is None:
+                raise DataError(f"{path}: the word {word!r} encodes to no token and the tokenizer "
+                                f"({tok.vocab_path}) has no unknown token to stand for it")
+            return [tok.unk_id]
+
         distinct = list(dict.fromkeys(w for s in sentences for w in s.words))
-        pieces_of = {w: (ids or unk) for w, ids in
+        pieces_of = {w: pieces(w, ids) for w, ids in
                      zip(distinct, tok.encode_batch([tok.word_prefix + w for w in distinct]), strict=True)}
         first_pieces_of = pieces_of
         if tok.word_prefix:
             firsts = list(dict.fromkeys(s.words[0] for s in sentences if s.words))
-            first_pieces_of = {w: (ids or unk) for w, ids in zip(firsts, tok.encode_batch(firsts), strict=True)}
+            first_pieces_of = {w: pieces(w, ids) for w, ids in zip(firsts, tok.encode_batch(firsts), strict=True)}
 
         # the model's special tokens around the sentence ([CLS] ... [SEP], <s> ... </s>): its single template
         template = tok.template
