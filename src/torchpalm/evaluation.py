@@ -146,7 +146,10 @@ class Evaluator:
         self.trainers, self.every_steps, self.weights = trainers, int(every_steps), weights
         self.monitor, self.save_dir, self.patience, self.min_delta = monitor, save_dir, patience, float(min_delta)
         self._save, self._on_record = save, on_record
-        if save_dir is not None and distributed.is_main():
+        self._folder_lock = None
+        if save_dir is not None and distributed.is_main() and os.path.isdir(save_dir):
+            # clean-up only with the folder locked: another live run's best.<task> save looks like a killed one
+            self._folder_lock = checkpoint.SaveFolderLock(save_dir)
             checkpoint.remove_stale(save_dir)  # a best.<task> save killed in an earlier run
         self.history: list[dict] = []
         self.best: dict[str, dict] = {}  # key ('aggregate' or task) -> {"value", "step"}

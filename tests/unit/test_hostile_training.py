@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -332,6 +333,10 @@ def test_a_second_run_on_a_save_folder_is_refused_naming_the_holder(tmp_path, un
                                                                  rf"{holder.pid} holds its lock\)"):
             trainer.set_saver(str(out), 2)
         assert live_save.is_dir()  # its save was not cleaned up
+        with pytest.raises(palm.checkpoint.SaveFolderBusy, match=f"pid {holder.pid}"):  # nor by the evaluator's
+            palm.evaluation.Evaluator([types.SimpleNamespace(name="cls")], 1, None, "cls", str(out), None, 0.0,
+                                      save=str)
+        assert live_save.is_dir()
     finally:
         holder.kill()
         holder.wait()
