@@ -9,7 +9,13 @@ Only `train()` is timed (building, reading and loading weights are not); the sid
 rates are medians over rounds, so other load on a shared machine biases neither. The target of the speed issue:
 multi-task loses at most 5% of the single-task throughput.
 
-Usage: python benchmarks/multitask_speed.py [--n 480] [--rounds 3] [--threads 1]
+Task balancing (issue 25): the side `multi_plain` is `multi` with `balance=None` (PALM's plain sum) where `multi`
+runs the default (`balance="auto"`); `--sides multi,multi_plain` compares the two. Because whole-run times on a
+shared machine are noisy at the 1% level, the script also times what balancing adds to a step in isolation (the
+factor, the backbone-only gradient norm, the update of the running means; the step's other work is the same)
+on the real model's gradients, and reports it as a share of the median step time of `multi`.
+
+Usage: python benchmarks/multitask_speed.py [--n 480] [--rounds 3] [--threads 1] [--sides single,multi]
 Results: benchmarks/results/multitask_speed.json
 """
 
@@ -62,7 +68,7 @@ def single(files: dict, model: str, config: dict) -> tuple[float, int]:
     return time.perf_counter() - start, trainer.cur_train_step
 
 
-def multi(files: dict, model: str, config: dict) -> tuple[float, int]:
+def multi(files: dict, model: str, config: dict, balance="auto") -> tuple[float, int]:
     torch.manual_seed(1)
     vocab = os.path.join(model, "vocab.txt")
     readers = [reader_for(files["a"], vocab, None), reader_for(files["b"], vocab, None)]
@@ -73,14 +79,54 @@ def multi(files: dict, model: str, config: dict) -> tuple[float, int]:
         trainer = palm.Trainer(name, device="cpu")
         trainer.build_forward(backbone, palm.head.Classify(2, config["hidden_size"], 0.1))
         trainers.append(trainer)
-    mh = palm.MultiHeadTrainer(trainers)
+    mh = palm.MultiHeadTrainer(trainers, balance=balance)
     loss = mh.build_forward()
     mh.build_backward(palm.optimizer.Adam(loss, 1e-4, palm.lr_sched.TriangularSchedualer(0.1, None)), 0.01)
     mh.fit_readers_with_mixratio(readers, "a", num_epochs=1)
     mh.load_pretrain(model)
     start = time.perf_counter()
     mh.train(print_steps=0)
-    return time.perf_counter() - start, mh.cur_train_step
+    seconds = time.perf_counter() - start
+    if balance is not None:
+        BALANCE_COST.append(balancing_cost(mh))
+    return seconds, mh.cur_train_step
+
+
+BALANCE_COST: list[float] = []
+
+
+def balancing_cost(mh: palm.MultiHeadTrainer, repeats: int = 200) -> float:
+    """Seconds per step that balancing adds, timed alone on the trained model's parameters with gradients:
+    factor, the two-part gradient norm instead of the one-part one, the running mean's update."""
+    model = mh.model
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    params = [p for p in model.parameters()]
+    backbone = list(model.backbone.parameters())
+    heads = list(model.heads.parameters())
+    balancer = mh.balancer
+    names = [t.name for t in mh.trainers]
+
+    def plain():
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
+
+    def balanced(task):
+        factor = balancer.factor(task)
+        shared = torch.nn.utils.get_total_norm([p.grad for p in backbone])
+        rest = torch.nn.utils.get_total_norm([p.grad for p in heads])
+        norm = torch.nn.utils.get_total_norm([shared, rest])
+        balancer.observe(task, torch.tensor(1.0), shared, factor)
+        return norm
+
+    timings = {}
+    for label, fn in (("plain", lambda i: plain()), ("balanced", lambda i: balanced(names[i % 2])),
+                      ("plain2", lambda i: plain()), ("balanced2", lambda i: balanced(names[i % 2]))):
+        start = time.perf_counter()
+        for i in range(repeats):
+            fn(i)
+        timings[label] = (time.perf_counter() - start) / repeats
+    model.zero_grad(set_to_none=True)
+    return max(0.0, min(timings["balanced"], timings["balanced2"]) - min(timings["plain"], timings["plain2"]))
 
 
 def main() -> None:
@@ -88,6 +134,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=480, help="sentences per task (the single task gets 2N)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sides", default="single,multi", help="comma-separated: single, multi (balance='auto'), "
+                   "multi_plain (balance=None)")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "multitask_speed.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -95,24 +143,39 @@ def main() -> None:
     with open(os.path.join(model, "config.json")) as f:
         config = json.load(f)
     src = os.path.join(SHARED, "sst2", "train.tsv")
-    times: dict[str, list[float]] = {"single": [], "multi": []}
+    sides = {"single": single, "multi": multi,
+             "multi_plain": lambda files, model, config: multi(files, model, config, balance=None)}
+    chosen = [s.strip() for s in args.sides.split(",")]
+    if not chosen or any(s not in sides for s in chosen):
+        p.error(f"--sides: choose from {list(sides)}, got {args.sides!r}")
+    times: dict[str, list[float]] = {s: [] for s in chosen}
     steps = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = {"all": write_rows(src, 0, 2 * args.n, os.path.join(tmp, "all.tsv")),
                  "a": write_rows(src, 0, args.n, os.path.join(tmp, "a.tsv")),
                  "b": write_rows(src, args.n, 2 * args.n, os.path.join(tmp, "b.tsv"))}
         for r in range(args.rounds):
-            for side, fn in (("single", single), ("multi", multi)) if r % 2 == 0 else (("multi", multi),
-                                                                                       ("single", single)):
-                seconds, steps[side] = fn(files, model, config)
+            for side in chosen if r % 2 == 0 else chosen[::-1]:
+                seconds, steps[side] = sides[side](files, model, config)
                 times[side].append(seconds)
                 print(f"round {r + 1} {side}: {steps[side]} steps in {seconds:.1f} s "
                       f"({steps[side] * BATCH / seconds:.1f} ex/s)", flush=True)
     rate = {side: steps[side] * BATCH / statistics.median(t) for side, t in times.items()}
-    result = {**results_header(args), "steps": steps, "seconds": times, "examples_per_second": rate,
-              "multi_over_single": rate["multi"] / rate["single"]}
-    print(f"examples/s: single {rate['single']:.2f}, multi {rate['multi']:.2f}; multi / single "
-          f"{result['multi_over_single']:.3f} (target >= 0.95)")
+    result = {**results_header(args), "steps": steps, "seconds": times, "examples_per_second": rate}
+    print("examples/s: " + ", ".join(f"{side} {r:.2f}" for side, r in rate.items()))
+    if "single" in rate and "multi" in rate:
+        result["multi_over_single"] = rate["multi"] / rate["single"]
+        print(f"multi / single {result['multi_over_single']:.3f} (target >= 0.95)")
+    if "multi_plain" in rate and "multi" in rate:
+        result["balanced_over_plain"] = rate["multi"] / rate["multi_plain"]
+        print(f"multi (balance='auto') / multi_plain (balance=None) {result['balanced_over_plain']:.3f}")
+    if BALANCE_COST and "multi" in times:
+        step = statistics.median(times["multi"]) / steps["multi"]
+        cost = statistics.median(BALANCE_COST)
+        result["balancing_seconds_per_step"] = cost
+        result["balancing_share_of_step"] = cost / step
+        print(f"balancing adds {cost * 1e3:.3f} ms to a {step * 1e3:.1f} ms step: {100 * cost / step:.2f}% "
+              f"(target <= 2%)")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

@@ -154,10 +154,14 @@ class MultiHeadTrainer:
         return self._loop.skipped_steps if self._loop is not None else 0
 
     @property
+    def balancer(self) -> balancing.Balancer | None:
+        """The task balancer the training step applies (None: PALM's plain sum; see `balance`)."""
+        return self._loop.balancer if self._loop is not None else None
+
+    @property
     def task_weights(self) -> dict[str, float] | None:
         """The factor the balancer puts on each task's loss now (None: no balancing; see `balance`)."""
-        balancer = self._loop.balancer if self._loop is not None else None
-        return balancer.weights() if balancer is not None else None
+        return self.balancer.weights() if self.balancer is not None else None
 
     @property
     def torch_optimizer(self) -> torch.optim.Optimizer | None:
