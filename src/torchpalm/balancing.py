@@ -29,7 +29,7 @@ resumed run continues bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -203,6 +203,88 @@ class Uncertainty(Balancer):
         self.log_var[i] = torch.where(finite, self.log_var[i] - update, self.log_var[i])
 
 
+class PCGrad(Balancer):
+    """Yu et al. 2020: each task's backbone gradient minus its projections on the other tasks' gradients it
+    conflicts with, then summed (sampling="all"). The other tasks are taken in task order (the paper draws a
+    random order; with two tasks there is only one)."""
+
+    name = "pcgrad"
+    joint_only = True
+
+    def factor(self, task: str) -> torch.Tensor:
+        return torch.ones((), dtype=torch.float32, device=self.device)
+
+    def observe(self, task, loss, shared_norm, applied):
+        self._count(self.index[task], torch.isfinite(loss.detach()).reshape(()))
+
+    def combine(self, grads: dict[str, list[torch.Tensor | None]]) -> list[torch.Tensor | None]:
+        """The summed, de-conflicted gradient of the shared parameters.
+
+        Args:
+            grads: {task: that task's gradient of each shared parameter (None: none)}.
+        Returns:
+            the gradient of each shared parameter (None where no task gave one).
+        """
+        names = list(grads)
+        total: list[torch.Tensor | None] = [None] * len(grads[names[0]])
+        for i in names:
+            g = [x.clone() if x is not None else None for x in grads[i]]
+            for j in names:
+                if j == i:
+                    continue
+                # g . g_j < 0: remove g's component along g_j (clamp, not `if`: no read back from the device)
+                coef = _dot(g, grads[j]).clamp(max=0.0) / _dot(grads[j], grads[j]).clamp_min(1e-30)
+                g = [a - coef * b if a is not None and b is not None else (a if b is None else -coef * b)
+                     for a, b in zip(g, grads[j])]
+            total = [a if b is None else (b if a is None else a + b) for a, b in zip(total, g)]
+        return total
+
+
+def _dot(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) -> torch.Tensor:
+    """The dot product of two gradients given per parameter (None: zero); whole under FSDP (a collective)."""
+    parts = [fsdp.full(torch.sum(x.float() * y.float())) for x, y in zip(a, b) if x is not None and y is not None]
+    return torch.stack(parts).sum() if parts else torch.zeros(())
+
+
+def joint_backward(batches: dict[str, dict], task_loss: Callable[[str, dict], torch.Tensor],
+                   weight: Callable[[str], torch.Tensor | float], shared: list[torch.nn.Parameter],
+                   balancer: Balancer | None) -> torch.Tensor:
+    """The gradients of a step that trains every task on its own batch (`sampling="all"`).
+
+    Each task's forward and backward run in turn (what DDP expects of a replicated model); their gradients add
+    up in `.grad`, each loss times its weight (loss_weight x the balancer's factor). A balancer with `combine`
+    (PCGrad) gets each task's gradient of the shared parameters separately and sets their sum.
+
+    Args:
+        batches: {task: batch}.
+        task_loss: (task, batch) -> the task's loss [].
+        weight: task -> the factor on its loss.
+        shared: the backbone's parameters.
+        balancer: the step's balancer (None: the plain sum).
+    Returns:
+        the sum of the tasks' (unweighted) losses [], detached.
+    """
+    combine = getattr(balancer, "combine", None)
+    per_task: dict[str, list[torch.Tensor | None]] = {}
+    total = None
+    for task, batch in batches.items():
+        loss = task_loss(task, batch)
+        factor = weight(task)
+        (loss * factor).backward()
+        loss = loss.detach()
+        if combine is not None:  # this task's backbone gradient, set aside; the heads keep theirs
+            per_task[task] = [p.grad for p in shared]
+            for p in shared:
+                p.grad = None
+        if balancer is not None:
+            balancer.observe(task, loss, None, torch.as_tensor(factor, dtype=torch.float32))
+        total = loss if total is None else total + loss
+    if combine is not None:
+        for p, g in zip(shared, combine(per_task)):
+            p.grad = g
+    return total
+
+
 def make_balancer(balance: str | Balancer | None, tasks: Sequence[str], joint: bool) -> Balancer | None:
     """The balancer `MultiHeadTrainer(balance=...)` asks for.
 
@@ -228,6 +310,9 @@ def make_balancer(balance: str | Balancer | None, tasks: Sequence[str], joint: b
     if balancer.joint_only and not joint:
         raise ValueError(f"balance={balancer.name!r} combines the gradients of every task in a step: use it with "
                          f"MultiHeadTrainer(sampling='all')")
+    if balancer.needs_shared_norm and joint:
+        raise ValueError(f"balance={balancer.name!r} scales one task's gradient per step; with sampling='all' use "
+                         f"'auto' (loss_scale), 'loss_scale', 'uncertainty' or 'pcgrad'")
     return balancer
 
 
@@ -237,4 +322,4 @@ def shared_norm(norm: torch.Tensor) -> torch.Tensor:
 
 
 _CLASSES: dict[str, type[Balancer]] = {"grad_scale": GradScale, "loss_scale": LossScale,
-                                       "uncertainty": Uncertainty}
+                                       "uncertainty": Uncertainty, "pcgrad": PCGrad}

@@ -36,13 +36,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import balancing, distributed, fsdp, state_keys
 from . import checkpoint as ckpt
-from . import distributed, fsdp, state_keys
 from .disk import plain_write_error
 from .metrics_log import MetricsLog
 from .optimizer import Optimizer, param_groups
 
 logger = logging.getLogger("torchpalm")
+
+ALL_TASKS = "*"  # the task name of a step that trains every task (MultiHeadTrainer(sampling="all"))
 
 
 class _StdoutHandler(logging.StreamHandler):
@@ -340,27 +342,40 @@ class TrainLoop:
         finally:
             self._stepping.release()
 
-    def _train_step(self, task: str, batch: dict) -> torch.Tensor:
-        self._forward.train()
-        lr = self.optimizer.lr_at(self.global_step)
-        for group in self.torch_optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+    def _task_loss(self, task: str, batch: dict) -> torch.Tensor:
+        """Forward of `task` on `batch`: its loss, as this rank's part of the global batch's mean []."""
         with autocast(self.device, self.precision), self.own_rng():
             out = self._forward(task, to_device(batch, self.device))
         loss = out["loss"]
         share = distributed.loss_share(out.get("loss_count"))
         if share is not None:  # this rank's part of the global mean (ranks may count different tokens)
             loss = loss * share
+        return loss
+
+    def _weight(self, task: str) -> torch.Tensor | float:
         weight = self.tasks[task].loss_weight
         if self.balancer is not None:  # multi-task balancing (`torchpalm.balancing`), on top of loss_weight
             weight = weight * self.balancer.factor(task)
-        (loss * weight if not isinstance(weight, float) or weight != 1.0 else loss).backward()
-        loss = loss.detach()
-        # one pass over the gradients, shared with clipping (a NaN or inf anywhere makes the norm non-finite;
-        # so does a finite gradient too large for the norm's float32, which no update should apply either)
-        norm, shared = self._grad_norm()
-        if self.balancer is not None:
-            self.balancer.observe(task, loss, shared, torch.as_tensor(weight, dtype=torch.float32))
+        return weight
+
+    def _train_step(self, task: str, batch: dict) -> torch.Tensor:
+        self._forward.train()
+        lr = self.optimizer.lr_at(self.global_step)
+        for group in self.torch_optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        if task == ALL_TASKS:  # a batch of every task (`sampling="all"`): their gradients, combined
+            loss = balancing.joint_backward(batch, self._task_loss, self._weight, self._shared_params, self.balancer)
+            norm, _ = self._grad_norm(shared=False)
+        else:
+            loss = self._task_loss(task, batch)
+            weight = self._weight(task)
+            (loss * weight if not isinstance(weight, float) or weight != 1.0 else loss).backward()
+            loss = loss.detach()
+            # one pass over the gradients, shared with clipping (a NaN or inf anywhere makes the norm non-finite;
+            # so does a finite gradient too large for the norm's float32, which no update should apply either)
+            norm, shared = self._grad_norm()
+            if self.balancer is not None:
+                self.balancer.observe(task, loss, shared, torch.as_tensor(weight, dtype=torch.float32))
         if self.grad_clip is not None:
             torch.nn.utils.clip_grads_with_norm_(self._params, self.grad_clip, norm)
         bad = ~(torch.isfinite(fsdp.full(norm)) & torch.isfinite(loss))  # (a sharded norm is a DTensor)
@@ -377,13 +392,14 @@ class TrainLoop:
                 self._update_ema()
         self.torch_optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
-        self.task_steps[task] += 1
+        for name in self.tasks if task == ALL_TASKS else [task]:
+            self.task_steps[name] += 1
         return loss
 
-    def _grad_norm(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _grad_norm(self, shared: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The gradient's global norm and, when the balancer wants it, its norm on the backbone alone (whole
         tensors under FSDP), in the same one pass over the gradients."""
-        if self.balancer is None or not self.balancer.needs_shared_norm:
+        if not shared or self.balancer is None or not self.balancer.needs_shared_norm:
             return torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None]), None
         shared = torch.nn.utils.get_total_norm([p.grad for p in self._shared_params if p.grad is not None])
         heads = torch.nn.utils.get_total_norm([p.grad for p in self._head_params if p.grad is not None])
@@ -531,8 +547,9 @@ class TrainLoop:
                         speed = (self.global_step - last_step) / max(now - last_time, 1e-9)
                         last_time, last_step = now, self.global_step
                         value = float(distributed.mean(loss))  # the global batch's loss
-                        spe = max(self.tasks[task].steps_per_epoch, 1)
-                        step = self.task_steps[task]
+                        shown = next(iter(self.tasks)) if task == ALL_TASKS else task  # (all: the first's epoch)
+                        spe = max(self.tasks[shown].steps_per_epoch, 1)
+                        step = self.task_steps[shown]
                         in_epoch = f"{(step - 1) % spe + 1}/{spe}"
                         end = f"loss: {value:.3f}, speed: {speed:.2f} steps/s"
                         if log_totals:

@@ -36,6 +36,7 @@ from . import checkpoint as ckpt
 from .evaluation import Evaluator, best_checkpoint_dir
 from .fsdp import wanted as fsdp_wanted
 from .loop import (
+    ALL_TASKS,
     MultiTaskModel,
     TrainLoop,
     autocast,
@@ -62,6 +63,7 @@ from .trainer import (
 logger = logging.getLogger("torchpalm")
 
 TASK_ID = "__task_id"
+ALL_BATCHES = "__batches"  # a sampling='all' step's {task: batch}
 
 
 class MultiHeadTrainer:
@@ -71,7 +73,9 @@ class MultiHeadTrainer:
         trainers: the tasks' `Trainer`s; their order gives the task ids 0..n-1.
         sampling: how the task of each step is drawn: 'ratio' (each trainer's `mix_ratio`, PALM's rule, the
             default), 'proportional' (training-set sizes), 'temperature' (size^(1/temperature)), 'annealed'
-            (from proportional towards uniform over the run) or 'uniform'. See `torchpalm.sampling`.
+            (from proportional towards uniform over the run) or 'uniform' (see `torchpalm.sampling`); or 'all':
+            every step trains every task on a batch of its own (num_epochs epochs of the reference task each;
+            one forward and backward per task; their gradients summed, or combined by balance='pcgrad').
         temperature: T of the 'temperature' strategy.
         max_examples: cap on a task's size before the temperature is applied (jiant's examples cap).
         anneal_to: the final size exponent of 'annealed' (0: uniform at the end).
@@ -80,9 +84,10 @@ class MultiHeadTrainer:
         fsdp: shard the shared model with FSDP2 under torchrun (see `Trainer`; None: any trainer's `fsdp=`,
             else the TORCHPALM_FSDP environment variable).
         balance: how much each task's loss counts on the shared backbone (`torchpalm.balancing`): 'auto' (the
-            default: each task's backbone gradient scaled to the running mean over tasks), 'grad_scale',
-            'loss_scale', 'uncertainty', a `torchpalm.balancing.Balancer`, or None (PaddlePALM's plain sum of
-            the losses). Each trainer's `loss_weight` applies on top.
+            default: each task's backbone gradient scaled to the running mean over tasks; with sampling='all',
+            'loss_scale'), 'grad_scale', 'loss_scale', 'uncertainty', 'pcgrad' (sampling='all'), a
+            `torchpalm.balancing.Balancer`, or None (PaddlePALM's plain sum of the losses). Each trainer's
+            `loss_weight` applies on top.
     """
 
     def __init__(self, trainers: Sequence[Trainer], sampling: str = "ratio", temperature: float = 2.0,
@@ -104,14 +109,18 @@ class MultiHeadTrainer:
                 raise ValueError(f"task '{t.name}' reuses the head of '{owner}', which itself reuses another head")
         self._trainers = trainers
         self._by_name = dict(zip(names, trainers))
-        self._sampling = dict(strategy=sampling, temperature=temperature, max_examples=max_examples,
+        # 'all': every step trains every task on a batch of its own (their gradients summed, or combined by
+        # the balancer); the sampler then only does the bookkeeping of a uniform one
+        self._all = sampling == "all"
+        self._sampling = dict(strategy="uniform" if self._all else sampling, temperature=temperature,
+                              max_examples=max_examples,
                               anneal_to=anneal_to)
         # a bad strategy or parameter is an error here, not after the readers were fitted
-        TaskSampler(sampling, [1] * len(names), [1.0] * len(names), 0, temperature, max_examples, anneal_to, 1)
+        TaskSampler(self._sampling["strategy"], [1] * len(names), [1.0] * len(names), 0, temperature, max_examples, anneal_to, 1)
         self._seed = seed
         self._max_steps: int | None = None
         self._balance = balance
-        balancing.make_balancer(balance, names, joint=False)  # a bad name is an error here
+        balancing.make_balancer(balance, names, joint=self._all)  # a bad name is an error here
         self._fsdp = fsdp if fsdp is not None else next((t._fsdp for t in trainers if t._fsdp is not None), None)
         self.device = trainers[0].device
         self._backbone = self._model = self._pred_backbone = None
@@ -208,7 +217,7 @@ class MultiHeadTrainer:
                                shard=fsdp_wanted(self._fsdp))
         for t in self._trainers:
             t._loop, t._multi_task, t._optimizer = self._loop, self, optimizer
-        balancer = balancing.make_balancer(self._balance, [t.name for t in self._trainers], joint=False)
+        balancer = balancing.make_balancer(self._balance, [t.name for t in self._trainers], joint=self._all)
         self._loop.balancer = balancer.to(self.device) if balancer is not None else None
         self._loop.checkpointer.bundle_files = lambda: bundle.periodic_writer(self)
         self._loop.share_predict_weights = self._share_predict_weights
@@ -297,6 +306,8 @@ class MultiHeadTrainer:
         self._sampler = TaskSampler(seed=seed, sizes=sizes, mix_ratios=ratios, **self._sampling)
         ref = names.index(reference)
         budgets = step_budgets(self._sampler, ref, by_task[reference].steps_per_epoch, num_epochs)
+        if self._all:  # every task trains at every step: num_epochs epochs of the reference, mix ratios aside
+            budgets = [int(num_epochs * by_task[reference].steps_per_epoch)] * len(names)
         if self._sampler.strategy == "annealed":
             self._sampler.total_steps = max(sum(budgets), 1)
         aux = [self._by_name[n].is_aux for n in names]
@@ -308,7 +319,11 @@ class MultiHeadTrainer:
             self._sampler.load_state_dict(self._pending_sampler)
         steps = [self._loop.task_steps[n] for n in names] if self._loop is not None else None
         start = self._loop.global_step if self._loop is not None else 0
-        self._overall_train_steps = run_length(self._sampler, budgets, aux, start, steps)
+        if self._all:
+            done = steps or [0] * len(names)
+            self._overall_train_steps = start + max(max(b - d, 0) for b, d, a in zip(budgets, done, aux) if not a)
+        else:
+            self._overall_train_steps = run_length(self._sampler, budgets, aux, start, steps)
         if self._max_steps is not None:  # the run's length, whatever the budgets
             self._overall_train_steps = self._max_steps
             if self._sampler.strategy == "annealed":
@@ -322,6 +337,10 @@ class MultiHeadTrainer:
     def _joint_batches(self) -> Iterator[dict]:
         """Batches of the drawn task, each with `__task_id` [1] (spec §4.2); endless (the loop decides the end)."""
         iterators = [t._train_iterator for t in self._trainers]
+        while self._all:  # a batch of every task, task id -1
+            self._next_draw += 1
+            yield {TASK_ID: torch.tensor([-1], dtype=torch.int64),
+                   ALL_BATCHES: {t.name: next(it) for t, it in zip(self._trainers, iterators)}}
         while True:
             task_id = self._sampler.draw(self._next_draw)
             self._next_draw += 1
@@ -408,7 +427,7 @@ class MultiHeadTrainer:
                              f"run from its weights with load_ckpt(path, training_state=False)")
         if self._balance == "auto":  # the method the checkpoint was trained with
             self._loop.balancer = balancing.make_balancer(state["method"], [t.name for t in self._trainers],
-                                                          joint=False).to(self.device)
+                                                          joint=self._all).to(self.device)
         self._loop.balancer.load_state_dict(state)  # a different explicit method is an error naming both
 
     def save(self, directory: str) -> str:
@@ -425,9 +444,9 @@ class MultiHeadTrainer:
 
     def _after_step(self, name: str) -> bool:
         """Finish messages and evaluation after each step; True stops training early."""
-        trainer = self._by_name[name]
-        if not trainer.is_aux and self._loop.task_steps[name] == trainer.task.budget:  # counts go up by one
-            logger.info("%s train finish!", name)
+        for trainer in self._trainers if name == ALL_TASKS else [self._by_name[name]]:
+            if not trainer.is_aux and self._loop.task_steps[trainer.name] == trainer.task.budget:  # counts go up by one
+                logger.info("%s train finish!", trainer.name)
         return self._maybe_evaluate()
 
     def _maybe_evaluate(self, final: bool = False) -> bool:
@@ -473,7 +492,7 @@ class MultiHeadTrainer:
             raise KeyError(f"a multi-task batch carries '{TASK_ID}'; get batches from get_one_batch() or the "
                            f"iterator fit_readers_with_mixratio returned")
         task_id = int(batch[TASK_ID].reshape(-1)[0])
-        name = self._trainers[task_id].name
+        name, batch = self._step_of(batch)
         loss = self._loop.train_step(name, batch)
         self._loop.check_finite()
         self._after_step(name)  # finish messages and due evaluations (early stopping is train()'s to act on)
@@ -492,18 +511,24 @@ class MultiHeadTrainer:
         `log_totals` the global step / total steps and the task's epoch (as `Trainer.train`)."""
         self._check_ready()
         prepare_process(self.device)
-        names = [t.name for t in self._trainers]
-        batches = ((names[int(b[TASK_ID][0])], b) for b in self._joint)
+        batches = (self._step_of(b) for b in self._joint)
         self._loop.run(batches, self._is_finished, self._overall_train_steps, print_steps, self._trainer_state,
                        multi_task=True, after_step=self._after_step, log_totals=log_totals)
         self._maybe_evaluate(final=True)
         self._log_task_mix()
         self._loop.finish_logs()
 
+    def _step_of(self, batch: dict) -> tuple[str, dict]:
+        """(task name, batch) of a joint batch; with sampling='all' (ALL_TASKS, {task: batch})."""
+        task_id = int(batch[TASK_ID].reshape(-1)[0])
+        if task_id < 0:
+            return ALL_TASKS, batch[ALL_BATCHES]
+        return self._trainers[task_id].name, batch
+
     def _log_task_mix(self) -> None:
         """The realised share of steps of each task next to the sampler's expectation."""
         total = max(self._loop.global_step, 1)
-        expected = self._sampler.mean_probabilities()
+        expected = [1.0] * len(self._trainers) if self._all else self._sampler.mean_probabilities()
         parts = [f"{t.name} {self._loop.task_steps[t.name] / total:.3f} (expected {p:.3f})"
                  for t, p in zip(self._trainers, expected)]
         logger.info("task mix over %d steps: %s", self._loop.global_step, ", ".join(parts))

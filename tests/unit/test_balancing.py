@@ -235,3 +235,60 @@ def test_balanced_run_differs_from_the_plain_sum(tmp_path, uncased_vocab, tiny_c
     resumed.fit()
     resumed.mh.load_ckpt(path)
     assert got + resumed.losses(7) == expected
+
+
+# ---- pcgrad and the joint step (sampling="all") ----
+def test_pcgrad_removes_the_conflicting_component():
+    """Yu et al.'s projection on whole gradient vectors (a parameter a task gives no gradient counts as zeros)."""
+    b = balancing.PCGrad(["a", "b"])
+    g_a, g_b = [torch.tensor([1.0, 1.0]), None], [torch.tensor([-1.0, 0.0]), torch.tensor([2.0])]
+    shared, second = b.combine({"a": g_a, "b": g_b})
+    va, vb = torch.tensor([1.0, 1.0, 0.0]), torch.tensor([-1.0, 0.0, 2.0])  # the same, flattened
+    assert float(va @ vb) < 0
+    pa = va - (va @ vb) / (vb @ vb) * vb  # a without its component along b
+    pb = vb - (vb @ va) / (va @ va) * va
+    assert float(pa @ vb) == pytest.approx(0.0, abs=1e-6) and float(pb @ va) == pytest.approx(0.0, abs=1e-6)
+    assert torch.allclose(torch.cat([shared, second]), pa + pb)
+    # gradients that agree (positive dot product) are summed as they are
+    agree, none = b.combine({"a": [torch.tensor([1.0, 1.0]), None], "b": [torch.tensor([1.0, 0.0]), None]})
+    assert torch.equal(agree, torch.tensor([2.0, 1.0])) and none is None
+
+
+def test_joint_step_trains_every_task_and_resumes_exactly(tmp_path, uncased_vocab, tiny_config):
+    for balance in ("pcgrad", None):
+        s = Setup(tmp_path, uncased_vocab, tiny_config, sampling="all", balance=balance)
+        s.fit(epochs=2)
+        assert s.mh.overall_train_steps == 2 * (40 // 4)  # every task at every step, 2 epochs of 'tag'
+        s.mh.train(print_steps=0)
+        assert s.t_tag.cur_train_step == s.t_cls.cur_train_step == s.mh.cur_train_step == 20
+    straight = Setup(tmp_path, uncased_vocab, tiny_config, sampling="all", balance="pcgrad")
+    straight.fit()
+    expected = straight.losses(8)
+    first = Setup(tmp_path, uncased_vocab, tiny_config, sampling="all", balance="pcgrad")
+    first.fit()
+    got = first.losses(3)
+    path = first.mh.save(str(tmp_path / "joint"))
+    resumed = Setup(tmp_path, uncased_vocab, tiny_config, seed=4, sampling="all", balance="pcgrad")
+    resumed.fit()
+    resumed.mh.load_ckpt(path)
+    assert got + resumed.losses(5) == expected
+    with pytest.raises(ValueError, match="sampling='all'"):
+        Setup(tmp_path, uncased_vocab, tiny_config, balance="pcgrad")
+    with pytest.raises(ValueError, match="one task's gradient per step"):
+        Setup(tmp_path, uncased_vocab, tiny_config, sampling="all", balance="grad_scale")
+
+
+def test_joint_step_with_the_plain_sum_adds_the_tasks_gradients():
+    """sampling='all', balance=None: the step's backbone gradient is the sum of the tasks' own gradients."""
+    loop = toy_loop(None)
+    batches = {"a": toy_batch(0), "b": toy_batch(1)}
+    alone = {}
+    for task in ("a", "b"):
+        loop.model.zero_grad(set_to_none=True)
+        loop.model(task, batches[task])["loss"].backward()
+        alone[task] = loop.model.backbone.linear.weight.grad.clone()
+    loop.model.zero_grad(set_to_none=True)
+    total = balancing.joint_backward(batches, lambda t, b: loop.model(t, b)["loss"], lambda t: 1.0,
+                                     list(loop.model.backbone.parameters()), None)
+    assert torch.allclose(loop.model.backbone.linear.weight.grad, alone["a"] + alone["b"])
+    assert total.requires_grad is False
