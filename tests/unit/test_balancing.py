@@ -259,7 +259,10 @@ def test_joint_step_trains_every_task_and_resumes_exactly(tmp_path, uncased_voca
         s = Setup(tmp_path, uncased_vocab, tiny_config, sampling="all", balance=balance)
         s.fit(epochs=2)
         assert s.mh.overall_train_steps == 2 * (40 // 4)  # every task at every step, 2 epochs of 'tag'
+        before = [p.detach().clone() for p in s.backbone.parameters()]
         s.mh.train(print_steps=0)
+        moved = [not torch.equal(a, p) for a, p in zip(before, s.backbone.parameters())]
+        assert sum(moved) > len(moved) // 2  # the combined gradient reached the backbone's update
         assert s.t_tag.cur_train_step == s.t_cls.cur_train_step == s.mh.cur_train_step == 20
     straight = Setup(tmp_path, uncased_vocab, tiny_config, sampling="all", balance="pcgrad")
     straight.fit()
