@@ -12,10 +12,11 @@ What stays the same as DDP, so the rest of torchpalm does not see the sharding:
   by parameter index. Every rank takes part in gathering them; rank 0 writes. So a checkpoint written under
   FSDP resumes in one process, under DDP or under FSDP with any number of ranks, and the other way round;
 - loading (`load_pretrain`, `load_ckpt`) takes full tensors from the file and keeps each rank's shard;
-- prediction, evaluation and exports gather the full weights for the pass (`unsharded`), so a rank predicts
-  its batches on its own as under DDP. This needs the whole model in memory on each rank during prediction.
-  Under FSDP, `predict_one_batch` gathers the weights on each call, so every rank must call it the same number
-  of times (a collective), as every rank of a PALM script does.
+- prediction, evaluation and exports gather the full weights for the pass (`unsharded`, entered by
+  `TrainLoop.predicting`), so a rank predicts its batches through the trained model on its own, as under DDP.
+  This needs the whole model in memory on each rank during prediction. Under FSDP, `predict_one_batch`
+  gathers the weights on each call, so every rank must call it the same number of times (a collective), as
+  every rank of a PALM script does.
 """
 
 from __future__ import annotations
@@ -91,12 +92,18 @@ def sharded_optimizer_state(state: dict, optimizer: torch.optim.Optimizer) -> di
 @contextlib.contextmanager
 def unsharded(model: nn.Module) -> Iterator[None]:
     """Gathers every unit's full weights onto each rank for the block (a collective), then frees them again.
-    Inside, the model's parameters are ordinary tensors, which predict-phase modules can share."""
+    Inside, forward passes through the model communicate nothing: the units are already whole, and the layers
+    are told not to reshard after their forward (each rank may run a different number of batches)."""
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    layers = [unit for unit in units if unit is not model]  # the root never reshards after forward
     for unit in units:
         unit.unshard()
+    for layer in layers:
+        layer.set_reshard_after_forward(False, recurse=False)
     try:
         yield
     finally:
+        for layer in layers:
+            layer.set_reshard_after_forward(True, recurse=False)
         for unit in units:
             unit.reshard()

@@ -22,7 +22,6 @@ stored once, under its owner.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 import os
@@ -40,7 +39,12 @@ from . import balancing, distributed, fsdp, state_keys
 from . import checkpoint as ckpt
 from .disk import plain_write_error
 from .metrics_log import MetricsLog
+from .model import MultiTaskModel as MultiTaskModel
+from .model import autocast, to_device
+from .model import backbone_features as backbone_features
+from .model import default_device as default_device
 from .optimizer import Optimizer, param_groups
+from .prediction import progress_bar
 
 logger = logging.getLogger("torchpalm")
 
@@ -79,11 +83,6 @@ def prepare_process(device: torch.device | None) -> None:
     ensure_console_logging()
 
 
-def default_device() -> torch.device:
-    """The GPU (under torchrun: the local rank's), else the CPU."""
-    return distributed.local_device()
-
-
 @dataclass
 class Task:
     """One task: what it is called, its head, the reader it trains on, and how multi-task training treats it.
@@ -109,47 +108,6 @@ class Task:
     def head_owner(self) -> str:
         """The task under whose name the head's parameters are stored."""
         return self.reuse_head_with or self.name
-
-
-_TAKES_OUTPUTS: dict[type, bool] = {}
-
-
-def backbone_features(backbone: nn.Module, heads: nn.Module | list[nn.Module], batch: dict[str, torch.Tensor]) -> dict:
-    """`backbone(batch)`, told which features the head(s) will read (the union of `inputs_attrs["backbone"]`) when
-    the backbone's forward takes `outputs=` (BERT and its kind then skip work no head reads: the last layer's
-    non-[CLS] rows)."""
-    kind = type(backbone)
-    if kind not in _TAKES_OUTPUTS:
-        _TAKES_OUTPUTS[kind] = "outputs" in inspect.signature(backbone.forward).parameters
-    if not _TAKES_OUTPUTS[kind]:
-        return backbone(batch)
-    wanted: set[str] = set()
-    for head in heads if isinstance(heads, list) else [heads]:
-        try:
-            wanted.update(head.inputs_attrs["backbone"])
-        except (AttributeError, KeyError, TypeError, NotImplementedError):
-            return backbone(batch)  # a head that does not say what it reads gets everything
-    return backbone(batch, outputs=sorted(wanted))
-
-
-class MultiTaskModel(nn.Module):
-    """One backbone and a head per task: `forward(task, batch)` is `heads[task](backbone(batch), batch)`.
-
-    With a single head, `forward(batch)` works too (the model `Trainer.build_forward` returns)."""
-
-    def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module]):
-        super().__init__()
-        self.backbone = backbone
-        self.heads = nn.ModuleDict(heads)
-
-    def forward(self, task: str | dict, batch: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        if batch is None and isinstance(task, dict):
-            if len(self.heads) != 1:
-                raise TypeError(f"this model has heads {list(self.heads)}: call model(task_name, batch)")
-            task, batch = next(iter(self.heads)), task
-        head = self.heads[task]
-        return head(backbone_features(self.backbone, head, batch), batch)
-
 
 
 def load_model_state(backbone: nn.Module, heads: dict[str, nn.Module], tasks: dict[str, Task],
@@ -190,24 +148,6 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         if isinstance(cuda, (list, tuple)):  # checkpoints before per-trainer streams held every device's state
             cuda = cuda[device.index if device.index is not None else torch.cuda.current_device()]
         torch.cuda.set_rng_state(cuda, device)
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16/fp16 autocast, or nothing for fp32 ('auto': bf16 on CUDA, fp32 on CPU)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def same_inputs(a: dict, b: dict, keys: list[str]) -> bool:
-    """Do two batches give the backbone the same inputs (so one backbone pass serves the heads of both)?"""
-    return all(k in a and k in b and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in keys)
 
 
 class TrainLoop:
@@ -283,10 +223,7 @@ class TrainLoop:
         self._skipped_reported = 0
         self.metrics_log: MetricsLog | None = None
         self.checkpointer = ckpt.Checkpointer(self)
-        # points the trainers' predict-phase modules at the model's current parameters (set by the trainer);
-        # needed under FSDP, where the full weights exist only inside `full_weights`
-        self.share_predict_weights: Callable[[], None] | None = None
-        self._unsharded_depth = 0
+        self._predicting_depth = 0
 
     # ---- state ----
     def state(self, full: bool = False) -> dict[str, torch.Tensor]:
@@ -454,24 +391,24 @@ class TrainLoop:
                     live[k].copy_(v)
 
     @contextlib.contextmanager
-    def full_weights(self):
-        """Under FSDP, gathers the full weights for the block and points the predict-phase modules at them
-        (a collective: every rank enters it); otherwise nothing to do. Nests."""
-        if not self.sharded or self._unsharded_depth:
-            self._unsharded_depth += 1
+    def predicting(self):
+        """The weights predictions and exports use, for the block: the EMA ones when kept (the one place they
+        are swapped in) and, under FSDP, the full weights gathered on every rank (a collective), so that each
+        rank then predicts its own batches without communicating. Restored afterwards. Nests."""
+        if self._predicting_depth:
+            self._predicting_depth += 1
             try:
                 yield
             finally:
-                self._unsharded_depth -= 1
+                self._predicting_depth -= 1
             return
-        with fsdp.unsharded(self.model):
-            self._unsharded_depth += 1
+        gathered = fsdp.unsharded(self.model) if self.sharded else contextlib.nullcontext()
+        with self.ema_weights(), gathered:
+            self._predicting_depth += 1
             try:
-                if self.share_predict_weights is not None:
-                    self.share_predict_weights()
                 yield
             finally:
-                self._unsharded_depth -= 1
+                self._predicting_depth -= 1
 
     # ---- saving and the training log ----
     def set_saver(self, save_path: str | None, save_steps: int | None, save_types: tuple[str, ...],
@@ -649,11 +586,3 @@ def logging_above(progress):
         return
     with logging_redirect_tqdm(consoles, tqdm_class=type(progress)):
         yield
-
-
-def progress_bar(total: int | None, initial: int, desc: str):
-    from tqdm.auto import tqdm
-
-    # disable=None hides the bar when stderr is not a terminal (logs, CI)
-    return tqdm(total=total if total and math.isfinite(total) else None, initial=initial, desc=desc,
-                disable=None if distributed.is_main() else True, leave=False, dynamic_ncols=True)

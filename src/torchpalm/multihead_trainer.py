@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -35,30 +34,12 @@ from . import balancing, bundle, distributed
 from . import checkpoint as ckpt
 from .evaluation import Evaluator, best_checkpoint_dir
 from .fsdp import wanted as fsdp_wanted
-from .loop import (
-    ALL_TASKS,
-    MultiTaskModel,
-    TrainLoop,
-    autocast,
-    backbone_features,
-    load_model_state,
-    prepare_process,
-    progress_bar,
-    same_inputs,
-    to_device,
-)
+from .loop import ALL_TASKS, TrainLoop, load_model_state, prepare_process
+from .model import MultiTaskModel, backbone_record, head_record
 from .optimizer import Optimizer
+from .prediction import predict_tasks
 from .sampling import TaskSampler, run_length, step_budgets
-from .trainer import (
-    Trainer,
-    backbone_record,
-    finish_prediction,
-    head_record,
-    load_pretrained_backbone,
-    outputs_to_numpy,
-    resume_latest,
-    saver_args,
-)
+from .trainer import Trainer, load_pretrained_backbone, resume_latest, saver_args
 
 logger = logging.getLogger("torchpalm")
 
@@ -220,14 +201,9 @@ class MultiHeadTrainer:
         balancer = balancing.make_balancer(self._balance, [t.name for t in self._trainers], joint=self._all)
         self._loop.balancer = balancer.to(self.device) if balancer is not None else None
         self._loop.checkpointer.bundle_files = lambda: bundle.periodic_writer(self)
-        self._loop.share_predict_weights = self._share_predict_weights
         if self._saver_args is not None:
             self._loop.set_saver(*self._saver_args)
         self._sync_schedule()
-
-    def _share_predict_weights(self) -> None:
-        for t in self._trainers:
-            t._share_predict_weights()
 
     def _sync_schedule(self) -> None:
         if self._loop is not None and self._overall_train_steps is not None:
@@ -590,69 +566,32 @@ class MultiHeadTrainer:
                 locks.enter_context(t._predict_lock)
             return self._predict_locked(active, output_dir, print_steps)
 
+    @property
+    def loop(self) -> TrainLoop | None:
+        return self._loop
+
+    def prediction_model(self) -> MultiTaskModel:
+        """The model that predicts: the trained one (the loop's), else the predict-phase modules."""
+        if self._loop is not None:
+            return self._loop.model
+        if self._model is not None:
+            return self._model
+        # a prediction-only script: the predict modules are the model
+        return MultiTaskModel(self._pred_backbone, {t.name: t.predict_head for t in self._trainers})
+
+    def predicting(self):
+        """The weights predictions use, for a block (see `Trainer.predicting`)."""
+        return self._trainers[0].predicting()
+
     def _predict_locked(self, active: list[Trainer], output_dir: str | None, print_steps: int) -> dict[str, list]:
-        iterators = {}
-        for t in active:  # a whole pass over every reader, whatever an earlier call consumed
-            t._pred_reader.reset()
-            iterators[t.name] = iter(t._pred_reader)
+        model = self.prediction_model()
+        tasks = [t.predict_task(output_dir=os.path.join(output_dir, t.name)
+                                if output_dir is not None and distributed.is_main() else None) for t in active]
         backbone = self._pred_backbone or active[0]._pred_backbone
-        backbone.eval()
-        groups: dict[tuple, list[Trainer]] = {}
-        for t in active:
-            r = t._pred_reader
-            groups.setdefault((r._input_file, r.batch_size, r.steps_per_epoch), []).append(t)
-        keys = list(backbone.inputs_attr)
-        self.backbone_passes = 0
-        ema = self._trainers[0]._predict_weights()  # the loop's EMA weights, gathered under FSDP
-        start = time.time()
-        # under torchrun batch k goes to rank k % world_size, and the outputs come back to every rank in order
-        ranks, me = distributed.world_size(), distributed.rank()
-        with ema:
-            for group in groups.values():
-                for t in group:
-                    t._pred_head.reset()
-                    t._pred_head.eval()
-                mine: list[list[dict]] = []
-                progress = progress_bar(group[0]._pred_reader.steps_per_epoch, 0, "predict")
-                for k, batches in enumerate(zip(*(iterators[t.name] for t in group)), 1):
-                    if (k - 1) % ranks == me:
-                        outputs = self._predict_group(backbone, group, batches, keys)
-                        if ranks > 1:
-                            mine.append(outputs)
-                        else:
-                            for t, out in zip(group, outputs):
-                                t._pred_head.batch_postprocess(out)
-                    progress.update(1)
-                    if print_steps > 0 and k % print_steps == 0:
-                        logger.info("batch %d/%d, speed: %.2f steps/s", k, group[0]._pred_reader.steps_per_epoch,
-                                    k / max(time.time() - start, 1e-9))
-                progress.close()
-                if ranks > 1:
-                    for outputs in distributed.gather_in_order(mine):
-                        for t, out in zip(group, outputs):
-                            t._pred_head.batch_postprocess(out)
-        results = {}
+        with self.predicting():  # the loop's EMA weights, gathered under FSDP
+            done = predict_tasks(model, tasks, self.device, self._trainers[0]._precision,
+                                 list(backbone.inputs_attr), print_steps, spread=True)
+        self.backbone_passes = done.backbone_passes
         for t in active:
             t._pred_iterator = None
-            out = os.path.join(output_dir, t.name) if output_dir is not None and distributed.is_main() else None
-            results[t.name] = finish_prediction(t._pred_reader, t._pred_head, out)
-        return results
-
-    def _predict_group(self, backbone, group: list[Trainer], batches: tuple[dict, ...],
-                       keys: list[str]) -> list[dict]:
-        """Each task's head outputs on its batch; tasks with the same backbone inputs share one backbone pass."""
-        batches = [to_device(b, self.device) for b in batches]
-        features_of: list[tuple[dict, dict]] = []  # (backbone inputs, features) computed for this step
-        outputs = []
-        for t, batch in zip(group, batches):
-            features = next((f for inputs, f in features_of if same_inputs(inputs, batch, keys)), None)
-            with autocast(self.device, t._precision):
-                if features is None:  # computed for every head of the group that may share it
-                    features = backbone_features(backbone, [g._pred_head for g in group], batch)
-                    self.backbone_passes += 1
-                    features_of.append((batch, features))
-                outputs.append(outputs_to_numpy(t._pred_head(features, batch)))
-        return outputs
-
-
-
+        return done.results

@@ -34,11 +34,11 @@ def sample_batch(predictor, tasks: list[str]) -> dict[str, torch.Tensor]:
     """Real batches of the tasks' readers on a two-example sample, merged (the backbone's inputs from the first)."""
     batch: dict[str, torch.Tensor] = {}
     for name in tasks:
-        reader = predictor._reader_for(name, SAMPLE_TEXTS, 2)
+        reader = predictor.reader_for(name, SAMPLE_TEXTS, 2)
         try:
             one = next(iter(reader))
         except (TypeError, ValueError):  # readers of pairs
-            one = next(iter(predictor._reader_for(name, SAMPLE_PAIRS, 2)))
+            one = next(iter(predictor.reader_for(name, SAMPLE_PAIRS, 2)))
         for key, value in one.items():
             batch.setdefault(key, value)
     return batch

@@ -9,6 +9,9 @@
     predictor.predict(texts, task="intent")                 # one task of a multi-head bundle
     predictor.to_onnx("model.onnx")
 
+Prediction runs the one prediction loop (`prediction.predict_tasks`) over the bundle's `MultiTaskModel`.
+Reading a bundle (`read_spec`, `file_in_bundle`) lives here; writing one is `torchpalm.bundle`'s.
+
 Thread safety: a call never writes to anything another call reads. The model is in eval mode and only read
 (under `torch.no_grad`); each call encodes its inputs with its own shallow copy of the task's reader (the
 tokenizer is shared; encoding only reads it) and collects results in its own copy of the head (the head's
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import types
 import typing
@@ -32,16 +36,79 @@ from . import checkpoint as ckpt
 from . import head as head_module
 from . import reader as reader_module
 from . import state_keys
-from .bundle import BUNDLE_FILE, file_in_bundle, read_spec
 from .head.base import Head
 from .limits import short_repr
-from .loop import autocast, backbone_features, default_device, same_inputs, to_device
+from .model import MultiTaskModel, default_device
+from .prediction import PredictTask, predict_tasks
 from .reader.base import Reader
-from .trainer import finish_prediction, outputs_to_numpy
 from .weights import read_safetensors
+
+FORMAT = "torchpalm-inference-bundle"
+FORMAT_VERSION = 1  # raise when a reader of this version could not load what is written
+BUNDLE_FILE = "bundle.json"
+ONNX_FILE = "model.onnx"
 
 # inputs the exported graph never needs (bookkeeping the reader passes through to post-processing)
 NOT_MODEL_INPUTS = ("unique_ids",)
+
+
+def torchpalm_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def read_spec(directory: str | os.PathLike, check_complete: bool = True) -> dict:
+    """bundle.json of a bundle folder, checked: present, complete, and of a format version this torchpalm reads."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"inference bundle not found: {directory}")
+    path = os.path.join(directory, BUNDLE_FILE)
+    if not os.path.isfile(path):
+        hint = (" (a training checkpoint, not a bundle: write one with palm.export(trainer, dir) or "
+                "set_saver(..., save_type='predict'))" if os.path.isfile(os.path.join(directory, "optimizer.pt"))
+                else "")
+        raise FileNotFoundError(f"{directory}: no {BUNDLE_FILE}, so this is not an inference bundle{hint}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to parse (bundle.json is a few levels deep: tasks, "
+                         f"head, config)") from None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a torchpalm inference bundle (expected \"format\": \"{FORMAT}\")")
+    version = spec.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{path}: bundle format version {version!r} was written by torchpalm "
+                         f"{spec.get('torchpalm_version', '?')}; this torchpalm ({torchpalm_version()}) reads format "
+                         f"versions up to {FORMAT_VERSION}: upgrade torchpalm to load it")
+    problem = ckpt.incomplete_reason(directory) if check_complete else None
+    if problem is not None:
+        raise ValueError(f"{directory}: incomplete inference bundle, refused: {problem}")
+    for key in ("backbone", "tasks"):
+        if not isinstance(spec.get(key), dict) or not spec[key]:
+            raise ValueError(f"{path}: missing or empty {key!r}")
+    return spec
+
+
+def file_in_bundle(directory: str, name, where: str) -> str:
+    """The path of a file `name` that a bundle names (relative to the bundle folder), refused unless it lies
+    inside that folder: no absolute path, no `..`, and no symbolic link on the way that leads out, so a
+    bundle cannot make a Predictor read files elsewhere on the machine. `where` names the key, for messages."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: expected a file name inside the bundle folder, got {name!r}")
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts:
+        raise ValueError(f"{where}: {name!r} is not inside the bundle folder {directory} (absolute paths and "
+                         f"'..' are refused: a bundle's files are its own)")
+    path = os.path.join(directory, name)
+    root = os.path.realpath(directory)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise ValueError(f"{where}: {name!r} is a symbolic link leading out of the bundle folder {directory} (to "
+                         f"{os.path.realpath(path)}); refused")
+    return path
 
 
 def _lookup(module, name: str, base: type, what: str, source: str) -> type:
@@ -85,8 +152,9 @@ class Predictor:
 
     def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module], readers: dict[str, Reader],
                  device: torch.device, precision: str = "fp32", source: str = "<modules>"):
-        self.backbone = backbone.to(device).eval()
-        self.heads = {name: head.to(device).eval() for name, head in heads.items()}
+        self.model = MultiTaskModel(backbone, heads).to(device).eval()
+        self.backbone = self.model.backbone
+        self.heads = dict(self.model.heads)
         self.readers = readers
         self.device, self.precision, self.source = device, precision, source
 
@@ -174,30 +242,14 @@ class Predictor:
         `{question id: answer}`). Tasks that read the same text share one backbone pass per batch.
         """
         names = self._task_names(task)
-        readers = {n: self._reader_for(n, inputs, batch_size) for n in names}
-        buffers = {n: copy.copy(self.heads[n]) for n in names}  # own results buffer; parameters shared
-        for buffer in buffers.values():
-            buffer.reset()
-        keys = list(self.backbone.inputs_attr)
-        by_steps: dict[int, list[str]] = {}  # tasks whose batches line up can share backbone passes
-        for n in names:
-            by_steps.setdefault(readers[n].steps_per_epoch, []).append(n)
-        for group in by_steps.values():
-            for batches in zip(*(iter(readers[n]) for n in group)):
-                computed: list[tuple[dict, dict]] = []  # (backbone inputs, features) of this step
-                for n, batch in zip(group, batches):
-                    batch = to_device(batch, self.device)
-                    with autocast(self.device, self.precision):
-                        features = next((f for b, f in computed if same_inputs(b, batch, keys)), None)
-                        if features is None:  # computed for every head of the group that may share it
-                            features = backbone_features(self.backbone, [self.heads[m] for m in group], batch)
-                            computed.append((batch, features))
-                        outputs = self.heads[n](features, batch)
-                    buffers[n].batch_postprocess(outputs_to_numpy(outputs))
-        results = {n: self._plain(finish_prediction(readers[n], buffers[n], None), inputs) for n in names}
+        # this call's own readers and results buffers (copies of the heads: parameters shared, buffers not)
+        tasks = [PredictTask(n, copy.copy(self.heads[n]), self.reader_for(n, inputs, batch_size)) for n in names]
+        done = predict_tasks(self.model, tasks, self.device, self.precision, list(self.backbone.inputs_attr))
+        results = {n: self._plain(done.results[n], inputs) for n in names}
         return results[names[0]] if len(names) == 1 and (task is not None or len(self.heads) == 1) else results
 
-    def _reader_for(self, name: str, inputs, batch_size: int) -> Reader:
+    def reader_for(self, name: str, inputs, batch_size: int) -> Reader:
+        """A copy of the task's reader loaded with `inputs` (a list, or a file's path), for one call."""
         reader = copy.copy(self.readers[name])  # this call's own position, examples and epoch outputs
         if isinstance(inputs, str | os.PathLike):
             reader.load_data(inputs, batch_size)

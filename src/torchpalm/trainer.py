@@ -8,8 +8,10 @@ A Trainer is one task (its name, head and readers) plus, once `build_backward` r
 Inside a `MultiHeadTrainer` the task is one of several and the loop is the multi-task one: the Trainer's step
 counters then read that loop's per-task counters, and `predict` still works on its own.
 
-Unlike PALM, the predict modules share the trained parameters (no re-initialisation, spec §17.11), the CPU is
-one device (§17.37), and a checkpoint restores everything that decides the next step (§17.18).
+Prediction runs the trained model in eval mode (`prediction.predict_tasks`); the predict backbone and head of
+`build_predict_forward` say what is read and how results are post-processed, so unlike PALM nothing is
+re-initialised (spec §17.11). The CPU is one device (§17.37), and a checkpoint restores everything that decides
+the next step (§17.18).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import dataclasses
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -30,50 +31,27 @@ from . import bundle, distributed
 from . import checkpoint as ckpt
 from .evaluation import Evaluator, best_checkpoint_dir, default_metric
 from .fsdp import wanted as fsdp_wanted
-from .loop import (
-    MultiTaskModel,
-    Task,
-    TrainLoop,
-    autocast,
-    backbone_features,
-    default_device,
-    ensure_console_logging,
-    load_model_state,
-    prepare_process,
-    progress_bar,
-    to_device,
-)
+from .loop import Task, TrainLoop, ensure_console_logging, load_model_state, prepare_process
 from .metrics_log import check_extras
+from .model import MultiTaskModel, default_device
+from .model import backbone_record as backbone_record
+from .model import head_record as head_record
 from .optimizer import Optimizer
+from .prediction import PredictTask, predict_batches, predict_tasks
+from .prediction import finish_prediction as finish_prediction
 
 logger = logging.getLogger("torchpalm")
 
-__all__ = ["Trainer", "check_io", "share_parameters"]
+__all__ = ["Trainer", "check_io"]
 
 
-def share_parameters(src: nn.Module, dst: nn.Module) -> None:
-    """Makes every parameter and buffer of `dst` the very tensor of `src` with the same name.
-
-    This is how a predict-phase backbone/head sees the trained weights, as PALM's graphs shared variables by
-    name in one scope, but without PALM's re-initialisation.
-    """
-    src_modules = dict(src.named_modules())
-    for name, module in dst.named_modules():
-        if name not in src_modules:
-            raise ValueError(f"cannot share weights: {type(src).__name__} has no submodule '{name}'")
-        other = src_modules[name]
-        for pname in list(module._parameters):
-            theirs = other._parameters.get(pname)
-            mine = module._parameters[pname]
-            if mine is None and theirs is None and pname in other._parameters:
-                continue  # a parameter both leave out (a LayerNorm or Linear built with bias=False)
-            if mine is None or theirs is None or mine.shape != theirs.shape:
-                raise ValueError(f"cannot share weights: '{name}.{pname}' differs between the train and predict "
-                                 f"modules (build them with the same configuration)")
-            module._parameters[pname] = theirs
-        for bname in list(module._buffers):
-            if other._buffers.get(bname) is not None:
-                module._buffers[bname] = other._buffers[bname]
+def check_same_shapes(trained: nn.Module, declared: nn.Module, what: str) -> None:
+    """The predict-phase module must describe the trained one (its settings are what a bundle records)."""
+    theirs = declared.state_dict()
+    for name, value in trained.state_dict().items():
+        if name not in theirs or theirs[name].shape != value.shape:
+            raise ValueError(f"the predict {what} differs from the trained one at '{name}' (build them with the "
+                             f"same configuration)")
 
 
 def check_io(provider: dict, consumer: dict, what: str) -> None:
@@ -229,6 +207,39 @@ class Trainer:
     def task(self) -> Task:
         return self._task
 
+    @property
+    def loop(self) -> TrainLoop | None:
+        """The training loop this task trains in (its own, or its MultiHeadTrainer's), once built."""
+        return self._loop
+
+    @property
+    def backbone(self) -> nn.Module | None:
+        """The trained backbone (`build_forward`)."""
+        return self._backbone
+
+    @property
+    def head(self) -> nn.Module | None:
+        """The trained head (`build_forward`; inside a MultiHeadTrainer the shared one for `reuse_head_with`)."""
+        return self._head
+
+    @property
+    def predict_backbone(self) -> nn.Module | None:
+        """The predict-phase backbone (`build_predict_forward`): what the backbone reads when predicting."""
+        return self._pred_backbone
+
+    @property
+    def predict_head(self) -> nn.Module | None:
+        """The predict-phase head: what it reads, its post-processing and results."""
+        return self._pred_head
+
+    @property
+    def train_reader(self):
+        return self._train_reader
+
+    @property
+    def predict_reader(self):
+        return self._pred_reader
+
     def set_as_aux(self) -> None:
         """Marks this task as auxiliary in multi-task training (it never blocks the end of training)."""
         self._task.is_aux = True
@@ -245,12 +256,14 @@ class Trainer:
         return self._model
 
     def build_predict_forward(self, pred_backbone: nn.Module, pred_head: nn.Module) -> dict:
-        """Connects predict-phase modules; they share the trained weights if training was built."""
+        """Says how to predict: the reader fields and backbone features `pred_head` reads and how it
+        post-processes results. The predictions are computed by the trained backbone and head (in eval mode),
+        once training was built; by these modules themselves otherwise (a prediction-only script)."""
         check_io(pred_backbone.outputs_attr, pred_head.inputs_attrs["backbone"],
                  f"head {type(pred_head).__name__} needs backbone outputs")
         if self._backbone is not None:
-            share_parameters(self._backbone, pred_backbone)
-            share_parameters(self._head, pred_head)
+            check_same_shapes(self._backbone, pred_backbone, "backbone")
+            check_same_shapes(self._head, pred_head, "head")
         self._pred_backbone, self._pred_head = pred_backbone.to(self.device), pred_head.to(self.device)
         pred_backbone.eval()
         pred_head.eval()
@@ -275,7 +288,6 @@ class Trainer:
                                self.device, self._precision, self._grad_clip, self._skip_nonfinite,
                                shard=fsdp_wanted(self._fsdp))
         self._loop.checkpointer.bundle_files = lambda: bundle.periodic_writer(self)
-        self._loop.share_predict_weights = self._share_predict_weights
         if self._saver_args is not None:
             self._loop.set_saver(*self._saver_args)
         self._sync_schedule()
@@ -535,34 +547,40 @@ class Trainer:
         return self._evaluator is not None and self._evaluator.maybe_evaluate(self._loop.global_step, final)
 
     # ---- prediction ----
-    def _share_predict_weights(self) -> None:
-        """Points the predict modules at the trained parameters as they are now (under FSDP the full weights
-        exist only while gathered: `TrainLoop.full_weights`)."""
-        if self._backbone is not None and self._pred_backbone is not None:
-            share_parameters(self._backbone, self._pred_backbone)
-            share_parameters(self._head, self._pred_head)
+    def prediction_model(self) -> MultiTaskModel:
+        """The model that predicts this task: the training loop's (its heads keyed by task name), else the
+        trained backbone and head, else the predict-phase ones (a prediction-only script)."""
+        if self._loop is not None:
+            return self._loop.model
+        if self._backbone is not None:
+            return MultiTaskModel(self._backbone, {self._name: self._head})
+        return MultiTaskModel(self._pred_backbone, {self._name: self._pred_head})
 
-    @contextlib.contextmanager
-    def _predict_weights(self):
-        """The weights predictions use: the EMA ones when kept, whole (gathered under FSDP)."""
-        if self._loop is None:
-            yield
-            return
-        with self._loop.ema_weights(), self._loop.full_weights():
-            yield
+    def predicting(self):
+        """The weights predictions use, for a block: the EMA ones when kept, whole under FSDP
+        (`TrainLoop.predicting`); the model's own without a training loop."""
+        return self._loop.predicting() if self._loop is not None else contextlib.nullcontext()
 
-    @torch.no_grad()
+    def predict_task(self, reader=None, output_dir: str | None = None) -> PredictTask:
+        """This task as the prediction loop sees it: its predict head (what it reads, its post-processing and
+        results) and a predict-phase reader (default: the fitted one)."""
+        return PredictTask(self._name, self._pred_head, reader if reader is not None else self._pred_reader,
+                           output_dir)
+
     def predict_one_batch(self, batch: dict) -> dict[str, np.ndarray]:
-        """Runs the predict model on one batch; returns the head's outputs as numpy arrays (not namespaced)."""
+        """Runs the model on one batch as it predicts; returns the head's outputs as numpy arrays (not namespaced)."""
         if self._pred_backbone is None:
             raise RuntimeError("call build_predict_forward(pred_backbone, pred_head) before predicting")
-        self._pred_backbone.eval()
-        self._pred_head.eval()
-        batch = to_device(batch, self.device)
-        full = self._loop.full_weights() if self._loop is not None else contextlib.nullcontext()
-        with full, autocast(self.device, self._precision):
-            outputs = self._pred_head(backbone_features(self._pred_backbone, self._pred_head, batch), batch)
-        return outputs_to_numpy(outputs)
+        model = self.prediction_model()
+        was_training = model.training
+        model.eval()
+        try:
+            with self.predicting():
+                outputs, _ = predict_batches(model, [self.predict_task()], [batch], self.device, self._precision,
+                                             list(self._pred_backbone.inputs_attr))
+        finally:
+            model.train(was_training)
+        return outputs[0]
 
     def predict(self, output_dir: str | None = None, print_steps: int = 1000):
         """Predicts the fitted predict reader (one full, ordered pass); writes `output_dir/predictions.json`;
@@ -577,55 +595,17 @@ class Trainer:
         return self._predict_reader(self._pred_reader, output_dir, print_steps)
 
     def _predict_reader(self, reader, output_dir: str | None, print_steps: int):
-        with self._predict_lock:
-            head = self._pred_head
-            head.reset()
-            reader.reset()  # a whole pass, whatever get_one_batch('predict') or an earlier call consumed
-            # Under torchrun batch k goes to rank k % world_size; the ranks' outputs are gathered and fed to the
-            # head in the original order, so every rank returns all the results (rank 0 writes the files).
-            ranks, me = distributed.world_size(), distributed.rank()
-            mine: list[dict] = []
-            progress = progress_bar(reader.steps_per_epoch, 0, f"{self._name} predict")
-            last_time = time.time()
-            with self._predict_weights():
-                for k, batch in enumerate(reader, 1):
-                    if (k - 1) % ranks == me:
-                        outputs = self.predict_one_batch(batch)
-                        if ranks > 1:
-                            mine.append(outputs)
-                        else:
-                            head.batch_postprocess(outputs)
-                    progress.update(1)
-                    if print_steps > 0 and k % print_steps == 0:
-                        now = time.time()
-                        logger.info("batch %d/%d, speed: %.2f steps/s", k, reader.steps_per_epoch,
-                                    print_steps / max(now - last_time, 1e-9))
-                        last_time = now
-            progress.close()
-            if ranks > 1:
-                for outputs in distributed.gather_in_order(mine):
-                    head.batch_postprocess(outputs)
-            self._pred_iterator = None  # the fitted iterator was used up by this pass (PALM: single use)
-            return finish_prediction(reader, head, output_dir if distributed.is_main() else None)
+        with self._predict_lock, self.predicting():
+            out = output_dir if distributed.is_main() else None  # rank 0 writes the files
+            done = predict_tasks(self.prediction_model(), [self.predict_task(reader, out)], self.device,
+                                 self._precision, list(self._pred_backbone.inputs_attr), print_steps,
+                                 spread=True)
+        self._pred_iterator = None  # the fitted iterator was used up by this pass (PALM: single use)
+        return done.results[self._name]
 
     def reset_buffer(self) -> None:
         if self._pred_head is not None:
             self._pred_head.reset()
-
-
-def finish_prediction(reader, head: nn.Module, output_dir: str | None):
-    """The head's epoch post-processing (MRC answers need the reader's examples); writes files, returns results."""
-    if output_dir is not None:
-        os.makedirs(output_dir, exist_ok=True)
-    # A reader of the user's own need not have get_epoch_outputs (heads cope without it, e.g. no label names).
-    wanted = head.epoch_inputs_attrs and hasattr(reader, "get_epoch_outputs")
-    post = {"reader": reader.get_epoch_outputs() if wanted else None}
-    return head.epoch_postprocess(post, output_dir=output_dir)
-
-
-def outputs_to_numpy(outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {k: v.detach().float().cpu().numpy() if v.is_floating_point() else v.detach().cpu().numpy()
-            for k, v in outputs.items() if k not in ("loss", "loss_count")}
 
 
 def backbone_config(backbone: nn.Module) -> dict | None:
@@ -703,12 +683,3 @@ def saver_args(save_path, save_steps, save_type: str, can_export: bool, max_to_k
     if save_path is not None:
         ckpt.check_writable(save_path)
     return save_path, save_steps, types, max_to_keep, tensorboard_dir, plot
-
-
-def backbone_record(backbone: nn.Module | None) -> dict:
-    return {"class": type(backbone).__name__, "config": getattr(backbone, "config", {})}
-
-
-def head_record(head: nn.Module | None) -> dict:
-    return {"class": type(head).__name__, "config": head.config() if head is not None else {}}
-

@@ -107,7 +107,7 @@ def test_train_kill_resume_export_predict(tmp_path, uncased_vocab):
     session = ort.InferenceSession(os.path.join(bundle, "model.onnx"))
     names = [i.name for i in session.get_inputs()]
     long = [" ".join([t] * 3) for t in texts[:3]]  # another batch size and length than the traced sample
-    batch = next(iter(predictor._reader_for("tag", long, 3)))
+    batch = next(iter(predictor.reader_for("tag", long, 3)))
     assert batch["input_mask"].min() == 0
     with torch.no_grad():
         features = predictor.backbone(batch)

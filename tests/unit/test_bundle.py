@@ -305,7 +305,7 @@ def test_onnx_export_of_a_backbone_with_two_heads_matches_pytorch(tmp_path, mult
     for n, seed in ((3, 7), (6, 8)):
         sents = [" ".join(s) for s in sentences(n, seed)]
         sents[0] = " ".join([sents[0]] * 3)
-        tag_reader = predictor._reader_for("tag", sents, n)
+        tag_reader = predictor.reader_for("tag", sents, n)
         batch = next(iter(tag_reader))
         feeds = {k: batch[k].numpy() for k in names}
         assert batch["token_ids"].shape[0] == n and batch["input_mask"].min() == 0
