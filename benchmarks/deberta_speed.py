@@ -97,6 +97,7 @@ class HFDebertaSide(HFSide):
         from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
         torch.manual_seed(args.seed)
+        self.arch = "deberta-v2"  # HFSide passes token_type_ids (DeBERTa-v3 has no segment table: unused)
         model = DebertaV2ForSequenceClassification(DebertaV2Config(**config, num_labels=2))
         self.model = model.to(args.device).train()
         self.device = torch.device(args.device)
