@@ -21,6 +21,7 @@ import yaml
 from safetensors.torch import load_file
 from toy_data import write_cls, write_tags
 
+import torchpalm as palm
 from torchpalm.cli import main
 
 transformers = pytest.importorskip("transformers")
@@ -36,6 +37,7 @@ MODELS = {
 # the child process: the CLI's training, killed by SIGKILL as soon as the step-4 checkpoint is complete
 KILLED_RUN = """
 import logging, os, signal, sys
+import torchpalm as palm
 from torchpalm.cli import main
 
 class KillAfterStep4(logging.Handler):
@@ -105,7 +107,7 @@ def test_multi_task_trains_resumes_after_sigkill_exports_and_predicts(tmp_path, 
     assert not torch.equal(initial[some], full[f"backbone.model.{some}" if backbone_type == "hf" else
                                                next(k for k in full if k.startswith("backbone.layers.1."))])
 
-    assert main(["export", path, "--checkpoint", str(final), "--out", "bundle"]) == 0
+    assert main(["export", path, "--checkpoint", str(final), "--out", "bundle", "--onnx"]) == 0
     assert main(["predict", "--bundle", "bundle", "--input", "cls=cls_dev.tsv", "--input", "tag=tag_dev.tsv",
                  "--output", "from_bundle"]) == 0
     assert main(["predict", path, "--checkpoint", str(final), "--output", "from_ckpt"]) == 0
@@ -117,3 +119,18 @@ def test_multi_task_trains_resumes_after_sigkill_exports_and_predicts(tmp_path, 
     for a, b in zip(bundle["cls"], ckpt["cls"], strict=True):  # up to float summation order (other batches)
         assert a["probs"] == pytest.approx(b["probs"], abs=1e-6)
     assert [r["tag_ids"] for r in bundle["tag"]] == ckpt["tag"]  # `predict` writes PALM's tag-id lists
+    # the ONNX graph of the bundle (backbone + both heads) equals PyTorch on padded batches it was not traced with
+    ort = pytest.importorskip("onnxruntime")
+    predictor = palm.Predictor.load(str(tmp_path / "bundle"), device="cpu")
+    session = ort.InferenceSession(str(tmp_path / "bundle" / "model.onnx"))
+    names = [i.name for i in session.get_inputs()]
+    texts = [line.split("\t")[1] for line in (tmp_path / "cls_dev.tsv").read_text().splitlines()[1:]]
+    texts[0] = " ".join([texts[0]] * 4)  # longer than the traced sample and than the position buckets
+    batch = next(iter(predictor._reader_for("tag", texts, len(texts))))
+    assert batch["input_mask"].min() == 0 and batch["token_ids"].shape[1] > 12
+    with torch.no_grad():
+        features = predictor.backbone(batch)
+        want = [predictor.heads[t].export_output(features, batch).numpy() for t in ("cls", "tag")]
+    got = session.run(["cls", "tag"], {k: batch[k].numpy() for k in names})
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and abs(g - w).max() <= 1e-4

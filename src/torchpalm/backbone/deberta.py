@@ -401,10 +401,12 @@ class DeBERTaV2(Backbone):
         rel = index = None
         if self.relative_attention:
             index, bounds = self.relative_index(length, ids.device)
-            first, end = bounds.tolist()
-            rel = self.rel_embeddings.weight[first:end]
+            if traced:  # a traced graph (ONNX, torch.compile) cannot slice by data: the whole table
+                rel = self.rel_embeddings.weight
+            else:
+                first, end = bounds.tolist()
+                rel, index = self.rel_embeddings.weight[first:end], index - first
             rel = self.rel_norm(rel) if self.rel_norm is not None else rel
-            index = index - first
         # 3. post-LN disentangled-attention layers (the convolution after the first, when configured)
         key_mask = mask != 0
         x = emb
