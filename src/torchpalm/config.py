@@ -604,8 +604,13 @@ def backbone_files(cfg: dict) -> tuple[dict, str, str | None]:
 
 
 def build_backbone(cfg: dict, config: dict, phase: str):
-    cls = getattr(backbones, BACKBONES[cfg["backbone"]["type"]])
-    with blame(f"backbone.config ({cls.__name__})"):
+    b = cfg["backbone"]
+    cls = getattr(backbones, BACKBONES[b["type"]])
+    # errors name the config file the values came from (backbone_files has parsed it into `config`)
+    path = None if isinstance(b["config"], dict) else b["config"]
+    if path is None and b["config"] is None and b["pretrained"] is not None:
+        path = side_file(b["pretrained"], CONFIG_NAMES)
+    with blame(f"backbone.config ({cls.__name__}{f', {path}' if path else ''})"):
         return cls.from_config(config, phase=phase)
 
 

@@ -110,3 +110,25 @@ def test_deberta_refuses_a_config_key_it_does_not_understand(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
     with pytest.raises(ValueError, match=r"config\.json: model_type 'bert' is not DeBERTa"):
         palm.backbone.DeBERTaV2.from_config(str(tmp_path / "config.json"))
+
+
+def test_the_command_line_names_the_config_file_of_a_bad_backbone(tmp_path, uncased_vocab, capsys):
+    from torchpalm.cli import main
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "t.tsv").write_text("label\ttext_a\n1\tgood\n0\tbad\n")
+    run = {"backbone": {"type": "hf", "pretrained": "model", "vocab": uncased_vocab},
+           "tasks": [{"name": "cls", "reader": {"type": "classify", "do_lower_case": True},
+                      "head": {"type": "classify", "num_classes": 2}, "train_file": "t.tsv"}],
+           "optimizer": {"type": "adam", "lr": 1e-3}, "train": {"epochs": 1, "batch_size": 2, "max_len": 16}}
+    config = tmp_path / "model" / "config.json"
+    for backbone, content, message in [
+            ("hf", {"model_type": "no-such-model", **TINY}, "model_type 'no-such-model' is not an architecture"),
+            ("deberta-v2", {"model_type": "deberta-v2", **TINY, "position_bucket": 8},
+             "does not understand the config key 'position_bucket'")]:
+        config.write_text(json.dumps(content))
+        run["backbone"]["type"] = backbone
+        (tmp_path / "run.yaml").write_text(json.dumps(run))  # JSON is YAML
+        assert main(["train", str(tmp_path / "run.yaml")]) == 2
+        err = capsys.readouterr().err
+        assert str(config) in err and message in err, err
