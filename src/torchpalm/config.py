@@ -18,8 +18,8 @@ The reader and head options are the parameters of their classes' constructors (a
 `load_data`), read off the signatures, so the config cannot drift from the classes. Options the CLI wires up
 itself are not options: the vocabulary, phase, input file, batch size and epochs of a reader, and a head's
 `input_dim` (the backbone's hidden size). A few head options default to what the rest of the config implies:
-`num_classes` to the size of the reader's label map (given, or built from the training labels; with integer labels
-the largest + 1, what training found: the checkpoint keeps it), `max_query_len` to the MRC reader's, `vocab_size` and
+`num_classes` to the size of the reader's label map (given, or built from the training labels; with integer
+labels the largest + 1, kept in the checkpoint), `max_query_len` to the MRC reader's, `vocab_size` and
 `hidden_act` to the backbone's (ModernBERT's `hidden_activation`), and a MaskLM head on ModernBERT to
 `transform: false` (the backbone applies its own prediction head).
 
