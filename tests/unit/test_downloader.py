@@ -85,6 +85,10 @@ def test_download_from_a_local_hub_cache_leaves_what_load_pretrain_reads(tmp_pat
     assert target == str(tmp_path / "models" / "pretrain" / "BERT-en-uncased-base")  # PALM's <path>/<item>/<scope>
     names = sorted(os.listdir(target))
     assert names == ["bert_config.json", "config.json", "download.json", "model.safetensors", "params", "vocab.txt"]
+    # the model folder is shared like the user's other folders (mkdtemp would leave it 0700)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(target).st_mode & 0o777 == 0o777 & ~umask
     with open(os.path.join(target, "download.json")) as f:
         assert json.load(f)["source"] == f"hub:google-bert/bert-base-uncased@{COMMIT}"
     # PALM's script lines: config from bert_config.json, weights from <model>/params
