@@ -73,6 +73,15 @@ def test_the_config_page_example_is_a_valid_config(tmp_path):
     assert [t["name"] for t in cfg["tasks"]] == ["slot", "intent"]
 
 
+def test_the_readme_layout_names_every_module_once():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = re.search(r"^## Layout\n+```\n(.*?)^```", readme, re.S | re.M).group(1)
+    modules = [p.name for p in SRC.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    packages = [f"{p.parent.name}/" for p in SRC.glob("*/__init__.py")]
+    named = re.findall(r"[\w/]+\.py\b|\b\w+/", layout)
+    assert [m for m in modules + packages if named.count(m) != 1] == []
+
+
 ARCH_NAME = re.compile(r"`([\w/]+\.py):([\w.]+)")
 
 
