@@ -126,7 +126,7 @@ def test_multi_task_trains_resumes_after_sigkill_exports_and_predicts(tmp_path, 
     names = [i.name for i in session.get_inputs()]
     texts = [line.split("\t")[1] for line in (tmp_path / "cls_dev.tsv").read_text().splitlines()[1:]]
     texts[0] = " ".join([texts[0]] * 4)  # longer than the traced sample and than the position buckets
-    batch = next(iter(predictor._reader_for("tag", texts, len(texts))))
+    batch = next(iter(predictor.reader_for("tag", texts, len(texts))))
     assert batch["input_mask"].min() == 0 and batch["token_ids"].shape[1] > 12
     with torch.no_grad():
         features = predictor.backbone(batch)
