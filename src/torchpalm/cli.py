@@ -46,7 +46,7 @@ config (YAML; relative paths are relative to the config file):
   train:      epochs (a fraction too), max_steps (the run's exact length, instead of epochs), batch_size,
               max_len, seed, save_path, save_steps, print_steps, evaluate_every, device, precision, grad_clip,
               tensorboard, fsdp (under torchrun: shard with FSDP2)
-  multi_task: sampling, temperature, max_examples, anneal_to, seed, reference (several tasks only)
+  multi_task: sampling, temperature, max_examples, anneal_to, seed, balance, reference (several tasks only)
 A misspelt, missing or mistyped key is an error naming its path, e.g. tasks[0].reader.max_len.
 """
 

@@ -12,7 +12,7 @@ and the training settings; `torchpalm train|predict|evaluate` (torchpalm/cli.py)
                where the option value `num_train_steps` is the run length the trainer computes
     train:     {epochs, max_steps, batch_size, max_len, seed, save_path, save_steps, print_steps, evaluate_every, device,
                precision, grad_clip, tensorboard, fsdp}
-    multi_task: {sampling, temperature, max_examples, anneal_to, seed, reference}   (several tasks only)
+    multi_task: {sampling, temperature, max_examples, anneal_to, seed, balance, reference}   (several tasks only)
 
 The reader and head options are the parameters of their classes' constructors (and of the reader's
 `load_data`), read off the signatures, so the config cannot drift from the classes. Options the CLI wires up
