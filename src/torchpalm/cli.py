@@ -336,7 +336,7 @@ def export(cfg: dict, checkpoint: str, out: str, onnx: bool = False) -> str:
         trainer.build_predict_forward(backbone, C.build_head(t, config, "predict", C.reader_label_map(reader),
                                                              known.num_classes))
         trainers.append(trainer)
-        tasks.append(bundle.BundleTask(t["name"], trainer._pred_head, reader, t["name"]))
+        tasks.append(bundle.BundleTask(t["name"], trainer.predict_head, reader, t["name"]))
     load_once(trainers, checkpoint)  # the shared backbone and every task's head, from one read
     path = bundle.write(backbone, tasks, out, onnx)
     print(path)

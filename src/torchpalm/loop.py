@@ -342,6 +342,13 @@ class TrainLoop:
         heads = torch.nn.utils.get_total_norm([p.grad for p in self._head_params if p.grad is not None])
         return torch.nn.utils.get_total_norm([shared, heads]), fsdp.full(shared)
 
+    def train_one_step(self, task: str, batch: dict) -> torch.Tensor:
+        """PALM's `train_one_step` for either trainer: one step, the non-finite check, and the global batch's
+        loss (every rank's share-weighted loss averaged: the same number on every rank, a collective)."""
+        loss = self.train_step(task, batch)
+        self.check_finite()
+        return distributed.mean(loss)
+
     @property
     def skipped_steps(self) -> int:
         """Steps not applied because their loss or gradient was NaN or infinite (reads back from the device)."""

@@ -32,14 +32,13 @@ import torch
 
 from . import balancing, bundle, distributed
 from . import checkpoint as ckpt
-from .evaluation import Evaluator, best_checkpoint_dir
-from .fsdp import wanted as fsdp_wanted
 from .loop import ALL_TASKS, TrainLoop, load_model_state, prepare_process
 from .model import MultiTaskModel, backbone_record, head_record
 from .optimizer import Optimizer
 from .prediction import predict_tasks
 from .sampling import TaskSampler, run_length, step_budgets
-from .trainer import Trainer, load_pretrained_backbone, resume_latest, saver_args
+from .trainer import Trainer, load_pretrained_backbone
+from .trainer_core import TrainerCore
 
 logger = logging.getLogger("torchpalm")
 
@@ -102,18 +101,16 @@ class MultiHeadTrainer:
         self._max_steps: int | None = None
         self._balance = balance
         balancing.make_balancer(balance, names, joint=self._all)  # a bad name is an error here
-        self._fsdp = fsdp if fsdp is not None else next((t._fsdp for t in trainers if t._fsdp is not None), None)
+        self._fsdp = fsdp if fsdp is not None else next((t.fsdp for t in trainers if t.fsdp is not None), None)
         self.device = trainers[0].device
         self._backbone = self._model = self._pred_backbone = None
         self._optimizer: Optimizer | None = None
-        self._loop: TrainLoop | None = None
+        self._core = TrainerCore()  # the loop, saver settings and evaluator every member Trainer joins
         self._sampler: TaskSampler | None = None
         self._overall_train_steps: int | None = None
         self._joint: Iterator | None = None
         self._next_draw = 0
-        self._saver_args: tuple | None = None
         self._pending_sampler: dict | None = None  # sampler state of a checkpoint loaded before fitting
-        self._evaluator: Evaluator | None = None
 
     # ---- properties ----
     @property
@@ -180,8 +177,8 @@ class MultiHeadTrainer:
         for t in self._trainers:
             owner = t.task.reuse_head_with
             if owner is not None:  # the same module, so the same parameters (PALM stored and ignored this)
-                t._head = t.task.head = self._by_name[owner]._head
-        self._model = MultiTaskModel(self._backbone, {t.name: t._head for t in self._trainers}).to(self.device)
+                t.reuse_head_of(self._by_name[owner])
+        self._model = MultiTaskModel(self._backbone, {t.name: t.head for t in self._trainers}).to(self.device)
         self._model.train()
         return self._model
 
@@ -193,16 +190,13 @@ class MultiHeadTrainer:
         first = self._trainers[0]
         prepare_process(self.device)
         self._optimizer = optimizer
-        self._loop = TrainLoop(self._model, self.tasks, optimizer, weight_decay, use_ema, ema_decay, self.device,
-                               first._precision, first._grad_clip, first._skip_nonfinite,
-                               shard=fsdp_wanted(self._fsdp))
+        self._core.build_loop(self._model, self.tasks, optimizer, weight_decay, use_ema, ema_decay, self.device,
+                              first.precision, first.grad_clip, first.skip_nonfinite, self._fsdp,
+                              bundle_files=lambda: bundle.periodic_writer(self))
         for t in self._trainers:
-            t._loop, t._multi_task, t._optimizer = self._loop, self, optimizer
+            t.join(self._core, self)
         balancer = balancing.make_balancer(self._balance, [t.name for t in self._trainers], joint=self._all)
         self._loop.balancer = balancer.to(self.device) if balancer is not None else None
-        self._loop.checkpointer.bundle_files = lambda: bundle.periodic_writer(self)
-        if self._saver_args is not None:
-            self._loop.set_saver(*self._saver_args)
         self._sync_schedule()
 
     def _sync_schedule(self) -> None:
@@ -312,7 +306,7 @@ class MultiHeadTrainer:
 
     def _joint_batches(self) -> Iterator[dict]:
         """Batches of the drawn task, each with `__task_id` [1] (spec §4.2); endless (the loop decides the end)."""
-        iterators = [t._train_iterator for t in self._trainers]
+        iterators = [t.train_iterator for t in self._trainers]
         while self._all:  # a batch of every task, task id -1
             self._next_draw += 1
             yield {TASK_ID: torch.tensor([-1], dtype=torch.int64),
@@ -342,20 +336,18 @@ class MultiHeadTrainer:
             raise RuntimeError("call build_forward() or build_predict_forward() before load_ckpt")
         state, trainer_state, opt_state, rng = ckpt.load_checkpoint_dir(model_path)
         training = self._backbone is not None
-        heads = {t.name: (t._head if training else t._pred_head) for t in self._trainers}
+        heads = {t.name: (t.head if training else t.predict_head) for t in self._trainers}
         if training:
             logger.info("loading checkpoint into train program")
         load_model_state(backbone, heads, self.tasks, state, model_path)
         if training and training_state and self._loop is not None:
-            self._loop.checkpointer.load_training_state(trainer_state, opt_state, rng, state, model_path)
+            self._core.restore(trainer_state, opt_state, rng, state, model_path)
             for t in self._trainers:
-                t._restore_reader(trainer_state.get("tasks", {}).get(t.name, {}).get("reader"))
+                t.restore_reader(trainer_state.get("tasks", {}).get(t.name, {}).get("reader"))
             self._pending_sampler = trainer_state.get("sampler")
             self._load_balancer(trainer_state.get("balance"), model_path)
-            if self._evaluator is not None and trainer_state.get("evaluation"):
-                self._evaluator.load_state_dict(trainer_state["evaluation"])
             if self._sampler is not None:  # readers already fitted: re-plan from the restored position
-                readers = {t.name: t._train_reader for t in self._trainers}
+                readers = {t.name: t.train_reader for t in self._trainers}
                 self._plan(readers, self._reference, self._num_epochs)
         logger.info("Load model from %s", model_path)
 
@@ -363,28 +355,24 @@ class MultiHeadTrainer:
                   max_to_keep: int | None = None, tensorboard: bool | str = False, plot: bool | None = None) -> None:
         """Saves the backbone and every head every `save_steps` global steps; logs to metrics.jsonl, TensorBoard
         and metrics.png (see `Trainer.set_saver`)."""
-        self._saver_args = saver_args(save_path, save_steps, save_type, self._pred_backbone is not None, max_to_keep,
-                                      tensorboard, plot)
-        if self._loop is not None:
-            self._loop.set_saver(*self._saver_args)
+        self._core.set_saver(save_path, save_steps, save_type, self._pred_backbone is not None, max_to_keep,
+                             tensorboard, plot)
 
     def resume(self, save_path: str | None = None) -> str | None:
         """Continues from the latest complete checkpoint in `save_path` (default: the `set_saver` path); returns
         the folder loaded, or None when there is none yet (see `Trainer.resume`)."""
-        if self._loop is None:
-            raise RuntimeError("call build_backward(optimizer) before resume")
-        return resume_latest(self, save_path, self._saver_args)
+        return self._core.resume(self, save_path)
 
     def _trainer_state(self) -> dict:
         return {
             "epoch": 0,
-            "tasks": {t.name: {**t._task_state(), "budget": t.task.budget, "is_aux": t.is_aux,
+            "tasks": {t.name: {**t.task_state(), "budget": t.task.budget, "is_aux": t.is_aux,
                                "head_owner": t.task.head_owner}
                       for t in self._trainers},
             "sampler": self._sampler.state_dict() if self._sampler is not None else None,
             "backbone": backbone_record(self._backbone),
-            "heads": {t.name: head_record(t._head) for t in self._trainers if t.task.reuse_head_with is None},
-            "evaluation": self._evaluator.state_dict() if self._evaluator is not None else None,
+            "heads": {t.name: head_record(t.head) for t in self._trainers if t.task.reuse_head_with is None},
+            "evaluation": self._core.evaluation_state(),
             "balance": self._loop.balancer.state_dict() if self._loop.balancer is not None else None,
         }
 
@@ -408,9 +396,7 @@ class MultiHeadTrainer:
 
     def save(self, directory: str) -> str:
         """Writes a full training checkpoint (backbone, every head, optimizer, counters, readers, sampler)."""
-        if self._loop is None:
-            raise RuntimeError("call build_backward before save")
-        return self._loop.checkpointer.save(directory, self._trainer_state())
+        return self._core.save(directory, self._trainer_state())
 
     # ---- training ----
     def _is_finished(self) -> bool:
@@ -418,16 +404,16 @@ class MultiHeadTrainer:
             return self._loop.global_step >= self._max_steps
         return all(self._loop.task_steps[t.name] >= t.task.budget for t in self._trainers if not t.is_aux)
 
-    def _after_step(self, name: str) -> bool:
-        """Finish messages and evaluation after each step; True stops training early."""
-        for trainer in self._trainers if name == ALL_TASKS else [self._by_name[name]]:
-            if not trainer.is_aux and self._loop.task_steps[trainer.name] == trainer.task.budget:  # counts go up by one
-                logger.info("%s train finish!", trainer.name)
-        return self._maybe_evaluate()
+    def _after_step(self, name: str) -> None:
+        """After a `train_one_step`: the finish message and a due evaluation."""
+        self._note_finish(name)
+        self._core.maybe_evaluate()
 
-    def _maybe_evaluate(self, final: bool = False) -> bool:
-        """Runs the dev evaluation when it is due (or at the end); True means stop early."""
-        return self._evaluator is not None and self._evaluator.maybe_evaluate(self._loop.global_step, final)
+    def _note_finish(self, name: str) -> None:
+        """PALM's '<task> train finish!' when a main task reaches its budget (counts go up by one)."""
+        for trainer in self._trainers if name == ALL_TASKS else [self._by_name[name]]:
+            if not trainer.is_aux and self._loop.task_steps[trainer.name] == trainer.task.budget:
+                logger.info("%s train finish!", trainer.name)
 
     def set_evaluation(self, every_steps: int, weights: dict[str, float] | None = None,
                        monitor: str = "aggregate", save_best: bool = True, patience: int | None = None,
@@ -443,17 +429,15 @@ class MultiHeadTrainer:
             min_delta: the least increase that counts as an improvement.
             save_dir: where best checkpoints go (default: the `set_saver` path).
         """
-        if self._loop is None:
-            raise RuntimeError("call build_backward before set_evaluation")
-        with_dev = [t for t in self._trainers if t._dev is not None]
-        self._evaluator = Evaluator(with_dev, every_steps, weights, monitor,
-                                    best_checkpoint_dir(save_best, save_dir, self._saver_args), patience, min_delta,
-                                    self.save, on_record=lambda record: self._loop.log_metrics(record))
+        self._core.require_loop("set_evaluation")
+        with_dev = [t for t in self._trainers if t.dev is not None]
+        self._core.set_evaluation(with_dev, every_steps, weights, monitor, save_best, patience, min_delta, save_dir,
+                                  self.save)
 
     @property
     def eval_history(self) -> list[dict]:
         """Every evaluation so far: {"step", "tasks": {task: metrics}, "aggregate"}."""
-        return self._evaluator.history if self._evaluator is not None else []
+        return self._core.eval_history
 
     def _check_ready(self) -> None:
         if self._loop is None:
@@ -462,17 +446,16 @@ class MultiHeadTrainer:
             raise RuntimeError("call fit_readers_with_mixratio(readers, sampling_reference, num_epochs) first")
 
     def train_one_step(self, batch: dict) -> tuple[dict[str, np.ndarray], int]:
-        """One step on a joint batch (its `__task_id` picks the head); returns ({"<task>.loss": loss}, task id)."""
+        """One step on a joint batch (its `__task_id` picks the head); returns ({"<task>.loss": loss}, task id),
+        the loss being the global batch's, as `Trainer.train_one_step` returns (`TrainLoop.train_one_step`)."""
         self._check_ready()
         if TASK_ID not in batch:
             raise KeyError(f"a multi-task batch carries '{TASK_ID}'; get batches from get_one_batch() or the "
                            f"iterator fit_readers_with_mixratio returned")
         task_id = int(batch[TASK_ID].reshape(-1)[0])
         name, batch = self._step_of(batch)
-        loss = self._loop.train_step(name, batch)
-        self._loop.check_finite()
-        self._after_step(name)  # finish messages and due evaluations (early stopping is train()'s to act on)
-        self._loop.checkpointer.maybe_save(self._trainer_state)
+        # finish messages and due evaluations (early stopping is train()'s to act on), then a due save
+        loss = self._core.train_one_step(name, batch, self._trainer_state, after_step=self._after_step)
         return {f"{name}.loss": loss.float().cpu().numpy()}, task_id
 
     def get_one_batch(self, phase: str = "train") -> dict:
@@ -488,11 +471,8 @@ class MultiHeadTrainer:
         self._check_ready()
         prepare_process(self.device)
         batches = (self._step_of(b) for b in self._joint)
-        self._loop.run(batches, self._is_finished, self._overall_train_steps, print_steps, self._trainer_state,
-                       multi_task=True, after_step=self._after_step, log_totals=log_totals)
-        self._maybe_evaluate(final=True)
-        self._log_task_mix()
-        self._loop.finish_logs()
+        self._core.run(batches, self._is_finished, self._overall_train_steps, print_steps, self._trainer_state,
+                       multi_task=True, log_totals=log_totals, after_step=self._note_finish, at_end=self._log_task_mix)
 
     def _step_of(self, batch: dict) -> tuple[str, dict]:
         """(task name, batch) of a joint batch; with sampling='all' (ALL_TASKS, {task: batch})."""
@@ -515,8 +495,8 @@ class MultiHeadTrainer:
         self._pred_backbone = self._shared("_pred_backbone", "build_predict_forward(pred_backbone, pred_head)")
         for t in self._trainers:
             owner = t.task.reuse_head_with
-            if owner is not None and self._by_name[owner]._pred_head is not None:
-                t._pred_head = self._by_name[owner]._pred_head
+            if owner is not None:
+                t.reuse_head_of(self._by_name[owner])
 
     def merge_inference_readers(self, readers) -> Callable[[str], Iterator[dict]]:
         """Fits each task's predict reader (a list aligned with the trainers, or a dict); returns a function
@@ -535,9 +515,7 @@ class MultiHeadTrainer:
             if task_name not in self._by_name:
                 raise KeyError(f"no task {task_name!r} (tasks: {names})")
             trainer = self._by_name[task_name]
-            if trainer._pred_iterator is None:
-                trainer.fit_reader(trainer._pred_reader, phase="predict")
-            iterator, trainer._pred_iterator = trainer._pred_iterator, None
+            iterator = trainer.take_predict_iterator()
             task_id = names.index(task_name)
             for batch in iterator:
                 yield {**batch, TASK_ID: torch.tensor([task_id], dtype=torch.int64)}
@@ -558,17 +536,21 @@ class MultiHeadTrainer:
         Tasks whose readers give the same backbone inputs batch for batch (the same text, tokenised the same
         way) share one backbone pass per batch; the others run on their own.
         """
-        active = [t for t in self._trainers if t._pred_reader is not None]
+        active = [t for t in self._trainers if t.predict_reader is not None]
         if not active:
             raise RuntimeError("fit predict readers first: merge_inference_readers(readers)")
         with contextlib.ExitStack() as locks:  # the tasks' predict() calls share these readers and heads
             for t in active:
-                locks.enter_context(t._predict_lock)
+                locks.enter_context(t.predict_lock)
             return self._predict_locked(active, output_dir, print_steps)
 
     @property
+    def _loop(self) -> TrainLoop | None:
+        return self._core.loop
+
+    @property
     def loop(self) -> TrainLoop | None:
-        return self._loop
+        return self._core.loop
 
     def prediction_model(self) -> MultiTaskModel:
         """The model that predicts: the trained one (the loop's), else the predict-phase modules."""
@@ -589,9 +571,9 @@ class MultiHeadTrainer:
                                 if output_dir is not None and distributed.is_main() else None) for t in active]
         backbone = self._pred_backbone or active[0]._pred_backbone
         with self.predicting():  # the loop's EMA weights, gathered under FSDP
-            done = predict_tasks(model, tasks, self.device, self._trainers[0]._precision,
+            done = predict_tasks(model, tasks, self.device, self._trainers[0].precision,
                                  list(backbone.inputs_attr), print_steps, spread=True)
         self.backbone_passes = done.backbone_passes
         for t in active:
-            t._pred_iterator = None
+            t.end_predict_pass()
         return done.results

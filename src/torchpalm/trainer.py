@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import threading
 from collections.abc import Iterator
 
@@ -29,16 +28,15 @@ from torch import nn
 
 from . import bundle, distributed
 from . import checkpoint as ckpt
-from .evaluation import Evaluator, best_checkpoint_dir, default_metric
-from .fsdp import wanted as fsdp_wanted
+from .evaluation import default_metric
 from .loop import Task, TrainLoop, ensure_console_logging, load_model_state, prepare_process
-from .metrics_log import check_extras
 from .model import MultiTaskModel, default_device
 from .model import backbone_record as backbone_record
 from .model import head_record as head_record
 from .optimizer import Optimizer
 from .prediction import PredictTask, predict_batches, predict_tasks
 from .prediction import finish_prediction as finish_prediction
+from .trainer_core import TrainerCore
 
 logger = logging.getLogger("torchpalm")
 
@@ -126,16 +124,14 @@ class Trainer:
         self._backbone = self._head = self._model = None
         self._pred_backbone = self._pred_head = None
         self._optimizer: Optimizer | None = None
-        self._loop: TrainLoop | None = None  # this trainer's own loop, or its MultiHeadTrainer's
+        self._core = TrainerCore()  # loop, saver settings, evaluator: its own, or its MultiHeadTrainer's
         self._multi_task = None  # the MultiHeadTrainer this trainer belongs to, once it built
         self._train_reader = self._pred_reader = None
         self._train_iterator: Iterator | None = None
         self._pred_iterator: Iterator | None = None
         self._pending_reader_state: dict | None = None
         self._max_steps: int | None = None
-        self._saver_args: tuple | None = None  # set_saver before build_backward: applied when the loop exists
         self._dev: tuple | None = None  # (dev reader, metric)
-        self._evaluator: Evaluator | None = None
         # predict() calls share the reader's position, the head's buffer and the EMA swap: one at a time
         self._predict_lock = threading.RLock()
 
@@ -196,7 +192,7 @@ class Trainer:
     @property
     def eval_history(self) -> list[dict]:
         """Every dev evaluation of `train()` so far: {"step", "tasks": {task: metrics}, "aggregate"}."""
-        return self._evaluator.history if self._evaluator is not None else []
+        return self._core.eval_history
 
     @property
     def torch_optimizer(self) -> torch.optim.Optimizer | None:
@@ -206,6 +202,10 @@ class Trainer:
     @property
     def task(self) -> Task:
         return self._task
+
+    @property
+    def _loop(self) -> TrainLoop | None:
+        return self._core.loop
 
     @property
     def loop(self) -> TrainLoop | None:
@@ -235,6 +235,62 @@ class Trainer:
     @property
     def train_reader(self):
         return self._train_reader
+
+    @property
+    def train_iterator(self) -> Iterator | None:
+        """The fitted training reader's batch iterator (`fit_reader`)."""
+        return self._train_iterator
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @property
+    def grad_clip(self) -> float | None:
+        return self._grad_clip
+
+    @property
+    def skip_nonfinite(self) -> bool:
+        return self._skip_nonfinite
+
+    @property
+    def fsdp(self) -> bool | None:
+        return self._fsdp
+
+    @property
+    def dev(self) -> tuple | None:
+        """(dev reader, metric) of `set_dev`, or None."""
+        return self._dev
+
+    @property
+    def predict_lock(self) -> threading.RLock:
+        """Held by a prediction over this task's reader and head (they hold the position and the results)."""
+        return self._predict_lock
+
+    # ---- joining a MultiHeadTrainer ----
+    def join(self, core: TrainerCore, multi_task) -> None:
+        """Trains from now on as one task of `multi_task`, through its `core` (`MultiHeadTrainer.build_backward`):
+        the step counters, checkpoints and predictions of this Trainer then go through that loop."""
+        self._core, self._multi_task, self._optimizer = core, multi_task, core.loop.optimizer
+
+    def reuse_head_of(self, owner: Trainer) -> None:
+        """Uses `owner`'s head (`reuse_head_with`): the same module, so the same parameters, and its predict head
+        once built."""
+        if owner.head is not None:
+            self._head = self._task.head = owner.head
+        if owner.predict_head is not None:
+            self._pred_head = owner.predict_head
+
+    def take_predict_iterator(self) -> Iterator[dict]:
+        """The fitted predict reader's iterator, refitted when used up; it is this caller's from now on."""
+        if self._pred_iterator is None:
+            self.fit_reader(self._pred_reader, phase="predict")
+        iterator, self._pred_iterator = self._pred_iterator, None
+        return iterator
+
+    def end_predict_pass(self) -> None:
+        """A whole prediction pass used up the fitted predict iterator (PALM: single use)."""
+        self._pred_iterator = None
 
     @property
     def predict_reader(self):
@@ -284,12 +340,9 @@ class Trainer:
             raise RuntimeError("call build_forward(backbone, head) before build_backward")
         prepare_process(self.device)
         self._optimizer = optimizer
-        self._loop = TrainLoop(self._model, {self._name: self._task}, optimizer, weight_decay, use_ema, ema_decay,
-                               self.device, self._precision, self._grad_clip, self._skip_nonfinite,
-                               shard=fsdp_wanted(self._fsdp))
-        self._loop.checkpointer.bundle_files = lambda: bundle.periodic_writer(self)
-        if self._saver_args is not None:
-            self._loop.set_saver(*self._saver_args)
+        self._core.build_loop(self._model, {self._name: self._task}, optimizer, weight_decay, use_ema, ema_decay,
+                              self.device, self._precision, self._grad_clip, self._skip_nonfinite, self._fsdp,
+                              bundle_files=lambda: bundle.periodic_writer(self))
         self._sync_schedule()
 
     def _sync_schedule(self) -> None:
@@ -393,13 +446,12 @@ class Trainer:
         task = dataclasses.replace(self._task, reuse_head_with=owner if owner != self._name else None)
         load_model_state(backbone, {self._name: head}, {self._name: task}, state, model_path)
         if training_state and self._loop is not None and self._own_loop() is not None:
-            self._loop.checkpointer.load_training_state(trainer_state, opt_state, rng, state, model_path)
-            self._restore_reader(trainer_state.get("tasks", {}).get(self._name, {}).get("reader"))
-            if self._evaluator is not None and trainer_state.get("evaluation"):
-                self._evaluator.load_state_dict(trainer_state["evaluation"])
+            self._core.restore(trainer_state, opt_state, rng, state, model_path)
+            self.restore_reader(trainer_state.get("tasks", {}).get(self._name, {}).get("reader"))
         logger.info("Load model from %s", model_path)
 
-    def _restore_reader(self, reader_state: dict | None) -> None:
+    def restore_reader(self, reader_state: dict | None) -> None:
+        """Puts the training reader at a checkpoint's position (kept until a reader is fitted)."""
         if reader_state is None:
             return
         if self._train_reader is not None:
@@ -423,10 +475,8 @@ class Trainer:
         needs the tensorboard package), and `plot` draws the curves into `save_path/metrics.png` at the end of
         `train()` (None: when matplotlib is installed; True: required; False: never).
         """
-        self._saver_args = saver_args(save_path, save_steps, save_type, self._pred_backbone is not None, max_to_keep,
-                                      tensorboard, plot)
-        if self._loop is not None:
-            self._loop.set_saver(*self._saver_args)
+        self._core.set_saver(save_path, save_steps, save_type, self._pred_backbone is not None, max_to_keep,
+                             tensorboard, plot)
 
     def resume(self, save_path: str | None = None) -> str | None:
         """Continues training from the latest complete checkpoint in `save_path` (default: the `set_saver`
@@ -436,26 +486,25 @@ class Trainer:
             raise RuntimeError("call build_backward(optimizer) before resume")
         if self._own_loop() is None:
             raise RuntimeError(f"task '{self._name}' belongs to a MultiHeadTrainer: call resume() on that")
-        return resume_latest(self, save_path, self._saver_args)
+        return self._core.resume(self, save_path)
 
     def _trainer_state(self) -> dict:
         return {
             "epoch": self.cur_train_epoch,
-            "tasks": {self._name: self._task_state()},
+            "tasks": {self._name: self.task_state()},
             "backbone": backbone_record(self._backbone),
             "heads": {self._name: head_record(self._head)},
-            "evaluation": self._evaluator.state_dict() if self._evaluator is not None else None,
+            "evaluation": self._core.evaluation_state(),
         }
 
-    def _task_state(self) -> dict:
+    def task_state(self) -> dict:
+        """This task's part of a checkpoint: its step, epoch and reader position."""
         return {"step": self.cur_train_step, "epoch": self.cur_train_epoch,
                 "reader": self._train_reader.state_dict() if self._train_reader is not None else None}
 
     def save(self, directory: str) -> str:
         """Writes a full training checkpoint to `directory` (atomically)."""
-        if self._loop is None:
-            raise RuntimeError("call build_backward before save")
-        return self._loop.checkpointer.save(directory, self._trainer_state())
+        return self._core.save(directory, self._trainer_state())
 
     # ---- evaluation ----
     def set_dev(self, reader, metric=None) -> None:
@@ -498,23 +547,20 @@ class Trainer:
             min_delta: the least increase that counts as an improvement.
             save_dir: where best checkpoints go (default: the `set_saver` path).
         """
-        if self._loop is None:
-            raise RuntimeError("call build_backward before set_evaluation")
-        self._evaluator = Evaluator([self], every_steps, None, self._name,
-                                    best_checkpoint_dir(save_best, save_dir, self._saver_args), patience, min_delta,
-                                    self.save, on_record=lambda record: self._loop.log_metrics(record))
+        if self._multi_task is not None:
+            raise RuntimeError(f"task '{self._name}' belongs to a MultiHeadTrainer: call set_evaluation() on that")
+        self._core.set_evaluation([self], every_steps, None, self._name, save_best, patience, min_delta, save_dir,
+                                  self.save)
 
     # ---- training ----
     def train_one_step(self, batch: dict) -> dict[str, np.ndarray]:
-        """One optimisation step on one batch; returns `{"<name>.loss": loss}` (PALM's fetch; reads the loss
-        back, so `train()` does not call this)."""
+        """One optimisation step on one batch; returns `{"<name>.loss": loss}` (PALM's fetch), the global batch's
+        loss (`TrainLoop.train_one_step`; reads the loss back, so `train()` does not call this)."""
         if self._loop is None:
             raise RuntimeError("call build_backward(optimizer) before training")
-        loss = self._loop.train_step(self._name, batch)
-        self._loop.check_finite()
-        if self._own_loop() is not None:
-            self._loop.checkpointer.maybe_save(self._trainer_state)
-        return {f"{self._name}.loss": distributed.mean(loss).float().cpu().numpy()}  # the global batch's loss
+        # (inside a MultiHeadTrainer, its saver runs in its own train_one_step)
+        loss = self._core.train_one_step(self._name, batch, self._trainer_state if self._own_loop() else None)
+        return {f"{self._name}.loss": loss.float().cpu().numpy()}
 
     def get_one_batch(self, phase: str = "train") -> dict:
         """The next batch of the fitted iterator of that phase (PALM's was broken, spec §17.12)."""
@@ -536,15 +582,8 @@ class Trainer:
         prepare_process(self.device)
         name, budget = self._name, self._task.budget
         batches = ((name, batch) for batch in self._train_iterator)
-        self._loop.run(batches, lambda: self._loop.task_steps[name] >= budget, budget, print_steps,
-                       self._trainer_state, multi_task=False, after_step=lambda _: self._maybe_evaluate(),
-                       log_totals=log_totals)
-        self._maybe_evaluate(final=True)
-        self._loop.finish_logs()
-
-    def _maybe_evaluate(self, final: bool = False) -> bool:
-        """Runs the dev evaluation when it is due (or at the end); True means stop early."""
-        return self._evaluator is not None and self._evaluator.maybe_evaluate(self._loop.global_step, final)
+        self._core.run(batches, lambda: self._loop.task_steps[name] >= budget, budget, print_steps,
+                       self._trainer_state, multi_task=False, log_totals=log_totals)
 
     # ---- prediction ----
     def prediction_model(self) -> MultiTaskModel:
@@ -600,7 +639,7 @@ class Trainer:
             done = predict_tasks(self.prediction_model(), [self.predict_task(reader, out)], self.device,
                                  self._precision, list(self._pred_backbone.inputs_attr), print_steps,
                                  spread=True)
-        self._pred_iterator = None  # the fitted iterator was used up by this pass (PALM: single use)
+        self.end_predict_pass()
         return done.results[self._name]
 
     def reset_buffer(self) -> None:
@@ -628,58 +667,3 @@ def load_pretrained_backbone(backbone: nn.Module, model_path: str) -> None:
     for name in ckpt.assign_state(backbone, state, file):
         logger.info("Warning: %s not found in %s.", name, model_path)
     logger.info("")
-
-
-def resume_latest(trainer, save_path: str | None, saver_args: tuple | None) -> str | None:
-    """`trainer.load_ckpt` of the latest complete checkpoint in `save_path` or the saver's path (None: none)."""
-    save_path = save_path if save_path is not None else (saver_args[0] if saver_args else None)
-    if save_path is None:
-        raise ValueError("resume() needs save_path, or set_saver(save_path, ...) first")
-    skipped = []
-    for path in ckpt.complete_checkpoints(save_path):  # newest first: the newest that loads
-        try:
-            trainer.load_ckpt(path)
-        except (ValueError, TypeError, KeyError, OSError) as e:  # corrupt, non-finite, unreadable: the next one
-            skipped.append(f"{os.path.basename(path)} ({e})")
-            logger.warning("resume: skipped %s, which does not load: %s", path, e)
-            continue
-        if skipped:
-            logger.warning("resumed from %s, the newest checkpoint that loads (skipped: %s)", path,
-                           "; ".join(skipped))
-        return path
-    if skipped:
-        raise ValueError(f"{save_path}: no checkpoint there loads, so training cannot resume: {'; '.join(skipped)}")
-    logger.info("no complete checkpoint in %s: training starts from the beginning", save_path)
-    return None
-
-
-def saver_args(save_path, save_steps, save_type: str, can_export: bool, max_to_keep: int | None = None,
-               tensorboard: bool | str = False, plot: bool | None = None) -> tuple:
-    """Checks `set_saver`'s arguments (PALM's README order `(save_steps, save_path)` is accepted too) and returns
-    `(save_path, save_steps, save types, max_to_keep, tensorboard_dir, plot)` for `TrainLoop.set_saver`."""
-    if isinstance(save_path, int) and isinstance(save_steps, (str, os.PathLike)):
-        save_path, save_steps = save_steps, save_path
-    types = tuple(t.strip() for t in str(save_type).split(",") if t.strip())
-    if any(t not in ("ckpt", "predict") for t in types):
-        raise ValueError(f"save_type must be a comma-separated subset of 'ckpt,predict', got {save_type!r}")
-    if save_steps is not None and int(save_steps) < 1:
-        raise ValueError(f"save_steps must be >= 1, got {save_steps}")
-    if save_path is not None and "predict" in types and not can_export:
-        raise RuntimeError("save_type 'predict' needs build_predict_forward(pred_backbone, pred_head) first")
-    if max_to_keep is not None and (isinstance(max_to_keep, bool) or int(max_to_keep) != max_to_keep
-                                    or max_to_keep < 1):
-        raise ValueError(f"max_to_keep must be an integer >= 1 or None (keep all), got {max_to_keep!r}")
-    if tensorboard is True:
-        tensorboard_dir = os.path.join(os.fspath(save_path), "tensorboard") if save_path is not None else None
-    elif tensorboard is False or tensorboard is None:
-        tensorboard_dir = None
-    elif isinstance(tensorboard, (str, os.PathLike)):
-        tensorboard_dir = os.fspath(tensorboard)
-    else:
-        raise ValueError(f"tensorboard must be True, False or a directory, got {tensorboard!r}")
-    if plot not in (None, True, False):
-        raise ValueError(f"plot must be None (when matplotlib is installed), True or False, got {plot!r}")
-    check_extras(tensorboard_dir is not None, plot)
-    if save_path is not None:
-        ckpt.check_writable(save_path)
-    return save_path, save_steps, types, max_to_keep, tensorboard_dir, plot

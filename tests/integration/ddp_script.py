@@ -1,10 +1,11 @@
 """A PALM-style training script, run by tests/integration/test_distributed.py with plain `python` and under
 `torchrun`: the script does not change between the two (that is the point).
 
-Usage: python ddp_script.py WORK_DIR VOCAB single|noseed|tokens|multi|tag
+Usage: python ddp_script.py WORK_DIR VOCAB single|noseed|tokens|multi|tag|steps
 (single: one Classify task with EMA weights, reader seed 3, exported as a bundle at the end; noseed: the same
 with seed=None; tokens: the same with token-budget batches of at most 64 padded tokens per process; multi: two
-tasks, MultiHeadTrainer; tag: a softmax SequenceLabel task, whose loss is a mean over words, trained only). TORCHPALM_FSDP=1 in the environment shards the model
+tasks, MultiHeadTrainer; tag: a softmax SequenceLabel task, whose loss is a mean over words, trained only;
+steps: PALM's own loop, `train_one_step`, of a Trainer and of a MultiHeadTrainer with that tagger, losses only). TORCHPALM_FSDP=1 in the environment shards the model
 with FSDP2 instead of DDP, without a change here.
 Writes WORK_DIR/out (saver, metrics.jsonl, final checkpoint, predictions, bundle) and WORK_DIR/rank<R>.json
 (what predict() returned on that rank, and the run's facts).
@@ -49,9 +50,45 @@ def classify(name, file, seed):
 
 
 backbone = BACKBONE.from_config(CONFIG)
-if mode == "tag":  # sentences of 1-12 words: the ranks' halves of a batch hold different numbers of words
+
+
+def tagger(epochs):
     reader = palm.reader.SequenceLabelReader(vocab, 32, {"O": 0, "B": 1, "I": 2}, seed=3, do_lower_case=True)
-    reader.load_data(os.path.join(work, "tag.tsv"), 8, num_epochs=2)
+    reader.load_data(os.path.join(work, "tag.tsv"), 8, num_epochs=epochs)
+    return reader
+
+
+if mode == "steps":  # what train_one_step returns, rank by rank: the global batch's loss, like train() logs
+    adam = palm.optimizer.Adam(None, 3e-3, palm.lr_sched.TriangularSchedualer(2, None))
+    reader = tagger(2)
+    reader.register_with(backbone)
+    trainer = palm.Trainer("tag", device="cpu")
+    trainer.build_forward(backbone, palm.head.SequenceLabel(3, 32, 0.0, use_crf=False))
+    trainer.build_backward(adam)
+    trainer.fit_reader(reader)
+    single = [float(trainer.train_one_step(trainer.get_one_batch())["tag.loss"]) for _ in range(4)]
+    backbone = BACKBONE.from_config(CONFIG)
+    sentences = palm.reader.ClassifyReader(vocab, 32, seed=1, do_lower_case=True)
+    sentences.load_data(os.path.join(work, "train.tsv"), 8, num_epochs=None)
+    readers = [tagger(None), sentences]
+    for r in readers:
+        r.register_with(backbone)
+    trainers = [palm.Trainer("tag", device="cpu"), palm.Trainer("cls", device="cpu")]
+    trainers[0].build_forward(backbone, palm.head.SequenceLabel(3, 32, 0.0, use_crf=False))
+    trainers[1].build_forward(backbone, palm.head.Classify(2, 32, 0.0))
+    mh = palm.MultiHeadTrainer(trainers)
+    mh.build_forward()
+    mh.build_backward(palm.optimizer.Adam(None, 3e-3, palm.lr_sched.TriangularSchedualer(2, None)))
+    mh.fit_readers_with_mixratio(readers, "tag", num_epochs=2)
+    joint = []
+    for _ in range(6):
+        fetched, task_id = mh.train_one_step(mh.get_one_batch())
+        joint.append([task_id, *(float(v) for v in fetched.values())])
+    with open(os.path.join(work, f"rank{os.environ.get('RANK', '0')}.json"), "w") as f:
+        json.dump({"single": single, "multi": joint}, f)
+    sys.exit(0)
+if mode == "tag":  # sentences of 1-12 words: the ranks' halves of a batch hold different numbers of words
+    reader = tagger(2)
     reader.register_with(backbone)
     trainer = palm.Trainer("tag", device="cpu")
     trainer.build_forward(backbone, palm.head.SequenceLabel(3, 32, 0.0, use_crf=False))

@@ -208,6 +208,22 @@ def test_fsdp_shards_modernbert_layer_by_layer(works):
     assert state["backbone"]["class"] == "ModernBERT"
 
 
+def test_train_one_step_returns_the_global_batch_loss_for_both_trainers(works):
+    """PALM's own loop (`train_one_step`) under torchrun: Trainer and MultiHeadTrainer both return the global
+    batch's mean loss, the same number on every rank and the one a single process computes (a tagger whose
+    ranks hold different numbers of words, so a rank's own share-weighted loss would differ)."""
+    one, two = works
+    run(one, "steps", [sys.executable])
+    run(two, "steps", torchrun())
+    single, rank0, rank1 = (json.load(open(d / f"rank{r}.json")) for d, r in ((one, 0), (two, 0), (two, 1)))
+    for kind in ("single", "multi"):
+        assert rank0[kind] == rank1[kind]  # every rank returns the same loss
+        assert len(rank0[kind]) == len(single[kind]) and [s[0] for s in rank0["multi"]] == [s[0] for s in
+                                                                                            single["multi"]]
+    assert max(abs(a - b) for a, b in zip(rank0["single"], single["single"])) <= 1e-5
+    assert max(abs(a[1] - b[1]) for a, b in zip(rank0["multi"], single["multi"])) <= 1e-5
+    assert {s[0] for s in single["multi"]} == {0, 1}  # both tasks stepped
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
