@@ -37,8 +37,8 @@ from .model import MultiTaskModel, backbone_record, head_record
 from .optimizer import Optimizer
 from .prediction import predict_tasks
 from .sampling import TaskSampler, run_length, step_budgets
-from .trainer import Trainer, load_pretrained_backbone
-from .trainer_core import TrainerCore
+from .trainer import Trainer
+from .trainer_core import TrainerCore, load_pretrained_backbone
 
 logger = logging.getLogger("torchpalm")
 

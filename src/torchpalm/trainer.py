@@ -36,39 +36,13 @@ from .model import head_record as head_record
 from .optimizer import Optimizer
 from .prediction import PredictTask, predict_batches, predict_tasks
 from .prediction import finish_prediction as finish_prediction
-from .trainer_core import TrainerCore
+from .trainer_core import TrainerCore, check_io, check_reader_fits, check_same_shapes, pretrained_weights
+from .trainer_core import backbone_config as backbone_config
+from .trainer_core import load_pretrained_backbone as load_pretrained_backbone
 
 logger = logging.getLogger("torchpalm")
 
 __all__ = ["Trainer", "check_io"]
-
-
-def check_same_shapes(trained: nn.Module, declared: nn.Module, what: str) -> None:
-    """The predict-phase module must describe the trained one (its settings are what a bundle records)."""
-    theirs = declared.state_dict()
-    for name, value in trained.state_dict().items():
-        if name not in theirs or theirs[name].shape != value.shape:
-            raise ValueError(f"the predict {what} differs from the trained one at '{name}' (build them with the "
-                             f"same configuration)")
-
-
-def check_io(provider: dict, consumer: dict, what: str) -> None:
-    missing = sorted(set(consumer) - set(provider))
-    if missing:
-        raise ValueError(f"{what}: {missing} required but not provided (provided: {sorted(provider)})")
-
-
-def check_reader_fits(reader, backbone: nn.Module, head: nn.Module) -> None:
-    """PALM's fit-time checks (spec §2.6): the reader yields what backbone and head read; the data suits the head."""
-    if reader.batch_size is None:
-        raise RuntimeError(f"{type(reader).__name__}: call load_data() before fit_reader()")
-    if hasattr(backbone, "check_reader"):
-        backbone.check_reader(reader)  # max_len and vocabulary within the backbone's tables
-    provided = reader.outputs_attr
-    check_io(provided, backbone.inputs_attr, f"backbone {type(backbone).__name__} needs reader outputs "
-             f"(did you call reader.register_with(backbone)?)")
-    check_io(provided, head.inputs_attrs["reader"], f"head {type(head).__name__} needs reader outputs")
-    head.check_reader(reader)
 
 
 class Trainer:
@@ -645,25 +619,3 @@ class Trainer:
     def reset_buffer(self) -> None:
         if self._pred_head is not None:
             self._pred_head.reset()
-
-
-def backbone_config(backbone: nn.Module) -> dict | None:
-    """The backbone's config dict (hidden_size, ...), against which a Paddle parameter directory is checked."""
-    config = getattr(backbone, "config", None)
-    return config if isinstance(config, dict) else None
-
-
-def pretrained_weights(backbone: nn.Module, model_path: str) -> tuple[dict, str]:
-    """(tensors in the backbone's parameter names, the file read): the backbone's own `pretrained_state` when it
-    has one (HFEncoder keeps HF's names), else torchpalm's converters (HF, torchpalm or Paddle files)."""
-    if hasattr(backbone, "pretrained_state"):
-        return backbone.pretrained_state(model_path)
-    return ckpt.load_backbone_weights(model_path, backbone_config(backbone))
-
-
-def load_pretrained_backbone(backbone: nn.Module, model_path: str) -> None:
-    logger.info("Loading pretraining parameters from %s...", model_path)
-    state, file = pretrained_weights(backbone, model_path)
-    for name in ckpt.assign_state(backbone, state, file):
-        logger.info("Warning: %s not found in %s.", name, model_path)
-    logger.info("")
