@@ -167,8 +167,8 @@ def test_make_balancer_names():
         palm.MultiHeadTrainer([palm.Trainer("a"), palm.Trainer("b")], balance="sum")
 
 
-def test_default_run_balances_logs_the_weights_and_resumes_them(tmp_path, uncased_vocab, tiny_config):
-    s = Setup(tmp_path, uncased_vocab, tiny_config)
+def test_auto_balancing_logs_the_weights_and_resumes_them(tmp_path, uncased_vocab, tiny_config):
+    s = Setup(tmp_path, uncased_vocab, tiny_config, balance="auto")
     s.fit()
     s.mh.set_saver(str(tmp_path / "out"), 100)
     s.mh.train(print_steps=2)
@@ -202,13 +202,13 @@ def test_plain_sum_and_checkpoints_without_balancing(tmp_path, uncased_vocab, ti
     marker["files"] = [[n, state_file.stat().st_size if n == state_file.name else size]
                        for n, size in dict(marker["files"]).items()]
     json.dump(marker, open(tmp_path / "old" / "complete.json", "w"))
-    resumed = Setup(tmp_path, uncased_vocab, tiny_config, seed=5)  # balance='auto'
+    resumed = Setup(tmp_path, uncased_vocab, tiny_config, seed=5, balance="auto")
     resumed.fit()
     resumed.mh.load_ckpt(path)
     assert resumed.mh.task_weights is None
     assert resumed.losses(6) == expected[4:]
     # a balanced checkpoint under an explicit balance=None is an error, not a silent switch
-    balanced = Setup(tmp_path, uncased_vocab, tiny_config)
+    balanced = Setup(tmp_path, uncased_vocab, tiny_config, balance="auto")
     balanced.fit()
     balanced.losses(3)
     path = balanced.mh.save(str(tmp_path / "new"))
@@ -218,10 +218,10 @@ def test_plain_sum_and_checkpoints_without_balancing(tmp_path, uncased_vocab, ti
 
 
 def test_balanced_run_differs_from_the_plain_sum(tmp_path, uncased_vocab, tiny_config):
-    """The default really changes the steps (the factor reaches the backward), and 'uncertainty' resumes exactly."""
+    """balance="auto" really changes the steps (the factor reaches the backward), and 'uncertainty' resumes exactly."""
     plain = Setup(tmp_path, uncased_vocab, tiny_config, balance=None)
     plain.fit()
-    auto = Setup(tmp_path, uncased_vocab, tiny_config)
+    auto = Setup(tmp_path, uncased_vocab, tiny_config, balance="auto")
     auto.fit()
     assert plain.losses(8) != auto.losses(8)
     straight = Setup(tmp_path, uncased_vocab, tiny_config, balance="uncertainty")

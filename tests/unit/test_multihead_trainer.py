@@ -672,7 +672,7 @@ def test_multi_task_tensorboard_and_the_plotted_series(tmp_path, uncased_vocab, 
     real_draw = metrics_log.draw_panels
     monkeypatch.setattr(metrics_log, "draw_panels", lambda panels, path: drawn.append(panels) or
                         real_draw(panels, path))
-    s = Setup(tmp_path, uncased_vocab, tiny_config)
+    s = Setup(tmp_path, uncased_vocab, tiny_config, balance="auto")  # its weights are logged too
     s.fit(epochs=1)
     dev_readers(s)
     out, tb = tmp_path / "out", tmp_path / "tb"
