@@ -1,0 +1,316 @@
+"""Full-run parity of the softmax tagger: torchpalm's `SequenceLabel(use_crf=False)` and HF's
+`BertForTokenClassification` trained side by side, step by step, over a whole run (issue 30).
+
+Per-step parity tests (tests/parity/test_training_parity.py) show one step equals HF's; this shows whether a whole
+run does, and if not, from which step the two part. Both sides start from the same weights (MiniLM, and the
+classifier initialised once and copied into the other side), read the same sentences in the same order (each
+epoch's order is the reader's documented `default_rng([seed, epoch]).permutation(n)`; every step checks that
+the two sides' token ids and labels are the same), with dropout off and the same schedule (linear warmup over
+10% then linear decay to 0), fp32, AdamW (0.9, 0.999, 1e-8) with weight decay 0.01 off biases and LayerNorms.
+Each step's two losses are recorded; at the end both predict the test file and are scored by seqeval.
+
+Then each difference a normal run has can be switched back on, one at a time (`--switch`):
+
+* `packing`: our backbone runs its padded batches packed (its default; parity mode runs them padded);
+* `order`:   each side draws its own batch order (ours from the reader, HF's as benchmarks/common.py does);
+* `init`:    each side initialises its own classifier (ours truncated normal, HF's normal, std 0.02 both);
+* `dropout`: dropout 0.1 in the encoder and before the classifier, each side its own random stream.
+
+Data (`--data`): conll (CoNLL-2003), atis (ATIS slots), atis_merged (ATIS slots with types merged into
+fewer, longer spans), msra (MSRA-NER BIO), jointbert (`--data_dir`: any folder in JointBERT's seq.in/seq.out
+layout, e.g. its SNIPS), or any CoNLL-format `--train_file` / `--test_file`.
+
+Usage: python benchmarks/tagging_full_run.py --data atis --train_examples 3000 [--switch packing] [--seed 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import zipfile
+
+import numpy as np
+import torch
+from common import minilm_dir, results_header
+from conll_vs_hf import read_conll, write_conll
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+WORK = "/tmp/torchpalm_bench"
+SWITCHES = ("packing", "order", "init", "dropout")
+
+
+# ---- data: every regime as CoNLL files, read by both sides from the same bytes ----
+def jointbert_sentences(root: str, split: str, merged: bool = False) -> tuple[list[list[str]], list[list[str]]]:
+    """Words and slot tags of a dataset in JointBERT's layout (`<split>/seq.in`, `<split>/seq.out`: ATIS, SNIPS)."""
+    base = os.path.join(root, split)
+    with open(os.path.join(base, "seq.in"), encoding="utf-8") as f:
+        sents = [line.split() for line in f]
+    with open(os.path.join(base, "seq.out"), encoding="utf-8") as f:
+        tags = [line.split() for line in f]
+    if merged:
+        tags = [merge_spans(t) for t in tags]
+    return sents, tags
+
+
+def merge_spans(tags: list[str]) -> list[str]:
+    """ATIS tags merged into fewer, longer spans: the type is what precedes the first '.' (fromloc, toloc,
+    depart_date, ...) and consecutive words of one type form one span ("B-depart_date.month_name
+    B-depart_date.day_number" -> "B-depart_date I-depart_date")."""
+    out, prev = [], None
+    for t in tags:
+        if t == "O":
+            out.append("O")
+            prev = None
+            continue
+        kind = t[2:].split(".")[0]
+        out.append(("I-" if kind == prev else "B-") + kind)
+        prev = kind
+    return out
+
+
+def msra_sentences(split: str) -> tuple[list[list[str]], list[list[str]]]:
+    with zipfile.ZipFile(os.path.join(SHARED, "msra_ner", "full_bio", "MSRA.zip")) as z:
+        name = next(n for n in z.namelist() if n.endswith(f"{split}.txt") or n.endswith(f"msra_{split}_bio"))
+        text = z.read(name).decode("utf-8")
+    sents, tags, words, cur = [], [], [], []
+    for line in [*text.splitlines(), ""]:
+        fields = line.split("\t")
+        if len(fields) < 2 or not fields[0].strip():
+            if words:
+                sents.append(words)
+                tags.append(cur)
+                words, cur = [], []
+            continue
+        words.append(fields[0].strip())
+        cur.append(fields[-1].strip())
+    return sents, tags
+
+
+def regime_files(args) -> tuple[str, str]:
+    """(train, test) CoNLL files for `--data` (the first `--train_examples` training sentences)."""
+    os.makedirs(WORK, exist_ok=True)
+    if args.data == "file":
+        train, test = read_conll(args.train_file), read_conll(args.test_file)
+    elif args.data == "conll":
+        train = read_conll(os.path.join(SHARED, "conll2003", "train.txt"))
+        test = read_conll(os.path.join(SHARED, "conll2003", "test.txt"))
+    elif args.data in ("atis", "atis_merged"):
+        merged = args.data == "atis_merged"
+        root = os.path.join(SHARED, "atis")
+        train, test = jointbert_sentences(root, "train", merged), jointbert_sentences(root, "test", merged)
+    elif args.data == "jointbert":
+        train, test = jointbert_sentences(args.data_dir, "train"), jointbert_sentences(args.data_dir, "test")
+    elif args.data == "msra":
+        train, test = msra_sentences("train"), msra_sentences("test")
+    else:
+        raise SystemExit(f"unknown --data {args.data}")
+    n = args.train_examples or len(train[0])
+    train = (train[0][:n], train[1][:n])
+    if args.test_examples:
+        test = (test[0][: args.test_examples], test[1][: args.test_examples])
+    tag = f"{args.data}_{os.path.basename(os.path.normpath(args.data_dir or ''))}_{n}_{args.test_examples or 'all'}"
+    return (write_conll(f"{WORK}/full_run_{tag}.train.txt", *train),
+            write_conll(f"{WORK}/full_run_{tag}.test.txt", *test))
+
+
+# ---- the two sides ----
+def build_ours(args, config: dict, model_dir: str, train_file: str, labels: list[str], n_steps: int):
+    import torchpalm as palm
+
+    torch.manual_seed(args.seed)
+    reader = palm.reader.SequenceLabelReader(os.path.join(model_dir, "vocab.txt"), args.max_seqlen,
+                                             {t: i for i, t in enumerate(labels)}, seed=args.seed,
+                                             do_lower_case=True)
+    reader.load_data(train_file, args.batch_size, num_epochs=args.epochs)
+    backbone = palm.backbone.BERT.from_config(config)
+    backbone.pack_tokens = "packing" in args.switch
+    reader.register_with(backbone)
+    head = palm.head.SequenceLabel(len(labels), config["hidden_size"], args.dropout, use_crf=False)
+    trainer = palm.Trainer(f"full_run_{args.data}")
+    model = trainer.build_forward(backbone, head)
+    sched = palm.lr_sched.TriangularSchedualer(int(0.1 * n_steps), n_steps, decay_from_warmup_end=True)
+    trainer.build_backward(palm.optimizer.Adam(model, args.lr, sched), weight_decay=0.01)
+    trainer.fit_reader(reader)
+    trainer.load_pretrain(model_dir)
+    return trainer, reader, backbone, head
+
+
+def build_hf(args, model_dir: str, labels: list[str], n_steps: int, head):
+    from transformers import BertForTokenClassification, get_linear_schedule_with_warmup
+
+    torch.manual_seed(args.seed)
+    model = BertForTokenClassification.from_pretrained(
+        model_dir, num_labels=len(labels), attn_implementation="sdpa", hidden_dropout_prob=args.dropout,
+        attention_probs_dropout_prob=args.dropout)
+    if "init" not in args.switch:  # the same classifier start on both sides
+        with torch.no_grad():
+            model.classifier.weight.copy_(head.emission.weight)
+            model.classifier.bias.copy_(head.emission.bias)
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    sched = get_linear_schedule_with_warmup(opt, int(0.1 * n_steps), n_steps)
+    model.train()
+    return model, opt, sched
+
+
+def hf_targets(tok, sents, tags, labels, max_len):
+    """HF's inputs: ids of the words split into sub-tokens, the word's tag on its FIRST sub-token, -100 elsewhere."""
+    label_map = {t: i for i, t in enumerate(labels)}
+    enc = tok(sents, is_split_into_words=True, truncation=True, max_length=max_len)
+    targets = []
+    for i in range(len(sents)):
+        prev, row = None, []
+        for w in enc.word_ids(i):
+            row.append(label_map[tags[i][w]] if w is not None and w != prev else -100)
+            prev = w
+        targets.append(row)
+    return enc["input_ids"], targets
+
+
+def hf_batch(tok, ids, targets, idx):
+    batch = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+    width = batch["input_ids"].shape[1]
+    batch["labels"] = torch.tensor([targets[i] + [-100] * (width - len(targets[i])) for i in idx])
+    return batch
+
+
+def same_data(ours: dict, hf: dict) -> bool:
+    """Our batch and HF's hold the same token ids and the same label on each word's first sub-token."""
+    ids = ours["token_ids"]
+    if ids.shape != hf["input_ids"].shape or not torch.equal(ids, hf["input_ids"]):
+        return False
+    hf_labels = [row[row != -100] for row in hf["labels"]]
+    our_labels = [row[row != -100] for row in ours["label_ids"]]
+    return all(torch.equal(a, b) for a, b in zip(hf_labels, our_labels, strict=True))
+
+
+def run(args) -> dict:
+    from transformers import BertTokenizer
+
+    import torchpalm as palm
+
+    torch.set_num_threads(args.threads)
+    model_dir = minilm_dir()
+    train_file, test_file = regime_files(args)
+    train_sents, train_tags = read_conll(train_file)
+    test_sents, gold = read_conll(test_file)
+    labels = sorted({t for ts in train_tags for t in ts})  # the reader's own default order
+    config = json.load(open(os.path.join(model_dir, "config.json")))
+    if "dropout" not in args.switch:
+        config = dict(config, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    args.dropout = 0.1 if "dropout" in args.switch else 0.0
+    n = len(train_sents)
+    n_steps = n * args.epochs // args.batch_size
+
+    trainer, reader, backbone, head = build_ours(args, config, model_dir, train_file, labels, n_steps)
+    hf, opt, sched = build_hf(args, model_dir, labels, n_steps, head)
+    tok = BertTokenizer.from_pretrained(model_dir)
+    ids, targets = hf_targets(tok, train_sents, train_tags, labels, args.max_seqlen)
+    own_rng = np.random.default_rng(args.seed)  # HF's own order (benchmarks/common.py), with `--switch order`
+
+    losses, mismatched, t_ours, t_hf = [], 0, 0.0, 0.0
+    steps_per_epoch = n // args.batch_size
+    for epoch in range(args.epochs):
+        order = (own_rng.permutation(n) if "order" in args.switch
+                 else np.random.default_rng([args.seed, epoch]).permutation(n))
+        for b in range(steps_per_epoch):
+            t0 = time.perf_counter()
+            batch = trainer.get_one_batch()
+            ours = float(trainer.train_one_step(batch)[f"full_run_{args.data}.loss"])
+            t1 = time.perf_counter()
+            hb = hf_batch(tok, ids, targets, order[b * args.batch_size:(b + 1) * args.batch_size])
+            if "order" not in args.switch and not same_data(batch, hb):
+                mismatched += 1
+            loss = hf(**hb).loss
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            t_hf += time.perf_counter() - t1
+            t_ours += t1 - t0
+            losses.append((ours, loss.item()))
+            step = len(losses)
+            if args.print_steps and step % args.print_steps == 0:
+                print(f"step {step}/{n_steps}: ours {ours:.6f} hf {losses[-1][1]:.6f} diff {ours - losses[-1][1]:+.2e}",
+                      flush=True)
+
+    # both sides predict the test file; words past max_len are O on both (as conll_vs_hf.py)
+    from common import hf_predict_tags
+    from conll_vs_hf import scores
+
+    pred_reader = palm.reader.SequenceLabelReader(os.path.join(model_dir, "vocab.txt"), args.max_seqlen,
+                                                  {t: i for i, t in enumerate(labels)}, do_lower_case=True,
+                                                  phase="predict")
+    pred_reader.load_data(test_file, 128)
+    pred_backbone = palm.backbone.BERT.from_config(config, phase="predict")
+    pred_backbone.pack_tokens = backbone.pack_tokens
+    pred_reader.register_with(pred_backbone)
+    trainer.build_predict_forward(pred_backbone, palm.head.SequenceLabel(len(labels), config["hidden_size"],
+                                                                         phase="predict", use_crf=False))
+    trainer.fit_reader(pred_reader, phase="predict")
+    ours_tags = [[labels[i] for i in row] for row in trainer.predict(print_steps=0)]
+    hf_tags = hf_predict_tags(hf, tok, test_sents, labels, args.max_seqlen)
+    diffs = np.array([a - b for a, b in losses])
+    rel = np.abs(diffs) / np.maximum(np.abs([b for _, b in losses]), 1e-8)
+    words = sum(len(s) for s in gold)
+    agree = sum(a == b for p, q in zip(ours_tags, hf_tags, strict=True) for a, b in zip(p, q, strict=True))
+    result = {
+        **results_header(args), "train_file": train_file, "test_file": test_file, "labels": len(labels),
+        "steps": len(losses), "batches_not_equal": mismatched,
+        "max_abs_loss_diff": float(np.abs(diffs).max()), "max_rel_loss_diff": float(rel.max()),
+        "first_step_rel_diff_over_1e-3": next((i + 1 for i, r in enumerate(rel) if r > 1e-3), None),
+        "mean_loss_diff_last_epoch": float(diffs[-steps_per_epoch:].mean()),
+        "ours": scores(gold, ours_tags, ours=False), "hf": scores(gold, hf_tags, ours=False),
+        "word_agreement": agree / words, "train_seconds": {"ours": t_ours, "hf": t_hf},
+        "losses": [[round(a, 7), round(b, 7)] for a, b in losses],
+    }
+    result["f1_diff_points"] = 100 * (result["ours"]["f1"] - result["hf"]["f1"])
+    return result
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="conll", choices=["conll", "atis", "atis_merged", "msra", "jointbert", "file"])
+    p.add_argument("--data_dir", help="with --data jointbert: a folder in JointBERT's layout (e.g. its data/snips)")
+    p.add_argument("--train_file", help="with --data file: a CoNLL-format training file (word ... tag per line)")
+    p.add_argument("--test_file", help="with --data file: a CoNLL-format test file")
+    p.add_argument("--train_examples", type=int, default=3000, help="first N training sentences (0: all)")
+    p.add_argument("--test_examples", type=int, default=0, help="first N test sentences (0: all)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--max_seqlen", type=int, default=128)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--print_steps", type=int, default=50)
+    p.add_argument("--switch", default="", help=f"comma-separated differences to switch on: {','.join(SWITCHES)}")
+    p.add_argument("--out", help="results JSON (default benchmarks/results/tagging_full_run.<data>.<switch>.json)")
+    args = p.parse_args()
+    args.switch = [s for s in args.switch.split(",") if s]
+    if unknown := set(args.switch) - set(SWITCHES):
+        p.error(f"unknown --switch {sorted(unknown)}; choose from {SWITCHES}")
+    if args.data == "file" and not (args.train_file and args.test_file):
+        p.error("--data file needs --train_file and --test_file")
+    if args.data == "jointbert" and not args.data_dir:
+        p.error("--data jointbert needs --data_dir")
+    result = run(args)
+    keys = ("steps", "batches_not_equal", "max_abs_loss_diff", "max_rel_loss_diff", "first_step_rel_diff_over_1e-3",
+            "mean_loss_diff_last_epoch", "word_agreement", "f1_diff_points")
+    print(json.dumps({k: result[k] for k in keys}))
+    print(f"ours F1 {result['ours']['f1']:.4f} (P {result['ours']['precision']:.4f} R {result['ours']['recall']:.4f})"
+          f" | hf F1 {result['hf']['f1']:.4f} (P {result['hf']['precision']:.4f} R {result['hf']['recall']:.4f})")
+    out = args.out or os.path.join(ROOT, "benchmarks", "results",
+                                   f"tagging_full_run.{args.data}.{'+'.join(args.switch) or 'parity'}"
+                                   f".seed{args.seed}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
