@@ -129,6 +129,8 @@ def build_ours(args, config: dict, model_dir: str, train_file: str, labels: list
     backbone.pack_tokens = "packing" in args.switch
     reader.register_with(backbone)
     head = palm.head.SequenceLabel(len(labels), config["hidden_size"], args.dropout, use_crf=False)
+    if args.head_init == "normal":  # HF's initialiser (plain normal, std 0.02) instead of our truncated normal
+        torch.nn.init.normal_(head.emission.weight, std=0.02)
     trainer = palm.Trainer(f"full_run_{args.data}")
     model = trainer.build_forward(backbone, head)
     sched = palm.lr_sched.TriangularSchedualer(int(0.1 * n_steps), n_steps, decay_from_warmup_end=True)
@@ -288,6 +290,8 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--print_steps", type=int, default=50)
+    p.add_argument("--head_init", default="truncated", choices=["truncated", "normal"],
+                   help="our classifier's initialiser: the head's truncated normal, or HF's plain normal (std 0.02)")
     p.add_argument("--switch", default="", help=f"comma-separated differences to switch on: {','.join(SWITCHES)}")
     p.add_argument("--out", help="results JSON (default benchmarks/results/tagging_full_run.<data>.<switch>.json)")
     args = p.parse_args()
