@@ -76,24 +76,32 @@ def hf_fine_tune_tagger(model: torch.nn.Module, tok, sents: list[list[str]], tag
     """Fine-tunes an HF token classifier on word-tagged sentences the way run_ner does: the FIRST sub-token of each
     word carries the word's tag, every other position (later sub-tokens, [CLS], [SEP], padding) is -100; at most
     `max_len` sub-tokens (the words past that are not trained on). Trains with `hf_fine_tune`; returns its dict."""
+    ids, targets = first_piece_targets(tok, sents, tags, labels, max_len)
+    return hf_fine_tune(model, lambda idx: tagger_batch(tok, ids, targets, idx), len(sents), args)
+
+
+def first_piece_targets(tok, sents: list[list[str]], tags: list[list[str]], labels: list[str],
+                        max_len: int) -> tuple[list[list[int]], list[list[int]]]:
+    """HF's token-classification inputs (run_ner): the sentences' ids (words split into sub-tokens, at most
+    `max_len`) and per position the word's tag id on its FIRST sub-token, -100 everywhere else."""
     label_map = {t: i for i, t in enumerate(labels)}
     enc = tok(sents, is_split_into_words=True, truncation=True, max_length=max_len)
     targets = []
     for i in range(len(sents)):
-        # the first sub-token of each word carries the word's tag; every other position is ignored
         prev, row = None, []
         for w in enc.word_ids(i):
             row.append(label_map[tags[i][w]] if w is not None and w != prev else -100)
             prev = w
         targets.append(row)
+    return enc["input_ids"], targets
 
-    def collate(idx):
-        batch = tok.pad({"input_ids": [enc["input_ids"][i] for i in idx]}, return_tensors="pt")
-        width = batch["input_ids"].shape[1]
-        batch["labels"] = torch.tensor([targets[i] + [-100] * (width - len(targets[i])) for i in idx])
-        return batch
 
-    return hf_fine_tune(model, collate, len(sents), args)
+def tagger_batch(tok, ids: list[list[int]], targets: list[list[int]], idx) -> dict:
+    """The padded batch of sentences `idx` (labels padded with -100)."""
+    batch = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+    width = batch["input_ids"].shape[1]
+    batch["labels"] = torch.tensor([targets[i] + [-100] * (width - len(targets[i])) for i in idx])
+    return batch
 
 
 @torch.no_grad()

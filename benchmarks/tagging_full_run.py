@@ -33,7 +33,7 @@ import zipfile
 
 import numpy as np
 import torch
-from common import minilm_dir, results_header
+from common import first_piece_targets, minilm_dir, results_header, tagger_batch
 from conll_vs_hf import read_conll, write_conll
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,27 +160,6 @@ def build_hf(args, model_dir: str, labels: list[str], n_steps: int, head):
     return model, opt, sched
 
 
-def hf_targets(tok, sents, tags, labels, max_len):
-    """HF's inputs: ids of the words split into sub-tokens, the word's tag on its FIRST sub-token, -100 elsewhere."""
-    label_map = {t: i for i, t in enumerate(labels)}
-    enc = tok(sents, is_split_into_words=True, truncation=True, max_length=max_len)
-    targets = []
-    for i in range(len(sents)):
-        prev, row = None, []
-        for w in enc.word_ids(i):
-            row.append(label_map[tags[i][w]] if w is not None and w != prev else -100)
-            prev = w
-        targets.append(row)
-    return enc["input_ids"], targets
-
-
-def hf_batch(tok, ids, targets, idx):
-    batch = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-    width = batch["input_ids"].shape[1]
-    batch["labels"] = torch.tensor([targets[i] + [-100] * (width - len(targets[i])) for i in idx])
-    return batch
-
-
 def same_data(ours: dict, hf: dict) -> bool:
     """Our batch and HF's hold the same token ids and the same label on each word's first sub-token."""
     ids = ours["token_ids"]
@@ -212,7 +191,7 @@ def run(args) -> dict:
     trainer, reader, backbone, head = build_ours(args, config, model_dir, train_file, labels, n_steps)
     hf, opt, sched = build_hf(args, model_dir, labels, n_steps, head)
     tok = BertTokenizer.from_pretrained(model_dir)
-    ids, targets = hf_targets(tok, train_sents, train_tags, labels, args.max_seqlen)
+    ids, targets = first_piece_targets(tok, train_sents, train_tags, labels, args.max_seqlen)
     own_rng = np.random.default_rng(args.seed)  # HF's own order (benchmarks/common.py), with `--switch order`
 
     losses, mismatched, t_ours, t_hf = [], 0, 0.0, 0.0
@@ -225,7 +204,7 @@ def run(args) -> dict:
             batch = trainer.get_one_batch()
             ours = float(trainer.train_one_step(batch)[f"full_run_{args.data}.loss"])
             t1 = time.perf_counter()
-            hb = hf_batch(tok, ids, targets, order[b * args.batch_size:(b + 1) * args.batch_size])
+            hb = tagger_batch(tok, ids, targets, order[b * args.batch_size:(b + 1) * args.batch_size])
             if "order" not in args.switch and not same_data(batch, hb):
                 mismatched += 1
             loss = hf(**hb).loss
