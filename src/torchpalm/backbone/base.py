@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -40,3 +42,31 @@ class Backbone(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must implement forward(batch) -> dict of tensors")
+
+    def refuse_oversized_reader(self, reader, vocab_size: int, max_positions: int | None) -> None:
+        """Refuses a reader whose sequences or token ids this backbone cannot embed (PALM crashed at step 1 with
+        an IndexError): `max_len` above `max_positions` (None: no absolute position table), or a vocabulary
+        with more ids than `vocab_size`. For the backbones' `check_reader`, which `reader.register_with` and
+        `Trainer.fit_reader` call; `self.config_source` names the backbone's config."""
+        max_len = getattr(reader, "max_len", None)
+        if max_positions is not None and max_len is not None and max_len > max_positions:
+            raise ValueError(f"{type(reader).__name__} max_len={max_len} is above the backbone's "
+                             f"'max_position_embeddings' {max_positions} ({self.config_source}): positions past "
+                             f"{max_positions - 1} have no embedding; use max_len <= {max_positions}")
+        tokenizer = getattr(reader, "tokenizer", None)
+        size = getattr(tokenizer, "vocab_size", None)
+        if size is not None and size > vocab_size:
+            raise ValueError(f"the vocabulary {getattr(tokenizer, 'vocab_path', '')} has {size} ids but the "
+                             f"backbone's 'vocab_size' is {vocab_size} ({self.config_source}): ids from "
+                             f"{vocab_size} up have no embedding; is it the tokenizer (vocab.txt, tokenizer.json) "
+                             f"that goes with this model?")
+
+    def clone(self, phase: str) -> Backbone:
+        """A copy of this backbone (same weights) for another phase."""
+        new = copy.deepcopy(self)
+        new.phase = phase
+        new.train(phase == "train")
+        return new
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

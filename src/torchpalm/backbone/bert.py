@@ -7,7 +7,6 @@ of three); `torchpalm.convert` maps HF's separate q/k/v weights onto it.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 
@@ -353,21 +352,8 @@ class BERT(Backbone):
         return backbone
 
     def check_reader(self, reader) -> None:
-        """Refuses a reader whose sequences or token ids this backbone cannot embed (PALM crashed at step 1 with
-        an IndexError): `max_len` above `max_position_embeddings`, or a vocabulary with more ids than
-        `vocab_size`. Called by `reader.register_with(backbone)` and `Trainer.fit_reader`."""
-        max_len = getattr(reader, "_max_len", None)
-        positions = self.config["max_position_embeddings"]
-        if max_len is not None and max_len > positions:
-            raise ValueError(f"{type(reader).__name__} max_len={max_len} is above the backbone's "
-                             f"'max_position_embeddings' {positions} ({self.config_source}): positions past "
-                             f"{positions - 1} have no embedding; use max_len <= {positions}")
-        tokenizer = getattr(reader, "tokenizer", None)
-        if tokenizer is not None and tokenizer.vocab_size > self.config["vocab_size"]:
-            raise ValueError(f"the vocabulary {tokenizer.vocab_path} has {tokenizer.vocab_size} ids but the "
-                             f"backbone's 'vocab_size' is {self.config['vocab_size']} ({self.config_source}): "
-                             f"ids from {self.config['vocab_size']} up have no embedding; is it the tokenizer "
-                             f"(vocab.txt, tokenizer.json) that goes with this model?")
+        """Refuses what `refuse_oversized_reader` refuses (positions and vocabulary of config.json)."""
+        self.refuse_oversized_reader(reader, self.config["vocab_size"], self.config["max_position_embeddings"])
 
     def reset_parameters(self) -> None:
         """Truncated-normal(initializer_range) weights, zero biases, unit LayerNorms (spec §7.3)."""
@@ -453,13 +439,4 @@ class BERT(Backbone):
             out.update({f"{k}_neg": v for k, v in self.encode(batch, "_neg", sentence_only).items()})
         return out
 
-    def clone(self, phase: str) -> BERT:
-        """A copy of this backbone (same weights) for another phase."""
-        new = copy.deepcopy(self)
-        new.phase = phase
-        new.train(phase == "train")
-        return new
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 

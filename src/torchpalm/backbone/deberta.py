@@ -25,7 +25,6 @@ tokens only, and attention runs per group of similar lengths, each group padded 
 
 from __future__ import annotations
 
-import copy
 import difflib
 import os
 
@@ -325,19 +324,9 @@ class DeBERTaV2(Backbone):
                 nn.init.zeros_(module.bias)
 
     def check_reader(self, reader) -> None:
-        """Refuses a reader whose token ids this backbone cannot embed, or whose sequences are longer than the
-        absolute position table (when the model has one)."""
-        max_len = getattr(reader, "_max_len", None)
-        positions = self.config["max_position_embeddings"]
-        if self.position_embeddings is not None and max_len is not None and max_len > positions:
-            raise ValueError(f"{type(reader).__name__} max_len={max_len} is above the backbone's "
-                             f"'max_position_embeddings' {positions} ({self.config_source}); use max_len <= "
-                             f"{positions}")
-        tokenizer = getattr(reader, "_tokenizer", None)
-        if tokenizer is not None and tokenizer.vocab_size > self.config["vocab_size"]:
-            raise ValueError(f"the vocabulary {tokenizer.vocab_path} has {tokenizer.vocab_size} ids but the "
-                             f"backbone's 'vocab_size' is {self.config['vocab_size']} ({self.config_source}): is it "
-                             f"the vocabulary that goes with this config?")
+        """Refuses what `refuse_oversized_reader` refuses (the position table only when the model has one)."""
+        positions = self.config["max_position_embeddings"] if self.position_embeddings is not None else None
+        self.refuse_oversized_reader(reader, self.config["vocab_size"], positions)
 
     @property
     def inputs_attr(self) -> dict:
@@ -437,12 +426,3 @@ class DeBERTaV2(Backbone):
             out.update({f"{k}_neg": v for k, v in self.encode(batch, "_neg").items()})
         return out
 
-    def clone(self, phase: str) -> DeBERTaV2:
-        """A copy of this backbone (same weights) for another phase."""
-        new = copy.deepcopy(self)
-        new.phase = phase
-        new.train(phase == "train")
-        return new
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())

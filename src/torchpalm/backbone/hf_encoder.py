@@ -9,7 +9,6 @@ must name a `model_type` that the installed transformers knows (`trust_remote_co
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 import os
@@ -108,18 +107,9 @@ class HFEncoder(Backbone):
         return attrs
 
     def check_reader(self, reader) -> None:
-        """Refuses a vocabulary with more ids than the model's embedding table, or sequences longer than its
-        position table."""
-        tokenizer = getattr(reader, "_tokenizer", None)
-        vocab = self.model.get_input_embeddings().num_embeddings
-        if tokenizer is not None and tokenizer.vocab_size > vocab:
-            raise ValueError(f"the vocabulary {tokenizer.vocab_path} has {tokenizer.vocab_size} ids but the model "
-                             f"embeds {vocab} ({self.config_source}): is it the vocabulary of this model?")
-        positions = self.config.get("max_position_embeddings")
-        max_len = getattr(reader, "_max_len", None)
-        if positions and max_len is not None and max_len > positions:
-            raise ValueError(f"{type(reader).__name__} max_len={max_len} is above the model's "
-                             f"'max_position_embeddings' {positions} ({self.config_source})")
+        """Refuses what `refuse_oversized_reader` refuses (the model's embedding table and position table)."""
+        self.refuse_oversized_reader(reader, self.model.get_input_embeddings().num_embeddings,
+                                     self.config.get("max_position_embeddings") or None)
 
     def pretrained_state(self, path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
         """The tensors of an HF model directory/file (names with or without the task model's prefix, such as
@@ -160,11 +150,3 @@ class HFEncoder(Backbone):
             out.update({f"{k}_neg": v for k, v in self.encode(batch, "_neg").items()})
         return out
 
-    def clone(self, phase: str) -> HFEncoder:
-        new = copy.deepcopy(self)
-        new.phase = phase
-        new.train(phase == "train")
-        return new
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())

@@ -20,7 +20,6 @@ transform it would add is this prediction head.
 
 from __future__ import annotations
 
-import copy
 import os
 
 import torch
@@ -275,20 +274,8 @@ class ModernBERT(Backbone):
         return backbone
 
     def check_reader(self, reader) -> None:
-        """Refuses a reader whose token ids this backbone cannot embed (a vocabulary larger than `vocab_size`) or
-        whose sequences are longer than `max_position_embeddings`."""
-        max_len = getattr(reader, "_max_len", None)
-        positions = self.config["max_position_embeddings"]
-        if max_len is not None and max_len > positions:
-            raise ValueError(f"{type(reader).__name__} max_len={max_len} is above the backbone's "
-                             f"'max_position_embeddings' {positions} ({self.config_source})")
-        tokenizer = getattr(reader, "_tokenizer", None)
-        size = getattr(tokenizer, "vocab_size", None)
-        if size is not None and size > self.config["vocab_size"]:
-            raise ValueError(f"the vocabulary {getattr(tokenizer, 'vocab_path', '')} has {size} ids but the "
-                             f"backbone's 'vocab_size' is {self.config['vocab_size']} ({self.config_source}): "
-                             f"ids from {self.config['vocab_size']} up have no embedding; is it the tokenizer "
-                             f"that goes with this model?")
+        """Refuses what `refuse_oversized_reader` refuses (positions and vocabulary of config.json)."""
+        self.refuse_oversized_reader(reader, self.config["vocab_size"], self.config["max_position_embeddings"])
 
     def reset_parameters(self) -> None:
         """HF's initialisation: truncated normal (cut at `initializer_cutoff_factor` std) with std
@@ -396,12 +383,3 @@ class ModernBERT(Backbone):
             out["encoder_outputs"] = encoded
         return out
 
-    def clone(self, phase: str) -> ModernBERT:
-        """A copy of this backbone (same weights) for another phase."""
-        new = copy.deepcopy(self)
-        new.phase = phase
-        new.train(phase == "train")
-        return new
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
