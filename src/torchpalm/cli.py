@@ -21,6 +21,15 @@ import torch
 import torchpalm as palm
 
 from . import config as C
+from .components import (
+    backbone_files,
+    blame,
+    build_backbone,
+    build_head,
+    build_reader,
+    key_in,
+    reader_label_map,
+)
 from .config import ConfigError
 from .convert import PaddleFormatError, convert_paddle_to_torchpalm, convert_torchpalm_to_paddle
 from .evaluation import with_note
@@ -83,7 +92,7 @@ def check_data_files(cfg: dict, keys: Sequence[str], overrides: dict[str, str] |
     one is a ConfigError naming its key and config file (or --input)."""
     for t in cfg["tasks"]:
         for key in keys:
-            path, where = t[key], C.key_in(cfg, f"{t['path']}.{key}")
+            path, where = t[key], key_in(cfg, f"{t['path']}.{key}")
             if key == "predict_file" and overrides and t["name"] in overrides:
                 path, where = overrides[t["name"]], "--input"
             if path is not None and not os.path.exists(path):
@@ -123,8 +132,8 @@ def trained(task: dict, cfg: dict, vocab: str, record: dict) -> Trained:
         return out
     if task["reader"]["type"] == "sequence_label":
         need(task, "train_file", "predict/evaluate", " (its tags give the label map; or set reader.label_map_config)")
-        reader, load_kwargs = C.build_reader(task, cfg, vocab, "train")
-        with C.blame(C.key_in(cfg, f"{task['path']}.train_file")):
+        reader, load_kwargs = build_reader(task, cfg, vocab, "train")
+        with blame(key_in(cfg, f"{task['path']}.train_file")):
             reader.load_data(task["train_file"], cfg["train"]["batch_size"], **load_kwargs)
         out.reader_options = reader.data_options()
     return out
@@ -135,7 +144,7 @@ def train_num_classes(task: dict, reader) -> int | None:
     training labels, or given), else the largest integer label id + 1, logged."""
     if "num_classes" in task["head"] or task["head"]["type"] not in ("classify", "match"):
         return None
-    if C.reader_label_map(reader) is not None:
+    if reader_label_map(reader) is not None:
         return None  # (build_head takes it from the map)
     try:
         labels = reader.gold_labels()
@@ -157,16 +166,16 @@ def predict_trainer(task: dict, cfg: dict, files: tuple, data_file: str, checkpo
     then loaded once, `load_once`). Returns (trainer, reader)."""
     config, vocab, _ = files
     known = known or Trained({})
-    reader, load_kwargs = C.build_reader(task, cfg, vocab, "predict", known.reader_options)
-    where = "--input" if key == "--input" else C.key_in(cfg, f"{task['path']}.{key}")
-    with C.blame(where):
+    reader, load_kwargs = build_reader(task, cfg, vocab, "predict", known.reader_options)
+    where = "--input" if key == "--input" else key_in(cfg, f"{task['path']}.{key}")
+    with blame(where):
         reader.load_data(data_file, cfg["train"]["batch_size"], **load_kwargs)
-    backbone = backbone if backbone is not None else C.build_backbone(cfg, config, "predict")
+    backbone = backbone if backbone is not None else build_backbone(cfg, config, "predict")
     reader.register_with(backbone)
     trainer = trainer or palm.Trainer(task["name"], device=cfg["train"]["device"],
                                       precision=cfg["train"]["precision"])
-    trainer.build_predict_forward(backbone, C.build_head(task, config, "predict", C.reader_label_map(reader),
-                                                         known.num_classes))
+    trainer.build_predict_forward(backbone, build_head(task, config, "predict", reader_label_map(reader),
+                                                     known.num_classes))
     if checkpoint is not None and backbone_only:
         trainer.load_predict_model(checkpoint)
     elif checkpoint is not None:
@@ -190,7 +199,7 @@ def train(cfg: dict, dry_run: bool = False, resume: bool = False) -> str | None:
     """PALM's 8 steps for one task (Trainer) or several (MultiHeadTrainer); returns the final checkpoint.
     `dry_run` builds everything (data read, weights loaded) and stops before the first step; `resume` continues
     from the latest complete checkpoint in train.save_path (from the start when there is none)."""
-    files = config, vocab, pretrained = C.backbone_files(cfg)
+    files = config, vocab, pretrained = backbone_files(cfg)
     tr, tasks, multi = cfg["train"], cfg["tasks"], len(cfg["tasks"]) > 1
     check_data_files(cfg, ("train_file", "dev_file"))
     torch.manual_seed(tr["seed"])  # head (and from-scratch backbone) initialisation and dropout
@@ -198,12 +207,12 @@ def train(cfg: dict, dry_run: bool = False, resume: bool = False) -> str | None:
     cycle = multi or tr["max_steps"] is not None or tr["epochs"] != int(tr["epochs"])
     readers = {}
     for t in tasks:
-        readers[t["name"]], load_kwargs = C.build_reader(t, cfg, vocab, "train")
-        with C.blame(C.key_in(cfg, f"{t['path']}.train_file")):
+        readers[t["name"]], load_kwargs = build_reader(t, cfg, vocab, "train")
+        with blame(key_in(cfg, f"{t['path']}.train_file")):
             readers[t["name"]].load_data(need(t, "train_file", "train"), tr["batch_size"],
                                          num_epochs=None if cycle else int(tr["epochs"]), **load_kwargs)
     # 2. backbone  3. register every reader with it
-    backbone = C.build_backbone(cfg, config, "train")
+    backbone = build_backbone(cfg, config, "train")
     for reader in readers.values():
         reader.register_with(backbone)
     # 4. heads  5. one trainer per task, all on the same backbone
@@ -211,17 +220,17 @@ def train(cfg: dict, dry_run: bool = False, resume: bool = False) -> str | None:
     for t in tasks:
         reader = readers[t["name"]]
         known[t["name"]] = Trained(reader.data_options(), train_num_classes(t, reader))
-        with C.blame(t["path"]):
+        with blame(t["path"]):
             trainer = trainers[t["name"]] = palm.Trainer(
                 t["name"], mix_ratio=t["mix_ratio"], device=tr["device"], precision=tr["precision"],
                 grad_clip=tr["grad_clip"], loss_weight=t["loss_weight"], fsdp=tr["fsdp"])
         if t["aux"]:
             trainer.set_as_aux()
-        loss_var = trainer.build_forward(backbone, C.build_head(t, config, "train", C.reader_label_map(reader),
-                                                                known[t["name"]].num_classes))
+        loss_var = trainer.build_forward(backbone, build_head(t, config, "train", reader_label_map(reader),
+                                                            known[t["name"]].num_classes))
     if multi:
         options = {k: v for k, v in cfg["multi_task"].items() if k != "reference"}
-        with C.blame("multi_task"):
+        with blame("multi_task"):
             runner = palm.MultiHeadTrainer(list(trainers.values()), **options)
         loss_var = runner.build_forward()
     else:
@@ -291,7 +300,7 @@ def predict(cfg: dict, checkpoint: str | None, inputs: Sequence[str], output: st
     `backbone_only` (PALM's predict example): only backbone weights are loaded, from `checkpoint` (an HF model
     directory, a torchpalm checkpoint or Paddle parameters, as `load_pretrain` reads) or, without one, from
     backbone.pretrained; the heads keep their random initialisation, drawn after seeding with train.seed."""
-    files = C.backbone_files(cfg)
+    files = backbone_files(cfg)
     if backbone_only:
         checkpoint = checkpoint if checkpoint is not None else files[2]
         if checkpoint is None:
@@ -325,16 +334,16 @@ def export(cfg: dict, checkpoint: str, out: str, onnx: bool = False) -> str:
     """An inference bundle (torchpalm.bundle) of the config's tasks with the checkpoint's weights."""
     from . import bundle
 
-    config, vocab, _ = C.backbone_files(cfg)
-    backbone = C.build_backbone(cfg, config, "predict")
+    config, vocab, _ = backbone_files(cfg)
+    backbone = build_backbone(cfg, config, "predict")
     tasks, trainers, record = [], [], checkpoint_record(checkpoint)
     for t in cfg["tasks"]:
         known = trained(t, cfg, vocab, record)
-        reader, _ = C.build_reader(t, cfg, vocab, "predict", known.reader_options)
+        reader, _ = build_reader(t, cfg, vocab, "predict", known.reader_options)
         reader.register_with(backbone)
         trainer = palm.Trainer(t["name"], device="cpu")
-        trainer.build_predict_forward(backbone, C.build_head(t, config, "predict", C.reader_label_map(reader),
-                                                             known.num_classes))
+        trainer.build_predict_forward(backbone, build_head(t, config, "predict", reader_label_map(reader),
+                                                         known.num_classes))
         trainers.append(trainer)
         tasks.append(bundle.BundleTask(t["name"], trainer.predict_head, reader, t["name"]))
     load_once(trainers, checkpoint)  # the shared backbone and every task's head, from one read
@@ -391,8 +400,8 @@ def input_files(cfg: dict, inputs: Sequence[str]) -> dict[str, str]:
 def evaluate(cfg: dict, checkpoint: str, output: str | None) -> dict[str, dict]:
     """Each task's default metric (torchpalm.evaluation) on its dev file; printed and written as JSON."""
     check_data_files(cfg, ("dev_file",))
-    files, record = C.backbone_files(cfg), checkpoint_record(checkpoint)
-    backbone = C.build_backbone(cfg, files[0], "predict")  # shared: the checkpoint is read once
+    files, record = backbone_files(cfg), checkpoint_record(checkpoint)
+    backbone = build_backbone(cfg, files[0], "predict")  # shared: the checkpoint is read once
     built = {}
     for t in cfg["tasks"]:
         if t["dev_file"] is None:  # (validation made sure a dev_file has a metric)

