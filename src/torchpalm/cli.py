@@ -174,7 +174,7 @@ def predict_trainer(task: dict, cfg: dict, files: tuple, data_file: str, checkpo
     reader.register_with(backbone)
     trainer = trainer or palm.Trainer(task["name"], device=cfg["train"]["device"],
                                       precision=cfg["train"]["precision"])
-    trainer.build_predict_forward(backbone, build_head(task, config, "predict", reader_label_map(reader),
+    trainer.build_predict_forward(backbone, build_head(task, backbone, "predict", reader_label_map(reader),
                                                      known.num_classes))
     if checkpoint is not None and backbone_only:
         trainer.load_predict_model(checkpoint)
@@ -226,7 +226,7 @@ def train(cfg: dict, dry_run: bool = False, resume: bool = False) -> str | None:
                 grad_clip=tr["grad_clip"], loss_weight=t["loss_weight"], fsdp=tr["fsdp"])
         if t["aux"]:
             trainer.set_as_aux()
-        loss_var = trainer.build_forward(backbone, build_head(t, config, "train", reader_label_map(reader),
+        loss_var = trainer.build_forward(backbone, build_head(t, backbone, "train", reader_label_map(reader),
                                                             known[t["name"]].num_classes))
     if multi:
         options = {k: v for k, v in cfg["multi_task"].items() if k != "reference"}
@@ -342,7 +342,7 @@ def export(cfg: dict, checkpoint: str, out: str, onnx: bool = False) -> str:
         reader, _ = build_reader(t, cfg, vocab, "predict", known.reader_options)
         reader.register_with(backbone)
         trainer = palm.Trainer(t["name"], device="cpu")
-        trainer.build_predict_forward(backbone, build_head(t, config, "predict", reader_label_map(reader),
+        trainer.build_predict_forward(backbone, build_head(t, backbone, "predict", reader_label_map(reader),
                                                          known.num_classes))
         trainers.append(trainer)
         tasks.append(bundle.BundleTask(t["name"], trainer.predict_head, reader, t["name"]))

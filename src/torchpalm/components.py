@@ -110,23 +110,27 @@ def build_reader(task: dict, cfg: dict, vocab: str, phase: str, learned: Mapping
         return cls(vocab, phase=phase, **kwargs), load_kwargs
 
 
-def build_head(task: dict, config: dict, phase: str, label_map: Mapping[str, int] | None,
+def build_head(task: dict, backbone, phase: str, label_map: Mapping[str, int] | None,
                num_classes: int | None = None):
-    """The task's head; `label_map` (the reader's), else `num_classes` (what training found), gives
-    `num_classes` when the config does not."""
+    """The task's head on `backbone` (built by `build_backbone`): its `input_dim` is the backbone's
+    `hidden_size`, the width of the features it yields (a config may name it otherwise, as DistilBERT's `dim`);
+    `label_map` (the reader's), else `num_classes` (what training found), gives `num_classes` when the config
+    does not."""
     cls = component_class("head", task["head"]["type"])
     params = constructor_params("head", task["head"]["type"])
     kwargs = {k: v for k, v in task["head"].items() if k != "type"}
+    config = backbone.config
     implied = {"vocab_size": config.get("vocab_size"),
                "hidden_act": config.get("hidden_act", config.get("hidden_activation")),
-               "transform": False if config.get("model_type") == "modernbert" else None,
+               # ModernBERT's backbone yields its prediction head's outputs: MaskLM adds no transform of its own
+               "transform": False if isinstance(backbone, backbones.ModernBERT) else None,
                "max_query_len": task["reader"].get("max_query_len"),
                "num_classes": max(label_map.values()) + 1 if label_map else num_classes}
     for name, value in implied.items():
         if name in params and name not in kwargs and value is not None:
             kwargs[name] = value
     with blame(f"{task['path']}.head ({cls.__name__})"):
-        return cls(input_dim=config["hidden_size"], phase=phase, **kwargs)
+        return cls(input_dim=backbone.hidden_size, phase=phase, **kwargs)
 
 
 def reader_label_map(reader) -> dict[str, int] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import shared
@@ -132,3 +133,50 @@ def test_the_command_line_names_the_config_file_of_a_bad_backbone(tmp_path, unca
         assert main(["train", str(tmp_path / "run.yaml")]) == 2
         err = capsys.readouterr().err
         assert str(config) in err and message in err, err
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "albert"])
+def test_heads_take_their_width_from_the_backbone_not_a_config_key(tmp_path, uncased_vocab, kind):
+    """A YAML run's heads get `input_dim` from the backbone's `hidden_size`, the width of its outputs: DistilBERT's
+    config.json names it `dim` (no `hidden_size` key), ALBERT's token embeddings (16) are narrower than its
+    outputs (32). Trains, then predicts from the checkpoint, through the command line; and through the API."""
+    import yaml
+    from toy_data import write_cls, write_tags
+
+    from torchpalm.cli import main
+
+    save_random(tmp_path / "model", CONFIGS[kind]())
+    assert ("hidden_size" in json.loads((tmp_path / "model" / "config.json").read_text())) == (kind == "albert")
+    write_cls(tmp_path / "cls.tsv", 8)
+    write_tags(tmp_path / "tag.tsv", 8, seed=1)
+    cfg = {"backbone": {"type": "hf", "pretrained": str(tmp_path / "model"), "vocab": uncased_vocab},
+           "tasks": [{"name": "cls", "reader": {"type": "classify", "do_lower_case": True},
+                      "head": {"type": "classify", "num_classes": 2}, "train_file": str(tmp_path / "cls.tsv"),
+                      "predict_file": str(tmp_path / "cls.tsv")},
+                     {"name": "tag", "reader": {"type": "sequence_label", "do_lower_case": True},
+                      "head": {"type": "sequence_label", "use_crf": False}, "train_file": str(tmp_path / "tag.tsv"),
+                      "predict_file": str(tmp_path / "tag.tsv")}],
+           "optimizer": {"type": "adam", "lr": 1e-3},
+           "train": {"epochs": 1, "batch_size": 4, "max_len": 16, "save_path": str(tmp_path / "out"),
+                     "save_steps": 2, "device": "cpu"}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert main(["train", str(tmp_path / "run.yaml")]) == 0
+    final = max((tmp_path / "out").glob("ckpt.step*"), key=lambda p: int(p.name[len("ckpt.step"):]))
+    assert main(["predict", str(tmp_path / "run.yaml"), "--checkpoint", str(final), "--output",
+                 str(tmp_path / "pred")]) == 0
+    assert main(["export", str(tmp_path / "run.yaml"), "--checkpoint", str(final), "--out",
+                 str(tmp_path / "bundle")]) == 0
+    predicted = {task: (tmp_path / "pred" / task / "predictions.json").read_text().splitlines()
+                 for task in ("cls", "tag")}
+    assert len(predicted["cls"]) == len(predicted["tag"]) == 8
+    # the API: the backbone says its width
+    backbone = palm.backbone.HFEncoder(str(tmp_path / "model"))
+    assert backbone.hidden_size == 32
+    reader = palm.reader.ClassifyReader(uncased_vocab, 16, do_lower_case=True, seed=1)
+    reader.load_data(str(tmp_path / "cls.tsv"), 4, num_epochs=1)
+    reader.register_with(backbone)
+    trainer = palm.Trainer("cls")
+    model = trainer.build_forward(backbone, palm.head.Classify(2, backbone.hidden_size))
+    trainer.build_backward(palm.optimizer.Adam(model, 1e-3))
+    trainer.load_pretrain(str(tmp_path / "model"))
+    assert all(np.isfinite(float(trainer.train_one_step(b)["cls.loss"])) for b in trainer.fit_reader(reader))

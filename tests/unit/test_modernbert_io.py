@@ -90,7 +90,7 @@ def test_yaml_config_builds_modernbert_and_its_heads(tmp_path, uncased_vocab):
     assert vocab == str(tmp_path / "mb" / "vocab.txt") and pretrained == str(tmp_path / "mb")
     backbone = components.build_backbone(cfg, config, "train")
     assert isinstance(backbone, palm.backbone.ModernBERT) and backbone.config["layer_types"][1] == "sliding_attention"
-    mlm = components.build_head(cfg["tasks"][1], config, "train", None)
+    mlm = components.build_head(cfg["tasks"][1], backbone, "train", None)
     # on ModernBERT the MaskLM head is the tied decoder alone: the backbone applies the prediction head
     assert mlm.config()["transform"] is False and mlm.hidden_act == "gelu"
     assert not any(n.startswith("transform") for n, _ in mlm.named_parameters())

@@ -23,6 +23,8 @@ class Backbone(nn.Module):
       `[batch, hidden]` (Classify), `sentence_pair_embedding` (Match), `encoder_outputs` `[batch, seq, hidden]`
       (SequenceLabel, MRC) and also `embedding_table` `[vocab, hidden]` (MaskLM).
     * `forward(batch) -> dict[str, Tensor]`: the features named in `outputs_attr`.
+    * `hidden_size`: H, the width of those features (a YAML config's heads take it as `input_dim`); by default
+      `config['hidden_size']`.
 
     Optional: `forward(batch, outputs=None)`: when forward takes `outputs`, the trainers pass the names the head
     will read (`head.inputs_attrs["backbone"]`), so the backbone may skip the rest (BERT runs its last layer on
@@ -39,6 +41,17 @@ class Backbone(nn.Module):
     @property
     def outputs_attr(self) -> dict:
         raise NotImplementedError(f"{type(self).__name__} must define outputs_attr: {{name: (shape, dtype)}}")
+
+    @property
+    def hidden_size(self) -> int:
+        """H, the width of the features the heads read (`encoder_outputs` [B, L, H], `sentence_embedding` [B, H]):
+        what a head takes as `input_dim`. The built-in backbones' `config['hidden_size']`; a backbone whose
+        config names it otherwise (HFEncoder: DistilBERT's `dim`) overrides this."""
+        size = (getattr(self, "config", None) or {}).get("hidden_size")
+        if size is None:
+            raise NotImplementedError(f"{type(self).__name__} must define hidden_size (the width of its outputs) "
+                                      f"or a config with 'hidden_size'")
+        return int(size)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must implement forward(batch) -> dict of tensors")

@@ -93,6 +93,17 @@ class HFEncoder(Backbone):
         return cls(config, phase=phase, is_pairwise=is_pairwise)
 
     @property
+    def hidden_size(self) -> int:
+        """H, the width of `encoder_outputs` and `sentence_embedding`, whatever the config calls it (DistilBERT's
+        `dim`, ALBERT's `hidden_size` beside a smaller `embedding_size`): transformers' config maps its own name
+        to `hidden_size`."""
+        size = getattr(self.model.config, "hidden_size", None)
+        if not isinstance(size, int):
+            raise ValueError(f"{self.config_source}: the {self.config['model_type']!r} config gives no hidden size "
+                             f"(the width of the encoder's outputs); pass the heads' input_dim yourself")
+        return size
+
+    @property
     def inputs_attr(self) -> dict:
         attrs = {k: v for k, v in INPUTS.items() if k != "segment_ids" or self.uses_segments}
         if self.is_pairwise and self.phase == "train":
