@@ -79,7 +79,7 @@ def entity_f1_metric(results: list[list[int]], reader, scheme: str | None = None
 
 
 def answer_f1_metric(results: dict[str, str], reader) -> dict:
-    if getattr(reader, "_for_cn", False):
+    if getattr(reader, "for_cn", False):
         scores = cmrc_em_f1(reader.examples_json, results)
         return {"f1": scores["f1"], "exact_match": scores["exact_match"]}
     data = reader.examples_json

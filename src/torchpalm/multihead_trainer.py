@@ -271,7 +271,7 @@ class MultiHeadTrainer:
         names = list(by_task)
         seed = self._seed
         if seed is None:
-            seed = int(np.random.SeedSequence([r._seed for r in by_task.values()]).generate_state(1)[0])
+            seed = int(np.random.SeedSequence([r.seed for r in by_task.values()]).generate_state(1)[0])
         sizes = [r.num_examples for r in by_task.values()]
         ratios = [self._by_name[n].mix_ratio for n in names]
         self._sampler = TaskSampler(seed=seed, sizes=sizes, mix_ratios=ratios, **self._sampling)
@@ -570,7 +570,7 @@ class MultiHeadTrainer:
         model = self.prediction_model()
         tasks = [t.predict_task(output_dir=os.path.join(output_dir, t.name)
                                 if output_dir is not None and distributed.is_main() else None) for t in active]
-        backbone = self._pred_backbone or active[0]._pred_backbone
+        backbone = self._pred_backbone or active[0].predict_backbone
         with self.predicting():  # the loop's EMA weights, gathered under FSDP
             done = predict_tasks(model, tasks, self.device, self._trainers[0].precision,
                                  list(backbone.inputs_attr), print_steps, spread=True)

@@ -350,7 +350,7 @@ class Trainer:
         if phase == "train" and distributed.active():
             # every rank walks rank 0's shuffled order (seed=None draws a different seed in each process) and
             # takes its own slice of each global batch
-            reader._seed = distributed.broadcast_object(reader._seed)
+            reader.seed = distributed.broadcast_object(reader.seed)
             reader.shard(distributed.rank(), distributed.world_size())
         if phase == "train":
             self._train_reader = self._task.reader = reader

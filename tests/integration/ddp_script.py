@@ -164,6 +164,6 @@ rank = int(os.environ.get("RANK", "0"))
 shards = [p.to_local().numel() for p in trainer.model.parameters() if hasattr(p, "to_local")]
 with open(os.path.join(work, f"rank{rank}.json"), "w") as f:
     json.dump({"results": [{"label": int(r["label"]), "probs": [float(p) for p in r["probs"]]} for r in results],
-               "world_size": palm.distributed.world_size(), "seed": reader._seed if not multi else None,
+               "world_size": palm.distributed.world_size(), "seed": reader.seed if not multi else None,
                "final": final, "eval": trainer.eval_history if not multi else None,
                "steps": trainer.cur_train_step, "sharded_numel": sum(shards), "numel": sum(p.numel() for p in trainer.model.parameters()), **extra}, f)

@@ -161,6 +161,16 @@ def test_deterministic_and_resumes_exactly(uncased_vocab, sst2, options):
         other.load_state_dict(state)
 
 
+def test_a_seed_set_after_planning_replans(uncased_vocab, sst2):
+    """Under torchrun every rank takes rank 0's seed (`reader.seed = ...` in `Trainer.fit_reader`) after a script
+    may already have asked for steps_per_epoch, which fixed the token-budget batches under its own seed."""
+    straight = _line_batches(_reader(uncased_vocab, sst2, max_tokens=300), 150)
+    reader = _reader(uncased_vocab, sst2, seed=99, max_tokens=300)
+    _ = reader.steps_per_epoch  # plans under seed 99
+    reader.seed = 3
+    assert reader.seed == 3 and _line_batches(reader, 150) == straight
+
+
 def test_predict_keeps_file_order(uncased_vocab, sst2):
     for options in ({"group_by_length": True}, {"max_tokens": 200}):
         pred = _reader(uncased_vocab, sst2, phase="predict", **options)

@@ -94,7 +94,9 @@ def test_inference_code_imports_no_training_code():
     through any chain of imports (functions included)."""
     graph = import_graph()
     graph.pop("torchpalm")
-    training = {"torchpalm.trainer", "torchpalm.multihead_trainer", "torchpalm.loop", "torchpalm.optimizer"}
+    training = {"torchpalm.trainer", "torchpalm.multihead_trainer", "torchpalm.trainer_core", "torchpalm.loop",
+                "torchpalm.optimizer", "torchpalm.lr_sched", "torchpalm.sampling", "torchpalm.balancing",
+                "torchpalm.evaluation", "torchpalm.metrics_log", "torchpalm.config", "torchpalm.components"}
     for start in ("torchpalm.predictor", "torchpalm.bundle", "torchpalm.prediction", "torchpalm.model"):
         seen, todo = set(), [start]
         while todo:
@@ -107,3 +109,60 @@ def test_inference_code_imports_no_training_code():
 def test_a_circle_through_an_import_inside_a_function_is_found():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert circles(graph) == [{"a", "b", "c"}]
+
+
+# Private names of other code that a module may read, and why.
+FOREIGN_PRIVATE_OK = {
+    "_step_supports_amp_scaling": "torch's own flag on its optimizers (GradScaler reads it too): the optimizer "
+                                  "skips a non-finite step on the device (loop.py)",
+}
+
+
+def private_reads(path: Path, root: Path = SRC) -> list[str]:
+    """`x._name` (read or written) and `getattr(x, "_name")` in a module where x is not self, cls or super() and
+    `_name` is defined nowhere in the module (not assigned as `self._name = ...`, nor a function, class, class
+    attribute or variable of it): a use of another module's private attribute."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    own: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            own.add(node.name)
+        elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+              and isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+            own.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            own.add(node.id)
+    reads = []
+    for node in ast.walk(tree):
+        name, owner = None, None
+        if isinstance(node, ast.Attribute):  # read or written
+            name, owner = node.attr, node.value
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("getattr", "hasattr") and len(node.args) >= 2
+              and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):
+            name, owner = node.args[1].value, node.args[0]
+        if name is None or not name.startswith("_") or name.startswith("__"):
+            continue
+        if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+            continue
+        if isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name) and owner.func.id == "super":
+            continue
+        if name not in own and name not in FOREIGN_PRIVATE_OK:
+            reads.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+    return reads
+
+
+def test_no_module_reads_another_modules_private_attributes():
+    """What a module needs from another's objects it reads through their public members (issue 26)."""
+    reads = [r for p in sorted((SRC / "torchpalm").rglob("*.py")) for r in private_reads(p)]
+    assert not reads, f"private attributes of other modules read: {reads}"
+
+
+def test_a_private_read_of_another_modules_attribute_is_found(tmp_path):
+    module = tmp_path / "torchpalm" / "m.py"
+    module.parent.mkdir()
+    module.write_text("class A:\n    def __init__(self):\n        self._mine = 1\n\n"
+                      "def f(a, reader):\n    reader._seed = 1\n"
+                      "    return a._mine, reader._input_file, getattr(reader, '_text', None)\n")
+    found = sorted(r.split(": ", 1)[1] for r in private_reads(module, tmp_path))
+    assert found == ["getattr(reader, '_text', None)", "reader._input_file", "reader._seed"]

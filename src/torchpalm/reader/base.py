@@ -360,6 +360,24 @@ class Reader:
         return self._phase
 
     @property
+    def for_cn(self) -> bool:
+        """Chinese text (`lang` 'cn' or 'chinese', PALM's for_cn): ASCII spaces are deleted from text columns,
+        and an MRC task is scored as CMRC (characters) rather than SQuAD (words)."""
+        return self._for_cn
+
+    @property
+    def seed(self) -> int:
+        """The seed of the shuffled order and every other draw of the reader (given, or drawn when None)."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        # the token-budget batches are fixed by the seed: a plan built under the old one would stay behind
+        if int(value) != self._seed:
+            self._token_plan = None
+        self._seed = int(value)
+
+    @property
     def tokenizer(self) -> WordPieceTokenizer | HFTokenizer:
         return self._tokenizer
 

@@ -20,20 +20,6 @@ logger = logging.getLogger("torchpalm")
 UNKNOWN_LABEL = -1
 
 
-def encode_text_columns(reader: Reader, rows: list, columns: tuple[str, ...]) -> dict[str, list[list[int]]]:
-    """Tokenises the given text columns of all rows in one batched call per column.
-
-    An empty text is kept (it encodes as no tokens) and logged once per column with its count and first line:
-    it is usually a shifted column or a cut-off file, rarely meant."""
-    for c in columns:
-        empty = [line_no for line_no, r in rows if not r[c].strip()]
-        if empty:
-            logger.warning("%s:%d: empty %s (%d row(s) of %d have an empty %s; kept as no tokens)",
-                           reader._input_file, empty[0], c, len(empty), len(rows), c)
-    tok = reader.tokenizer
-    return {c: tok.encode_batch([reader._text(r[c]) for _, r in rows]) for c in columns}
-
-
 def is_integer(text: str) -> bool:
     try:
         int(text)
@@ -221,10 +207,22 @@ class ClassifyReader(Reader):
     def _load_examples(self, path):
         return self._encode_rows(self._read_rows(path, *self._columns()), path)
 
+    def _encode_text_columns(self, rows: list, columns: tuple[str, ...]) -> dict[str, list[list[int]]]:
+        """Tokenises the given text columns of all rows in one batched call per column.
+
+        An empty text is kept (it encodes as no tokens) and logged once per column with its count and first
+        line: it is usually a shifted column or a cut-off file, rarely meant."""
+        for c in columns:
+            empty = [line_no for line_no, r in rows if not r[c].strip()]
+            if empty:
+                logger.warning("%s:%d: empty %s (%d row(s) of %d have an empty %s; kept as no tokens)",
+                               self._input_file, empty[0], c, len(empty), len(rows), c)
+        return {c: self._tokenizer.encode_batch([self._text(r[c]) for _, r in rows]) for c in columns}
+
     def _encode_rows(self, rows: list, path: str) -> list[dict]:
         self._check_input_kind(rows, path)
         has_b = "text_b" in rows[0][1]
-        encoded = encode_text_columns(self, rows, ("text_a", "text_b") if has_b else ("text_a",))
+        encoded = self._encode_text_columns(rows, ("text_a", "text_b") if has_b else ("text_a",))
         examples = []
         for i, (line_no, row) in enumerate(rows):
             ids, segs = self._tokenizer.build_inputs(encoded["text_a"][i], encoded["text_b"][i] if has_b else None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from .classify import ClassifyReader, encode_text_columns, rows_from_inputs
+from .classify import ClassifyReader, rows_from_inputs
 from .collate import COMMON_OUTPUTS, collate_common
 
 STRATEGIES = ("pointwise", "pairwise")
@@ -118,7 +118,7 @@ class MatchReader(ClassifyReader):
 
     def _encode_rows(self, rows: list, path: str) -> list[dict]:
         text_columns = ("text_a", "text_b", "text_b_neg") if self._pairwise_train() else ("text_a", "text_b")
-        encoded = encode_text_columns(self, rows, text_columns)
+        encoded = self._encode_text_columns(rows, text_columns)
         build_inputs = self._tokenizer.build_inputs  # the model's pair template ([SEP] or </s></s> between)
         examples = []
         for i, (line_no, row) in enumerate(rows):
