@@ -172,7 +172,9 @@ def test_multi_head_bundle_predicts_every_head_with_one_backbone_pass(tmp_path, 
     assert [r["tags"] for r in got["tag"]] == [r.tags for r in expected["tag"]]
     assert got["tag"][1]["words"] == multi.test_sents[1]
     only = predictor.predict(texts, task="cls", batch_size=multi.batch)
-    np.testing.assert_array_equal(probs(only), probs(expected["cls"]))
+    # the classifier alone reads the same tokens through another pass: equal to float rounding (it was bit-equal
+    # by chance; with other trained weights one of 22 probabilities differed by 1 ulp)
+    np.testing.assert_allclose(probs(only), probs(expected["cls"]), rtol=1e-6, atol=0)
     with pytest.raises(KeyError, match="no task 'intent'.*tag"):
         predictor.predict(["x"], task="intent")
 

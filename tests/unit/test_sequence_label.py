@@ -595,3 +595,18 @@ def test_parquet_tag_names_come_from_the_datasets_metadata(tmp_path, uncased_voc
     pq.write_table(table.replace_schema_metadata(None), tmp_path / "bare.parquet")
     with pytest.raises(DataError, match=r"bare\.parquet:1: the tags are integer ids"):
         reader_for(uncased_vocab, str(tmp_path / "bare.parquet"))
+
+
+@pytest.mark.parametrize("use_crf", [False, True])
+def test_emission_starts_as_hf_token_classifier_plain_normal_and_zero_bias(use_crf):
+    """Issue 30: the emission weight starts from HF's N(0, std) (not PALM's normal truncated at +-2 std, whose std
+    is 0.88x and which never exceeds 2 std), and the bias at zero. 72 x 384 draws: the std is within 3%."""
+    torch.manual_seed(0)
+    head = SequenceLabel(72, 384, param_initializer_range=0.02, use_crf=use_crf)
+    w = head.emission.weight.detach()
+    assert abs(w.std().item() / 0.02 - 1) < 0.03
+    assert w.abs().max().item() > 2.5 * 0.02  # a truncated start has no draw past 2 std
+    assert abs(w.mean().item()) < 1e-3
+    assert torch.equal(head.emission.bias, torch.zeros(72))
+    head = SequenceLabel(72, 384, param_initializer_range=0.05, use_crf=use_crf)
+    assert abs(head.emission.weight.std().item() / 0.05 - 1) < 0.03
