@@ -14,7 +14,11 @@ classifier, fp32, 3 epochs over train.txt, shuffled with a fixed seed, drop-last
 Scores: entity precision/recall/F1 on test.txt from word-level tag sequences, with seqeval (HF, and as a
 cross-check for ours) and `torchpalm.metrics.chunk_f1` (ours); words beyond the 128 sub-tokens are tagged O
 on every side. Also training throughput. Writes benchmarks/results/conll_vs_hf.json.
-Usage: python benchmarks/conll_vs_hf.py [--train_examples N] [--epochs E] [--sides crf,softmax,hf]
+
+Other tagging sets with `--data` (benchmarks/tagging_data.py): atis, atis_merged (ATIS slots merged into fewer,
+longer spans), msra (MSRA-NER), jointbert (`--data_dir`, a folder in JointBERT's layout) or file
+(`--train_file`/`--test_file`); the first `--train_examples` / `--test_examples` sentences of each.
+Usage: python benchmarks/conll_vs_hf.py [--data D] [--train_examples N] [--epochs E] [--sides crf,softmax,hf]
 """
 
 from __future__ import annotations
@@ -26,41 +30,10 @@ import time
 
 import torch
 from common import hf_fine_tune_tagger, hf_predict_tags, minilm_dir, parse_sides, results_header
+from tagging_data import add_data_args, check_data_args, read_conll, regime_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 SIDES = ("crf", "softmax", "hf")
-
-
-def read_conll(path: str, limit: int = 0) -> tuple[list[list[str]], list[list[str]]]:
-    """Words and tags per sentence (independent of torchpalm's reader, so both sides see the same gold)."""
-    sents, tags, words, cur = [], [], [], []
-    with open(path, encoding="utf-8") as f:
-        for line in [*f, "\n"]:
-            line = line.strip()
-            if not line or line.startswith("-DOCSTART-"):
-                if words:
-                    sents.append(words)
-                    tags.append(cur)
-                    words, cur = [], []
-                continue
-            fields = line.split()
-            words.append(fields[0])
-            cur.append(fields[-1])
-    if limit:
-        sents, tags = sents[:limit], tags[:limit]
-    return sents, tags
-
-
-def write_conll(path: str, sents: list[list[str]], tags: list[list[str]]) -> str:
-    """Writes atomically (a temporary file renamed into place): runs with other seeds may read it meanwhile."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for words, ts in zip(sents, tags, strict=True):
-            f.writelines(f"{w} {t}\n" for w, t in zip(words, ts, strict=True))
-            f.write("\n")
-    os.replace(tmp, path)
-    return path
 
 
 def scores(gold: list[list[str]], pred: list[list[str]], ours: bool) -> dict:
@@ -140,8 +113,7 @@ def run_hf(args, model_dir: str, train_file: str, test_file: str, labels: list[s
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train_examples", type=int, default=0, help="first N training sentences (0: all 14,041)")
-    p.add_argument("--test_examples", type=int, default=0, help="first N test sentences (0: all 3,453)")
+    add_data_args(p, default_train_examples=0)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--crf_lr_multiplier", type=float, default=1.0)
@@ -153,19 +125,13 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "conll_vs_hf.json"))
     args = p.parse_args()
     sides = parse_sides(p, args.sides, SIDES)
+    check_data_args(p, args)
 
     model_dir = minilm_dir()
-    train_file = os.path.join(SHARED, "conll2003", "train.txt")
-    test_file = os.path.join(SHARED, "conll2003", "test.txt")
-    train_sents, train_tags = read_conll(train_file, args.train_examples)
+    train_file, test_file = regime_files(args)
+    _, train_tags = read_conll(train_file)
     # one label list for every side: the sorted training tags (the reader's own default order)
     labels = sorted({t for ts in train_tags for t in ts})
-    if args.train_examples or args.test_examples:
-        os.makedirs("/tmp/torchpalm_bench", exist_ok=True)
-        train_file = write_conll(f"/tmp/torchpalm_bench/conll_train_first{len(train_sents)}.txt",
-                                 train_sents, train_tags)
-        test_file = write_conll(f"/tmp/torchpalm_bench/conll_test_first{args.test_examples or 'all'}.txt",
-                                *read_conll(test_file, args.test_examples))
     results = {**results_header(args),
                "labels": labels}
     for side in sides:

@@ -13,7 +13,9 @@ Then each difference a normal run has can be switched back on, one at a time (`-
 
 * `packing`: our backbone runs its padded batches packed (its default; parity mode runs them padded);
 * `order`:   each side draws its own batch order (ours from the reader, HF's as benchmarks/common.py does);
-* `init`:    each side initialises its own classifier (ours truncated normal, HF's normal, std 0.02 both);
+* `init`:    each side initialises its own classifier (both plain normal, std 0.02, bias 0; `--head_init`
+             starts ours otherwise, e.g. `truncated`: PALM's normal clipped at +-2 std, the head's start before
+             issue 30's fix);
 * `dropout`: dropout 0.1 in the encoder and before the classifier, each side its own random stream.
 
 Data (`--data`): conll (CoNLL-2003), atis (ATIS slots), atis_merged (ATIS slots with types merged into
@@ -29,91 +31,26 @@ import argparse
 import json
 import os
 import time
-import zipfile
 
 import numpy as np
 import torch
 from common import first_piece_targets, minilm_dir, results_header, tagger_batch
-from conll_vs_hf import read_conll, write_conll
+from tagging_data import add_data_args, check_data_args, read_conll, regime_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
-WORK = "/tmp/torchpalm_bench"
 SWITCHES = ("packing", "order", "init", "dropout")
-
-
-# ---- data: every regime as CoNLL files, read by both sides from the same bytes ----
-def jointbert_sentences(root: str, split: str, merged: bool = False) -> tuple[list[list[str]], list[list[str]]]:
-    """Words and slot tags of a dataset in JointBERT's layout (`<split>/seq.in`, `<split>/seq.out`: ATIS, SNIPS)."""
-    base = os.path.join(root, split)
-    with open(os.path.join(base, "seq.in"), encoding="utf-8") as f:
-        sents = [line.split() for line in f]
-    with open(os.path.join(base, "seq.out"), encoding="utf-8") as f:
-        tags = [line.split() for line in f]
-    if merged:
-        tags = [merge_spans(t) for t in tags]
-    return sents, tags
-
-
-def merge_spans(tags: list[str]) -> list[str]:
-    """ATIS tags merged into fewer, longer spans: the type is what precedes the first '.' (fromloc, toloc,
-    depart_date, ...) and consecutive words of one type form one span ("B-depart_date.month_name
-    B-depart_date.day_number" -> "B-depart_date I-depart_date")."""
-    out, prev = [], None
-    for t in tags:
-        if t == "O":
-            out.append("O")
-            prev = None
-            continue
-        kind = t[2:].split(".")[0]
-        out.append(("I-" if kind == prev else "B-") + kind)
-        prev = kind
-    return out
-
-
-def msra_sentences(split: str) -> tuple[list[list[str]], list[list[str]]]:
-    with zipfile.ZipFile(os.path.join(SHARED, "msra_ner", "full_bio", "MSRA.zip")) as z:
-        name = next(n for n in z.namelist() if n.endswith(f"{split}.txt") or n.endswith(f"msra_{split}_bio"))
-        text = z.read(name).decode("utf-8")
-    sents, tags, words, cur = [], [], [], []
-    for line in [*text.splitlines(), ""]:
-        fields = line.split("\t")
-        if len(fields) < 2 or not fields[0].strip():
-            if words:
-                sents.append(words)
-                tags.append(cur)
-                words, cur = [], []
-            continue
-        words.append(fields[0].strip())
-        cur.append(fields[-1].strip())
-    return sents, tags
-
-
-def regime_files(args) -> tuple[str, str]:
-    """(train, test) CoNLL files for `--data` (the first `--train_examples` training sentences)."""
-    os.makedirs(WORK, exist_ok=True)
-    if args.data == "file":
-        train, test = read_conll(args.train_file), read_conll(args.test_file)
-    elif args.data == "conll":
-        train = read_conll(os.path.join(SHARED, "conll2003", "train.txt"))
-        test = read_conll(os.path.join(SHARED, "conll2003", "test.txt"))
-    elif args.data in ("atis", "atis_merged"):
-        merged = args.data == "atis_merged"
-        root = os.path.join(SHARED, "atis")
-        train, test = jointbert_sentences(root, "train", merged), jointbert_sentences(root, "test", merged)
-    elif args.data == "jointbert":
-        train, test = jointbert_sentences(args.data_dir, "train"), jointbert_sentences(args.data_dir, "test")
-    elif args.data == "msra":
-        train, test = msra_sentences("train"), msra_sentences("test")
-    else:
-        raise SystemExit(f"unknown --data {args.data}")
-    n = args.train_examples or len(train[0])
-    train = (train[0][:n], train[1][:n])
-    if args.test_examples:
-        test = (test[0][: args.test_examples], test[1][: args.test_examples])
-    tag = f"{args.data}_{os.path.basename(os.path.normpath(args.data_dir or ''))}_{n}_{args.test_examples or 'all'}"
-    return (write_conll(f"{WORK}/full_run_{tag}.train.txt", *train),
-            write_conll(f"{WORK}/full_run_{tag}.test.txt", *test))
+TRUNCATED_STD = 0.8796  # the std of N(0, 1) truncated at +-2, as a fraction of 1
+# Our classifier's start (`--head_init`), std 0.02 nominal: the head's own (plain normal since issue 30), PALM's
+# truncated normal, and the two that separate its parts: a plain normal as narrow as the truncated one, and a
+# truncated normal widened to std 0.02.
+HEAD_INITS = {
+    "head": None,
+    "normal": lambda w: torch.nn.init.normal_(w, std=0.02),
+    "truncated": lambda w: torch.nn.init.trunc_normal_(w, std=0.02, a=-0.04, b=0.04),
+    "normal_narrow": lambda w: torch.nn.init.normal_(w, std=0.02 * TRUNCATED_STD),
+    "truncated_wide": lambda w: torch.nn.init.trunc_normal_(w, std=0.02 / TRUNCATED_STD, a=-0.04 / TRUNCATED_STD,
+                                                            b=0.04 / TRUNCATED_STD),
+}
 
 
 # ---- the two sides ----
@@ -129,8 +66,8 @@ def build_ours(args, config: dict, model_dir: str, train_file: str, labels: list
     backbone.pack_tokens = "packing" in args.switch
     reader.register_with(backbone)
     head = palm.head.SequenceLabel(len(labels), config["hidden_size"], args.dropout, use_crf=False)
-    if args.head_init == "normal":  # HF's initialiser (plain normal, std 0.02) instead of our truncated normal
-        torch.nn.init.normal_(head.emission.weight, std=0.02)
+    if HEAD_INITS[args.head_init] is not None:
+        HEAD_INITS[args.head_init](head.emission.weight.data)
     trainer = palm.Trainer(f"full_run_{args.data}")
     model = trainer.build_forward(backbone, head)
     sched = palm.lr_sched.TriangularSchedualer(int(0.1 * n_steps), n_steps, decay_from_warmup_end=True)
@@ -189,7 +126,12 @@ def run(args) -> dict:
     n_steps = n * args.epochs // args.batch_size
 
     trainer, reader, backbone, head = build_ours(args, config, model_dir, train_file, labels, n_steps)
-    hf, opt, sched = build_hf(args, model_dir, labels, n_steps, head)
+    start = head.emission.weight.detach().clone()
+    if args.ours_only:  # HF's losses and scores from its run of the same seed (`--hf_from`)
+        recorded = json.load(open(args.hf_from))
+        hf_losses = [b for _, b in recorded["losses"]]
+    else:
+        hf, opt, sched = build_hf(args, model_dir, labels, n_steps, head)
     tok = BertTokenizer.from_pretrained(model_dir)
     ids, targets = first_piece_targets(tok, train_sents, train_tags, labels, args.max_seqlen)
     own_rng = np.random.default_rng(args.seed)  # HF's own order (benchmarks/common.py), with `--switch order`
@@ -207,14 +149,17 @@ def run(args) -> dict:
             hb = tagger_batch(tok, ids, targets, order[b * args.batch_size:(b + 1) * args.batch_size])
             if "order" not in args.switch and not same_data(batch, hb):
                 mismatched += 1
-            loss = hf(**hb).loss
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            t_hf += time.perf_counter() - t1
             t_ours += t1 - t0
-            losses.append((ours, loss.item()))
+            if args.ours_only:
+                losses.append((ours, hf_losses[len(losses)]))
+            else:
+                loss = hf(**hb).loss
+                loss.backward()
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                t_hf += time.perf_counter() - t1
+                losses.append((ours, loss.item()))
             step = len(losses)
             if args.print_steps and step % args.print_steps == 0:
                 print(f"step {step}/{n_steps}: ours {ours:.6f} hf {losses[-1][1]:.6f} diff {ours - losses[-1][1]:+.2e}",
@@ -235,19 +180,25 @@ def run(args) -> dict:
                                                                          phase="predict", use_crf=False))
     trainer.fit_reader(pred_reader, phase="predict")
     ours_tags = [[labels[i] for i in row] for row in trainer.predict(print_steps=0)]
-    hf_tags = hf_predict_tags(hf, tok, test_sents, labels, args.max_seqlen)
+    hf_tags = None if args.ours_only else hf_predict_tags(hf, tok, test_sents, labels, args.max_seqlen)
+    moved = (head.emission.weight.detach() - start).norm() / start.norm()
     diffs = np.array([a - b for a, b in losses])
     rel = np.abs(diffs) / np.maximum(np.abs([b for _, b in losses]), 1e-8)
     words = sum(len(s) for s in gold)
-    agree = sum(a == b for p, q in zip(ours_tags, hf_tags, strict=True) for a, b in zip(p, q, strict=True))
+    agree = None if args.ours_only else sum(a == b for p, q in zip(ours_tags, hf_tags, strict=True)
+                                            for a, b in zip(p, q, strict=True)) / words
     result = {
         **results_header(args), "train_file": train_file, "test_file": test_file, "labels": len(labels),
         "steps": len(losses), "batches_not_equal": mismatched,
         "max_abs_loss_diff": float(np.abs(diffs).max()), "max_rel_loss_diff": float(rel.max()),
         "first_step_rel_diff_over_1e-3": next((i + 1 for i, r in enumerate(rel) if r > 1e-3), None),
         "mean_loss_diff_last_epoch": float(diffs[-steps_per_epoch:].mean()),
-        "ours": scores(gold, ours_tags, ours=False), "hf": scores(gold, hf_tags, ours=False),
-        "word_agreement": agree / words, "train_seconds": {"ours": t_ours, "hf": t_hf},
+        "ours": scores(gold, ours_tags, ours=False),
+        "hf": recorded["hf"] if args.ours_only else scores(gold, hf_tags, ours=False),
+        "word_agreement": agree, "train_seconds": {"ours": t_ours, "hf": t_hf},
+        # our classifier's start and how far training moved it (relative to the start's norm)
+        "ours_start": {"std": float(start.std()), "max_over_std": float(start.abs().max() / start.std()),
+                       "moved_over_start_norm": float(moved)},
         "losses": [[round(a, 7), round(b, 7)] for a, b in losses],
     }
     result["f1_diff_points"] = 100 * (result["ours"]["f1"] - result["hf"]["f1"])
@@ -256,12 +207,7 @@ def run(args) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="conll", choices=["conll", "atis", "atis_merged", "msra", "jointbert", "file"])
-    p.add_argument("--data_dir", help="with --data jointbert: a folder in JointBERT's layout (e.g. its data/snips)")
-    p.add_argument("--train_file", help="with --data file: a CoNLL-format training file (word ... tag per line)")
-    p.add_argument("--test_file", help="with --data file: a CoNLL-format test file")
-    p.add_argument("--train_examples", type=int, default=3000, help="first N training sentences (0: all)")
-    p.add_argument("--test_examples", type=int, default=0, help="first N test sentences (0: all)")
+    add_data_args(p, default_train_examples=3000)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch_size", type=int, default=32)
@@ -269,18 +215,22 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--print_steps", type=int, default=50)
-    p.add_argument("--head_init", default="truncated", choices=["truncated", "normal"],
-                   help="our classifier's initialiser: the head's truncated normal, or HF's plain normal (std 0.02)")
+    p.add_argument("--head_init", default="head", choices=list(HEAD_INITS),
+                   help="our classifier's start (with --switch init): the head's own (plain normal), PALM's "
+                        "truncated normal, a plain normal of the truncated one's std, a truncated one of std 0.02")
+    p.add_argument("--ours_only", action="store_true",
+                   help="train and score our side only; HF's losses and scores are read from --hf_from (its side "
+                        "of `--switch init` depends on the data and the seed alone)")
+    p.add_argument("--hf_from", help="with --ours_only: a results JSON of this script, same data, seed and switches")
     p.add_argument("--switch", default="", help=f"comma-separated differences to switch on: {','.join(SWITCHES)}")
     p.add_argument("--out", help="results JSON (default benchmarks/results/tagging_full_run.<data>.<switch>.json)")
     args = p.parse_args()
     args.switch = [s for s in args.switch.split(",") if s]
     if unknown := set(args.switch) - set(SWITCHES):
         p.error(f"unknown --switch {sorted(unknown)}; choose from {SWITCHES}")
-    if args.data == "file" and not (args.train_file and args.test_file):
-        p.error("--data file needs --train_file and --test_file")
-    if args.data == "jointbert" and not args.data_dir:
-        p.error("--data jointbert needs --data_dir")
+    check_data_args(p, args)
+    if args.ours_only and not args.hf_from:
+        p.error("--ours_only needs --hf_from")
     result = run(args)
     keys = ("steps", "batches_not_equal", "max_abs_loss_diff", "max_rel_loss_diff", "first_step_rel_diff_over_1e-3",
             "mean_loss_diff_last_epoch", "word_agreement", "f1_diff_points")
