@@ -51,7 +51,7 @@ SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "..", "shared", "data")
 TASKS = ("slot", "intent")
 METRIC = {"intent": "intent_acc", "slot": "slot_f1"}  # the headline test metric of each task
 EVAL_SPLITS = ("dev", "test")  # scored after training: dev is where settings are chosen, test where they are reported
-SAMPLING = ("ratio", "proportional", "temperature", "annealed", "uniform")
+SAMPLING = ("ratio", "proportional", "temperature", "annealed", "uniform", "all")
 logger = logging.getLogger("torchpalm")
 
 
@@ -116,9 +116,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="per-task loss factors, e.g. slot=0.1 (default 1.0 each; the CRF's loss sums over words)")
     p.add_argument("--reference", default=None, choices=TASKS,
                    help="sampling reference task: its epochs define the budgets (default: the first main task)")
-    p.add_argument("--sampling", default="ratio", choices=SAMPLING, help="how each step's task is drawn")
+    p.add_argument("--sampling", default="ratio", choices=SAMPLING,
+                   help="how each step's task is drawn ('all': every step trains every task on a batch of its own)")
     p.add_argument("--balance", default="none", type=lambda v: None if v.lower() == "none" else v,
-                   help="task balancing (MultiHeadTrainer(balance=...)): auto, grad_scale, loss_scale, "
+                   help="task balancing (MultiHeadTrainer(balance=...)): auto, task_moments, grad_scale, "
+                        "loss_scale, "
                         "uncertainty, pcgrad (with --sampling all), or none (PaddlePALM's plain sum, the default)")
     p.add_argument("--temperature", type=float, default=2.0, help="T of --sampling temperature")
     p.add_argument("--anneal_to", type=float, default=0.2, help="final size exponent of --sampling annealed")

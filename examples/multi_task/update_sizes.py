@@ -3,7 +3,7 @@
 Builds run.py's set-up (same data, heads, optimizer and schedule; pass its options, e.g. PALM's settings
 `--intent_examples 320 --slot_examples 320 --lr 2e-5 --batch_size 16 --num_epochs 20`) three ways: intent alone
 (a MultiHeadTrainer of one task, so the step is the same code), slot + intent with `balance=None` (PALM's plain
-sum) and slot + intent with the default balancing. It trains the first `--steps` global steps of each and
+sum) and slot + intent with balancing methods (`--arms`). It trains the first `--steps` global steps of each and
 records, for every intent step, the size of the update it made to the shared backbone and to the intent head
 (L2 norm of the parameter change) and the factor balancing put on intent's loss. The intent head has Adam moments
 of its own (only intent steps give it gradients), so its updates should be alike in all three arms whatever the
@@ -70,23 +70,30 @@ def measure(setup: run.Setup, args, tasks: list[str], balance, steps: int) -> li
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=40, help="global steps of each arm")
+    p.add_argument("--arms", default="alone,none,grad_scale,task_moments",
+                   help="comma-separated: alone (intent alone), and the joint runs' balance= (none: the plain sum)")
     own, rest = p.parse_known_args()
     args = run.parse_args(rest)
     if args.threads:
         torch.set_num_threads(args.threads)
     setup = run.Setup(args)
-    arms = {"intent alone": (["intent"], None), "joint, balance=None": (["slot", "intent"], None),
-            "joint, balance='auto'": (["slot", "intent"], "auto")}
+    arms = {}
+    for arm in own.arms.split(","):
+        if arm == "alone":
+            arms["intent alone"] = (["intent"], None)
+        else:
+            arms[f"joint, balance={arm!r}" if arm != "none" else "joint, balance=None"] = (
+                ["slot", "intent"], None if arm == "none" else arm)
     result = {"command": " ".join(sys.argv), "steps": own.steps, "arms": {}}
     for name, (tasks, balance) in arms.items():
         steps = own.steps // 2 if len(tasks) == 1 else own.steps  # about the same number of intent steps
         result["arms"][name] = rows = measure(setup, args, tasks, balance, steps)
         print(f"{name}: {len(rows)} intent steps", flush=True)
-    print(f"{'arm':<24} {'1st backbone upd':>16} {'1st head upd':>13} {'median backbone upd (from 5th)':>31} "
+    print(f"{'arm':<32} {'1st backbone upd':>16} {'1st head upd':>13} {'median backbone upd (from 5th)':>31} "
           f"{'median head upd':>16}")
     for name, rows in result["arms"].items():
         later = rows[4:] or rows
-        print(f"{name:<24} {rows[0]['backbone_update']:16.3e} {rows[0]['head_update']:13.3e} "
+        print(f"{name:<32} {rows[0]['backbone_update']:16.3e} {rows[0]['head_update']:13.3e} "
               f"{statistics.median(r['backbone_update'] for r in later):31.3e} "
               f"{statistics.median(r['head_update'] for r in later):16.3e}")
     out = os.path.join(args.work_dir, "update_sizes.json")

@@ -6,6 +6,11 @@ layers Adam's second-moment estimate follows the tagger, and the classifier's st
 single-task size. A balancer gives every task's loss a factor (on top of `Trainer(loss_weight=)`) so that the
 tasks count alike. `MultiHeadTrainer(balance=...)` picks one:
 
+    task_moments every task its own optimizer state (Adam's moments and step count) on the parameters it trains:
+                 a step of task t moves the backbone and t's head as t's single-task Adam would, whatever the
+                 other tasks did before; no factor on the loss (Adam ignores its scale), `loss_weight` scales
+                 the task's learning rate instead (`TaskMoments`). The moments are in the checkpoint's
+                 optimizer.pt.
     grad_scale   (the default with one task per step) each task's gradient on the shared backbone scaled to the
                  running mean over tasks: factor_t = mean_s(G_s) / G_t, G_t a bias-corrected running mean of
                  task t's gradient norm on the backbone (the norm the loop computes anyway for clipping and the
@@ -29,13 +34,14 @@ resumed run continues bit for bit.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import torch
 
 from . import distributed, fsdp
 
-METHODS = ("grad_scale", "loss_scale", "uncertainty", "pcgrad")
+METHODS = ("task_moments", "grad_scale", "loss_scale", "uncertainty", "pcgrad")
 
 
 class Balancer:
@@ -52,6 +58,7 @@ class Balancer:
     name = ""
     needs_shared_norm = False  # observe() wants the norm of the task's gradient on the backbone
     joint_only = False  # needs a batch of every task in each step (sampling="all")
+    per_task_state = False  # keeps the optimizer's state per task (`TaskMoments`): loss_weight scales the step
 
     def __init__(self, tasks: Sequence[str]):
         self.tasks = list(tasks)
@@ -203,6 +210,66 @@ class Uncertainty(Balancer):
         self.log_var[i] = torch.where(finite, self.log_var[i] - update, self.log_var[i])
 
 
+class TaskMoments(Balancer):
+    """Every task its own optimizer state (Adam's moments and step count) on every parameter it trains.
+
+    With one task per step and one shared Adam state, the first moment (beta1 0.9) carries the previous steps of
+    the other tasks into each step, and the second moment follows the task with the largest gradients: a
+    classifier next to a CRF tagger moves the backbone half as far per step as alone, whatever its loss is scaled
+    by. Here a step of task t runs the one torch optimizer on t's own state (`use`): the backbone and t's head
+    move exactly as a single-task run's Adam would move them from the same weights and gradients; the learning-
+    rate schedule, weight decay and parameter groups stay the run's. Adam's update does not depend on the
+    gradient's scale, so no loss factor is needed (`factor` is 1) and `Trainer(loss_weight=w)` scales the
+    task's learning rate by w instead (`step_scale`). The memory of the moments grows by one copy of the
+    backbone's per extra task. The states are in the checkpoint's optimizer.pt (`optimizer_state_dict`).
+    """
+
+    name = "task_moments"
+    per_task_state = True
+
+    def __init__(self, tasks: Sequence[str]):
+        super().__init__(tasks)
+        self.states: dict[str, defaultdict] = {t: defaultdict(dict) for t in self.tasks}
+
+    def factor(self, task: str) -> torch.Tensor:
+        return torch.ones((), dtype=torch.float32, device=self.device)
+
+    def observe(self, task, loss, shared_norm, applied):
+        self._count(self.index[task], torch.isfinite(loss.detach()).reshape(()))
+
+    def use(self, task: str, optimizer: torch.optim.Optimizer) -> None:
+        """Installs `task`'s state in `optimizer` for its step (the optimizer fills it in place)."""
+        optimizer.state = self.states[task]
+
+    def moments(self) -> list[tuple[str, torch.nn.Parameter, dict]]:
+        """(task, parameter, its state) for every parameter a task has trained."""
+        return [(t, p, s) for t, states in self.states.items() for p, s in states.items()]
+
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict:
+        """`optimizer.state_dict()` with every task's state: {"param_groups", "state": {}, "task_states": {task:
+        the "state" part of its state_dict (parameters by index)}}."""
+        installed = optimizer.state
+        try:
+            task_states = {}
+            for task in self.tasks:
+                optimizer.state = self.states[task]
+                saved = optimizer.state_dict()
+                task_states[task] = saved["state"]
+        finally:
+            optimizer.state = installed
+        return {"param_groups": saved["param_groups"], "state": {}, "task_states": task_states}
+
+    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        """Puts `optimizer_state_dict`'s states back (each through `optimizer.load_state_dict`)."""
+        saved = sorted(state["task_states"])
+        if saved != sorted(self.tasks):
+            raise ValueError(f"the checkpoint's optimizer holds the states of tasks {saved}, this trainer trains "
+                             f"{sorted(self.tasks)}")
+        for task in self.tasks:
+            optimizer.load_state_dict({"param_groups": state["param_groups"], "state": state["task_states"][task]})
+            self.states[task] = optimizer.state
+
+
 class PCGrad(Balancer):
     """Yu et al. 2020: each task's backbone gradient minus its projections on the other tasks' gradients it
     conflicts with, then summed (sampling="all"). The other tasks are taken in task order (the paper draws a
@@ -310,8 +377,10 @@ def make_balancer(balance: str | Balancer | None, tasks: Sequence[str], joint: b
     if balancer.joint_only and not joint:
         raise ValueError(f"balance={balancer.name!r} combines the gradients of every task in a step: use it with "
                          f"MultiHeadTrainer(sampling='all')")
-    if balancer.needs_shared_norm and joint:
-        raise ValueError(f"balance={balancer.name!r} scales one task's gradient per step; with sampling='all' use "
+    if (balancer.needs_shared_norm or balancer.per_task_state) and joint:
+        what = ("keeps an optimizer state per task" if balancer.per_task_state
+                else "scales one task's gradient per step")
+        raise ValueError(f"balance={balancer.name!r} {what}, for one task per step; with sampling='all' use "
                          f"'auto' (loss_scale), 'loss_scale', 'uncertainty' or 'pcgrad'")
     return balancer
 
@@ -321,5 +390,5 @@ def shared_norm(norm: torch.Tensor) -> torch.Tensor:
     return fsdp.full(norm)
 
 
-_CLASSES: dict[str, type[Balancer]] = {"grad_scale": GradScale, "loss_scale": LossScale,
+_CLASSES: dict[str, type[Balancer]] = {"task_moments": TaskMoments, "grad_scale": GradScale, "loss_scale": LossScale,
                                        "uncertainty": Uncertainty, "pcgrad": PCGrad}

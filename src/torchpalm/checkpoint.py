@@ -373,7 +373,7 @@ class Checkpointer:
             state = loop.state(full=True)
             if loop.ema is not None:
                 state.update(prefixed(fsdp.full_state(loop.ema) if loop.sharded else loop.ema, EMA))
-            opt_state = loop.torch_optimizer.state_dict()
+            opt_state = loop.optimizer_state()
             if loop.sharded:
                 opt_state = fsdp.full_optimizer_state(opt_state)
         if not distributed.is_main():
@@ -403,8 +403,9 @@ class Checkpointer:
         if loop.ema is not None:
             tensors.update(prefixed(loop.ema, EMA))
         names = {id(p): n for n, p in loop.model.named_parameters()}
-        for param, moments in loop.torch_optimizer.state.items():
-            tensors.update({f"optimizer {k} of {names.get(id(param), '?')}": v for k, v in moments.items()})
+        for task, param, moments in loop.optimizer_moments():
+            of = f"{names.get(id(param), '?')}" + (f" (task {task})" if task else "")
+            tensors.update({f"optimizer {k} of {of}": v for k, v in moments.items()})
         bad = nonfinite_tensors(tensors)
         if loop.sharded:  # each rank checked its shards: all must agree
             any_bad = distributed.mean(torch.tensor(float(len(bad)), device=loop.device)).item() > 0
@@ -429,7 +430,7 @@ class Checkpointer:
                 v.copy_(shard_like(state.get(f"{EMA}.{k}", state[k]), v))
         if loop.sharded:
             opt_state = fsdp.sharded_optimizer_state(opt_state, loop.torch_optimizer)
-        loop.torch_optimizer.load_state_dict(opt_state)
+        loop.load_optimizer_state(opt_state, newest)
         logger.warning("%s; skip_nonfinite: rolled the weights, EMA and optimizer back to %s (the steps since are "
                        "lost) and training goes on from the next batch", what, newest)
 
@@ -479,7 +480,7 @@ class Checkpointer:
                              f"its weights")
         if loop.sharded:  # the file holds full moments: each rank keeps its parameters' shards
             opt_state = fsdp.sharded_optimizer_state(opt_state, loop.torch_optimizer)
-        loop.torch_optimizer.load_state_dict(opt_state)
+        loop.load_optimizer_state(opt_state, source)
         loop.global_step = int(state.get("step", 0))
         loop.restore_nonfinite(state.get("nonfinite", {}))
         for name in loop.tasks:

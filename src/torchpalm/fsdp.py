@@ -73,20 +73,32 @@ def shard_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def full_optimizer_state(state: dict) -> dict:
-    """A torch optimizer's `state_dict()` with its sharded moments gathered (same keys and layout)."""
-    return {**state, "state": {i: {k: full(v) for k, v in s.items()} for i, s in state["state"].items()}}
+    """A torch optimizer's `state_dict()` with its sharded moments gathered (same keys and layout; the states of
+    "task_states", one per task with `balancing.TaskMoments`, too)."""
+    def gathered(states: dict) -> dict:
+        return {i: {k: full(v) for k, v in s.items()} for i, s in states.items()}
+
+    return {**state, "state": gathered(state["state"]),
+            **({"task_states": {t: gathered(s) for t, s in state["task_states"].items()}}
+               if "task_states" in state else {})}
 
 
 def sharded_optimizer_state(state: dict, optimizer: torch.optim.Optimizer) -> dict:
     """A full optimizer `state_dict` (from a file) with each parameter's moments cut to that parameter's shard,
     ready for `optimizer.load_state_dict` (which keys parameters by their index over the groups)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    out = {}
-    for i, s in state["state"].items():
-        p = params[int(i)] if int(i) < len(params) else None
-        out[i] = {k: shard_like(v, p) if p is not None and isinstance(v, torch.Tensor) and v.shape == p.shape
-                  else v for k, v in s.items()}
-    return {**state, "state": out}
+
+    def sharded(states: dict) -> dict:
+        out = {}
+        for i, s in states.items():
+            p = params[int(i)] if int(i) < len(params) else None
+            out[i] = {k: shard_like(v, p) if p is not None and isinstance(v, torch.Tensor) and v.shape == p.shape
+                      else v for k, v in s.items()}
+        return out
+
+    return {**state, "state": sharded(state["state"]),
+            **({"task_states": {t: sharded(s) for t, s in state["task_states"].items()}}
+               if "task_states" in state else {})}
 
 
 @contextlib.contextmanager

@@ -243,6 +243,33 @@ class TrainLoop:
         self._nonfinite.copy_(torch.tensor([record.get("first", 0), record.get("skipped", 0)]))
         self._skipped_reported = int(record.get("skipped", 0))
 
+    def optimizer_state(self) -> dict:
+        """The torch optimizer's `state_dict()`; with a state per task (`balancing.TaskMoments`) every task's,
+        under "task_states" (what a checkpoint's optimizer.pt holds)."""
+        if self._per_task_state:
+            return self.balancer.optimizer_state_dict(self.torch_optimizer)
+        return self.torch_optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict, source: str) -> None:
+        """Puts an `optimizer_state()` back (the balancer must be the checkpoint's: set before)."""
+        per_task = "task_states" in state
+        if per_task != self._per_task_state:
+            raise ValueError(f"{source}: its optimizer holds {'a state per task' if per_task else 'one state'}, "
+                             f"this trainer {'a state per task' if self._per_task_state else 'one state'} "
+                             f"(balance={self.balancer.name if self.balancer is not None else None!r}); resume "
+                             f"with the balance it was trained with")
+        if per_task:
+            self.balancer.load_optimizer_state_dict(self.torch_optimizer, state)
+        else:
+            self.torch_optimizer.load_state_dict(state)
+
+    def optimizer_moments(self) -> list[tuple[str, nn.Parameter, dict]]:
+        """(label, parameter, its optimizer state) for every state the optimizer keeps (one per task with
+        `balancing.TaskMoments`; the label names the task then, else it is empty)."""
+        if self._per_task_state:
+            return self.balancer.moments()
+        return [("", p, s) for p, s in self.torch_optimizer.state.items()]
+
     def set_total_steps(self, total: int, certain: bool = True) -> None:
         """Tells the learning-rate schedule how many steps the run takes (see `Schedualer.set_total_steps`)."""
         if self.optimizer.schedule is not None and hasattr(self.optimizer.schedule, "set_total_steps"):
@@ -290,16 +317,29 @@ class TrainLoop:
         return loss
 
     def _weight(self, task: str) -> torch.Tensor | float:
+        if self._per_task_state:  # Adam ignores the loss's scale: loss_weight scales the step instead (_step_scale)
+            return 1.0
         weight = self.tasks[task].loss_weight
         if self.balancer is not None:  # multi-task balancing (`torchpalm.balancing`), on top of loss_weight
             weight = weight * self.balancer.factor(task)
         return weight
 
+    @property
+    def _per_task_state(self) -> bool:
+        return self.balancer is not None and self.balancer.per_task_state
+
+    def _step_scale(self, task: str) -> float:
+        """The factor on the learning rate of a step of `task`: its loss_weight when every task has an optimizer
+        state of its own (`balancing.TaskMoments`), else 1 (loss_weight scales the loss, `_weight`)."""
+        return self.tasks[task].loss_weight if self._per_task_state and task != ALL_TASKS else 1.0
+
     def _train_step(self, task: str, batch: dict) -> torch.Tensor:
         self._forward.train()
-        lr = self.optimizer.lr_at(self.global_step)
+        lr = self.optimizer.lr_at(self.global_step) * self._step_scale(task)
         for group in self.torch_optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
+        if self._per_task_state:  # the task's own moments and step count (`balancing.TaskMoments`)
+            self.balancer.use(task, self.torch_optimizer)
         if task == ALL_TASKS:  # a batch of every task (`sampling="all"`): their gradients, combined
             loss = balancing.joint_backward(batch, self._task_loss, self._weight, self._shared_params, self.balancer)
             norm, _ = self._grad_norm(shared=False)

@@ -65,7 +65,8 @@ class MultiHeadTrainer:
             else the TORCHPALM_FSDP environment variable).
         balance: how much each task's loss counts on the shared backbone (`torchpalm.balancing`): None (the
             default, PaddlePALM's plain sum of the losses), 'auto' (each task's backbone gradient scaled to the
-            running mean over tasks; with sampling='all', 'loss_scale'), 'grad_scale', 'loss_scale',
+            running mean over tasks; with sampling='all', 'loss_scale'), 'task_moments' (an optimizer state
+            per task; `loss_weight` then scales the task's learning rate), 'grad_scale', 'loss_scale',
             'uncertainty', 'pcgrad' (sampling='all') or a `torchpalm.balancing.Balancer`. Each trainer's
             `loss_weight` applies on top. Not on by default yet: measured so far, 'auto' did not keep the joint
             model at its tasks' level (examples/multi_task/README.md, "Task balancing").
@@ -342,11 +343,12 @@ class MultiHeadTrainer:
             logger.info("loading checkpoint into train program")
         load_model_state(backbone, heads, self.tasks, state, model_path)
         if training and training_state and self._loop is not None:
+            # the balancer first: with balance='task_moments' it holds the optimizer's states
+            self._load_balancer(trainer_state.get("balance"), model_path)
             self._core.restore(trainer_state, opt_state, rng, state, model_path)
             for t in self._trainers:
                 t.restore_reader(trainer_state.get("tasks", {}).get(t.name, {}).get("reader"))
             self._pending_sampler = trainer_state.get("sampler")
-            self._load_balancer(trainer_state.get("balance"), model_path)
             if self._sampler is not None:  # readers already fitted: re-plan from the restored position
                 readers = {t.name: t.train_reader for t in self._trainers}
                 self._plan(readers, self._reference, self._num_epochs)

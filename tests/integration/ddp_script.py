@@ -126,11 +126,15 @@ else:
     trainers = [palm.Trainer("a", device="cpu"), palm.Trainer("b", device="cpu")]
     for t, n in zip(trainers, (2, 3)):
         t.build_forward(backbone, palm.head.Classify(n, 32, 0.0))
-    mh = palm.MultiHeadTrainer(trainers)
+    # TORCHPALM_TEST_BALANCE: the MultiHeadTrainer's balance ('none': PALM's plain sum; unset: the default)
+    balance = os.environ.get("TORCHPALM_TEST_BALANCE")
+    mh = palm.MultiHeadTrainer(trainers, **({} if balance is None else {"balance": None if balance == "none"
+                                                                         else balance}))
     mh.build_forward()
     mh.build_backward(palm.optimizer.Adam(None, 3e-3, palm.lr_sched.TriangularSchedualer(2, None)), weight_decay=0.01)
     mh.fit_readers_with_mixratio(readers, "a", num_epochs=2)
     mh.set_saver(out, save_steps=4)
+    mh.resume()  # from the latest checkpoint in `out`, if any (the resume tests put one there)
     mh.train(print_steps=1)
     final = mh.save(os.path.join(out, "final"))
     trainer = trainers[0]

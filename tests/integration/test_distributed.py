@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import shared
 from safetensors.torch import load_file
 
@@ -41,9 +42,12 @@ def write_data(work: Path) -> None:
     (work / "tag.tsv").write_text("\n".join(tagged) + "\n", encoding="utf-8")
 
 
-def run(work: Path, mode: str, launcher: list[str], fsdp: bool = False, backbone: str = "bert") -> None:
+def run(work: Path, mode: str, launcher: list[str], fsdp: bool = False, backbone: str = "bert",
+        balance: str | None = None) -> None:
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1", FSDP_ENV: "1" if fsdp else "0", "TORCHPALM_TEST_BACKBONE": backbone}
+    if balance is not None:
+        env["TORCHPALM_TEST_BALANCE"] = balance
     vocab = str(shared("vocab", "bert-base-uncased-vocab.txt"))
     done = subprocess.run([*launcher, str(SCRIPT), str(work), vocab, mode], env=env, capture_output=True,
                           text=True, timeout=600)
@@ -349,6 +353,26 @@ def test_multi_head_trainer_under_fsdp(works):
     same_run(one, two, "pred/a/predictions.json")
     single, ranks = json.load(open(one / "rank0.json")), [json.load(open(two / f"rank{r}.json")) for r in (0, 1)]
     assert ranks[0]["b"] == ranks[1]["b"] == single["b"] and ranks[0]["sharded_numel"] > 0
+
+
+def test_task_moments_under_fsdp_train_like_one_process_and_resume_exactly(works, tmp_path):
+    """balance='task_moments': each task's Adam state of the sharded backbone is kept per task; two sharded
+    processes train as one process does, and a run resumed under FSDP from the step-4 checkpoint (whose
+    optimizer.pt holds every task's full moments) continues with the same losses and weights."""
+    one, two = works
+    run(one, "multi", [sys.executable], balance="task_moments")
+    run(two, "multi", torchrun(), fsdp=True, balance="task_moments")
+    same_run(one, two, "pred/a/predictions.json")
+    saved = torch.load(two / "out" / "ckpt.step4" / "optimizer.pt", weights_only=True)
+    assert set(saved["task_states"]) == {"a", "b"}
+    res = fresh(tmp_path / "resumed")
+    (res / "out").mkdir()
+    shutil.copytree(two / "out" / "ckpt.step4", res / "out" / "ckpt.step4")
+    shutil.copy(two / "out" / "metrics.jsonl", res / "out" / "metrics.jsonl")
+    run(res, "multi", torchrun(), fsdp=True, balance="task_moments")
+    assert losses(res) == losses(two)
+    wa, wb = (load_file(d / "out" / "final" / "model.safetensors") for d in (two, res))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) == 0
 
 
 def test_fsdp_shards_deberta_layer_by_layer(works):

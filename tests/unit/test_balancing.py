@@ -74,6 +74,84 @@ def effective_norms(loop, steps):
     return seen
 
 
+# ---- task_moments ----
+def test_task_moments_step_is_each_task_alone_adam_step():
+    """A step of task t moves every parameter as t's own Adam (its m, v and step count, fed only t's gradients)
+    would: the reference is one plain torch AdamW per task over a copy of the model. A step of b leaves a's
+    state as it was."""
+    loop = toy_loop(balancing.TaskMoments(["a", "b"]))
+    reference = toy_loop(None)
+    reference.model.load_state_dict(loop.model.state_dict())
+    own = {t: torch.optim.AdamW(reference.model.parameters(), lr=1e-3, weight_decay=0.0) for t in "ab"}
+    for step, task in enumerate("aabbbabab"):
+        batch = toy_batch(step)
+        other = loop.balancer.states["b" if task == "a" else "a"]
+        before = {p: {k: v.clone() for k, v in s.items()} for p, s in other.items()}
+        loop.train_step(task, batch)
+        reference.model.zero_grad(set_to_none=True)
+        reference.model(task, batch)["loss"].backward()
+        own[task].step()
+        for mine, theirs in zip(loop.model.parameters(), reference.model.parameters()):
+            assert torch.allclose(mine, theirs, rtol=1e-5, atol=1e-7)
+        assert set(other) == set(before) and all(torch.equal(v, before[p][k]) for p, s in other.items()
+                                                 for k, v in s.items())
+    steps = {t: {int(s["step"]) for s in loop.balancer.states[t].values()} for t in "ab"}
+    assert steps == {"a": {4}, "b": {5}}  # each task's own step count (bias correction as alone)
+    # the head of a has no state in b's moments: b's steps never train it
+    head_a = set(loop.model.heads["a"].parameters())
+    assert not head_a & set(loop.balancer.states["b"]) and head_a <= set(loop.balancer.states["a"])
+
+
+def backbone_updates(loop, steps):
+    """The size of each step's update of the backbone, per task (tasks alternate a, b)."""
+    sizes = {"a": [], "b": []}
+    for step in range(steps):
+        task = "ab"[step % 2]
+        before = loop.model.backbone.linear.weight.detach().clone()
+        loop.train_step(task, toy_batch(step))
+        sizes[task].append(float((loop.model.backbone.linear.weight.detach() - before).norm()))
+    return sizes
+
+
+def test_task_moments_makes_the_loss_scale_irrelevant_and_loss_weight_scales_the_step():
+    """Tasks whose losses differ 10x take the same backbone steps as when their losses are alike (Adam per task
+    ignores the scale), where one shared Adam state shrinks the small-loss task's steps; loss_weight w scales
+    the task's learning rate, so its first update is exactly w times as large."""
+    equal = backbone_updates(toy_loop(balancing.TaskMoments(["a", "b"]), scales=(1.0, 1.0)), 40)
+    scaled = backbone_updates(toy_loop(balancing.TaskMoments(["a", "b"]), scales=(1.0, 10.0)), 40)
+    for task in "ab":
+        assert scaled[task] == pytest.approx(equal[task], rel=1e-3)
+    shared = backbone_updates(toy_loop(None, scales=(1.0, 10.0)), 40)
+    assert sum(shared["a"][5:]) < 0.8 * sum(scaled["a"][5:])  # one shared state: a's steps follow b's moments
+    weighted = backbone_updates(toy_loop(balancing.TaskMoments(["a", "b"]), scales=(1.0, 10.0),
+                                         loss_weights=(1.0, 0.25)), 2)
+    assert weighted["b"][0] == pytest.approx(0.25 * scaled["b"][0], rel=1e-4)
+    assert weighted["a"][0] == pytest.approx(scaled["a"][0], rel=1e-6)
+
+
+def test_task_moments_resume_exactly_and_refuse_a_mismatched_optimizer(tmp_path, uncased_vocab, tiny_config):
+    """Every task's moments are in optimizer.pt: a resumed run's losses are the straight run's, bit for bit."""
+    straight = Setup(tmp_path, uncased_vocab, tiny_config, balance="task_moments")
+    straight.fit()
+    expected = straight.losses(12)
+    first = Setup(tmp_path, uncased_vocab, tiny_config, balance="task_moments")
+    first.fit()
+    got = first.losses(5)
+    path = first.mh.save(str(tmp_path / "tm"))
+    saved = torch.load(tmp_path / "tm" / "optimizer.pt", weights_only=True)
+    assert set(saved["task_states"]) == {"tag", "cls"} and saved["state"] == {}
+    steps = {t: {int(s["step"]) for s in saved["task_states"][t].values()} for t in ("tag", "cls")}
+    tasks = [task_id for task_id, _ in got]
+    assert steps["tag"] >= {tasks.count(0)} and steps["cls"] >= {tasks.count(1)}
+    resumed = Setup(tmp_path, uncased_vocab, tiny_config, seed=3, balance="auto")  # auto: the checkpoint's method
+    resumed.fit()
+    resumed.mh.load_ckpt(path)
+    assert resumed.mh.balancer.name == "task_moments"
+    assert got + resumed.losses(7) == expected
+    with pytest.raises(ValueError, match="trained with balance='task_moments'"):
+        Setup(tmp_path, uncased_vocab, tiny_config, balance="grad_scale").mh.load_ckpt(path)
+
+
 # ---- grad_scale ----
 def test_grad_scale_gives_tasks_whose_losses_differ_10x_equal_backbone_gradients():
     """After warm-up each task's backpropagated backbone gradient is the running mean over tasks, though b's
@@ -279,6 +357,8 @@ def test_joint_step_trains_every_task_and_resumes_exactly(tmp_path, uncased_voca
         Setup(tmp_path, uncased_vocab, tiny_config, balance="pcgrad")
     with pytest.raises(ValueError, match="one task's gradient per step"):
         Setup(tmp_path, uncased_vocab, tiny_config, sampling="all", balance="grad_scale")
+    with pytest.raises(ValueError, match="optimizer state per task"):
+        Setup(tmp_path, uncased_vocab, tiny_config, sampling="all", balance="task_moments")
 
 
 def test_joint_step_with_the_plain_sum_adds_the_tasks_gradients():
