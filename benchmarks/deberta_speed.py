@@ -70,7 +70,7 @@ class DebertaSide:
         self.trainer = palm.Trainer("speed", device=args.device, precision=args.precision)
         self.model = self.trainer.build_forward(backbone, head)
         self.trainer.build_backward(palm.optimizer.Adam(self.model, args.lr), weight_decay=0.01)
-        self.loop = self.trainer._loop  # the step Trainer.train runs, without a reader in the way
+        self.loop = self.trainer.loop  # the step Trainer.train runs, without a reader in the way
         self.device = torch.device(args.device)
 
     def train_step(self, batch: dict) -> None:

@@ -64,7 +64,7 @@ def worker(args) -> None:
     trainer.build_forward(backbone, palm.head.Classify(2, args.hidden, 0.0))
     trainer.build_backward(palm.optimizer.Adam(None, 1e-4), weight_decay=0.01)
     trainer.fit_reader(reader)
-    loop = trainer._loop
+    loop = trainer.loop
     grads = {}
     zero_grad = loop.torch_optimizer.zero_grad
 

@@ -129,7 +129,7 @@ class TorchpalmSide:
         self.trainer.build_backward(palm.optimizer.Adam(self.model, args.lr), weight_decay=0.01)
         if weights:
             self.trainer.load_pretrain(weights)
-        self.loop = self.trainer._loop  # the step Trainer.train runs, without a reader in the way
+        self.loop = self.trainer.loop  # the step Trainer.train runs, without a reader in the way
         if compiled:
             self.model.backbone = torch.compile(self.model.backbone, dynamic=True)
         self.device = torch.device(args.device)

@@ -175,7 +175,7 @@ class MultiHeadTrainer:
 
     def build_forward(self) -> MultiTaskModel:
         """Joins the tasks' heads on their shared backbone; returns the joint model."""
-        self._backbone = self._shared("_backbone", "build_forward(backbone, head)")
+        self._backbone = self._shared("backbone", "build_forward(backbone, head)")
         for t in self._trainers:
             owner = t.task.reuse_head_with
             if owner is not None:  # the same module, so the same parameters (PALM stored and ignored this)
@@ -495,7 +495,7 @@ class MultiHeadTrainer:
     # ---- multi-head inference ----
     def build_predict_forward(self) -> None:
         """Checks that every task built its predict side on ONE predict backbone (spec §4.4)."""
-        self._pred_backbone = self._shared("_pred_backbone", "build_predict_forward(pred_backbone, pred_head)")
+        self._pred_backbone = self._shared("predict_backbone", "build_predict_forward(pred_backbone, pred_head)")
         for t in self._trainers:
             owner = t.task.reuse_head_with
             if owner is not None:
@@ -526,7 +526,8 @@ class MultiHeadTrainer:
         return batches
 
     def predict_one_batch(self, task_name: str, batch: dict) -> dict[str, np.ndarray]:
-        """That task's head outputs on one batch (no post-processing), on the shared predict backbone."""
+        """That task's head outputs on one batch (no post-processing), from the model that predicts
+        (`Trainer.predict_one_batch`: the trained one in eval mode, once training was built)."""
         if task_name not in self._by_name:
             raise KeyError(f"no task {task_name!r} (tasks: {list(self._by_name)})")
         return self._by_name[task_name].predict_one_batch(batch)
@@ -565,8 +566,8 @@ class MultiHeadTrainer:
         return MultiTaskModel(self._pred_backbone, {t.name: t.predict_head for t in self._trainers})
 
     def predicting(self):
-        """The weights predictions use, for a block (see `Trainer.predicting`)."""
-        return self._trainers[0].predicting()
+        """The weights predictions use, for a block (`TrainerCore.predicting`)."""
+        return self._core.predicting()
 
     def _predict_locked(self, active: list[Trainer], output_dir: str | None, print_steps: int) -> dict[str, list]:
         model = self.prediction_model()

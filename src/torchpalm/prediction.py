@@ -90,6 +90,19 @@ def predict_batches(model: MultiTaskModel, tasks: list[PredictTask], batches: li
     return [outputs_to_numpy(o) for o in outputs], passes
 
 
+def predict_one_batch(model: MultiTaskModel, task: PredictTask, batch: dict, device: torch.device, precision: str,
+                      backbone_inputs: list[str]) -> dict[str, np.ndarray]:
+    """PALM's `predict_one_batch`: the task head's outputs (numpy, no post-processing) on one batch, the model in
+    eval mode (its mode restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    try:
+        outputs, _ = predict_batches(model, [task], [batch], device, precision, backbone_inputs)
+    finally:
+        model.train(was_training)
+    return outputs[0]
+
+
 @torch.no_grad()
 def predict_tasks(model: MultiTaskModel, tasks: list[PredictTask], device: torch.device, precision: str,
                   backbone_inputs: list[str], print_steps: int = 0, spread: bool = False) -> Predictions:

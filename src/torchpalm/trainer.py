@@ -16,7 +16,6 @@ the next step (§17.18).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import threading
@@ -30,13 +29,20 @@ from . import bundle, distributed
 from . import checkpoint as ckpt
 from .evaluation import default_metric
 from .loop import Task, TrainLoop, ensure_console_logging, load_model_state, prepare_process
-from .model import MultiTaskModel, default_device
-from .model import backbone_record as backbone_record
-from .model import head_record as head_record
+from .model import MultiTaskModel, backbone_record, default_device, head_record
 from .optimizer import Optimizer
-from .prediction import PredictTask, predict_batches, predict_tasks
+from .prediction import PredictTask, predict_one_batch, predict_tasks
 from .prediction import finish_prediction as finish_prediction
-from .trainer_core import TrainerCore, check_io, check_reader_fits, check_same_shapes, pretrained_weights
+from .trainer_core import (
+    TrainerCore,
+    assign_pretrained,
+    check_head_fits,
+    check_io,
+    check_reader_fits,
+    check_same_shapes,
+    share_among_ranks,
+    train_length,
+)
 from .trainer_core import backbone_config as backbone_config
 from .trainer_core import load_pretrained_backbone as load_pretrained_backbone
 
@@ -138,16 +144,16 @@ class Trainer:
     @property
     def cur_train_step(self) -> int:
         """Steps this task has trained (inside a MultiHeadTrainer: its own count, not the global one)."""
-        return self._loop.task_steps[self._name] if self._loop is not None else 0
+        return self.loop.task_steps[self._name] if self.loop is not None else 0
 
     @property
     def cur_train_epoch(self) -> int:
-        return self._loop.task_epoch(self._name) if self._loop is not None else 0
+        return self.loop.task_epoch(self._name) if self.loop is not None else 0
 
     @property
     def skipped_steps(self) -> int:
         """Steps not applied because their loss or gradient was NaN or infinite (`skip_nonfinite`)."""
-        return self._loop.skipped_steps if self._loop is not None else 0
+        return self.loop.skipped_steps if self.loop is not None else 0
 
     @property
     def steps_per_epoch(self) -> int | None:
@@ -162,7 +168,7 @@ class Trainer:
 
     @property
     def model(self) -> MultiTaskModel | None:
-        return self._loop.model if self._loop is not None else self._model
+        return self.loop.model if self.loop is not None else self._model
 
     @property
     def eval_history(self) -> list[dict]:
@@ -172,20 +178,16 @@ class Trainer:
     @property
     def torch_optimizer(self) -> torch.optim.Optimizer | None:
         """The torch optimizer `build_backward` created (its param_groups carry weight_decay and lr_scale)."""
-        return self._loop.torch_optimizer if self._loop is not None else None
+        return self.loop.torch_optimizer if self.loop is not None else None
 
     @property
     def task(self) -> Task:
         return self._task
 
     @property
-    def _loop(self) -> TrainLoop | None:
-        return self._core.loop
-
-    @property
     def loop(self) -> TrainLoop | None:
         """The training loop this task trains in (its own, or its MultiHeadTrainer's), once built."""
-        return self._loop
+        return self._core.loop
 
     @property
     def backbone(self) -> nn.Module | None:
@@ -278,8 +280,7 @@ class Trainer:
     # ---- building ----
     def build_forward(self, backbone: nn.Module, task_head: nn.Module) -> MultiTaskModel:
         """Connects backbone and head for training; returns the model (pass it to the optimizer)."""
-        check_io(backbone.outputs_attr, task_head.inputs_attrs["backbone"],
-                 f"head {type(task_head).__name__} needs backbone outputs")
+        check_head_fits(backbone, task_head)
         self._backbone, self._head = backbone, task_head
         self._task.head = task_head
         self._model = MultiTaskModel(backbone, {self._name: task_head}).to(self.device)
@@ -290,8 +291,7 @@ class Trainer:
         """Says how to predict: the reader fields and backbone features `pred_head` reads and how it
         post-processes results. The predictions are computed by the trained backbone and head (in eval mode),
         once training was built; by these modules themselves otherwise (a prediction-only script)."""
-        check_io(pred_backbone.outputs_attr, pred_head.inputs_attrs["backbone"],
-                 f"head {type(pred_head).__name__} needs backbone outputs")
+        check_head_fits(pred_backbone, pred_head)
         if self._backbone is not None:
             check_same_shapes(self._backbone, pred_backbone, "backbone")
             check_same_shapes(self._head, pred_head, "head")
@@ -325,11 +325,11 @@ class Trainer:
         if self._own_loop() is not None and self._task.budget is not None:
             # a reader loaded with num_epochs=None cycles forever: train() runs one epoch, but a script's own
             # train_one_step loop may run any number of steps, so a length the script gave is not second-guessed
-            self._loop.set_total_steps(self._task.budget, certain=self._train_reader.num_epochs is not None
+            self.loop.set_total_steps(self._task.budget, certain=self._train_reader.num_epochs is not None
                                        or self._max_steps is not None)
 
     def _own_loop(self) -> TrainLoop | None:
-        return self._loop if self._multi_task is None else None
+        return self.loop if self._multi_task is None else None
 
     def fit_reader(self, reader, phase: str = "train", max_steps: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """Binds a loaded reader, checks it against the backbone and head, and returns its batch iterator.
@@ -348,27 +348,16 @@ class Trainer:
         check_reader_fits(reader, backbone, head)
         prepare_process(self.device)
         reader.reset()
-        if phase == "train" and distributed.active():
-            # every rank walks rank 0's shuffled order (seed=None draws a different seed in each process) and
-            # takes its own slice of each global batch
-            reader.seed = distributed.broadcast_object(reader.seed)
-            reader.shard(distributed.rank(), distributed.world_size())
         if phase == "train":
+            share_among_ranks(reader)
             self._train_reader = self._task.reader = reader
-            epochs = reader.num_epochs if reader.num_epochs is not None else 1  # None: one epoch (PALM)
-            self._task.budget = epochs * reader.steps_per_epoch
-            if max_steps is not None and reader.num_epochs is not None and max_steps > self._task.budget:
-                raise ValueError(f"max_steps={max_steps} is more than the reader's {reader.num_epochs} epoch(s) of "
-                                 f"{reader.steps_per_epoch} steps give ({self._task.budget}): load it with "
-                                 f"num_epochs=None (it cycles) or more epochs")
+            self._task.budget = train_length(reader, max_steps)
             self._max_steps = int(max_steps) if max_steps is not None else None
-            self._task.budget = self._max_steps or self._task.budget
             if self._pending_reader_state is not None:
                 reader.load_state_dict(self._pending_reader_state)
                 self._pending_reader_state = None
             self._train_iterator = iter(reader)
-            if self._loop is not None:
-                self._sync_schedule()
+            self._sync_schedule()
             iterator = self._train_iterator
         else:
             self._pred_reader = reader
@@ -394,12 +383,10 @@ class Trainer:
         load_pretrained_backbone(backbone, model_path)
 
     def load_predict_model(self, model_path: str, convert: bool = False) -> None:
-        """Loads pretrained backbone weights into the predict backbone (head stays as initialised)."""
+        """Pretrained weights into the predict backbone, which predicts only where no training was built."""
         if self._pred_backbone is None:
             raise RuntimeError("call build_predict_forward before load_predict_model")
-        state, file = pretrained_weights(self._pred_backbone, model_path)
-        for name in ckpt.assign_state(self._pred_backbone, state, file):
-            logger.info("Warning: %s not found in %s.", name, model_path)
+        assign_pretrained(self._pred_backbone, model_path)
 
     def load_ckpt(self, model_path: str, training_state: bool = True) -> None:
         """Loads a checkpoint: weights, and for training also optimizer, step counters, reader position and the
@@ -420,7 +407,7 @@ class Trainer:
         owner = trainer_state.get("tasks", {}).get(self._name, {}).get("head_owner", self._task.head_owner)
         task = dataclasses.replace(self._task, reuse_head_with=owner if owner != self._name else None)
         load_model_state(backbone, {self._name: head}, {self._name: task}, state, model_path)
-        if training_state and self._loop is not None and self._own_loop() is not None:
+        if training_state and self.loop is not None and self._own_loop() is not None:
             self._core.restore(trainer_state, opt_state, rng, state, model_path)
             self.restore_reader(trainer_state.get("tasks", {}).get(self._name, {}).get("reader"))
         logger.info("Load model from %s", model_path)
@@ -457,7 +444,7 @@ class Trainer:
         """Continues training from the latest complete checkpoint in `save_path` (default: the `set_saver`
         path): `load_ckpt(palm.checkpoint.latest(save_path))`. Returns the folder loaded, or None when there is
         none yet, so one script serves the first run and every restart."""
-        if self._loop is None:
+        if self.loop is None:
             raise RuntimeError("call build_backward(optimizer) before resume")
         if self._own_loop() is None:
             raise RuntimeError(f"task '{self._name}' belongs to a MultiHeadTrainer: call resume() on that")
@@ -531,7 +518,7 @@ class Trainer:
     def train_one_step(self, batch: dict) -> dict[str, np.ndarray]:
         """One optimisation step on one batch; returns `{"<name>.loss": loss}` (PALM's fetch), the global batch's
         loss (`TrainLoop.train_one_step`; reads the loss back, so `train()` does not call this)."""
-        if self._loop is None:
+        if self.loop is None:
             raise RuntimeError("call build_backward(optimizer) before training")
         # (inside a MultiHeadTrainer, its saver runs in its own train_one_step)
         loss = self._core.train_one_step(self._name, batch, self._trainer_state if self._own_loop() else None)
@@ -550,30 +537,29 @@ class Trainer:
         with `log_totals`, the run's (`step 23/308, cls (epoch 0: 23/77), ...`, as the command line logs)."""
         if self._train_iterator is None:
             raise RuntimeError("call fit_reader(reader) before train()")
-        if self._loop is None:
+        if self.loop is None:
             raise RuntimeError("call build_backward(optimizer) before train()")
         if self._own_loop() is None:
             raise RuntimeError(f"task '{self._name}' belongs to a MultiHeadTrainer: call train() on that")
         prepare_process(self.device)
         name, budget = self._name, self._task.budget
         batches = ((name, batch) for batch in self._train_iterator)
-        self._core.run(batches, lambda: self._loop.task_steps[name] >= budget, budget, print_steps,
+        self._core.run(batches, lambda: self.loop.task_steps[name] >= budget, budget, print_steps,
                        self._trainer_state, multi_task=False, log_totals=log_totals)
 
     # ---- prediction ----
     def prediction_model(self) -> MultiTaskModel:
         """The model that predicts this task: the training loop's (its heads keyed by task name), else the
         trained backbone and head, else the predict-phase ones (a prediction-only script)."""
-        if self._loop is not None:
-            return self._loop.model
+        if self.loop is not None:
+            return self.loop.model
         if self._backbone is not None:
             return MultiTaskModel(self._backbone, {self._name: self._head})
         return MultiTaskModel(self._pred_backbone, {self._name: self._pred_head})
 
     def predicting(self):
-        """The weights predictions use, for a block: the EMA ones when kept, whole under FSDP
-        (`TrainLoop.predicting`); the model's own without a training loop."""
-        return self._loop.predicting() if self._loop is not None else contextlib.nullcontext()
+        """The weights predictions use, for a block (`TrainerCore.predicting`)."""
+        return self._core.predicting()
 
     def predict_task(self, reader=None, output_dir: str | None = None) -> PredictTask:
         """This task as the prediction loop sees it: its predict head (what it reads, its post-processing and
@@ -585,16 +571,9 @@ class Trainer:
         """Runs the model on one batch as it predicts; returns the head's outputs as numpy arrays (not namespaced)."""
         if self._pred_backbone is None:
             raise RuntimeError("call build_predict_forward(pred_backbone, pred_head) before predicting")
-        model = self.prediction_model()
-        was_training = model.training
-        model.eval()
-        try:
-            with self.predicting():
-                outputs, _ = predict_batches(model, [self.predict_task()], [batch], self.device, self._precision,
-                                             list(self._pred_backbone.inputs_attr))
-        finally:
-            model.train(was_training)
-        return outputs[0]
+        with self.predicting():
+            return predict_one_batch(self.prediction_model(), self.predict_task(), batch, self.device,
+                                     self._precision, list(self._pred_backbone.inputs_attr))
 
     def predict(self, output_dir: str | None = None, print_steps: int = 1000):
         """Predicts the fitted predict reader (one full, ordered pass); writes `output_dir/predictions.json`;

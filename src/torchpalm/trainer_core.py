@@ -11,6 +11,7 @@ tasks and batches, the finish rule, and what a checkpoint records about the task
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import distributed
 from .evaluation import Evaluator, best_checkpoint_dir
 from .fsdp import wanted as fsdp_wanted
 from .loop import Task, TrainLoop
@@ -44,6 +46,11 @@ def check_io(provider: dict, consumer: dict, what: str) -> None:
         raise ValueError(f"{what}: {missing} required but not provided (provided: {sorted(provider)})")
 
 
+def check_head_fits(backbone: nn.Module, head: nn.Module) -> None:
+    """The head reads only what the backbone gives (PALM's build-time check)."""
+    check_io(backbone.outputs_attr, head.inputs_attrs["backbone"], f"head {type(head).__name__} needs backbone outputs")
+
+
 def check_reader_fits(reader, backbone: nn.Module, head: nn.Module) -> None:
     """PALM's fit-time checks (spec §2.6): the reader yields what backbone and head read; the data suits the head."""
     if reader.batch_size is None:
@@ -55,6 +62,29 @@ def check_reader_fits(reader, backbone: nn.Module, head: nn.Module) -> None:
              f"(did you call reader.register_with(backbone)?)")
     check_io(provided, head.inputs_attrs["reader"], f"head {type(head).__name__} needs reader outputs")
     head.check_reader(reader)
+
+
+def share_among_ranks(reader) -> None:
+    """Under torchrun, a training reader gives each rank its part of the same run: every rank walks rank 0's
+    shuffled order (seed=None draws a different seed in each process) and takes its own slice of each global
+    batch (`Reader.shard`). Nothing in one process."""
+    if distributed.active():
+        reader.seed = distributed.broadcast_object(reader.seed)
+        reader.shard(distributed.rank(), distributed.world_size())
+
+
+def train_length(reader, max_steps: int | None) -> int:
+    """The steps `train()` runs over a fitted training reader: `max_steps` when given (within the reader's
+    epochs, unless it cycles), else its epochs of `steps_per_epoch` (one epoch when num_epochs is None, as PALM)."""
+    epochs = reader.num_epochs if reader.num_epochs is not None else 1
+    budget = epochs * reader.steps_per_epoch
+    if max_steps is None:
+        return budget
+    if reader.num_epochs is not None and max_steps > budget:
+        raise ValueError(f"max_steps={max_steps} is more than the reader's {reader.num_epochs} epoch(s) of "
+                         f"{reader.steps_per_epoch} steps give ({budget}): load it with num_epochs=None (it "
+                         f"cycles) or more epochs")
+    return int(max_steps)
 
 
 class TrainerCore:
@@ -82,6 +112,11 @@ class TrainerCore:
             raise RuntimeError(f"call build_backward{'' if before in ('save', 'set_evaluation') else '(optimizer)'} "
                                f"before {before}")
         return self.loop
+
+    def predicting(self):
+        """The weights predictions use, for a block: the loop's (`TrainLoop.predicting`: EMA ones when kept, whole
+        under FSDP); the model's own without a training loop."""
+        return self.loop.predicting() if self.loop is not None else contextlib.nullcontext()
 
     # ---- saving ----
     def set_saver(self, save_path, save_steps, save_type: str, can_export: bool, max_to_keep: int | None,
@@ -228,9 +263,16 @@ def pretrained_weights(backbone: nn.Module, model_path: str) -> tuple[dict, str]
     return ckpt.load_backbone_weights(model_path, backbone_config(backbone))
 
 
-def load_pretrained_backbone(backbone: nn.Module, model_path: str) -> None:
-    logger.info("Loading pretraining parameters from %s...", model_path)
+def assign_pretrained(backbone: nn.Module, model_path: str) -> None:
+    """Pretrained weights into `backbone` (non-strict): a `Warning: <name> not found in <path>.` line for each
+    parameter the file does not have (it keeps its initialisation)."""
     state, file = pretrained_weights(backbone, model_path)
     for name in ckpt.assign_state(backbone, state, file):
         logger.info("Warning: %s not found in %s.", name, model_path)
+
+
+def load_pretrained_backbone(backbone: nn.Module, model_path: str) -> None:
+    """PALM's `load_pretrain`: `assign_pretrained` between its two log lines."""
+    logger.info("Loading pretraining parameters from %s...", model_path)
+    assign_pretrained(backbone, model_path)
     logger.info("")

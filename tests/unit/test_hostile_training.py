@@ -113,7 +113,7 @@ def poison(trainer, where):
         if where == "weight":
             weight[30000, 3] = float("inf")
         else:
-            trainer._loop.torch_optimizer.state[weight]["exp_avg_sq"][30000, 3] = float("inf")
+            trainer.loop.torch_optimizer.state[weight]["exp_avg_sq"][30000, 3] = float("inf")
 
 
 def saved_steps(folder):

@@ -399,13 +399,13 @@ def test_nonfinite_gradient_is_never_applied(tmp_path, uncased_vocab, tiny_confi
     poison_gradient(trainer, {5})
     step_losses(trainer, 4)
     weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    ema = {k: v.clone() for k, v in trainer._loop.ema.items()}
+    ema = {k: v.clone() for k, v in trainer.loop.ema.items()}
     moments = copy.deepcopy(trainer.torch_optimizer.state_dict()["state"])
     with pytest.raises(FloatingPointError, match="global step 5"):
         step_losses(trainer, 1)
     for k, v in trainer.model.state_dict().items():
         assert torch.equal(v, weights[k]), k
-    for k, v in trainer._loop.ema.items():
+    for k, v in trainer.loop.ema.items():
         assert torch.equal(v, ema[k]), k
     for i, state in trainer.torch_optimizer.state_dict()["state"].items():
         for k, v in state.items():
@@ -434,14 +434,14 @@ def test_skip_nonfinite_skips_and_counts(tmp_path, uncased_vocab, tiny_config, c
 
 def record_losses(trainer) -> list[float]:
     """The loss of every step `train()` runs, as the loop computed it."""
-    losses, step = [], trainer._loop.train_step
+    losses, step = [], trainer.loop.train_step
 
     def recorded(task, batch):
         loss = step(task, batch)
         losses.append(float(loss))
         return loss
 
-    trainer._loop.train_step = recorded
+    trainer.loop.train_step = recorded
     return losses
 
 
