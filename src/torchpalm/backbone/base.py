@@ -28,10 +28,14 @@ class Backbone(nn.Module):
 
     Optional: `forward(batch, outputs=None)`: when forward takes `outputs`, the trainers pass the names the head
     will read (`head.inputs_attrs["backbone"]`), so the backbone may skip the rest (BERT runs its last layer on
-    [CLS] alone for sentence-level heads); None means everything. `config`, a JSON-serialisable dict written into checkpoints (`trainer_state.json`) so a saved
-    model can be rebuilt without the training script. For prediction, build a second instance with the same
-    structure and pass it to `build_predict_forward`: it shares the trained weights by parameter name.
+    [CLS] alone for sentence-level heads); None means everything. `config`, a JSON-serialisable dict written into
+    checkpoints (`trainer_state.json`) so a saved model can be rebuilt without the training script.
     `load_pretrain` assigns a weights file's tensors by these parameter names.
+
+    For prediction, PALM's scripts build a second instance with the same structure and pass it to
+    `build_predict_forward`. It says how to predict (what the reader must yield for it), not with which weights:
+    once training was built, predictions run through the trained backbone in eval mode (`prediction.py`), and
+    the second instance's own weights serve only a prediction-only script, where nothing was trained.
     """
 
     @property
