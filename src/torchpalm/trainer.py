@@ -360,8 +360,7 @@ class Trainer:
             self._sync_schedule()
             iterator = self._train_iterator
         else:
-            self._pred_reader = reader
-            self._pred_iterator = iter(reader)
+            self._pred_reader, self._pred_iterator = reader, iter(reader)
             iterator = self._pred_iterator
         logger.info("ok!")
         return iterator
