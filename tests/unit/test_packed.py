@@ -149,14 +149,22 @@ def test_length_groups_cover_every_token_once_and_attend_like_the_padded_batch()
     gen = torch.Generator().manual_seed(4)
     batch = padded_inputs(lengths, gen)
     packing = Packing.from_mask(batch["input_mask"])
-    groups, back = packing.attention_groups()
-    assert 1 < len(groups) <= MAX_GROUPS and sum(n for n, *_ in groups) == len(lengths)
-    assert any(n > 1 for n, *_ in groups)  # some group mixes lengths
+    groups = packing.attention_groups()
+    assert 1 < len(groups.shapes) <= MAX_GROUPS and sum(n for n, _ in groups.shapes) == len(lengths)
+    assert any(n > 1 for n, _ in groups.shapes)  # some group mixes lengths
     total = sum(lengths)
-    places = torch.cat([gather[real] for _, _, gather, _, real in groups])
-    assert sorted(places.tolist()) == list(range(total)) and torch.equal(places[back], torch.arange(total))
-    for n, width, gather, bias, _real in groups:  # padded places point past the end and are masked out
-        assert gather.numel() == n * width and ((gather == total) == (bias.view(-1) < 0)).all()
+    # each packed token has one place in the layout, which gathers that token back
+    assert torch.equal(groups.gather[groups.select], torch.arange(total))
+    assert len(set(groups.select.tolist())) == total
+    laid_out = groups.split(torch.arange(total, dtype=torch.float64)[:, None])
+    assert torch.equal(groups.merge(laid_out), torch.arange(total, dtype=torch.float64)[:, None])
+    # padded places are masked out and repeat their own row's first token (never another row's)
+    first_tokens = set(packing.cu_seqlens[:-1].tolist())
+    for part, bias, (n, width) in zip(laid_out, groups.biases, groups.shapes, strict=True):
+        assert part.shape == (n, width, 1)
+        padded = bias.view(n, width) < 0
+        assert set(part[padded].long().view(-1).tolist()) <= first_tokens
+        assert all(part[r, 0].item() == part[r][padded[r]].unique().item() for r in range(n) if padded[r].any())
     # in float64 the two paths are the same math to rounding; in fp32 the attention kernel's different block
     # shapes change the summation order, which this large-weight model amplifies through LayerNorm's backward
     backbone = tiny().double()

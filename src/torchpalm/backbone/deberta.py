@@ -165,15 +165,15 @@ class DisentangledLayer(nn.Module):
             q, k, v = qkv.view(b, length, 3, self.heads, d).permute(2, 0, 3, 1, 4)
             ctx = self.attention(q, k, v, key_mask, rel, index).transpose(1, 2).reshape(b, length, h)
         else:  # each group of similar lengths padded to its own longest row (see packing.attention_groups)
-            padded = F.pad(qkv, (0, 0, 0, 1))
-            groups, back = packing.attention_groups()
+            groups = packing.attention_groups()
             outs = []
-            for n, width, gather, bias, real in groups:
-                q, k, v = padded.index_select(0, gather).view(n, width, 3, self.heads, d).permute(2, 0, 3, 1, 4)
+            for part, bias in zip(groups.split(qkv), groups.biases, strict=True):
+                n, width = part.shape[:2]
+                q, k, v = (t.transpose(1, 2) for t in part.view(n, width, 3, self.heads, d).unbind(2))
                 group_index = None if index is None else index[:width, :width]
                 ctx = self.attention(q, k, v, bias.view(n, width) == 0, rel, group_index)
-                outs.append(ctx.transpose(1, 2).reshape(n * width, h).index_select(0, real))
-            ctx = torch.cat(outs).index_select(0, back)
+                outs.append(ctx.transpose(1, 2).reshape(n, width, h))
+            ctx = groups.merge(outs)
         x = self.attn_norm(x + F.dropout(self.attn_out(ctx), self.hidden_dropout, self.training))
         f = self.ffn_out(self.act(self.ffn_in(x)))
         return self.ffn_norm(x + F.dropout(f, self.hidden_dropout, self.training))

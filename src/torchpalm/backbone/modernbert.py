@@ -46,21 +46,26 @@ POOLINGS = ("cls", "mean")
 
 
 def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [..., head_dim] of integer `positions` [...] (fp32; HF's default RoPE: the frequency pairs are the
-    two halves of the head dimension)."""
+    """cos, sin [..., 1, 1, head_dim] of integer `positions` [...], shaped for a fused [..., 3, heads, head_dim]
+    q/k/v (fp32; HF's default RoPE: the frequency pairs are the two halves of the head dimension). sin's first
+    half is negated, so that `rotate` swaps the halves instead of building HF's rotate_half = [-x2, x1]."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device)
                                 / head_dim))
     freqs = positions[..., None].float() * inv_freq
-    angles = torch.cat((freqs, freqs), dim=-1)
-    return angles.cos(), angles.sin()
+    cos, sin = freqs.cos(), freqs.sin()
+    cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+    return cos[..., None, None, :], sin[..., None, None, :]
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [..., heads, d] turned by the angles of cos/sin [..., d] (computed in fp32, returned in x's dtype)."""
-    x32 = x.float()
-    half = x.shape[-1] // 2
-    turned = torch.cat((-x32[..., half:], x32[..., :half]), dim=-1)
-    return (x32 * cos.unsqueeze(-2) + turned * sin.unsqueeze(-2)).to(x.dtype)
+def rotate(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The fused qkv [..., 3, heads, d] with q and k turned by the angles of `rotary_tables` (computed in fp32,
+    returned in qkv's dtype): HF's q * cos + rotate_half(q) * sin, with rotate_half(q) = [-q2, q1] written as the
+    swapped halves [q2, q1] times the signs in sin. q and k turn together and v joins them in one concatenation
+    (no separate q, k, v tensors to stack back for the packed attention)."""
+    qk, v = qkv.split([2, 1], dim=-3)
+    qk32, half = qk.float(), qk.shape[-1] // 2
+    swapped = torch.cat((qk32[..., half:], qk32[..., :half]), dim=-1)
+    return torch.cat(((qk32 * cos + swapped * sin).to(qkv.dtype), v), dim=-3)
 
 
 class ModernBertLayer(nn.Module):
@@ -87,18 +92,17 @@ class ModernBertLayer(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None,
                 packing: Packing | None) -> torch.Tensor:
         """x: [B, L, H] (`bias`: this layer's additive attention bias [B, 1, 1 or L, L] or None), or the packed
-        [T, H] with `packing` (`bias`: the key-padding bias [B, 1, 1, L]); rope: cos, sin [B, L, d] or [T, d]."""
+        [T, H] with `packing` (`bias`: the key-padding bias [B, 1, 1, L]); rope: `rotary_tables`' cos, sin
+        [B, L, 1, 1, d] or [T, 1, 1, d]."""
         dropout_p = self.attention_dropout if self.training else 0.0
         h = x.shape[-1]
         normed = x if self.attn_norm is None else self.attn_norm(x)
-        q, k, v = self.qkv(normed).view(*x.shape[:-1], 3, self.heads, self.head_dim).unbind(-3)
-        q, k = rotate(q, *rope), rotate(k, *rope)
+        qkv = rotate(self.qkv(normed).view(*x.shape[:-1], 3, self.heads, self.head_dim), *rope)
         if packing is not None:
-            qkv = torch.stack((q, k, v), dim=-3).view(-1, 3 * h)
-            ctx = packed_attention(qkv, packing, self.heads, bias, dropout_p, self.window)
+            ctx = packed_attention(qkv.view(-1, 3 * h), packing, self.heads, bias, dropout_p, self.window)
         else:
             b, length = x.shape[:2]
-            q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, L, d]
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(-3))  # [B, heads, L, d]
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
             ctx = ctx.transpose(1, 2).reshape(b, length, h)
         x = x + F.dropout(self.attn_out(ctx), self.attention_dropout, self.training)

@@ -27,6 +27,41 @@ MAX_GROUPS = 4  # SDPA calls per layer at most: fewer calls vs less padding (4 l
 
 
 @dataclass
+class AttentionGroups:
+    """The packed sequences laid out for attention in a few groups of similar length, group after group, each
+    [n, l] (n sequences padded to the group's longest, l): one gather in (`split`), one gather out (`merge`).
+
+    shapes: (n, l) of each group; biases: each group's key-padding bias [n, 1, 1, l] (0 = token, the float32
+    minimum at padded places); gather: [N] (N = sum n * l) the packed row of each place of the layout (a padded
+    place repeats its sequence's first token); select: [T] the layout place of each packed token.
+    """
+
+    shapes: list[tuple[int, int]]
+    biases: list[torch.Tensor]
+    gather: torch.Tensor
+    select: torch.Tensor
+    _window_biases: dict = field(default_factory=dict, repr=False)
+
+    def split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[T, C] -> the groups' [n, l, C] (one gather; views of it)."""
+        laid_out = x.index_select(0, self.gather)
+        return [part.view(n, width, -1) for part, (n, width) in
+                zip(laid_out.split([n * width for n, width in self.shapes]), self.shapes, strict=True)]
+
+    def merge(self, groups: list[torch.Tensor]) -> torch.Tensor:
+        """The groups' [n, l, C] -> [T, C]: the real tokens in packed order (padded places dropped)."""
+        return torch.cat([g.reshape(-1, g.shape[-1]) for g in groups]).index_select(0, self.select)
+
+    def window_biases(self, window: int) -> list[torch.Tensor]:
+        """Each group's bias narrowed to a sliding window of `window` places ([n, 1, l, l]; the key-padding bias
+        as it is where the group is too short for the window to matter), built once per batch."""
+        if window not in self._window_biases:
+            self._window_biases[window] = [_windowed_bias(bias, window) if width > window + 1 else bias
+                                           for (_, width), bias in zip(self.shapes, self.biases, strict=True)]
+        return self._window_biases[window]
+
+
+@dataclass
 class Packing:
     """Where the real tokens of a padded batch are.
 
@@ -42,8 +77,7 @@ class Packing:
     max_seqlen: int
     prefix: bool
     lengths: list[int] = field(default_factory=list)
-    _groups: list | None = field(default=None, repr=False)
-    _window_biases: dict = field(default_factory=dict, repr=False)
+    _groups: AttentionGroups | None = field(default=None, repr=False)
 
     @staticmethod
     def from_mask(mask: torch.Tensor) -> Packing | None:
@@ -66,18 +100,15 @@ class Packing:
         index = real.reshape(-1).nonzero().squeeze(1)
         return Packing(index, b, length, cu, int(longest), bool(prefix), [int(n) for n in facts[4:]])
 
-    def attention_groups(self) -> tuple[list[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]], torch.Tensor]:
-        """The sequences cut into at most `MAX_GROUPS` groups of similar length, built once per batch (every
-        layer reuses them): for each group (rows n, padded length l, gather [n*l] indices into the packed tokens
-        with T (one past the end) at padded places, key-padding bias [n, 1, 1, l], the positions of the real
-        tokens among the n*l), and the permutation that puts the groups' real tokens back in packed order.
-        The cut minimises the padded attention cost sum(n * l^2) over the sorted lengths (a small dynamic
-        programme on the host)."""
+    def attention_groups(self) -> AttentionGroups:
+        """The sequences cut into at most `MAX_GROUPS` groups of similar length, each padded to its own longest
+        sequence (`AttentionGroups`), built once per batch: every layer reuses them. The cut minimises the padded
+        attention cost sum(n * l^2) over the sorted lengths (a small dynamic programme on the host)."""
         if self._groups is None:
             self._groups = self._build_groups()
         return self._groups
 
-    def _build_groups(self):
+    def _build_groups(self) -> AttentionGroups:
         order = sorted(range(self.batch), key=lambda r: -self.lengths[r])
         sizes = [self.lengths[r] for r in order]
         b, k = len(sizes), min(MAX_GROUPS, len(sizes))
@@ -101,22 +132,23 @@ class Packing:
         starts = [0]  # cu_seqlens on the host (the lengths were read back already: no device read here)
         for n in self.lengths:
             starts.append(starts[-1] + n)
-        total = starts[-1]
         device = self.index.device
-        groups, places = [], []
+        shapes, biases, gather, select = [], [], [], [0] * starts[-1]
         for i, j in reversed(bounds):
             rows, width = order[i:j], sizes[i]
-            gather = [starts[r] + c if c < self.lengths[r] else total for r in rows for c in range(width)]
-            real = [p for p, token in enumerate(gather) if token < total]
-            places += [gather[p] for p in real]
+            for r in rows:
+                for c in range(width):
+                    if c < self.lengths[r]:
+                        select[starts[r] + c] = len(gather)
+                    # a padded place repeats its row's first token: masked out as a key, its output never read,
+                    # and a non-finite value stays inside its own sequence as on the padded path
+                    gather.append(starts[r] + c if c < self.lengths[r] else starts[r])
             keep = torch.tensor([[c < self.lengths[r] for c in range(width)] for r in rows], device=device)
             bias = torch.zeros(keep.shape, device=device).masked_fill(~keep, torch.finfo(torch.float32).min)
-            groups.append((len(rows), width, torch.tensor(gather, device=device), bias.view(len(rows), 1, 1, width),
-                           torch.tensor(real, device=device)))
-        back = [0] * len(places)
-        for position, token in enumerate(places):
-            back[token] = position
-        return groups, torch.tensor(back, device=device)
+            shapes.append((len(rows), width))
+            biases.append(bias.view(len(rows), 1, 1, width))
+        return AttentionGroups(shapes, biases, torch.tensor(gather, device=device),
+                               torch.tensor(select, device=device))
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, ...] -> [T, ...]: the real tokens' rows."""
@@ -159,18 +191,15 @@ def packed_attention(qkv: torch.Tensor, packing: Packing, heads: int, attn_bias:
         ctx = varlen_attn(q, k, v, packing.cu_seqlens, packing.cu_seqlens, packing.max_seqlen, packing.max_seqlen,
                           window_size=reach)
         return ctx.reshape(t, heads * d)
-    # grouped SDPA: each group of similar lengths gathered into [n, l, 3H] (a zero row at the padded places),
-    # attended with its own key-padding bias; the real tokens' contexts go back to their packed rows
-    padded = F.pad(qkv, (0, 0, 0, 1))  # row T: zeros for the padded places
-    groups, back = packing.attention_groups()
-    if window is not None and window not in packing._window_biases:  # once per batch, shared by the local layers
-        packing._window_biases[window] = [_windowed_bias(bias, window) if width > window + 1 else bias
-                                          for _, width, _, bias, _ in groups]
+    # grouped SDPA: one gather lays the groups out ([n, l, 3H] each, padded places masked by the key-padding
+    # bias), one gather takes the real tokens' contexts back to packed order
+    groups = packing.attention_groups()
+    biases = groups.biases if window is None else groups.window_biases(window)
     outs = []
-    for g, (n, width, gather, bias, real) in enumerate(groups):
-        if window is not None:
-            bias = packing._window_biases[window][g]
-        q, k, v = padded.index_select(0, gather).view(n, width, 3, heads, d).permute(2, 0, 3, 1, 4)
+    for part, bias in zip(groups.split(qkv), biases, strict=True):
+        n, width = part.shape[:2]
+        # (unbound before the transpose: their gradients then stack into [n, l, 3H] without a copy)
+        q, k, v = (t.transpose(1, 2) for t in part.view(n, width, 3, heads, d).unbind(2))
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
-        outs.append(ctx.transpose(1, 2).reshape(n * width, heads * d).index_select(0, real))
-    return torch.cat(outs).index_select(0, back)
+        outs.append(ctx.transpose(1, 2).reshape(n, width, heads * d))
+    return groups.merge(outs)
