@@ -8,9 +8,9 @@ the backbone's `pooler`, which heads read as `sentence_embedding`.
 
 from __future__ import annotations
 
-import re
-
 import torch
+
+from .name_map import NameMap
 
 # torchpalm name -> HF name (without the optional "deberta." prefix)
 PLAIN = {
@@ -50,6 +50,7 @@ QKV = ("query_proj", "key_proj", "value_proj")
 PREFIX = "deberta."
 # The pooler is not in DebertaV2Model checkpoints (only in sequence classifiers): loading one leaves it as is.
 OPTIONAL = ("pooler.weight", "pooler.bias")
+DEBERTA_NAMES = NameMap(PLAIN, LAYER, qkv=QKV, unprefixed=OPTIONAL)
 
 
 def is_deberta_state(hf_state: dict[str, torch.Tensor]) -> bool:
@@ -60,25 +61,7 @@ def is_deberta_state(hf_state: dict[str, torch.Tensor]) -> bool:
 def deberta_hf_to_torchpalm(hf_state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """An HF DeBERTa-v2 state dict (with or without `deberta.`) in torchpalm names, and the HF keys left out
     (MLM heads, classifiers)."""
-    state = {k.removeprefix(PREFIX): v for k, v in hf_state.items()}
-    out: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    for ours, theirs in PLAIN.items():
-        if theirs in state:
-            out[ours] = state[theirs]
-            used.add(theirs)
-    layer_ids = sorted({int(m.group(1)) for k in state if (m := re.match(r"encoder\.layer\.(\d+)\.", k))})
-    for i in layer_ids:
-        prefix = f"encoder.layer.{i}."
-        for ours, theirs in LAYER.items():
-            if prefix + theirs in state:
-                out[f"layers.{i}.{ours}"] = state[prefix + theirs]
-                used.add(prefix + theirs)
-        for kind in ("weight", "bias"):
-            keys = [f"{prefix}attention.self.{p}.{kind}" for p in QKV]
-            if all(k in state for k in keys):
-                out[f"layers.{i}.qkv.{kind}"] = torch.cat([state[k] for k in keys], dim=0)
-                used.update(keys)
+    out, used = DEBERTA_NAMES.to_torchpalm({k.removeprefix(PREFIX): v for k, v in hf_state.items()})
     unused = [k for k in hf_state if k.removeprefix(PREFIX) not in used and not k.endswith("position_ids")]
     return out, unused
 
@@ -86,20 +69,4 @@ def deberta_hf_to_torchpalm(hf_state: dict[str, torch.Tensor]) -> tuple[dict[str
 def deberta_torchpalm_to_hf(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """torchpalm `DeBERTaV2` names back to HF `DebertaV2Model`'s (optionally prefixed, e.g. 'deberta.'; the
     pooler is HF's top-level `pooler.dense`, never prefixed)."""
-    out: dict[str, torch.Tensor] = {}
-    for ours, theirs in PLAIN.items():
-        if ours in state:
-            out[theirs if ours in OPTIONAL else prefix + theirs] = state[ours]
-    for name, value in state.items():
-        m = re.match(r"layers\.(\d+)\.(.+)$", name)
-        if not m:
-            continue
-        hf_prefix = f"{prefix}encoder.layer.{m.group(1)}."
-        rest = m.group(2)
-        if rest in LAYER:
-            out[hf_prefix + LAYER[rest]] = value
-        elif rest.startswith("qkv."):
-            kind = rest.split(".", 1)[1]
-            for part, tensor in zip(QKV, value.chunk(3, dim=0)):
-                out[f"{hf_prefix}attention.self.{part}.{kind}"] = tensor.contiguous()
-    return out
+    return DEBERTA_NAMES.to_hf(state, prefix)

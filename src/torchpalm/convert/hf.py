@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 
 import torch
@@ -25,6 +24,7 @@ from ..state_keys import BACKBONE, head_scopes, scoped
 from ..weights import find_weights_file, load_state_file
 from . import modernbert as mb
 from .deberta import deberta_hf_to_torchpalm, deberta_torchpalm_to_hf, is_deberta_state
+from .name_map import NameMap
 from .paddle import load_paddle_model, params_dir
 
 logger = logging.getLogger("torchpalm")
@@ -52,7 +52,7 @@ _LAYER = {
     "ffn_norm.weight": "output.LayerNorm.weight",
     "ffn_norm.bias": "output.LayerNorm.bias",
 }
-_QKV = ("query", "key", "value")
+BERT_NAMES = NameMap(_PLAIN, _LAYER, qkv=("query", "key", "value"))
 # Old TF-converted checkpoints name LayerNorm parameters gamma/beta.
 _LEGACY = {".gamma": ".weight", ".beta": ".bias"}
 
@@ -83,25 +83,7 @@ def hf_to_torchpalm(hf_state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
         return deberta_hf_to_torchpalm(hf_state)
     if mb.is_modernbert_state(hf_state):
         return mb.modernbert_hf_to_torchpalm(hf_state)
-    state = {_strip(k): v for k, v in hf_state.items()}
-    out: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    for ours, theirs in _PLAIN.items():
-        if theirs in state:
-            out[ours] = state[theirs]
-            used.add(theirs)
-    layer_ids = sorted({int(m.group(1)) for k in state if (m := re.match(r"encoder\.layer\.(\d+)\.", k))})
-    for i in layer_ids:
-        prefix = f"encoder.layer.{i}."
-        for ours, theirs in _LAYER.items():
-            if prefix + theirs in state:
-                out[f"layers.{i}.{ours}"] = state[prefix + theirs]
-                used.add(prefix + theirs)
-        for kind in ("weight", "bias"):
-            keys = [f"{prefix}attention.self.{p}.{kind}" for p in _QKV]
-            if all(k in state for k in keys):
-                out[f"layers.{i}.qkv.{kind}"] = torch.cat([state[k] for k in keys], dim=0)
-                used.update(keys)
+    out, used = BERT_NAMES.to_torchpalm({_strip(k): v for k, v in hf_state.items()})
     unused = [k for k in hf_state if _strip(k) not in used and not _strip(k).endswith("position_ids")]
     return out, unused
 
@@ -115,23 +97,7 @@ def torchpalm_to_hf(state: dict[str, torch.Tensor], prefix: str = "", model_type
         return deberta_torchpalm_to_hf(state, prefix)
     if model_type == "modernbert" or mb.is_torchpalm_modernbert_state(state):
         return mb.modernbert_torchpalm_to_hf(state, prefix)
-    out: dict[str, torch.Tensor] = {}
-    for ours, theirs in _PLAIN.items():
-        if ours in state:
-            out[prefix + theirs] = state[ours]
-    for name, value in state.items():
-        m = re.match(r"layers\.(\d+)\.(.+)$", name)
-        if not m:
-            continue
-        i, rest = m.group(1), m.group(2)
-        hf_prefix = f"{prefix}encoder.layer.{i}."
-        if rest in _LAYER:
-            out[hf_prefix + _LAYER[rest]] = value
-        elif rest.startswith("qkv."):
-            kind = rest.split(".", 1)[1]
-            for part, tensor in zip(_QKV, value.chunk(3, dim=0)):
-                out[f"{hf_prefix}attention.self.{part}.{kind}"] = tensor.contiguous()
-    return out
+    return BERT_NAMES.to_hf(state, prefix)
 
 
 # ---------------------------------------------------------------- whole directories

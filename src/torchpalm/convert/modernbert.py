@@ -11,6 +11,8 @@ import re
 
 import torch
 
+from .name_map import NameMap
+
 # torchpalm name -> HF name (without the task models' "model." prefix); {i} is the layer index
 PLAIN = {
     "tok_embeddings.weight": "embeddings.tok_embeddings.weight",
@@ -40,8 +42,8 @@ LAYER = {
     "mlp_out.weight": "mlp.Wo.weight",
     "mlp_out.bias": "mlp.Wo.bias",
 }
-_LAYER_BACK = {v: k for k, v in LAYER.items()}
 OPTIONAL = tuple(HEAD)  # a bare ModernBertModel checkpoint has no prediction head; the backbone keeps its own
+MODERNBERT_NAMES = NameMap({**PLAIN, **HEAD}, LAYER, layers_at="layers.", unprefixed=OPTIONAL)
 
 
 def is_modernbert_state(state: dict) -> bool:
@@ -57,33 +59,11 @@ def is_torchpalm_modernbert_state(state: dict) -> bool:
 
 def modernbert_hf_to_torchpalm(hf_state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """HF ModernBERT names (with or without `model.`) -> torchpalm's; returns (converted, unused HF keys)."""
-    out, unused = {}, []
-    plain_back = {v: k for k, v in PLAIN.items()}
-    head_back = {v: k for k, v in HEAD.items()}
-    for name, value in hf_state.items():
-        bare = name[len("model."):] if name.startswith("model.") else name
-        m = re.match(r"layers\.(\d+)\.(.+)$", bare)
-        if bare in plain_back:
-            out[plain_back[bare]] = value
-        elif name in head_back:
-            out[head_back[name]] = value
-        elif m and m.group(2) in _LAYER_BACK:
-            out[f"layers.{m.group(1)}.{_LAYER_BACK[m.group(2)]}"] = value
-        else:
-            unused.append(name)
-    return out, unused
+    out, used = MODERNBERT_NAMES.to_torchpalm({k.removeprefix("model."): v for k, v in hf_state.items()})
+    return out, [k for k in hf_state if k.removeprefix("model.") not in used]
 
 
 def modernbert_torchpalm_to_hf(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
     """torchpalm ModernBERT names -> HF's (`prefix` before the encoder's names, e.g. 'model.' for a task model;
     the prediction head's names never take it)."""
-    out = {}
-    for name, value in state.items():
-        m = re.match(r"layers\.(\d+)\.(.+)$", name)
-        if name in PLAIN:
-            out[prefix + PLAIN[name]] = value
-        elif name in HEAD:
-            out[HEAD[name]] = value
-        elif m and m.group(2) in LAYER:
-            out[f"{prefix}layers.{m.group(1)}.{LAYER[m.group(2)]}"] = value
-    return out
+    return MODERNBERT_NAMES.to_hf(state, prefix)
