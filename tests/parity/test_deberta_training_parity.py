@@ -18,12 +18,10 @@ from test_deberta_parity import BASE, V3
 from test_training_parity import (
     BATCH,
     EPOCHS,
-    EPS,
-    LR,
-    WEIGHT_DECAY,
+    _build,
     _conll_file,
+    _copy_head,
     _hf_optimizer,
-    _palm_schedule,
     _token_labels,
     _train_side_by_side,
 )
@@ -50,19 +48,6 @@ def _start(tmp_path, hf_class, num_labels, seed, vocab):
     return hf, str(out)
 
 
-def _build(name, reader, head, hf_dir, n_steps):
-    backbone = palm.backbone.DeBERTaV2.from_config(f"{hf_dir}/config.json")
-    reader.register_with(backbone)
-    trainer = palm.Trainer(name)
-    model = trainer.build_forward(backbone, head)
-    trainer.build_backward(palm.optimizer.Adam(model, LR, _palm_schedule(n_steps, True), eps=EPS),
-                           weight_decay=WEIGHT_DECAY)
-    batches = list(trainer.fit_reader(reader))
-    assert len(batches) == n_steps == trainer.num_train_steps
-    trainer.load_pretrain(hf_dir)
-    return trainer, batches
-
-
 def _assert_same_training(ours, theirs, trainer, hf, head_pairs):
     assert len(ours) == len(theirs) >= 20
     diffs = [abs(a - b) for a, b in zip(ours, theirs, strict=True)]
@@ -79,12 +64,6 @@ def _assert_same_training(ours, theirs, trainer, hf, head_pairs):
     assert moved > 30 * TOL  # the steps really moved the weights
 
 
-def _copy_head(head, hf, pairs):
-    with torch.no_grad():
-        for ours_name, hf_name in pairs:
-            head.get_parameter(ours_name).copy_(hf.get_parameter(hf_name))
-
-
 def _inputs(batch):
     return {"input_ids": batch["token_ids"], "attention_mask": batch["input_mask"]}
 
@@ -98,7 +77,8 @@ def test_classify_trains_like_deberta_v2_for_sequence_classification(tmp_path, u
     head = palm.head.Classify(2, CONFIG["hidden_size"])
     pairs = [("classifier.weight", "classifier.weight"), ("classifier.bias", "classifier.bias")]
     _copy_head(head, hf, pairs)
-    trainer, batches = _build("sst2", reader, head, hf_dir, 96 // BATCH * EPOCHS)
+    trainer, batches = _build("sst2", reader, head, hf_dir, 96 // BATCH * EPOCHS, True,
+                              palm.backbone.DeBERTaV2.from_config(f"{hf_dir}/config.json"))
     assert any(not bool(b["input_mask"].all()) for b in batches)  # padded batches (the backbone packs them)
     opt, sched = _hf_optimizer(hf, len(batches), True)
     ours, theirs = _train_side_by_side(trainer, batches, hf,
@@ -114,7 +94,8 @@ def test_sequence_label_trains_like_deberta_v2_for_token_classification(tmp_path
     head = palm.head.SequenceLabel(len(label_map), CONFIG["hidden_size"], use_crf=False)
     pairs = [("emission.weight", "classifier.weight"), ("emission.bias", "classifier.bias")]
     _copy_head(head, hf, pairs)
-    trainer, batches = _build("conll", reader, head, hf_dir, 96 // BATCH * EPOCHS)
+    trainer, batches = _build("conll", reader, head, hf_dir, 96 // BATCH * EPOCHS, True,
+                              palm.backbone.DeBERTaV2.from_config(f"{hf_dir}/config.json"))
     opt, sched = _hf_optimizer(hf, len(batches), True)
     ours, theirs = _train_side_by_side(trainer, batches, hf,
                                        lambda b: hf(**_inputs(b), labels=_token_labels(b)).loss, opt, sched)

@@ -24,8 +24,9 @@ from test_training_parity import (
     LR,
     WARMUP,
     WEIGHT_DECAY,
+    _build,
     _conll_file,
-    _palm_schedule,
+    _copy_head,
     _token_labels,
     _train_side_by_side,
 )
@@ -45,25 +46,6 @@ def _hf_optimizer(model, n_steps):
     opt = torch.optim.AdamW([{"params": decayed, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}],
                             lr=LR, betas=(0.9, 0.999), eps=EPS)
     return opt, transformers.get_linear_schedule_with_warmup(opt, WARMUP, n_steps)
-
-
-def _build(name, reader, head, hf_dir, n_steps):
-    backbone = palm.backbone.ModernBERT.from_config(f"{hf_dir}/config.json")
-    reader.register_with(backbone)
-    trainer = palm.Trainer(name)
-    model = trainer.build_forward(backbone, head)
-    trainer.build_backward(palm.optimizer.Adam(model, LR, _palm_schedule(n_steps, True), eps=EPS),
-                           weight_decay=WEIGHT_DECAY)
-    batches = list(trainer.fit_reader(reader))
-    assert len(batches) == n_steps == trainer.num_train_steps
-    trainer.load_pretrain(hf_dir)
-    return trainer, batches
-
-
-def _copy_head(head, hf, pairs):
-    with torch.no_grad():
-        for ours, theirs in pairs:
-            head.get_parameter(ours).copy_(hf.get_parameter(theirs))
 
 
 def _assert_same_training(ours, theirs, trainer, hf, pairs, weight_tol=TOL):
@@ -95,7 +77,8 @@ def test_classify_trains_like_modernbert_for_sequence_classification(tmp_path, u
     head = palm.head.Classify(2, HIDDEN)
     pairs = [("classifier.weight", "classifier.weight"), ("classifier.bias", "classifier.bias")]
     _copy_head(head, hf, pairs)
-    trainer, batches = _build("sst2", reader, head, str(tmp_path / "hf"), 96 // BATCH * EPOCHS)
+    trainer, batches = _build("sst2", reader, head, str(tmp_path / "hf"), 96 // BATCH * EPOCHS, True,
+                              palm.backbone.ModernBERT.from_config(str(tmp_path / "hf" / "config.json")))
     assert max(int(b["input_mask"].sum(1).max()) for b in batches) > 3 * 8  # sentences longer than the window
     opt, sched = _hf_optimizer(hf, len(batches))
     ours, theirs = _train_side_by_side(
@@ -114,7 +97,8 @@ def test_softmax_sequence_label_trains_like_modernbert_for_token_classification(
     head = palm.head.SequenceLabel(len(label_map), HIDDEN, use_crf=False)
     pairs = [("emission.weight", "classifier.weight"), ("emission.bias", "classifier.bias")]
     _copy_head(head, hf, pairs)
-    trainer, batches = _build("conll", reader, head, str(tmp_path / "hf"), 96 // BATCH * EPOCHS)
+    trainer, batches = _build("conll", reader, head, str(tmp_path / "hf"), 96 // BATCH * EPOCHS, True,
+                              palm.backbone.ModernBERT.from_config(str(tmp_path / "hf" / "config.json")))
     opt, sched = _hf_optimizer(hf, len(batches))
     ours, theirs = _train_side_by_side(
         trainer, batches, hf,
@@ -145,7 +129,8 @@ def test_mask_lm_trains_like_modernbert_for_masked_lm_with_the_decoder_tied(tmp_
     head = palm.head.MaskLM(HIDDEN, hf.config.vocab_size, "gelu", transform=False)
     pairs = [("output_bias", "decoder.bias")]
     _copy_head(head, hf, pairs)
-    trainer, batches = _build("mlm", reader, head, str(tmp_path / "hf"), 96 // BATCH * EPOCHS)
+    trainer, batches = _build("mlm", reader, head, str(tmp_path / "hf"), 96 // BATCH * EPOCHS, True,
+                              palm.backbone.ModernBERT.from_config(str(tmp_path / "hf" / "config.json")))
     opt, sched = _hf_optimizer(hf, len(batches))
     ours, theirs = _train_side_by_side(
         trainer, batches, hf,

@@ -94,8 +94,10 @@ def _train_side_by_side(trainer, batches, hf_model, hf_loss, opt, sched):
     return ours, theirs
 
 
-def _build(trainer_name, reader, head, hf_dir, n_steps, hf_style):
-    backbone = palm.backbone.BERT.from_config(CONFIG)
+def _build(trainer_name, reader, head, hf_dir, n_steps, hf_style, backbone=None):
+    """A trainer of `head` on `backbone` (default: BERT of CONFIG; the DeBERTa and ModernBERT parity tests pass
+    theirs) over the reader's batches, the HF directory's weights loaded; returns (trainer, batches)."""
+    backbone = palm.backbone.BERT.from_config(CONFIG) if backbone is None else backbone
     reader.register_with(backbone)
     trainer = palm.Trainer(trainer_name)
     model = trainer.build_forward(backbone, head)
