@@ -35,12 +35,9 @@ from speed_vs_hf import (
     default_peak_tflops,
     group_by_length,
     load_task,
+    measure,
     print_table,
     ratios,
-    spread,
-    summarize,
-    sync,
-    timed_round,
 )
 
 # microsoft/deberta-v3-base's config.json as published
@@ -111,7 +108,6 @@ class HFDebertaSide(HFSide):
 def run(args, config: dict, sides: list[str], peak_flops: float) -> dict:
     from transformers import BertTokenizerFast
 
-    device = torch.device(args.device)
     tokenizer = BertTokenizerFast.from_pretrained(minilm_dir())
     n_needed = max(MEGABATCH * args.batch_size, (args.steps + args.warmup) * args.batch_size)
     examples = load_task("sst2", tokenizer, n_needed, args.max_seqlen)
@@ -126,41 +122,10 @@ def run(args, config: dict, sides: list[str], peak_flops: float) -> dict:
                   else HFDebertaSide(config, args)) for s in sides}
     ours = next((m for s, m in models.items() if s.startswith("torchpalm")), None)
     flops_params = ours.parameters_for_flops() if ours is not None else 0
-    out = {"examples": len(examples), "parameters_for_flops": flops_params, "train": {}, "predict": {}}
-    order_of = lambda side: "grouped" if side == "hf_grouped" else "plain"  # noqa: E731
-
-    train_rounds = {s: [] for s in sides}
-    plan = {s: spread(len(batches[order_of(s)]), args.steps, args.rounds) for s in sides}
-    for side in sides:
-        for i in range(args.warmup):
-            models[side].train_step(batches[order_of(side)][i])
-        sync(device)
-    for r in range(args.rounds):
-        for side in sides:
-            mine = batches[order_of(side)]
-            train_rounds[side].append(timed_round(models[side].train_step, [mine[i] for i in plan[side][r]], device))
-        print(f"train round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{s} {train_rounds[s][-1]['examples'] / train_rounds[s][-1]['seconds']:.1f} ex/s" for s in sides),
-            flush=True)
-    for side in sides:
-        out["train"][side] = summarize(train_rounds[side], 6 * flops_params, peak_flops)
-
-    pred_sides = [s for s in ("torchpalm", "torchpalm_padded", "hf") if s in models]
-    if pred_sides and args.predict_steps:
-        pred_rounds = {s: [] for s in pred_sides}
-        pred_plan = spread(len(batches["plain"]), args.predict_steps, args.rounds)
-        for side in pred_sides:
-            models[side].model.eval()
-        with torch.inference_mode():
-            for side in pred_sides:
-                for b in batches["plain"][:args.warmup]:
-                    models[side].predict(b)
-            for r in range(args.rounds):
-                for side in pred_sides:
-                    pred_rounds[side].append(timed_round(models[side].predict,
-                                                         [batches["plain"][i] for i in pred_plan[r]], device))
-        for side in pred_sides:
-            out["predict"][side] = summarize(pred_rounds[side], 2 * flops_params, peak_flops)
+    out = {"examples": len(examples), "parameters_for_flops": flops_params}
+    # (prediction on the random batches only: HF grouped predicts as HF plain does, on other batches)
+    out.update(measure(models, lambda side: batches["grouped" if side == "hf_grouped" else "plain"], args,
+                       flops_params, peak_flops, [s for s in ("torchpalm", "torchpalm_padded", "hf") if s in models]))
     return out
 
 

@@ -318,7 +318,6 @@ def default_peak_tflops(device: torch.device, threads: int) -> float:
 
 # ---------------------------------------------------------------- main
 def run_task(task: str, args, config: dict, weights: str | None, tokenizer, sides: list[str], peak_flops: float):
-    device = torch.device(args.device)
     mega = MEGABATCH * args.batch_size
     n_needed = max(mega, (args.steps + args.warmup) * args.batch_size)
     if args.token_budget:  # enough sentences for the token-budget batches too (at >= 10 tokens a sentence)
@@ -348,46 +347,55 @@ def run_task(task: str, args, config: dict, weights: str | None, tokenizer, side
             models[side] = HFSide(config, weights, args)
     flops_params = next(m for s, m in models.items() if s.startswith("torchpalm")).parameters_for_flops() \
         if any(s.startswith("torchpalm") for s in sides) else 0
-    out = {"examples": len(examples), "parameters_for_flops": flops_params, "train": {}, "predict": {}}
+    out = {"examples": len(examples), "parameters_for_flops": flops_params}
+    pred_sides = [s for s in PREDICT_SIDES if s in models]
+    out.update(measure(models, lambda side: batches[side_order.get(side, "plain")], args, flops_params, peak_flops,
+                       pred_sides, f"[{task}] "))
+    return out
 
-    # training: warm-up (untimed), then rounds A B C A B C ...
-    train_rounds = {s: [] for s in sides}
-    plan = {s: spread(len(batches[side_order.get(s, "plain")]), args.steps, args.rounds) for s in sides}
-    for side in sides:
-        mine = batches[side_order.get(side, "plain")]
+
+def measure(models: dict, batches_of, args, flops_params: int, peak_flops: float, predict_sides: list[str],
+            label: str = "") -> dict:
+    """Training, then prediction, rates of each side: warm-up steps (untimed), then `args.rounds` rounds that
+    alternate the sides (A B C A B C ...), each on an evenly spread share of the side's batches
+    (`batches_of(side)`), so that load from other processes biases no side. Prediction (forward only, no grad,
+    no labels) for `predict_sides` when `args.predict_steps`. Returns {"train": {side: summary},
+    "predict": {side: summary}} (see `summarize`)."""
+    device = torch.device(args.device)
+    out = {"train": {}, "predict": {}}
+    train_rounds = {s: [] for s in models}
+    plan = {s: spread(len(batches_of(s)), args.steps, args.rounds) for s in models}
+    for side, model in models.items():
         for i in range(args.warmup):
-            models[side].train_step(mine[i % len(mine)])
+            model.train_step(batches_of(side)[i % len(batches_of(side))])
         sync(device)
     for r in range(args.rounds):
-        for side in sides:
-            mine = batches[side_order.get(side, "plain")]
-            train_rounds[side].append(timed_round(models[side].train_step, [mine[i % len(mine)] for i in plan[side][r]],
+        for side, model in models.items():
+            mine = batches_of(side)
+            train_rounds[side].append(timed_round(model.train_step, [mine[i % len(mine)] for i in plan[side][r]],
                                                   device))
-        print(f"[{task}] train round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{s} {train_rounds[s][-1]['examples'] / train_rounds[s][-1]['seconds']:.1f} ex/s" for s in sides),
+        print(f"{label}train round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{s} {train_rounds[s][-1]['examples'] / train_rounds[s][-1]['seconds']:.1f} ex/s" for s in models),
             flush=True)
-    for side in sides:
+    for side in models:
         out["train"][side] = summarize(train_rounds[side], 6 * flops_params, peak_flops)
-
-    # prediction: forward only, no grad, without labels; the plain batches (hf_grouped: grouped by length)
-    pred_sides = [s for s in PREDICT_SIDES if s in models]
-    if pred_sides and args.predict_steps:
-        pred_rounds = {s: [] for s in pred_sides}
-        pred_plan = {s: spread(len(batches[side_order.get(s, "plain")]), args.predict_steps, args.rounds)
-                     for s in pred_sides}
-        for side in pred_sides:
-            models[side].model.eval()
-        with torch.inference_mode():
-            for side in pred_sides:
-                for b in batches[side_order.get(side, "plain")][:args.warmup]:
-                    models[side].predict(b)
-            for r in range(args.rounds):
-                for side in pred_sides:
-                    mine = batches[side_order.get(side, "plain")]
-                    pred_rounds[side].append(timed_round(models[side].predict, [mine[i] for i in pred_plan[side][r]],
-                                                         device))
-        for side in pred_sides:
-            out["predict"][side] = summarize(pred_rounds[side], 2 * flops_params, peak_flops)
+    if not (predict_sides and args.predict_steps):
+        return out
+    pred_rounds = {s: [] for s in predict_sides}
+    pred_plan = {s: spread(len(batches_of(s)), args.predict_steps, args.rounds) for s in predict_sides}
+    for side in predict_sides:
+        models[side].model.eval()
+    with torch.inference_mode():
+        for side in predict_sides:
+            for b in batches_of(side)[:args.warmup]:
+                models[side].predict(b)
+        for r in range(args.rounds):
+            for side in predict_sides:
+                mine = batches_of(side)
+                pred_rounds[side].append(timed_round(models[side].predict, [mine[i] for i in pred_plan[side][r]],
+                                                     device))
+    for side in predict_sides:
+        out["predict"][side] = summarize(pred_rounds[side], 2 * flops_params, peak_flops)
     return out
 
 
