@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -31,17 +32,37 @@ def test_rounds_spread_over_all_batches_and_budget_batches_hold_the_budget():
     assert token_budget_batches(examples, list(range(7)), 10) == [[0, 1], [2], [3], [4, 5]]
 
 
-def test_gpu_speed_smoke_runs_modernbert_against_hf_on_cpu(tmp_path, monkeypatch):
-    """benchmarks/gpu_speed.py's ModernBERT run, at tiny sizes on CPU (the script's check where no GPU is at hand):
-    torchpalm's ModernBERT and HF's ModernBertForSequenceClassification both train and predict, with ratios."""
+# each ModernBERT-base / DeBERTa-v3-base run of benchmarks/gpu_speed.py: the training and prediction sides it
+# must measure (token-budget batches: the packed path alone, training only)
+GPU_RUNS = {
+    "modernbert_base_batch32": ({"torchpalm", "torchpalm_padded", "hf", "hf_grouped"},
+                                {"torchpalm", "torchpalm_padded", "hf", "hf_grouped"}),
+    "modernbert_base_token_budget": ({"torchpalm", "torchpalm_budget"}, set()),
+    "deberta_v3_base_batch32": ({"torchpalm", "torchpalm_padded", "hf", "hf_grouped"},
+                                {"torchpalm", "torchpalm_padded", "hf"}),
+}
+
+
+@pytest.mark.parametrize("run", list(GPU_RUNS))
+def test_gpu_speed_smoke_runs_modernbert_and_deberta_against_hf_on_cpu(tmp_path, monkeypatch, run):
+    """benchmarks/gpu_speed.py's ModernBERT-base and DeBERTa-v3-base runs, at tiny sizes on CPU (`--smoke`, the
+    script's check where no GPU is at hand): torchpalm's backbones (packed, padded, token-budget batches) and
+    HF's ...ForSequenceClassification train and predict, with rates, MFU and ratios."""
     import gpu_speed
 
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave the test process's threads alone
-    results = gpu_speed.main(["--device", "cpu", "--precision", "fp32", "--smoke", "--runs",
-                              "modernbert_base_batch32", "--out", str(tmp_path / "gpu_speed.json")])
-    sst2 = results["modernbert_base_batch32"]["sst2"]
-    assert set(sst2["train"]) == {"torchpalm", "torchpalm_padded", "hf", "hf_grouped"}
-    assert set(sst2["predict"]) == {"torchpalm", "torchpalm_padded", "hf", "hf_grouped"}
-    assert {"torchpalm_over_best_hf", "torchpalm_over_hf"} <= set(sst2["train_ratios"])
-    # MFU counts the non-embedding parameters: the 3-layer model's, without its token embeddings
+    results = gpu_speed.main(["--device", "cpu", "--precision", "fp32", "--smoke", "--runs", run,
+                              "--out", str(tmp_path / "gpu_speed.json")])
+    assert set(results) == {run}
+    sst2 = results[run]["sst2"]
+    train, predict = GPU_RUNS[run]
+    assert set(sst2["train"]) == train and set(sst2["predict"]) == predict
+    for side in (*sst2["train"].values(), *sst2["predict"].values()):
+        assert side["real_tokens_per_second"] > 0 and 0 < side["mfu_real_tokens"] < 1
+    if "hf" in train:
+        assert "torchpalm_over_best_hf" in sst2["train_ratios"]
+    if "torchpalm_budget" in train:  # token-budget batches are fuller than batches of 32 random sentences
+        assert sst2["train"]["torchpalm_budget"]["real_token_fraction"] > sst2["train"]["torchpalm"][
+            "real_token_fraction"]
+    # MFU counts the non-embedding parameters: the tiny model's, without its token embeddings
     assert 0 < sst2["parameters_for_flops"] < 100_000
