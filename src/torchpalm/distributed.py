@@ -2,7 +2,7 @@
 `WORLD_SIZE`, `RANK`, `LOCAL_RANK`, `MASTER_ADDR` and `MASTER_PORT` environment variables).
 
 A PALM script needs no change: in a process started that way, the first `build_backward`, `fit_reader` or
-`train` of a Trainer joins the process group (NCCL on GPU, gloo on CPU; `loop.prepare_process`; constructors
+`train` of a Trainer joins the process group (NCCL on GPU, gloo on CPU; `process.prepare_process`; constructors
 change nothing outside the object) and the Trainer uses the GPU of its local rank. Without those variables (a plain `python
 run.py`) nothing here does anything and training is exactly the one-process path.
 

@@ -32,10 +32,11 @@ import torch
 
 from . import balancing, bundle, distributed
 from . import checkpoint as ckpt
-from .loop import ALL_TASKS, TrainLoop, load_model_state, prepare_process
+from .loop import ALL_TASKS, TrainLoop, load_model_state
 from .model import MultiTaskModel, backbone_record, head_record
 from .optimizer import Optimizer
 from .prediction import predict_tasks
+from .process import prepare_process
 from .sampling import TaskSampler, run_length, step_budgets
 from .trainer import Trainer
 from .trainer_core import TrainerCore, load_pretrained_backbone

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import bundle, distributed
+from . import bundle, distributed, process
 from . import checkpoint as ckpt
 from .evaluation import default_metric
-from .loop import Task, TrainLoop, ensure_console_logging, load_model_state, prepare_process
+from .loop import Task, TrainLoop, load_model_state
 from .model import MultiTaskModel, backbone_record, default_device, head_record
 from .optimizer import Optimizer
 from .prediction import PredictTask, predict_one_batch, predict_tasks
@@ -77,7 +77,7 @@ class Trainer:
 
     Building a Trainer changes nothing outside it. The process-level setup (under torchrun: joining the process
     group; with several GPUs and no launcher: re-running the script as one process per GPU; the stdout log
-    handler) happens at the first `build_backward`, `fit_reader` or `train` (`loop.prepare_process`).
+    handler) happens at the first `build_backward`, `fit_reader` or `train` (`process.prepare_process`).
     """
 
     def __init__(self, name: str, mix_ratio: float = 1.0, reuse_head_with: str | None = None,
@@ -313,7 +313,7 @@ class Trainer:
         """
         if self._backbone is None:
             raise RuntimeError("call build_forward(backbone, head) before build_backward")
-        prepare_process(self.device)
+        process.prepare_process(self.device)
         self._optimizer = optimizer
         self._core.build_loop(self._model, {self._name: self._task}, optimizer, weight_decay, use_ema, ema_decay,
                               self.device, self._precision, self._grad_clip, self._skip_nonfinite, self._fsdp,
@@ -346,7 +346,7 @@ class Trainer:
             raise RuntimeError(f"call {'build_forward' if phase == 'train' else 'build_predict_forward'} "
                                f"before fit_reader(phase={phase!r})")
         check_reader_fits(reader, backbone, head)
-        prepare_process(self.device)
+        process.prepare_process(self.device)
         reader.reset()
         if phase == "train":
             share_among_ranks(reader)
@@ -375,7 +375,7 @@ class Trainer:
     def load_pretrain(self, model_path: str, convert: bool = False) -> None:
         """Loads backbone weights from an HF model directory/file, a torchpalm checkpoint or a PaddlePALM/ERNIE
         Paddle parameter directory (`<model>/params`, as PALM's downloader left it) (non-strict)."""
-        ensure_console_logging()
+        process.ensure_console_logging()
         backbone = self._weights()[0]
         if backbone is None:
             raise RuntimeError("call build_forward or build_predict_forward before load_pretrain")
@@ -398,7 +398,7 @@ class Trainer:
         backbone, head = self._weights()
         if backbone is None:
             raise RuntimeError("call build_forward or build_predict_forward before load_ckpt")
-        ensure_console_logging()
+        process.ensure_console_logging()
         state, trainer_state, opt_state, rng = ckpt.load_checkpoint_dir(model_path)
         if self._backbone is not None:
             logger.info("loading checkpoint into train program")
@@ -540,7 +540,7 @@ class Trainer:
             raise RuntimeError("call build_backward(optimizer) before train()")
         if self._own_loop() is None:
             raise RuntimeError(f"task '{self._name}' belongs to a MultiHeadTrainer: call train() on that")
-        prepare_process(self.device)
+        process.prepare_process(self.device)
         name, budget = self._name, self._task.budget
         batches = ((name, batch) for batch in self._train_iterator)
         self._core.run(batches, lambda: self.loop.task_steps[name] >= budget, budget, print_steps,

@@ -1,5 +1,5 @@
 """Log lines and the progress bar share a terminal: while the bar is drawn, console log lines go through its
-`write` (printed above it) instead of into it (torchpalm.loop.logging_above)."""
+`write` (printed above it) instead of into it (torchpalm.process.logging_above)."""
 
 from __future__ import annotations
 

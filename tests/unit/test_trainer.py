@@ -492,13 +492,11 @@ def test_constructors_leave_the_process_alone_until_training_needs_it(tmp_path, 
     handler or hook (issue 26 item 5): that waits for build_backward / fit_reader / train."""
     import sys
 
-    from torchpalm import loop
-    from torchpalm import trainer as trainer_module
+    from torchpalm import process
 
     calls = []
     monkeypatch.setattr(palm.distributed, "init", lambda device=None: calls.append(("init", device)))
-    for module in (loop, trainer_module):
-        monkeypatch.setattr(module, "ensure_console_logging", lambda: calls.append(("logging",)))
+    monkeypatch.setattr(process, "ensure_console_logging", lambda: calls.append(("logging",)))
     hook = sys.excepthook
     trainer = palm.Trainer("cls", device="cpu")
     palm.MultiHeadTrainer([trainer, palm.Trainer("other", device="cpu")])
