@@ -1,5 +1,6 @@
-"""A multi-task run (a classifier and a CRF tagger on one backbone) on DeBERTa-v3 and on HFEncoder(ELECTRA), tiny
-random models, through the command line and YAML configs (`backbone: {type: deberta-v2 | hf}`): it trains, a
+"""A multi-task run (a classifier and a CRF tagger on one backbone) on DeBERTa-v3, on HFEncoder(ELECTRA) and on XLM-R
+(the RoBERTa backbone with XLM-R's SentencePiece tokenizer), tiny random models, through the command line and YAML
+configs (`backbone: {type: deberta-v2 | hf | roberta}`): it trains, a
 run killed with SIGKILL right after its step-4 checkpoint resumes to the same weights bit for bit (dropout on,
 so the random stream must resume too), the final checkpoint exports as an inference bundle, and the bundle's
 predictions equal those of `predict` from the checkpoint.
@@ -19,6 +20,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tokenizer_fixtures import make_xlmr_spm
 from toy_data import write_cls, write_tags
 
 import torchpalm as palm
@@ -33,7 +35,13 @@ MODELS = {
         **TINY, relative_attention=True, position_buckets=8, norm_rel_ebd="layer_norm", share_att_key=True,
         pos_att_type="p2c|c2p", position_biased_input=False, type_vocab_size=0)),
     "hf": lambda: transformers.ElectraModel(transformers.ElectraConfig(**TINY, embedding_size=24)),
+    # XLM-R on the RoBERTa backbone, with only its SentencePiece model as tokenizer (made in write_run)
+    "xlmr": lambda vocab_size: transformers.XLMRobertaModel(transformers.XLMRobertaConfig(
+        **{**TINY, "vocab_size": vocab_size, "max_position_embeddings": 66}, type_vocab_size=1, pad_token_id=1,
+        bos_token_id=0, eos_token_id=2)),
 }
+BACKBONE_TYPE = {"deberta-v2": "deberta-v2", "hf": "hf", "xlmr": "roberta"}
+BACKBONE_CLASS = {"deberta-v2": "DeBERTaV2", "hf": "HFEncoder", "xlmr": "RoBERTa"}
 # the child process: the CLI's training, killed by SIGKILL as soon as the step-4 checkpoint is complete
 KILLED_RUN = """
 import logging, os, signal, sys
@@ -53,14 +61,20 @@ main(["train", sys.argv[1], "--set", "train.save_path=killed"])
 
 def write_run(tmp_path: Path, backbone_type: str, vocab: str) -> str:
     torch.manual_seed(0)
-    model = MODELS[backbone_type]()
+    if backbone_type == "xlmr":  # the readers find sentencepiece.bpe.model in the model folder
+        pytest.importorskip("sentencepiece")
+        make_xlmr_spm(str(tmp_path / "model"))
+        model = MODELS[backbone_type](len(transformers.AutoTokenizer.from_pretrained(tmp_path / "model")))
+    else:
+        model = MODELS[backbone_type]()
+        (tmp_path / "model").mkdir()
+        shutil.copy(vocab, tmp_path / "model" / "vocab.txt")
     model.save_pretrained(tmp_path / "model", safe_serialization=True)
-    shutil.copy(vocab, tmp_path / "model" / "vocab.txt")
     write_cls(tmp_path / "cls.tsv", 32)
     write_cls(tmp_path / "cls_dev.tsv", 9, seed=1)
     write_tags(tmp_path / "tag.tsv", 32, seed=2)
     write_tags(tmp_path / "tag_dev.tsv", 7, seed=3)
-    cfg = {"backbone": {"type": backbone_type, "pretrained": "model"},
+    cfg = {"backbone": {"type": BACKBONE_TYPE[backbone_type], "pretrained": "model"},
            "tasks": [{"name": "cls", "reader": {"type": "classify", "do_lower_case": True},
                       "head": {"type": "classify", "num_classes": 2, "dropout_prob": 0.1},
                       "train_file": "cls.tsv", "predict_file": "cls_dev.tsv"},
@@ -89,7 +103,7 @@ def test_multi_task_trains_resumes_after_sigkill_exports_and_predicts(tmp_path, 
     assert main(["train", path, "--set", "train.save_path=full"]) == 0
     final = last_checkpoint(tmp_path / "full")
     state = json.loads((final / "trainer_state.json").read_text())
-    assert state["backbone"]["class"] == {"deberta-v2": "DeBERTaV2", "hf": "HFEncoder"}[backbone_type]
+    assert state["backbone"]["class"] == BACKBONE_CLASS[backbone_type]
     assert int(final.name[len("ckpt.step"):]) >= 12
 
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
