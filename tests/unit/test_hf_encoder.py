@@ -126,7 +126,9 @@ def test_the_command_line_names_the_config_file_of_a_bad_backbone(tmp_path, unca
     for backbone, content, message in [
             ("hf", {"model_type": "no-such-model", **TINY}, "model_type 'no-such-model' is not an architecture"),
             ("deberta-v2", {"model_type": "deberta-v2", **TINY, "position_bucket": 8},
-             "does not understand the config key 'position_bucket'")]:
+             "does not understand the config key 'position_bucket'"),
+            ("modernbert", {"model_type": "modernbert", **TINY, "global_rope_thetta": 8.0},
+             "ModernBERT does not understand the config key 'global_rope_thetta'")]:
         config.write_text(json.dumps(content))
         run["backbone"]["type"] = backbone
         (tmp_path / "run.yaml").write_text(json.dumps(run))  # JSON is YAML
@@ -180,3 +182,21 @@ def test_heads_take_their_width_from_the_backbone_not_a_config_key(tmp_path, unc
     trainer.build_backward(palm.optimizer.Adam(model, 1e-3))
     trainer.load_pretrain(str(tmp_path / "model"))
     assert all(np.isfinite(float(trainer.train_one_step(b)["cls.loss"])) for b in trainer.fit_reader(reader))
+
+
+def test_modernbert_refuses_a_config_key_it_does_not_understand(tmp_path):
+    """A typo (or another model's setting) in a ModernBERT config.json is refused naming the file, as DeBERTa's;
+    every key of transformers' own ModernBertConfig, and benchmarks/modernbert_base.json, still load."""
+    from pathlib import Path
+
+    config = transformers.ModernBertConfig(vocab_size=100, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                           num_attention_heads=2, local_attention=8).to_dict()
+    config["model_type"] = "modernbert"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    palm.backbone.ModernBERT.from_config(str(tmp_path / "config.json"))
+    base = Path(__file__).resolve().parents[2] / "benchmarks" / "modernbert_base.json"
+    assert palm.backbone.ModernBERT.from_config(str(base)).config["num_hidden_layers"] == 22
+    (tmp_path / "config.json").write_text(json.dumps({**config, "local_atention": 64}))
+    with pytest.raises(ValueError, match=r"config\.json: ModernBERT does not understand the config key "
+                                         r"'local_atention' \(did you mean 'local_attention'\?\)"):
+        palm.backbone.ModernBERT.from_config(str(tmp_path / "config.json"))

@@ -7,8 +7,10 @@ of three); `torchpalm.convert` maps HF's separate q/k/v weights onto it.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +77,32 @@ def config_source(config: dict | str | os.PathLike) -> str:
         return "the config dict"
     path = os.fspath(config)
     return os.path.join(path, "config.json") if os.path.isdir(path) else path
+
+
+# Keys any HF config may hold that do not change an encoder (labels, token ids, dtypes, the task models' classifier
+# dropout, ...): the backbones that refuse keys they do not understand (`refuse_unknown_keys`) accept these.
+NEUTRAL_KEYS = {
+    "model_type", "architectures", "transformers_version", "torch_dtype", "dtype", "id2label", "label2id",
+    "num_labels", "problem_type", "finetuning_task", "bos_token_id", "eos_token_id", "sep_token_id",
+    "cls_token_id", "unk_token_id", "mask_token_id", "output_hidden_states", "output_attentions", "return_dict",
+    "use_return_dict", "torchscript", "use_bfloat16", "pruned_heads", "tie_word_embeddings", "is_decoder",
+    "is_encoder_decoder", "add_cross_attention", "chunk_size_feed_forward", "tokenizer_class", "prefix",
+    "task_specific_params", "gradient_checkpointing", "output_past", "xla_device", "tf_legacy_loss", "legacy",
+    "cls_dropout", "classifier_dropout", "vocab_type", "use_cache", "is_pairwise",
+}
+
+
+def refuse_unknown_keys(config: dict, known: Iterable[str], source: str, backbone: str) -> None:
+    """Refuses (ValueError naming `source`) a config key that is neither `known` (what the backbone reads) nor
+    in NEUTRAL_KEYS: a typo or a feature of another model would otherwise be silently ignored, and the backbone
+    would give other outputs than the checkpoint's own model. Keys starting with '_' are transformers' own."""
+    known = set(known)
+    unknown = sorted(k for k in config if k not in known and k not in NEUTRAL_KEYS and not k.startswith("_"))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        raise ValueError(f"{source}: {backbone} does not understand the config key {unknown[0]!r}"
+                         f"{f' (did you mean {close[0]!r}?)' if close else ''}"
+                         f"{f'; {len(unknown) - 1} more: {unknown[1:]}' if len(unknown) > 1 else ''}")
 
 
 # Sizes that must be whole numbers of at least 1, and the floats with their allowed range.

@@ -25,7 +25,6 @@ tokens only, and attention runs per group of similar lengths, each group padded 
 
 from __future__ import annotations
 
-import difflib
 import os
 
 import torch
@@ -33,17 +32,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Backbone
-from .bert import ACTIVATIONS, BACKBONE_OUTPUTS, check_config, config_source, load_config
+from .bert import ACTIVATIONS, BACKBONE_OUTPUTS, check_config, config_source, load_config, refuse_unknown_keys
 from .packing import Packing
 
 INPUTS = {"token_ids": ([-1, -1], "int64"), "segment_ids": ([-1, -1], "int64"), "input_mask": ([-1, -1], "int64")}
 TOKEN_OUTPUTS = ("encoder_outputs", "word_embedding")
 RELATIVE_TERMS = ("c2p", "p2c")
 
-# The model settings this backbone reads from a config.json (with HF's defaults), and the keys any HF config may
-# hold that do not change the encoder (labels, token ids, the MLM head's `legacy`, the classifier's dropout). A
-# key in neither is refused with the file's name: a typo or a feature of another model would otherwise be
-# silently ignored and give other outputs than the checkpoint's own model.
+# The model settings this backbone reads from a config.json (with HF's defaults); a key neither here nor in
+# bert.NEUTRAL_KEYS is refused with the file's name (`refuse_unknown_keys`).
 DEFAULTS = {
     "hidden_size": None, "num_hidden_layers": None, "num_attention_heads": None, "vocab_size": None,
     "intermediate_size": None, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
@@ -53,15 +50,6 @@ DEFAULTS = {
     "norm_rel_ebd": "none", "embedding_size": None, "pad_token_id": 0, "pooler_hidden_size": None,
     "pooler_hidden_act": "gelu", "pooler_dropout": 0.0, "conv_kernel_size": 0, "conv_groups": 1,
     "conv_act": "tanh", "attention_head_size": None, "is_pairwise": False,
-}
-NEUTRAL_KEYS = {
-    "model_type", "architectures", "transformers_version", "torch_dtype", "dtype", "id2label", "label2id",
-    "num_labels", "problem_type", "finetuning_task", "bos_token_id", "eos_token_id", "sep_token_id",
-    "cls_token_id", "unk_token_id", "mask_token_id", "output_hidden_states", "output_attentions", "return_dict",
-    "use_return_dict", "torchscript", "use_bfloat16", "pruned_heads", "tie_word_embeddings", "is_decoder",
-    "is_encoder_decoder", "add_cross_attention", "chunk_size_feed_forward", "tokenizer_class", "prefix",
-    "task_specific_params", "gradient_checkpointing", "output_past", "xla_device", "tf_legacy_loss", "legacy",
-    "cls_dropout", "classifier_dropout", "vocab_type", "use_cache",
 }
 
 
@@ -284,12 +272,7 @@ class DeBERTaV2(Backbone):
         """Builds the backbone from an HF DeBERTa-v2/v3 `config.json` (or its parsed dict). Keys that would
         change the model but that this backbone does not know are refused, naming the file."""
         source, config = config_source(config), load_config(config)
-        unknown = sorted(k for k in config if k not in DEFAULTS and k not in NEUTRAL_KEYS and not k.startswith("_"))
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], list(DEFAULTS), n=1)
-            raise ValueError(f"{source}: DeBERTaV2 does not understand the config key {unknown[0]!r}"
-                             f"{f' (did you mean {close[0]!r}?)' if close else ''}"
-                             f"{f'; {len(unknown) - 1} more: {unknown[1:]}' if len(unknown) > 1 else ''}")
+        refuse_unknown_keys(config, DEFAULTS, source, "DeBERTaV2")
         declared = config.get("model_type")
         if declared is not None and declared != "deberta-v2":
             raise ValueError(f"{source}: model_type {declared!r} is not DeBERTa-v2/v3 ('deberta-v2')")

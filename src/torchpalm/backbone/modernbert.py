@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Backbone
-from .bert import ACTIVATIONS, check_config, config_source, load_config
+from .bert import ACTIVATIONS, check_config, config_source, load_config, refuse_unknown_keys
 from .packing import Packing, packed_attention, window_allowed
 
 INPUTS = {"token_ids": ([-1, -1], "int64"), "input_mask": ([-1, -1], "int64")}
@@ -42,6 +42,19 @@ OUTPUTS = {
 # the outputs that need the prediction head at every token
 TOKEN_OUTPUTS = ("encoder_outputs",)
 GLOBAL, LOCAL = "full_attention", "sliding_attention"
+# What `from_config` reads from a config.json, and the keys of HF's ModernBertConfig that change nothing here
+# (the masked-LM decoder's bias flag, flash-attention and compile switches, sparse MLM prediction); a key in
+# neither, nor in bert.NEUTRAL_KEYS, is refused naming the file.
+KNOWN_KEYS = {
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size",
+    "hidden_activation", "max_position_embeddings", "norm_eps", "norm_bias", "attention_bias", "mlp_bias",
+    "classifier_bias", "classifier_activation", "classifier_pooling", "local_attention", "embedding_dropout",
+    "attention_dropout", "mlp_dropout", "initializer_range", "initializer_cutoff_factor", "pad_token_id",
+    "layer_types", "global_attn_every_n_layers", "global_rope_theta", "local_rope_theta", "rope_parameters",
+    "rope_scaling", "head_dim",
+    "decoder_bias", "deterministic_flash_attn", "sparse_prediction", "sparse_pred_ignore_index",
+    "reference_compile", "repad_logits_with_grad",
+}
 POOLINGS = ("cls", "mean")
 
 
@@ -247,6 +260,7 @@ class ModernBERT(Backbone):
         """Builds the backbone from an HF ModernBERT `config.json` (or its path, or the parsed dict); HF's
         defaults fill the keys it lacks."""
         source, config = config_source(config), load_config(config)
+        refuse_unknown_keys(config, KNOWN_KEYS, source, "ModernBERT")
         missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
                    if k not in config]
         if missing:
