@@ -9,6 +9,7 @@ import re
 
 import pytest
 import torch
+from conftest import SHARED_DATA
 from roberta_fixtures import sentences, write_bpe_files
 
 import torchpalm as palm
@@ -128,8 +129,8 @@ def test_bad_tokenizer_files_and_unsupported_readers_are_clear_errors(bpe_dir, t
     with pytest.raises(ValueError, match=r"vocab\.json: the vocabulary lacks RoBERTa's special tokens \['<mask>'\]"):
         load_tokenizer("bpe", tmp_path / "only_vocab")
     # fastNLP's tiny RoBERTa fixture has a merge whose result is not in its vocabulary (HF refuses it too)
-    small = "/work/shared/data/tiny_random_fixtures/small_roberta"
-    if os.path.isdir(small):
+    small = SHARED_DATA / "tiny_random_fixtures" / "small_roberta"
+    if small.is_dir():
         with pytest.raises(ValueError, match="merges.txt: not a usable BPE vocabulary and merges pair"):
             load_tokenizer("bpe", small)
 
