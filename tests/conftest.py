@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -64,3 +65,14 @@ def uncased_vocab() -> str:
 @pytest.fixture
 def chinese_vocab() -> str:
     return str(shared("vocab", "bert-base-chinese-vocab.txt"))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (for SIGKILL/resume tests: the killed child runs with OMP_NUM_THREADS=1, and
+    the straight and resumed runs in this process must sum in the same order to be bit-exact; with 2 threads they
+    differed in CI)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

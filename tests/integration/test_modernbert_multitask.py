@@ -117,11 +117,5 @@ def test_train_kill_resume_export_predict(tmp_path, uncased_vocab):
         np.testing.assert_allclose(g, w, rtol=0, atol=1e-4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The killed child runs with one thread (OMP_NUM_THREADS=1); the straight and resumed runs in this process
-    must sum in the same order to be bit-exact, so they use one thread too (with 2 they differed in CI)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# the killed child runs with one thread (OMP_NUM_THREADS=1): see conftest.one_thread
+pytestmark = pytest.mark.usefixtures("one_thread")
