@@ -41,7 +41,7 @@ import torch
 
 from . import distributed, fsdp
 
-METHODS = ("task_moments", "grad_scale", "loss_scale", "uncertainty", "pcgrad")
+METHODS = ("protected_moments", "task_moments", "grad_scale", "loss_scale", "uncertainty", "pcgrad")
 
 
 class Balancer:
@@ -227,9 +227,13 @@ class TaskMoments(Balancer):
     name = "task_moments"
     per_task_state = True
 
-    def __init__(self, tasks: Sequence[str]):
+    def __init__(self, tasks: Sequence[str], protect: bool = False):
         super().__init__(tasks)
         self.states: dict[str, defaultdict] = {t: defaultdict(dict) for t in self.tasks}
+        self.protect = bool(protect)
+        self._owner = self.tasks[0]
+        self._others: list[str] = []
+        self._base: list = []
 
     def factor(self, task: str) -> torch.Tensor:
         return torch.ones((), dtype=torch.float32, device=self.device)
@@ -237,9 +241,46 @@ class TaskMoments(Balancer):
     def observe(self, task, loss, shared_norm, applied):
         self._count(self.index[task], torch.isfinite(loss.detach()).reshape(()))
 
-    def use(self, task: str, optimizer: torch.optim.Optimizer) -> None:
-        """Installs `task`'s state in `optimizer` for its step (the optimizer fills it in place)."""
-        optimizer.state = self.states[task]
+    def use(self, task: str, optimizer: torch.optim.Optimizer, main: Sequence[str] | None = None) -> None:
+        """Installs the state `task` steps with in `optimizer` (the optimizer fills it in place): its own for a
+        main task; an auxiliary task (not in `main`) steps with the first main task's state, so that its
+        gradients feed the main task's moments as in PALM's one shared state."""
+        main = list(self.tasks) if main is None else list(main)
+        self._owner = task if task in main or not main else main[0]
+        self._others = [t for t in main if t != self._owner]
+        optimizer.state = self.states[self._owner]
+
+    def before_step(self, shared: list[torch.nn.Parameter]) -> None:
+        """With `protect`: <w, m_o> for every other main task o before the step (for `after_step`)."""
+        self._base = []
+        if not self.protect:
+            return
+        with torch.no_grad():
+            for other in self._others:
+                params, m = self._moment_of(other, shared)
+                if params:
+                    self._base.append((params, m, _dot(params, m)))
+
+    def after_step(self, shared: list[torch.nn.Parameter]) -> None:
+        """With `protect`: takes out of the step's update u of the shared parameters its component along each
+        other main task's first moment m_o where they conflict: <u, m_o> > 0 raises o's loss to first order
+        (m_o standing for o's gradient). <u, m_o> is <w_after, m_o> - <w_before, m_o>, so the update needs
+        no copy of the weights."""
+        base, self._base = self._base, []
+        with torch.no_grad():
+            for params, m, before in base:
+                conflict = (_dot(params, m) - before).clamp(min=0.0) / _dot(m, m).clamp_min(1e-30)
+                for p, x in zip(params, m):
+                    if isinstance(p, fsdp.DTensor):  # a shard: a plain 0-dim factor does not mix with it
+                        p.add_(x, alpha=-float(conflict))
+                    else:
+                        p.addcmul_(x, conflict, value=-1.0)
+
+    def _moment_of(self, task: str, shared: list[torch.nn.Parameter]) -> tuple[list, list]:
+        """The shared parameters `task`'s state has a first moment for, and those moments."""
+        state = self.states[task]
+        params = [p for p in shared if "exp_avg" in state.get(p, {})]
+        return params, [state[p]["exp_avg"] for p in params]
 
     def moments(self) -> list[tuple[str, torch.nn.Parameter, dict]]:
         """(task, parameter, its state) for every parameter a task has trained."""
@@ -268,6 +309,16 @@ class TaskMoments(Balancer):
         for task in self.tasks:
             optimizer.load_state_dict({"param_groups": state["param_groups"], "state": state["task_states"][task]})
             self.states[task] = optimizer.state
+
+
+class ProtectedMoments(TaskMoments):
+    """`TaskMoments` whose steps do not work against the other main tasks: each step's update of the backbone
+    loses its component along every other main task's first moment it conflicts with (`protect`)."""
+
+    name = "protected_moments"
+
+    def __init__(self, tasks: Sequence[str]):
+        super().__init__(tasks, protect=True)
 
 
 class PCGrad(Balancer):
@@ -309,8 +360,17 @@ class PCGrad(Balancer):
 
 def _dot(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) -> torch.Tensor:
     """The dot product of two gradients given per parameter (None: zero); whole under FSDP (a collective)."""
-    parts = [fsdp.full(torch.sum(x.float() * y.float())) for x, y in zip(a, b) if x is not None and y is not None]
+    parts = [fsdp.full(_dot1(x, y)) for x, y in zip(a, b) if x is not None and y is not None]
     return torch.stack(parts).sum() if parts else torch.zeros(())
+
+
+def _dot1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One tensor pair's dot product in float32 (BLAS's, without a product tensor, where it can)."""
+    x, y = x.detach(), y.detach()
+    if x.dtype == y.dtype == torch.float32 and not isinstance(x, fsdp.DTensor) and x.is_contiguous() \
+            and y.is_contiguous():
+        return torch.dot(x.view(-1), y.view(-1))
+    return torch.sum(x.float() * y.float())
 
 
 def joint_backward(batches: dict[str, dict], task_loss: Callable[[str, dict], torch.Tensor],
@@ -366,7 +426,7 @@ def make_balancer(balance: str | Balancer | None, tasks: Sequence[str], joint: b
     if isinstance(balance, Balancer):
         balancer = balance
     elif balance == "auto":
-        balancer = LossScale(tasks) if joint else GradScale(tasks)
+        balancer = LossScale(tasks) if joint else ProtectedMoments(tasks)
     elif balance in _CLASSES:
         balancer = _CLASSES[balance](tasks)
     else:
@@ -390,5 +450,6 @@ def shared_norm(norm: torch.Tensor) -> torch.Tensor:
     return fsdp.full(norm)
 
 
-_CLASSES: dict[str, type[Balancer]] = {"task_moments": TaskMoments, "grad_scale": GradScale, "loss_scale": LossScale,
+_CLASSES: dict[str, type[Balancer]] = {"protected_moments": ProtectedMoments, "task_moments": TaskMoments,
+                                       "grad_scale": GradScale, "loss_scale": LossScale,
                                        "uncertainty": Uncertainty, "pcgrad": PCGrad}

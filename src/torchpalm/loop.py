@@ -306,7 +306,8 @@ class TrainLoop:
         for group in self.torch_optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         if self._per_task_state:  # the task's own moments and step count (`balancing.TaskMoments`)
-            self.balancer.use(task, self.torch_optimizer)
+            self.balancer.use(task, self.torch_optimizer, [n for n, t in self.tasks.items() if not t.is_aux])
+            self.balancer.before_step(self._shared_params)
         if task == ALL_TASKS:  # a batch of every task (`sampling="all"`): their gradients, combined
             loss = balancing.joint_backward(batch, self._task_loss, self._weight, self._shared_params, self.balancer)
             norm, _ = self._grad_norm(shared=False)
@@ -334,6 +335,8 @@ class TrainLoop:
             self.torch_optimizer.step()
             if self.ema is not None:
                 self._update_ema()
+        if self._per_task_state:
+            self.balancer.after_step(self._shared_params)
         self.torch_optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         for name in self.tasks if task == ALL_TASKS else [task]:

@@ -375,3 +375,53 @@ def test_joint_step_with_the_plain_sum_adds_the_tasks_gradients():
                                      list(loop.model.backbone.parameters()), None)
     assert torch.allclose(loop.model.backbone.linear.weight.grad, alone["a"] + alone["b"])
     assert total.requires_grad is False
+
+
+def test_task_moments_auxiliary_task_steps_with_the_main_tasks_state():
+    """An auxiliary task's steps feed the main task's moments: with one main task the run is PALM's one shared
+    Adam state, bit for bit (the plain sum)."""
+    per_task = toy_loop(balancing.TaskMoments(["a", "b"]))
+    plain = toy_loop(None)
+    for loop in (per_task, plain):
+        loop.tasks["b"].is_aux = True
+        for step, task in enumerate("abbabaab"):
+            loop.train_step(task, toy_batch(step))
+    for mine, theirs in zip(per_task.model.parameters(), plain.model.parameters()):
+        assert torch.equal(mine, theirs)
+    assert not per_task.balancer.states["b"]  # b never had a state of its own
+
+
+def test_task_moments_protect_removes_the_conflicting_part_of_the_update():
+    """With protect, a step of a moves the backbone by its Adam update u minus u's component along b's first
+    moment m_b when <u, m_b> > 0 (and by u itself otherwise): afterwards <update, m_b> <= 0."""
+    loop = toy_loop(balancing.TaskMoments(["a", "b"], protect=True))
+    free = toy_loop(balancing.TaskMoments(["a", "b"]))
+    shared = list(loop.model.backbone.parameters())
+    conflicts = 0
+    def batch(step, task):  # b fits another function of x than a: their gradients on the backbone conflict
+        x = toy_batch(step)["x"]
+        return {"x": x, "y": x.sum(-1) if task == "a" else torch.sin(3 * x[:, 0]) - x[:, 1] * x[:, 2]}
+
+    for step, task in enumerate("ababbaabab" * 3):
+        free.model.load_state_dict(loop.model.state_dict())
+        for t in "ab":
+            free.balancer.states[t] = balancing.defaultdict(dict, {
+                q: {k: v.clone() for k, v in loop.balancer.states[t][p].items()}
+                for p, q in zip(loop.model.parameters(), free.model.parameters()) if p in loop.balancer.states[t]})
+        before = [p.detach().clone() for p in shared]
+        loop.train_step(task, batch(step, task))
+        free.train_step(task, batch(step, task))
+        other = loop.balancer.states["b" if task == "a" else "a"]
+        m = [other[p]["exp_avg"] for p in shared] if all(p in other for p in shared) else None
+        u = [q.detach() - b for q, b in zip(free.model.backbone.parameters(), before)]
+        got = [p.detach() - b for p, b in zip(shared, before)]
+        if m is None:  # the other task has no moments yet: nothing to protect
+            assert all(torch.allclose(g, x, atol=1e-7) for g, x in zip(got, u))
+            continue
+        dot = sum(float((x * y).sum()) for x, y in zip(u, m))
+        mm = sum(float((y * y).sum()) for y in m)
+        expected = [x - max(dot, 0.0) / mm * y for x, y in zip(u, m)]
+        assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(got, expected))
+        assert sum(float((g * y).sum()) for g, y in zip(got, m)) <= 1e-6 * mm ** 0.5
+        conflicts += dot > 0
+    assert conflicts >= 3  # the case was exercised
