@@ -211,7 +211,7 @@ def run_palm_multi(args, data: AtisData) -> dict:
     t_slot, t_intent = palm.Trainer("slot"), palm.Trainer("intent")
     t_slot.build_forward(backbone, slot_head)
     t_intent.build_forward(backbone, intent_head)
-    mh = palm.MultiHeadTrainer([t_slot, t_intent])
+    mh = palm.MultiHeadTrainer([t_slot, t_intent], balance=args.balance)
     loss = mh.build_forward()
     # num_train_steps=None: the schedule spans exactly the run the trainer plans (mh.overall_train_steps)
     sched = palm.lr_sched.TriangularSchedualer(0.1, None, decay_from_warmup_end=True)
@@ -299,6 +299,9 @@ def main():
     p.add_argument("--slot_head", default="crf", choices=["crf", "softmax"], help="palm_slot / palm_multi head")
     p.add_argument("--crf_lr_multiplier", type=float, default=1.0, help="learning-rate factor of the CRF "
                    "transitions (PALM: 1e-3)")
+    p.add_argument("--balance", default="none", type=lambda v: None if v.lower() == "none" else v,
+                   help="palm_multi's MultiHeadTrainer(balance=...): none (PaddlePALM's plain sum, what the recorded "
+                        "runs used; the default here) or a torchpalm.balancing method such as auto")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--train_examples", type=int, default=0, help="first N training utterances (0: all 4,478; "
                    "only full runs write the results file)")

@@ -98,7 +98,9 @@ BALANCE_COST: list[float] = []
 def balancing_cost(mh: palm.MultiHeadTrainer, repeats: int = 200) -> float:
     """Seconds per step that balancing adds, timed alone on the trained model's parameters with gradients:
     factor, the two-part gradient norm instead of the one-part one, the running mean's update (task_moments:
-    swapping the task's optimizer state in and counting its step; the Adam update itself is the same)."""
+    swapping the task's optimizer state in and counting its step; protected_moments: also the projection of the
+    update off the other task's first moment, always applied, its worst case; the Adam update itself is the
+    same)."""
     model = mh.model
     for p in model.parameters():
         p.grad = torch.randn_like(p)
@@ -115,8 +117,12 @@ def balancing_cost(mh: palm.MultiHeadTrainer, repeats: int = 200) -> float:
         return torch.nn.utils.get_total_norm([p.grad for p in params])
 
     def balanced(task):
-        if balancer.per_task_state:  # task_moments: the task's state swapped in, its step counted
-            balancer.use(task, optimizer)
+        if balancer.per_task_state:  # task_moments: the task's state swapped in, its step counted;
+            # protected_moments: the projection around the update too (the states hold every backbone
+            # parameter's moments after the run)
+            balancer.use(task, optimizer, names)
+            balancer.before_step(backbone)
+            balancer.after_step(backbone)
             balancer.observe(task, one, None, one)
             return plain()
         factor = balancer.factor(task)

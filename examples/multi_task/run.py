@@ -118,10 +118,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="sampling reference task: its epochs define the budgets (default: the first main task)")
     p.add_argument("--sampling", default="ratio", choices=SAMPLING,
                    help="how each step's task is drawn ('all': every step trains every task on a batch of its own)")
-    p.add_argument("--balance", default="none", type=lambda v: None if v.lower() == "none" else v,
-                   help="task balancing (MultiHeadTrainer(balance=...)): auto, task_moments, grad_scale, "
-                        "loss_scale, "
-                        "uncertainty, pcgrad (with --sampling all), or none (PaddlePALM's plain sum, the default)")
+    p.add_argument("--balance", default="auto", type=lambda v: None if v.lower() == "none" else v,
+                   help="task balancing (MultiHeadTrainer(balance=...)): auto (the default: protected_moments, "
+                        "or loss_scale with --sampling all), protected_moments, task_moments, grad_scale, "
+                        "loss_scale, uncertainty, pcgrad (with --sampling all), or none (PaddlePALM's plain sum)")
     p.add_argument("--temperature", type=float, default=2.0, help="T of --sampling temperature")
     p.add_argument("--anneal_to", type=float, default=0.2, help="final size exponent of --sampling annealed")
     p.add_argument("--num_epochs", type=float, default=5, help="epochs of the reference task (single task: of "

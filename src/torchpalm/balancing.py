@@ -6,17 +6,25 @@ layers Adam's second-moment estimate follows the tagger, and the classifier's st
 single-task size. A balancer gives every task's loss a factor (on top of `Trainer(loss_weight=)`) so that the
 tasks count alike. `MultiHeadTrainer(balance=...)` picks one:
 
+    protected_moments  ('auto' with one task per step, the default) `task_moments`, and each step's update
+                 of the backbone loses its component along every other main task's first moment m_o where the
+                 two conflict (<u, m_o> > 0: the step would raise o's loss to first order, m_o standing for o's
+                 gradient). PCGrad's projection (Yu et al. 2020) on the update of one task per step, with the
+                 other tasks' momentum in place of gradients it does not compute: no extra backward; a few
+                 passes over the backbone's parameters per step.
     task_moments every task its own optimizer state (Adam's moments and step count) on the parameters it trains:
                  a step of task t moves the backbone and t's head as t's single-task Adam would, whatever the
                  other tasks did before; no factor on the loss (Adam ignores its scale), `loss_weight` scales
                  the task's learning rate instead (`TaskMoments`). The moments are in the checkpoint's
-                 optimizer.pt.
-    grad_scale   (the default with one task per step) each task's gradient on the shared backbone scaled to the
+                 optimizer.pt. An auxiliary task (`set_as_aux`) steps with the first main task's state: its
+                 gradients feed the main task's moments as in PALM's one shared state (with one main task the
+                 run is PALM's plain sum, bit for bit).
+    grad_scale   each task's gradient on the shared backbone scaled to the
                  running mean over tasks: factor_t = mean_s(G_s) / G_t, G_t a bias-corrected running mean of
                  task t's gradient norm on the backbone (the norm the loop computes anyway for clipping and the
                  finite check: no extra backward, no extra pass). The loss-scale normaliser of Chen et al. 2018
                  (GradNorm) without its learned weights; what Adam's shared second moment needs equalised.
-    loss_scale   (the default with sampling="all") each loss divided by a running estimate of its own scale:
+    loss_scale   ('auto' with sampling="all") each loss divided by a running estimate of its own scale:
                  factor_t = mean_s(L_s) / L_t, L_t a bias-corrected running mean of the task's loss (the "DWA"
                  and "scale normalisation" family; Liu et al. 2019 use the losses' ratios the same way).
     uncertainty  Kendall, Gal & Cipolla 2018, "Multi-task learning using uncertainty to weigh losses": a learned
@@ -222,6 +230,15 @@ class TaskMoments(Balancer):
     gradient's scale, so no loss factor is needed (`factor` is 1) and `Trainer(loss_weight=w)` scales the
     task's learning rate by w instead (`step_scale`). The memory of the moments grows by one copy of the
     backbone's per extra task. The states are in the checkpoint's optimizer.pt (`optimizer_state_dict`).
+
+    An auxiliary task has no state of its own: it steps with the first main task's (`use`). Auxiliary tasks
+    are there to shape the main task's training, and in PALM they do it through the one shared Adam state;
+    measured on ATIS (examples/multi_task/README.md), an auxiliary task with a state of its own stops helping.
+
+    Args:
+        tasks: the task names, in task-id order.
+        protect: project each step's backbone update off the other main tasks' first moments where they
+            conflict (`after_step`; `ProtectedMoments`).
     """
 
     name = "task_moments"

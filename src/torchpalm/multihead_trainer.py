@@ -64,18 +64,20 @@ class MultiHeadTrainer:
             reproducible run, as PALM's examples intended).
         fsdp: shard the shared model with FSDP2 under torchrun (see `Trainer`; None: any trainer's `fsdp=`,
             else the TORCHPALM_FSDP environment variable).
-        balance: how much each task's loss counts on the shared backbone (`torchpalm.balancing`): None (the
-            default, PaddlePALM's plain sum of the losses), 'auto' (each task's backbone gradient scaled to the
-            running mean over tasks; with sampling='all', 'loss_scale'), 'task_moments' (an optimizer state
-            per task; `loss_weight` then scales the task's learning rate), 'grad_scale', 'loss_scale',
-            'uncertainty', 'pcgrad' (sampling='all') or a `torchpalm.balancing.Balancer`. Each trainer's
-            `loss_weight` applies on top. Not on by default yet: measured so far, 'auto' did not keep the joint
-            model at its tasks' level (examples/multi_task/README.md, "Task balancing").
+        balance: how the tasks share the backbone's training (`torchpalm.balancing`): 'auto' (the default:
+            'protected_moments' with one task per step: an optimizer state per main task, and each step's
+            backbone update leaves out what works against another main task; auxiliary tasks step with the
+            main task's state, as in PaddlePALM; with sampling='all', 'loss_scale'), None (PaddlePALM's plain sum
+            of the losses on one optimizer state; what a checkpoint trained without balancing resumes with),
+            'task_moments', 'grad_scale', 'loss_scale', 'uncertainty', 'pcgrad' (sampling='all') or a
+            `torchpalm.balancing.Balancer`. Each trainer's `loss_weight` applies on top (with an optimizer state
+            per task it scales the task's learning rate). Measurements: examples/multi_task/README.md, "Task
+            balancing".
     """
 
     def __init__(self, trainers: Sequence[Trainer], sampling: str = "ratio", temperature: float = 2.0,
                  max_examples: int | None = None, anneal_to: float = 0.2, seed: int | None = None,
-                 fsdp: bool | None = None, balance: str | balancing.Balancer | None = None):
+                 fsdp: bool | None = None, balance: str | balancing.Balancer | None = "auto"):
         trainers = list(trainers)
         if not trainers or not all(isinstance(t, Trainer) for t in trainers):
             raise TypeError("MultiHeadTrainer needs a non-empty list of palm.Trainer objects")

@@ -355,13 +355,15 @@ def test_multi_head_trainer_under_fsdp(works):
     assert ranks[0]["b"] == ranks[1]["b"] == single["b"] and ranks[0]["sharded_numel"] > 0
 
 
-def test_task_moments_under_fsdp_train_like_one_process_and_resume_exactly(works, tmp_path):
-    """balance='task_moments': each task's Adam state of the sharded backbone is kept per task; two sharded
-    processes train as one process does, and a run resumed under FSDP from the step-4 checkpoint (whose
-    optimizer.pt holds every task's full moments) continues with the same losses and weights."""
+@pytest.mark.parametrize("method", ["task_moments", "protected_moments"])
+def test_task_moments_under_fsdp_train_like_one_process_and_resume_exactly(works, tmp_path, method):
+    """balance='task_moments' / 'protected_moments': each task's Adam state of the sharded backbone is kept per
+    task (and protected_moments' projection runs on the shards); two sharded processes train as one process
+    does, and a run resumed under FSDP from the step-4 checkpoint (whose optimizer.pt holds every task's full
+    moments) continues with the same losses and weights."""
     one, two = works
-    run(one, "multi", [sys.executable], balance="task_moments")
-    run(two, "multi", torchrun(), fsdp=True, balance="task_moments")
+    run(one, "multi", [sys.executable], balance=method)
+    run(two, "multi", torchrun(), fsdp=True, balance=method)
     same_run(one, two, "pred/a/predictions.json")
     saved = torch.load(two / "out" / "ckpt.step4" / "optimizer.pt", weights_only=True)
     assert set(saved["task_states"]) == {"a", "b"}
@@ -369,7 +371,7 @@ def test_task_moments_under_fsdp_train_like_one_process_and_resume_exactly(works
     (res / "out").mkdir()
     shutil.copytree(two / "out" / "ckpt.step4", res / "out" / "ckpt.step4")
     shutil.copy(two / "out" / "metrics.jsonl", res / "out" / "metrics.jsonl")
-    run(res, "multi", torchrun(), fsdp=True, balance="task_moments")
+    run(res, "multi", torchrun(), fsdp=True, balance=method)
     assert losses(res) == losses(two)
     wa, wb = (load_file(d / "out" / "final" / "model.safetensors") for d in (two, res))
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) == 0

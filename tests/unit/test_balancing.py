@@ -129,12 +129,14 @@ def test_task_moments_makes_the_loss_scale_irrelevant_and_loss_weight_scales_the
     assert weighted["a"][0] == pytest.approx(scaled["a"][0], rel=1e-6)
 
 
-def test_task_moments_resume_exactly_and_refuse_a_mismatched_optimizer(tmp_path, uncased_vocab, tiny_config):
+@pytest.mark.parametrize("method", ["task_moments", "protected_moments"])
+def test_task_moments_resume_exactly_and_refuse_a_mismatched_optimizer(tmp_path, uncased_vocab, tiny_config,
+                                                                        method):
     """Every task's moments are in optimizer.pt: a resumed run's losses are the straight run's, bit for bit."""
-    straight = Setup(tmp_path, uncased_vocab, tiny_config, balance="task_moments")
+    straight = Setup(tmp_path, uncased_vocab, tiny_config, balance=method)
     straight.fit()
     expected = straight.losses(12)
-    first = Setup(tmp_path, uncased_vocab, tiny_config, balance="task_moments")
+    first = Setup(tmp_path, uncased_vocab, tiny_config, balance=method)
     first.fit()
     got = first.losses(5)
     path = first.mh.save(str(tmp_path / "tm"))
@@ -146,9 +148,9 @@ def test_task_moments_resume_exactly_and_refuse_a_mismatched_optimizer(tmp_path,
     resumed = Setup(tmp_path, uncased_vocab, tiny_config, seed=3, balance="auto")  # auto: the checkpoint's method
     resumed.fit()
     resumed.mh.load_ckpt(path)
-    assert resumed.mh.balancer.name == "task_moments"
+    assert resumed.mh.balancer.name == method
     assert got + resumed.losses(7) == expected
-    with pytest.raises(ValueError, match="trained with balance='task_moments'"):
+    with pytest.raises(ValueError, match=f"trained with balance='{method}'"):
         Setup(tmp_path, uncased_vocab, tiny_config, balance="grad_scale").mh.load_ckpt(path)
 
 
@@ -237,7 +239,10 @@ def test_state_round_trips_exactly_through_json():
 
 
 def test_make_balancer_names():
-    assert isinstance(balancing.make_balancer("auto", ["a", "b"], joint=False), balancing.GradScale)
+    assert isinstance(balancing.make_balancer("auto", ["a", "b"], joint=False), balancing.ProtectedMoments)
+    assert isinstance(balancing.make_balancer("auto", ["a", "b"], joint=True), balancing.LossScale)
+    assert balancing.make_balancer("protected_moments", ["a", "b"], joint=False).protect
+    assert not balancing.make_balancer("task_moments", ["a", "b"], joint=False).protect
     assert balancing.make_balancer(None, ["a", "b"], joint=False) is None
     with pytest.raises(ValueError, match="balance must be"):
         balancing.make_balancer("gradnorm", ["a"], joint=False)
@@ -245,8 +250,8 @@ def test_make_balancer_names():
         palm.MultiHeadTrainer([palm.Trainer("a"), palm.Trainer("b")], balance="sum")
 
 
-def test_auto_balancing_logs_the_weights_and_resumes_them(tmp_path, uncased_vocab, tiny_config):
-    s = Setup(tmp_path, uncased_vocab, tiny_config, balance="auto")
+def test_grad_scale_logs_the_weights_and_resumes_them(tmp_path, uncased_vocab, tiny_config):
+    s = Setup(tmp_path, uncased_vocab, tiny_config, balance="grad_scale")
     s.fit()
     s.mh.set_saver(str(tmp_path / "out"), 100)
     s.mh.train(print_steps=2)
@@ -291,7 +296,7 @@ def test_plain_sum_and_checkpoints_without_balancing(tmp_path, uncased_vocab, ti
     balanced.losses(3)
     path = balanced.mh.save(str(tmp_path / "new"))
     explicit = Setup(tmp_path, uncased_vocab, tiny_config, balance=None)
-    with pytest.raises(ValueError, match="trained with balance='grad_scale'"):
+    with pytest.raises(ValueError, match="trained with balance='protected_moments'"):
         explicit.mh.load_ckpt(path)
 
 
