@@ -292,7 +292,8 @@ def train_multi(setup: Setup, args, ckpt_dir: str) -> dict:
     final, train_seconds = train_and_save(mh, args, ckpt_dir)
 
     total = max(mh.cur_train_step, 1)
-    expected = mh.sampler.mean_probabilities()
+    # with --sampling all every step trains every task: each task's expected share of the steps is 1
+    expected = [1.0] * len(mh.trainers) if args.sampling == "all" else mh.sampler.mean_probabilities()
     task_mix = {t.name: {"steps": t.cur_train_step, "share": t.cur_train_step / total,
                          "expected_share": float(p)} for t, p in zip(mh.trainers, expected)}
     return {"checkpoint": final, "train_seconds": train_seconds, "global_steps": mh.cur_train_step,
