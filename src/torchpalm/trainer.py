@@ -66,9 +66,8 @@ class Trainer:
             the tasks' losses can differ in scale by an order of magnitude (a CRF sums over a sentence's words,
             a classifier's cross-entropy is one number per sentence), and with Adam's shared second-moment
             estimate on the backbone the larger one sets the step size for both; weights rebalance that.
-            Logged losses are unweighted. Under MultiHeadTrainer's default balancing ('auto', i.e.
-            'protected_moments') and 'task_moments', where every task has its own Adam state and the loss's
-            scale changes nothing, it scales the task's learning rate.
+            Logged losses are unweighted. Under MultiHeadTrainer's default balancing and 'task_moments', where
+            every task has its own Adam state and the loss's scale changes nothing, it scales the learning rate.
         skip_nonfinite: a step whose loss or gradient is NaN or infinite is never applied; by default training
             then stops with an error naming that step (at the next log line, checkpoint or the end, before
             anything is saved). True skips such steps and goes on, logging how many (`skipped_steps`).
