@@ -110,6 +110,10 @@ class Balancer:
         """Every task's current factor (reads back from the device)."""
         return {t: float(self.factor(t)) for t in self.tasks}
 
+    def stats(self) -> dict[str, dict[str, float]]:
+        """What the balancer did besides the factors, for the log: {statistic: {task: value}} (none here)."""
+        return {}
+
     def state_dict(self) -> dict:
         return {"method": self.name, **{name: value.tolist() for name, value in self._tensors().items()}}
 
@@ -248,9 +252,21 @@ class TaskMoments(Balancer):
         super().__init__(tasks)
         self.states: dict[str, defaultdict] = {t: defaultdict(dict) for t in self.tasks}
         self.protect = bool(protect)
-        self._owner = self.tasks[0]
+        self._task = self._owner = self.tasks[0]
         self._others: list[str] = []
+        # steps of each task whose backbone update was projected (`protect`; logged as a share of its steps)
+        self.projected = torch.zeros(len(self.tasks), dtype=torch.float32)
         self._base: list = []
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {**super()._tensors(), **({"projected": self.projected} if self.protect else {})}
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """With `protect`: {"projected_share": {task: share of its steps whose update was projected}}."""
+        if not self.protect:
+            return {}
+        shares = (self.projected / self.counts.clamp_min(1)).tolist()
+        return {"projected_share": dict(zip(self.tasks, shares))}
 
     def factor(self, task: str) -> torch.Tensor:
         return torch.ones((), dtype=torch.float32, device=self.device)
@@ -263,6 +279,7 @@ class TaskMoments(Balancer):
         main task; an auxiliary task (not in `main`) steps with the first main task's state, so that its
         gradients feed the main task's moments as in PALM's one shared state."""
         main = list(self.tasks) if main is None else list(main)
+        self._task = task
         self._owner = task if task in main or not main else main[0]
         self._others = [t for t in main if t != self._owner]
         optimizer.state = self.states[self._owner]
@@ -285,13 +302,18 @@ class TaskMoments(Balancer):
         no copy of the weights."""
         base, self._base = self._base, []
         with torch.no_grad():
+            projected = torch.zeros((), device=self.device)
             for params, m, before in base:
-                conflict = (_dot(params, m) - before).clamp(min=0.0) / _dot(m, m).clamp_min(1e-30)
+                along = _dot(params, m) - before  # <u, m_o>
+                projected = torch.maximum(projected, (along > 0).float().to(self.device))
+                conflict = along.clamp(min=0.0) / _dot(m, m).clamp_min(1e-30)
                 for p, x in zip(params, m):
                     if isinstance(p, fsdp.DTensor):  # a shard: a plain 0-dim factor does not mix with it
                         p.add_(x, alpha=-float(conflict))
                     else:
                         p.addcmul_(x, conflict, value=-1.0)
+            if base:  # this step's update was projected off at least one other task's moment
+                self.projected[self.index[self._task]] += projected
 
     def _moment_of(self, task: str, shared: list[torch.nn.Parameter]) -> tuple[list, list]:
         """The shared parameters `task`'s state has a first moment for, and those moments."""
@@ -330,12 +352,14 @@ class TaskMoments(Balancer):
 
 class ProtectedMoments(TaskMoments):
     """`TaskMoments` whose steps do not work against the other main tasks: each step's update of the backbone
-    loses its component along every other main task's first moment it conflicts with (`protect`)."""
+    loses its component along every other main task's first moment it conflicts with (`protect`). The log
+    shows, per task, the share of its steps that were projected (`stats`)."""
 
     name = "protected_moments"
 
     def __init__(self, tasks: Sequence[str]):
         super().__init__(tasks, protect=True)
+
 
 
 class PCGrad(Balancer):

@@ -524,8 +524,11 @@ class TrainLoop:
                                   "epoch": (step - 1) // spe, "loss": value,
                                   "lr": self.optimizer.lr_at(self.global_step - 1),
                                   "steps_per_second": speed, "time": now}
-                        if self.balancer is not None:  # the factors the next steps apply
+                        if self.balancer is not None:  # the factors the next steps apply, and what it did
                             record["task_weights"] = self.balancer.weights()
+                            stats = self.balancer.stats()
+                            if stats:
+                                record["balance_stats"] = stats
                         self.log_metrics(record)
                     stop = after_step(task) if after_step is not None else False  # PALM: after the log line
                     self.checkpointer.maybe_save(trainer_state)

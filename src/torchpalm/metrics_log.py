@@ -2,12 +2,12 @@
 
 Written by the training loop at every log line (`{"step", "task", "task_step", "epoch", "loss", "lr",
 "steps_per_second", "time"}`, `lr` being the rate that step used, plus `task_weights` {task: factor} when a
-multi-task balancer is on) and by evaluation during training (`{"step",
+multi-task balancer is on, and `balance_stats` {statistic: {task: value}} when it reports more) and by evaluation during training (`{"step",
 "eval": {task: {metric: value}}, "aggregate"?}`), so a run can be plotted or compared without parsing its console
 output. A resumed run drops the lines past the step it resumes from, so the file never holds two histories.
 
 Every record goes through `MetricsLog.write`, the one place that also writes TensorBoard (optional, `pip install
-tensorboard`): `loss/<task>`, `lr`, `steps_per_second/<task>`, `task_weight/<task>` (multi-task balancing),
+tensorboard`): `loss/<task>`, `lr`, `steps_per_second/<task>`, `task_weight/<task>` and `balance/<statistic>/<task>` (multi-task balancing),
 `eval/<task>/<metric>` and (several tasks) `eval/aggregate`, at the global step; a resumed run purges the events past its step as it does the lines. At the end of training
 `<save_path>/metrics.png` shows the curves (optional, matplotlib); `plot_metrics(save_path)` or
 `torchpalm plot <save_path>` redraws them from a finished run.
@@ -137,7 +137,9 @@ def tensorboard_scalars(record: dict) -> list[tuple[str, float]]:
     task = record["task"]
     return [(f"loss/{task}", record["loss"]), ("lr", record["lr"]),
             (f"steps_per_second/{task}", record["steps_per_second"]),
-            *((f"task_weight/{t}", w) for t, w in record.get("task_weights", {}).items())]
+            *((f"task_weight/{t}", w) for t, w in record.get("task_weights", {}).items()),
+            *((f"balance/{name}/{t}", v) for name, values in record.get("balance_stats", {}).items()
+              for t, v in values.items())]
 
 
 def _step_of(line: str) -> int:
@@ -191,6 +193,9 @@ def curve_series(records: Iterable[dict]) -> dict[str, dict[str, Series]]:
             add("learning rate", "lr", r["step"], r["lr"])
             for t, w in r.get("task_weights", {}).items():
                 add("task weights (balancing)", t, r["step"], w)
+            for name, values in r.get("balance_stats", {}).items():  # e.g. projected_share
+                for t, v in values.items():
+                    add(f"{name.replace('_', ' ')} (balancing)", t, r["step"], v)
     return {title: series for title, series in panels.items() if series}
 
 

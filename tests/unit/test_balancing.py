@@ -150,6 +150,7 @@ def test_task_moments_resume_exactly_and_refuse_a_mismatched_optimizer(tmp_path,
     resumed.mh.load_ckpt(path)
     assert resumed.mh.balancer.name == method
     assert got + resumed.losses(7) == expected
+    assert resumed.mh.balancer.stats() == straight.mh.balancer.stats()  # projected shares resume too
     with pytest.raises(ValueError, match=f"trained with balance='{method}'"):
         Setup(tmp_path, uncased_vocab, tiny_config, balance="grad_scale").mh.load_ckpt(path)
 
@@ -263,6 +264,21 @@ def test_grad_scale_logs_the_weights_and_resumes_them(tmp_path, uncased_vocab, t
     assert set(curve_series(records)["task weights (balancing)"]) == {"tag", "cls"}
     state = json.load(open(next((tmp_path / "out").glob("ckpt.step*")) / "trainer_state.json"))["balance"]
     assert state["method"] == "grad_scale" and sum(state["counts"]) == s.mh.cur_train_step
+
+
+def test_protected_moments_logs_the_share_of_projected_steps(tmp_path, uncased_vocab, tiny_config):
+    """What the default balancing did is in metrics.jsonl, TensorBoard's scalars and the curves."""
+    s = Setup(tmp_path, uncased_vocab, tiny_config)  # the default: balance='auto', protected_moments
+    s.fit()
+    s.mh.set_saver(str(tmp_path / "out"), 100)
+    s.mh.train(print_steps=2)
+    assert s.mh.balancer.name == "protected_moments"
+    records = [json.loads(line) for line in open(tmp_path / "out" / "metrics.jsonl")]
+    logged = [r["balance_stats"]["projected_share"] for r in records if "loss" in r]
+    assert logged and all(set(x) == {"tag", "cls"} and all(0 <= v <= 1 for v in x.values()) for x in logged)
+    assert any(v > 0 for v in logged[-1].values())  # some updates conflicted and were projected
+    assert ("balance/projected_share/cls", logged[-1]["cls"]) in tensorboard_scalars(records[-1])
+    assert set(curve_series(records)["projected share (balancing)"]) == {"tag", "cls"}
 
 
 def test_plain_sum_and_checkpoints_without_balancing(tmp_path, uncased_vocab, tiny_config):
@@ -402,7 +418,7 @@ def test_task_moments_protect_removes_the_conflicting_part_of_the_update():
     loop = toy_loop(balancing.TaskMoments(["a", "b"], protect=True))
     free = toy_loop(balancing.TaskMoments(["a", "b"]))
     shared = list(loop.model.backbone.parameters())
-    conflicts = 0
+    conflicts, per_task, steps = 0, {"a": 0, "b": 0}, {"a": 0, "b": 0}
     def batch(step, task):  # b fits another function of x than a: their gradients on the backbone conflict
         x = toy_batch(step)["x"]
         return {"x": x, "y": x.sum(-1) if task == "a" else torch.sin(3 * x[:, 0]) - x[:, 1] * x[:, 2]}
@@ -416,6 +432,7 @@ def test_task_moments_protect_removes_the_conflicting_part_of_the_update():
         before = [p.detach().clone() for p in shared]
         loop.train_step(task, batch(step, task))
         free.train_step(task, batch(step, task))
+        steps[task] += 1
         other = loop.balancer.states["b" if task == "a" else "a"]
         m = [other[p]["exp_avg"] for p in shared] if all(p in other for p in shared) else None
         u = [q.detach() - b for q, b in zip(free.model.backbone.parameters(), before)]
@@ -429,4 +446,8 @@ def test_task_moments_protect_removes_the_conflicting_part_of_the_update():
         assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(got, expected))
         assert sum(float((g * y).sum()) for g, y in zip(got, m)) <= 1e-6 * mm ** 0.5
         conflicts += dot > 0
+        per_task[task] += dot > 0
     assert conflicts >= 3  # the case was exercised
+    # the log's statistic: the share of each task's steps whose update was projected
+    assert loop.balancer.stats() == {"projected_share": {t: pytest.approx(per_task[t] / steps[t]) for t in "ab"}}
+    assert free.balancer.stats() == {}
