@@ -627,6 +627,9 @@ def scalars_of_jsonl(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
             add(f"steps_per_second/{r['task']}", r["step"], r["steps_per_second"])
             for task, weight in r.get("task_weights", {}).items():  # multi-task balancing
                 add(f"task_weight/{task}", r["step"], weight)
+            for name, values in r.get("balance_stats", {}).items():  # and what it did (protected_moments)
+                for task, value in values.items():
+                    add(f"balance/{name}/{task}", r["step"], value)
     return want
 
 
@@ -682,7 +685,8 @@ def test_multi_task_tensorboard_and_the_plotted_series(tmp_path, uncased_vocab, 
     records = read_metrics(str(out))
     events = tensorboard_events(tb)
     assert events == scalars_of_jsonl(records)
-    assert {"loss/tag", "loss/cls", "eval/tag/f1", "eval/cls/accuracy", "eval/aggregate"} <= set(events)
+    assert {"loss/tag", "loss/cls", "eval/tag/f1", "eval/cls/accuracy", "eval/aggregate",
+            "balance/projected_share/cls"} <= set(events)
     # the plot got every task's losses, the rate and each evaluation metric, at their global steps
     (panels,) = drawn
     losses = {task: ([r["step"] for r in records if r.get("task") == task],
