@@ -361,7 +361,6 @@ class ProtectedMoments(TaskMoments):
         super().__init__(tasks, protect=True)
 
 
-
 class PCGrad(Balancer):
     """Yu et al. 2020: each task's backbone gradient minus its projections on the other tasks' gradients it
     conflicts with, then summed (sampling="all"). The other tasks are taken in task order (the paper draws a

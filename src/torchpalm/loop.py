@@ -329,14 +329,12 @@ class TrainLoop:
         if self._skips_on_device:
             self.torch_optimizer.found_inf = bad.float()  # the fused kernel leaves weights and moments as they are
             self.torch_optimizer.step()
-            if self.ema is not None:
-                self._update_ema(keep=bad)
         elif not bool(bad):  # unfused optimizers cannot skip on the device; on CPU this read costs nothing
             self.torch_optimizer.step()
-            if self.ema is not None:
-                self._update_ema()
-        if self._per_task_state:
+        if self._per_task_state:  # before the EMA, which must follow the weights as the step leaves them
             self.balancer.after_step(self._shared_params)
+        if self.ema is not None and (self._skips_on_device or not bool(bad)):
+            self._update_ema(keep=bad if self._skips_on_device else None)
         self.torch_optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         for name in self.tasks if task == ALL_TASKS else [task]:

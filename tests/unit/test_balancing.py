@@ -42,13 +42,13 @@ class ScaledHead(nn.Module):
         return {}
 
 
-def toy_loop(balancer, scales=(1.0, 10.0), loss_weights=(1.0, 1.0)):
+def toy_loop(balancer, scales=(1.0, 10.0), loss_weights=(1.0, 1.0), ema_decay=None):
     torch.manual_seed(0)
     names = ["a", "b"]
     heads = {n: ScaledHead(s) for n, s in zip(names, scales)}
     tasks = {n: Task(n, heads[n], loss_weight=w) for n, w in zip(names, loss_weights)}
-    loop = TrainLoop(MultiTaskModel(Shared(), heads), tasks, palm.optimizer.Adam(None, 1e-3), None, False, None,
-                     torch.device("cpu"), "fp32", None)
+    loop = TrainLoop(MultiTaskModel(Shared(), heads), tasks, palm.optimizer.Adam(None, 1e-3), None,
+                     ema_decay is not None, ema_decay, torch.device("cpu"), "fp32", None)
     loop.balancer = balancer
     return loop
 
@@ -412,6 +412,22 @@ def test_task_moments_auxiliary_task_steps_with_the_main_tasks_state():
     assert not per_task.balancer.states["b"]  # b never had a state of its own
 
 
+def conflicting_batch(step, task):
+    """b fits another function of x than a: their gradients on the backbone conflict."""
+    x = toy_batch(step)["x"]
+    return {"x": x, "y": x.sum(-1) if task == "a" else torch.sin(3 * x[:, 0]) - x[:, 1] * x[:, 2]}
+
+
+def test_protected_moments_ema_follows_the_projected_weights():
+    """The EMA moves towards the weights as the step leaves them, projection included (decay 0: it equals them)."""
+    loop = toy_loop(balancing.ProtectedMoments(["a", "b"]), ema_decay=0.0)
+    for step, task in enumerate("ababbaab"):
+        loop.train_step(task, conflicting_batch(step, task))
+    assert loop.balancer.stats()["projected_share"]["a"] > 0  # some updates were projected
+    live = loop.state()
+    assert all(torch.equal(loop.ema[k], live[k]) for k in loop.ema)
+
+
 def test_task_moments_protect_removes_the_conflicting_part_of_the_update():
     """With protect, a step of a moves the backbone by its Adam update u minus u's component along b's first
     moment m_b when <u, m_b> > 0 (and by u itself otherwise): afterwards <update, m_b> <= 0."""
@@ -419,10 +435,6 @@ def test_task_moments_protect_removes_the_conflicting_part_of_the_update():
     free = toy_loop(balancing.TaskMoments(["a", "b"]))
     shared = list(loop.model.backbone.parameters())
     conflicts, per_task, steps = 0, {"a": 0, "b": 0}, {"a": 0, "b": 0}
-    def batch(step, task):  # b fits another function of x than a: their gradients on the backbone conflict
-        x = toy_batch(step)["x"]
-        return {"x": x, "y": x.sum(-1) if task == "a" else torch.sin(3 * x[:, 0]) - x[:, 1] * x[:, 2]}
-
     for step, task in enumerate("ababbaabab" * 3):
         free.model.load_state_dict(loop.model.state_dict())
         for t in "ab":
@@ -430,8 +442,8 @@ def test_task_moments_protect_removes_the_conflicting_part_of_the_update():
                 q: {k: v.clone() for k, v in loop.balancer.states[t][p].items()}
                 for p, q in zip(loop.model.parameters(), free.model.parameters()) if p in loop.balancer.states[t]})
         before = [p.detach().clone() for p in shared]
-        loop.train_step(task, batch(step, task))
-        free.train_step(task, batch(step, task))
+        loop.train_step(task, conflicting_batch(step, task))
+        free.train_step(task, conflicting_batch(step, task))
         steps[task] += 1
         other = loop.balancer.states["b" if task == "a" else "a"]
         m = [other[p]["exp_avg"] for p in shared] if all(p in other for p in shared) else None
