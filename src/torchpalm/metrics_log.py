@@ -2,13 +2,15 @@
 
 Written by the training loop at every log line (`{"step", "task", "task_step", "epoch", "loss", "lr",
 "steps_per_second", "time"}`, `lr` being the rate that step used, plus `task_weights` {task: factor} when a
-multi-task balancer is on, and `balance_stats` {statistic: {task: value}} when it reports more) and by evaluation during training (`{"step",
-"eval": {task: {metric: value}}, "aggregate"?}`), so a run can be plotted or compared without parsing its console
-output. A resumed run drops the lines past the step it resumes from, so the file never holds two histories.
+multi-task balancer is on, and `balance_stats` {statistic: {task: value}} when it reports more) and by evaluation
+during training (`{"step", "eval": {task: {metric: value}}, "aggregate"?}`), so a run can be plotted or compared
+without parsing its console output. A resumed run drops the lines past the step it resumes from, so the file never
+holds two histories.
 
 Every record goes through `MetricsLog.write`, the one place that also writes TensorBoard (optional, `pip install
-tensorboard`): `loss/<task>`, `lr`, `steps_per_second/<task>`, `task_weight/<task>` and `balance/<statistic>/<task>` (multi-task balancing),
-`eval/<task>/<metric>` and (several tasks) `eval/aggregate`, at the global step; a resumed run purges the events past its step as it does the lines. At the end of training
+tensorboard`): `loss/<task>`, `lr`, `steps_per_second/<task>`, `task_weight/<task>` and
+`balance/<statistic>/<task>` (multi-task balancing), `eval/<task>/<metric>` and (several tasks) `eval/aggregate`,
+at the global step; a resumed run purges the events past its step as it does the lines. At the end of training
 `<save_path>/metrics.png` shows the curves (optional, matplotlib); `plot_metrics(save_path)` or
 `torchpalm plot <save_path>` redraws them from a finished run.
 """
