@@ -296,22 +296,34 @@ class TaskMoments(Balancer):
                     self._base.append((params, m, _dot(params, m)))
 
     def after_step(self, shared: list[torch.nn.Parameter]) -> None:
-        """With `protect`: takes out of the step's update u of the shared parameters its component along each
-        other main task's first moment m_o where they conflict: <u, m_o> > 0 raises o's loss to first order
-        (m_o standing for o's gradient). <u, m_o> is <w_after, m_o> - <w_before, m_o>, so the update needs
-        no copy of the weights."""
+        """With `protect`: corrects the step's update u of the shared parameters where it conflicts with another
+        main task o: <u, m_o> > 0 raises o's loss to first order (o's first moment m_o standing for its
+        gradient). The correction is the smallest change to u (in span{m_o, m_t}) that leaves <u, m_o> = 0
+        and keeps <u, m_t>, the stepping task's own first-order progress (its first moment m_t): PCGrad's
+        plain projection along m_o also takes away from t's progress wherever the tasks' gradients point
+        apart, which is where the tasks conflict. <u, m_o> is <w_after, m_o> - <w_before, m_o>, so the update
+        needs no copy of the weights."""
         base, self._base = self._base, []
         with torch.no_grad():
+            own = self.states[self._owner]
             projected = torch.zeros((), device=self.device)
             for params, m, before in base:
                 along = _dot(params, m) - before  # <u, m_o>
+                if self.device.type == "cpu" and not along > 0:  # no conflict (a free read on the CPU): u stays
+                    continue
                 projected = torch.maximum(projected, (along > 0).float().to(self.device))
-                conflict = along.clamp(min=0.0) / _dot(m, m).clamp_min(1e-30)
-                for p, x in zip(params, m):
-                    if isinstance(p, fsdp.DTensor):  # a shard: a plain 0-dim factor does not mix with it
-                        p.add_(x, alpha=-float(conflict))
-                    else:
-                        p.addcmul_(x, conflict, value=-1.0)
+                mt = [own[p].get("exp_avg") if p in own else None for p in params]
+                mm, tt, mo_mt = _dot(m, m), _dot(mt, mt).clamp_min(1e-30), _dot(m, mt)
+                # the part of m_o orthogonal to m_t is d = m_o - (mo_mt / tt) m_t; u - c d with c = <u, m_o> /
+                # <d, m_o> leaves <u, m_o> = 0 and <u, m_t> as it was. <d, m_o> = |m_o|^2 (1 - cos^2): floored
+                # at 1% of |m_o|^2, so that tasks pulling in opposite directions get at most 100 times the plain
+                # projection (and less than full protection)
+                c = along.clamp(min=0.0) / (mm - mo_mt * mo_mt / tt).clamp_min(0.01 * mm).clamp_min(1e-30)
+                k = c * mo_mt / tt
+                for p, x, y in zip(params, m, mt):
+                    _axpy(p, x, -c)
+                    if y is not None:
+                        _axpy(p, y, k)
             if base:  # this step's update was projected off at least one other task's moment
                 self.projected[self.index[self._task]] += projected
 
@@ -402,6 +414,15 @@ def _dot(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) -> torch.Te
     """The dot product of two gradients given per parameter (None: zero); whole under FSDP (a collective)."""
     parts = [fsdp.full(_dot1(x, y)) for x, y in zip(a, b) if x is not None and y is not None]
     return torch.stack(parts).sum() if parts else torch.zeros(())
+
+
+def _axpy(p: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> None:
+    """p += a * x in place, `a` a 0-dim device tensor (no read back to the host, except for an FSDP shard,
+    which does not mix with a plain 0-dim tensor)."""
+    if isinstance(p, fsdp.DTensor):
+        p.add_(x, alpha=float(a))
+    else:
+        p.addcmul_(x, a)
 
 
 def _dot1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

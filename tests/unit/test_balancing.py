@@ -428,9 +428,15 @@ def test_protected_moments_ema_follows_the_projected_weights():
     assert all(torch.equal(loop.ema[k], live[k]) for k in loop.ema)
 
 
+def dot(a, b):
+    """<a, b> of two lists of tensors, in float64."""
+    return sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))
+
+
 def test_task_moments_protect_removes_the_conflicting_part_of_the_update():
-    """With protect, a step of a moves the backbone by its Adam update u minus u's component along b's first
-    moment m_b when <u, m_b> > 0 (and by u itself otherwise): afterwards <update, m_b> <= 0."""
+    """With protect, a step of a moves the backbone by its Adam update u corrected where <u, m_b> > 0 (b's first
+    moment): by the smallest change in span{m_b, m_a} that leaves <update, m_b> = 0 and <update, m_a> = <u, m_a>
+    (a's own first moment, its progress to first order); by u itself otherwise."""
     loop = toy_loop(balancing.TaskMoments(["a", "b"], protect=True))
     free = toy_loop(balancing.TaskMoments(["a", "b"]))
     shared = list(loop.model.backbone.parameters())
@@ -447,18 +453,26 @@ def test_task_moments_protect_removes_the_conflicting_part_of_the_update():
         steps[task] += 1
         other = loop.balancer.states["b" if task == "a" else "a"]
         m = [other[p]["exp_avg"] for p in shared] if all(p in other for p in shared) else None
+        mt = [loop.balancer.states[task][p]["exp_avg"] for p in shared]
         u = [q.detach() - b for q, b in zip(free.model.backbone.parameters(), before)]
         got = [p.detach() - b for p, b in zip(shared, before)]
         if m is None:  # the other task has no moments yet: nothing to protect
             assert all(torch.allclose(g, x, atol=1e-7) for g, x in zip(got, u))
             continue
-        dot = sum(float((x * y).sum()) for x, y in zip(u, m))
-        mm = sum(float((y * y).sum()) for y in m)
-        expected = [x - max(dot, 0.0) / mm * y for x, y in zip(u, m)]
+        # solve for the correction alpha m_b + beta m_a: <u + corr, m_b> = 0 and <corr, m_a> = 0 (a 2x2 system)
+        along = dot(u, m)
+        if along > 0:
+            gram = torch.tensor([[dot(m, m), dot(mt, m)], [dot(m, mt), dot(mt, mt)]], dtype=torch.float64)
+            alpha, beta = torch.linalg.solve(gram, torch.tensor([-along, 0.0], dtype=torch.float64)).tolist()
+        else:
+            alpha = beta = 0.0
+        expected = [x + alpha * y + beta * z for x, y, z in zip(u, m, mt)]
         assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(got, expected))
-        assert sum(float((g * y).sum()) for g, y in zip(got, m)) <= 1e-6 * mm ** 0.5
-        conflicts += dot > 0
-        per_task[task] += dot > 0
+        mm = dot(m, m)
+        assert dot(got, m) <= 1e-6 * mm ** 0.5  # no first-order harm to b
+        assert dot(got, mt) == pytest.approx(dot(u, mt), rel=1e-4, abs=1e-9)  # a's own progress kept
+        conflicts += along > 0
+        per_task[task] += along > 0
     assert conflicts >= 3  # the case was exercised
     # the log's statistic: the share of each task's steps whose update was projected
     assert loop.balancer.stats() == {"projected_share": {t: pytest.approx(per_task[t] / steps[t]) for t in "ab"}}
