@@ -428,6 +428,35 @@ def test_protected_moments_ema_follows_the_projected_weights():
     assert all(torch.equal(loop.ema[k], live[k]) for k in loop.ema)
 
 
+@pytest.mark.parametrize("m_a, u, expected", [
+    # cos(m_a, m_b)^2 = 1/2: c = <u, m_b> / (|m_b|^2 (1 - 1/2)) = 2, k = c <m_b, m_a> / |m_a|^2 = -1; the result
+    # has <., m_b> = 0 and <., m_a> = <u, m_a> = -3
+    ([-1.0, 1.0, 0.0], [1.0, -2.0, 0.5], [1.0 - 2.0 + 1.0, -2.0 - 1.0, 0.5]),
+    # the tasks nearly opposite (cos^2 > 0.99): the divisor is floored at 1% of |m_b|^2, c = 1 / 0.01
+    ([-1.0, 0.001, 0.0], [1.0, 0.0, 0.0], [1.0 - 100.0 + 100.0 * 1.0 / (1.0 + 1e-6), 100.0 * -0.001 / (1.0 + 1e-6),
+                                            0.0]),
+    # no conflict (<u, m_b> < 0): the update stays
+    ([-1.0, 1.0, 0.0], [-1.0, 3.0, 2.0], [-1.0, 3.0, 2.0]),
+])
+def test_protected_moments_correction_formula(m_a, u, expected):
+    """a's update u against b's first moment m_b = e_1: u - c (m_b - <m_b, m_a> / |m_a|^2 m_a), c = <u, m_b> /
+    max(<m_b, m_b> - <m_b, m_a>^2 / |m_a|^2, 0.01 |m_b|^2) where <u, m_b> > 0."""
+    balancer = balancing.ProtectedMoments(["a", "b"])
+    w = nn.Parameter(torch.tensor([0.5, -0.25, 2.0], dtype=torch.float32))
+    balancer.states["a"][w] = {"exp_avg": torch.tensor(m_a, dtype=torch.float32)}
+    balancer.states["b"][w] = {"exp_avg": torch.tensor([1.0, 0.0, 0.0], dtype=torch.float32)}
+    optimizer = type("Optimizer", (), {"state": None})()
+    balancer.use("a", optimizer)
+    assert optimizer.state is balancer.states["a"]
+    start = w.detach().clone()
+    balancer.before_step([w])
+    with torch.no_grad():
+        w += torch.tensor(u, dtype=torch.float32)  # the optimizer's step
+    balancer.after_step([w])
+    assert torch.allclose(w.detach() - start, torch.tensor(expected, dtype=torch.float32), rtol=1e-5, atol=1e-5)
+    assert balancer.projected.tolist() == [float(u != expected), 0.0]  # a's step counted as projected or not
+
+
 def dot(a, b):
     """<a, b> of two lists of tensors, in float64."""
     return sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))
