@@ -98,8 +98,8 @@ BALANCE_COST: list[float] = []
 def balancing_cost(mh: palm.MultiHeadTrainer, repeats: int = 200) -> float:
     """Seconds per step that balancing adds, timed alone on the trained model's parameters with gradients:
     factor, the two-part gradient norm instead of the one-part one, the running mean's update (task_moments:
-    swapping the task's optimizer state in and counting its step; protected_moments: also the projection of the
-    update off the other task's first moment, always applied, its worst case; the Adam update itself is the
+    swapping the task's optimizer state in and counting its step; protected_moments: also the correction of an
+    update that conflicts with the other task's first moment, its worst case; the Adam update itself is the
     same)."""
     model = mh.model
     for p in model.parameters():
@@ -112,19 +112,31 @@ def balancing_cost(mh: palm.MultiHeadTrainer, repeats: int = 200) -> float:
 
     optimizer = mh.torch_optimizer
     one = torch.tensor(1.0)
+    protect = getattr(balancer, "protect", False)
 
-    def plain():
+    def conflicting_update(task):
+        """Stands for the optimizer's update (timed on both sides): a small step along the other task's first
+        moment, so that protected_moments finds a conflict and corrects it, its worst case."""
+        if protect:
+            other = names[1] if task == names[0] else names[0]
+            moved, moment = balancer._moment_of(other, backbone)
+            with torch.no_grad():
+                torch._foreach_add_(moved, moment, alpha=1e-4)
+
+    def plain(task):
+        conflicting_update(task)
         return torch.nn.utils.get_total_norm([p.grad for p in params])
 
     def balanced(task):
         if balancer.per_task_state:  # task_moments: the task's state swapped in, its step counted;
-            # protected_moments: the projection around the update too (the states hold every backbone
+            # protected_moments: the correction around the update too (the states hold every backbone
             # parameter's moments after the run)
             balancer.use(task, optimizer, names)
             balancer.before_step(backbone)
+            conflicting_update(task)
             balancer.after_step(backbone)
             balancer.observe(task, one, None, one)
-            return plain()
+            return torch.nn.utils.get_total_norm([p.grad for p in params])
         factor = balancer.factor(task)
         shared = torch.nn.utils.get_total_norm([p.grad for p in backbone])
         rest = torch.nn.utils.get_total_norm([p.grad for p in heads])
@@ -133,13 +145,15 @@ def balancing_cost(mh: palm.MultiHeadTrainer, repeats: int = 200) -> float:
         return norm
 
     timings = {}
-    for label, fn in (("plain", lambda i: plain()), ("balanced", lambda i: balanced(names[i % 2])),
-                      ("plain2", lambda i: plain()), ("balanced2", lambda i: balanced(names[i % 2]))):
+    for label, fn in (("plain", lambda i: plain(names[i % 2])), ("balanced", lambda i: balanced(names[i % 2])),
+                      ("plain2", lambda i: plain(names[i % 2])), ("balanced2", lambda i: balanced(names[i % 2]))):
         start = time.perf_counter()
         for i in range(repeats):
             fn(i)
         timings[label] = (time.perf_counter() - start) / repeats
     model.zero_grad(set_to_none=True)
+    if protect:  # every timed step was a conflict, corrected
+        print(f"corrected steps while timing: {balancer.stats()['projected_share']}")
     return max(0.0, min(timings["balanced"], timings["balanced2"]) - min(timings["plain"], timings["plain2"]))
 
 

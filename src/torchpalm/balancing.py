@@ -6,12 +6,15 @@ layers Adam's second-moment estimate follows the tagger, and the classifier's st
 single-task size. A balancer gives every task's loss a factor (on top of `Trainer(loss_weight=)`) so that the
 tasks count alike. `MultiHeadTrainer(balance=...)` picks one:
 
-    protected_moments  ('auto' with one task per step, the default) `task_moments`, and each step's update
-                 of the backbone loses its component along every other main task's first moment m_o where the
-                 two conflict (<u, m_o> > 0: the step would raise o's loss to first order, m_o standing for o's
-                 gradient). PCGrad's projection (Yu et al. 2020) on the update of one task per step, with the
-                 other tasks' momentum in place of gradients it does not compute: no extra backward; a few
-                 passes over the backbone's parameters per step.
+    protected_moments  ('auto' with one task per step, the default) `task_moments`, and each step's update u of
+                 the backbone is corrected where it works against another main task o: <u, m_o> > 0 raises o's
+                 loss to first order (o's first moment m_o standing for its gradient). The correction is the
+                 smallest change to u that takes that away and keeps <u, m_t>, the stepping task's own first-
+                 order progress (`TaskMoments.after_step`): PCGrad's projection (Yu et al. 2020) on the update of
+                 one task per step, with the other task's momentum in place of a gradient it does not compute,
+                 and t's own direction held (the plain projection along m_o also takes from t's progress where
+                 the tasks' gradients point apart, which is where they conflict). No extra backward; about 14
+                 passes over the backbone's parameters per step with two main tasks.
     task_moments every task its own optimizer state (Adam's moments and step count) on the parameters it trains:
                  a step of task t moves the backbone and t's head as t's single-task Adam would, whatever the
                  other tasks did before; no factor on the loss (Adam ignores its scale), `loss_weight` scales
@@ -241,8 +244,8 @@ class TaskMoments(Balancer):
 
     Args:
         tasks: the task names, in task-id order.
-        protect: project each step's backbone update off the other main tasks' first moments where they
-            conflict (`after_step`; `ProtectedMoments`).
+        protect: correct each step's backbone update where it conflicts with another main task's first moment,
+            keeping the stepping task's own progress (`after_step`; `ProtectedMoments`).
     """
 
     name = "task_moments"
@@ -363,9 +366,10 @@ class TaskMoments(Balancer):
 
 
 class ProtectedMoments(TaskMoments):
-    """`TaskMoments` whose steps do not work against the other main tasks: each step's update of the backbone
-    loses its component along every other main task's first moment it conflicts with (`protect`). The log
-    shows, per task, the share of its steps that were projected (`stats`)."""
+    """`TaskMoments` whose steps do not work against the other main tasks: where a step's update of the backbone
+    would raise another main task's loss to first order, it is corrected, the stepping task's own first-order
+    progress kept (`protect`, `after_step`). The log shows, per task, the share of its steps whose update was
+    corrected ("projected", `stats`)."""
 
     name = "protected_moments"
 
