@@ -161,6 +161,7 @@ class TrainLoop:
                 find_unused_parameters=True)
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._shared_params = [p for p in model.backbone.parameters() if p.requires_grad]
+        self._corrected_params = balancing.corrected_params(model.backbone)  # what protected_moments corrects
         self._head_params = [p for p in model.heads.parameters() if p.requires_grad]
         # multi-task balancing: a factor per task on its loss (`torchpalm.balancing`; set by MultiHeadTrainer)
         self.balancer = None
@@ -307,7 +308,7 @@ class TrainLoop:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         if self._per_task_state:  # the task's own moments and step count (`balancing.TaskMoments`)
             self.balancer.use(task, self.torch_optimizer, [n for n, t in self.tasks.items() if not t.is_aux])
-            self.balancer.before_step(self._shared_params)
+            self.balancer.before_step(self._corrected_params)
         if task == ALL_TASKS:  # a batch of every task (`sampling="all"`): their gradients, combined
             loss = balancing.joint_backward(batch, self._task_loss, self._weight, self._shared_params, self.balancer)
             norm, _ = self._grad_norm(shared=False)
@@ -332,7 +333,7 @@ class TrainLoop:
         elif not bool(bad):  # unfused optimizers cannot skip on the device; on CPU this read costs nothing
             self.torch_optimizer.step()
         if self._per_task_state:  # before the EMA, which must follow the weights as the step leaves them
-            self.balancer.after_step(self._shared_params)
+            self.balancer.after_step(self._corrected_params)
         if self.ema is not None and (self._skips_on_device or not bool(bad)):
             self._update_ema(keep=bad if self._skips_on_device else None)
         self.torch_optimizer.zero_grad(set_to_none=True)
