@@ -457,6 +457,29 @@ def test_protected_moments_correction_formula(m_a, u, expected):
     assert balancer.projected.tolist() == [float(u != expected), 0.0]  # a's step counted as projected or not
 
 
+def test_protected_moments_corrects_every_backbone_parameter_but_the_token_table(tmp_path, uncased_vocab,
+                                                                                 tiny_config):
+    """The correction reads and moves every trainable backbone parameter except the token-embedding table (the
+    largest nn.Embedding; position and type embeddings stay in), and the multi-task loop passes exactly those."""
+    backbone = palm.backbone.BERT.from_config(tiny_config)
+    corrected = balancing.corrected_params(backbone)
+    table = backbone.word_embeddings.weight
+    assert all(p is not table for p in corrected)
+    assert [id(p) for p in corrected] == [id(p) for p in backbone.parameters() if p is not table]
+    assert any(p is backbone.position_embeddings.weight for p in corrected)
+    s = Setup(tmp_path, uncased_vocab, tiny_config)  # the default: protected_moments
+    s.fit()
+    loop = s.mh._loop
+    passed = []
+    for hook in ("before_step", "after_step"):
+        original = getattr(loop.balancer, hook)
+        setattr(loop.balancer, hook, lambda params, original=original: (passed.append(list(params)), original(params)))
+    s.losses(2)
+    table = loop.model.backbone.word_embeddings.weight
+    expected = [id(p) for p in loop._shared_params if p is not table]
+    assert len(passed) == 4 and all([id(p) for p in params] == expected for params in passed)
+
+
 def dot(a, b):
     """<a, b> of two lists of tensors, in float64."""
     return sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))
