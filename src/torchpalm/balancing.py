@@ -14,7 +14,8 @@ tasks count alike. `MultiHeadTrainer(balance=...)` picks one:
                  one task per step, with the other task's momentum in place of a gradient it does not compute,
                  and t's own direction held (the plain projection along m_o also takes from t's progress where
                  the tasks' gradients point apart, which is where they conflict). No extra backward; about 14
-                 passes over the backbone's parameters per step with two main tasks.
+                 passes per step, with two main tasks, over the backbone's parameters but its token-embedding
+                 table (`corrected_params`).
     task_moments every task its own optimizer state (Adam's moments and step count) on the parameters it trains:
                  a step of task t moves the backbone and t's head as t's single-task Adam would, whatever the
                  other tasks did before; no factor on the loss (Adam ignores its scale), `loss_weight` scales
@@ -481,8 +482,8 @@ def corrected_params(backbone: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The backbone's parameters that protected_moments' correction reads and moves: all it trains but its
     token-embedding table (its largest `nn.Embedding`). A step moves only the rows of the batch's tokens, yet the
     table is up to half of an encoder's parameters (MiniLM: 11.7M of 22.7M): the dot products would read it
-    every step for under 1% of the moments' squared norm (measured on ATIS, examples/multi_task/README.md), and
-    leaving it out changed the joint results by at most 0.3 points at half the cost."""
+    every step for about 1% of the moments' squared norm (measured on ATIS; examples/multi_task/README.md, where
+    leaving it out changed the joint results within the seeds' noise at half the cost)."""
     tables = [m.weight for m in backbone.modules() if isinstance(m, torch.nn.Embedding)]
     token_table = max(tables, key=lambda w: w.shape[0]) if tables else None
     return [p for p in backbone.parameters() if p.requires_grad and p is not token_table]
