@@ -480,6 +480,24 @@ def test_protected_moments_corrects_every_backbone_parameter_but_the_token_table
     assert len(passed) == 4 and all([id(p) for p in params] == expected for params in passed)
 
 
+def test_protected_moments_leaves_everything_as_it_was_on_a_nonfinite_step():
+    """A step whose loss is NaN changes no weight, no task's moments and no count (the fused optimizer skips it on
+    the device; the correction then finds no update to correct)."""
+    loop = toy_loop(balancing.ProtectedMoments(["a", "b"]))
+    for step, task in enumerate("ababba"):
+        loop.train_step(task, conflicting_batch(step, task))
+    weights = {k: v.clone() for k, v in loop.model.state_dict().items()}
+    states = {t: {p: {k: v.clone() for k, v in s.items()} for p, s in loop.balancer.states[t].items()} for t in "ab"}
+    counts = (loop.balancer.counts.clone(), loop.balancer.projected.clone())
+    poisoned = conflicting_batch(6, "a")
+    poisoned["y"] = poisoned["y"] * float("nan")
+    loop.train_step("a", poisoned)
+    assert all(torch.equal(v, weights[k]) for k, v in loop.model.state_dict().items())
+    for t in "ab":
+        assert all(torch.equal(v, states[t][p][k]) for p, s in loop.balancer.states[t].items() for k, v in s.items())
+    assert torch.equal(loop.balancer.counts, counts[0]) and torch.equal(loop.balancer.projected, counts[1])
+
+
 def dot(a, b):
     """<a, b> of two lists of tensors, in float64."""
     return sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))
