@@ -125,9 +125,12 @@ def balancing_cost(mh: palm.MultiHeadTrainer, repeats: int = 200) -> float:
             with torch.no_grad():
                 torch._foreach_add_(moved, moment, alpha=1e-4)
 
+    def grad_norm():
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
+
     def plain(task):
         conflicting_update(task)
-        return torch.nn.utils.get_total_norm([p.grad for p in params])
+        return grad_norm()
 
     def balanced(task):
         if balancer.per_task_state:  # task_moments: the task's state swapped in, its step counted;
@@ -138,7 +141,7 @@ def balancing_cost(mh: palm.MultiHeadTrainer, repeats: int = 200) -> float:
             conflicting_update(task)
             balancer.after_step(corrected)
             balancer.observe(task, one, None, one)
-            return torch.nn.utils.get_total_norm([p.grad for p in params])
+            return grad_norm()
         factor = balancer.factor(task)
         shared = torch.nn.utils.get_total_norm([p.grad for p in backbone])
         rest = torch.nn.utils.get_total_norm([p.grad for p in heads])

@@ -320,8 +320,9 @@ class TaskMoments(Balancer):
                 mm, tt, mo_mt = _dot(m, m), _dot(mt, mt).clamp_min(1e-30), _dot(m, mt)
                 # the part of m_o orthogonal to m_t is d = m_o - (mo_mt / tt) m_t; u - c d with c = <u, m_o> /
                 # <d, m_o> leaves <u, m_o> = 0 and <u, m_t> as it was. <d, m_o> = |m_o|^2 (1 - cos^2): floored
-                # at 1% of |m_o|^2, so that tasks pulling in opposite directions get at most 100 times the plain
-                # projection (and less than full protection)
+                # at 1% of |m_o|^2, so that for tasks pulling in nearly opposite directions c is at most 100
+                # times the plain projection's factor and the correction at most 10 times its length (and the
+                # protection only partial)
                 c = along.clamp(min=0.0) / (mm - mo_mt * mo_mt / tt).clamp_min(0.01 * mm).clamp_min(1e-30)
                 k = c * mo_mt / tt
                 for p, x, y in zip(params, m, mt):
