@@ -13,7 +13,10 @@ Task balancing (issue 25): the side `multi_plain` is `multi` with `balance=None`
 runs `--balance` (default "auto"); `--sides multi,multi_plain` compares the two. Because whole-run times on a
 shared machine are noisy at the 1% level, the script also times what balancing adds to a step in isolation (the
 factor, the backbone-only gradient norm, the update of the running means; the step's other work is the same)
-on the real model's gradients, and reports it as a share of the median step time of `multi`.
+on the real model's gradients, and reports it as a share of the median step time of `multi`. For
+protected_moments it also times one update of the corrected weights along a task's moment on its own (read the
+moment and the weights, write the weights): the least memory traffic any correction of the update does, whatever
+kernel computes it.
 
 Usage: python benchmarks/multitask_speed.py [--n 480] [--rounds 3] [--threads 1] [--sides single,multi]
 Results: benchmarks/results/multitask_speed.json
@@ -94,6 +97,7 @@ def multi(files: dict, model: str, config: dict, balance="auto") -> tuple[float,
 
 
 BALANCE_COST: list[float] = []
+ONE_PASS: list[float] = []  # protected_moments: seconds of one update of the corrected weights along a moment
 
 
 def balancing_cost(mh: palm.MultiHeadTrainer, repeats: int = 200) -> float:
@@ -149,9 +153,17 @@ def balancing_cost(mh: palm.MultiHeadTrainer, repeats: int = 200) -> float:
         balancer.observe(task, torch.tensor(1.0), shared, factor)
         return norm
 
+    def one_pass(i):
+        """The least any correction of the update along another task's moment does besides deciding it: one
+        update of the corrected weights along that moment (read both, write the weights), on its own."""
+        moved, moment = balancer._moment_of(names[i % 2], corrected)
+        with torch.no_grad():
+            torch._foreach_add_(moved, moment, alpha=0.0)
+
     timings = {}
     for label, fn in (("plain", lambda i: plain(names[i % 2])), ("balanced", lambda i: balanced(names[i % 2])),
-                      ("plain2", lambda i: plain(names[i % 2])), ("balanced2", lambda i: balanced(names[i % 2]))):
+                      ("plain2", lambda i: plain(names[i % 2])), ("balanced2", lambda i: balanced(names[i % 2])),
+                      *((("one_pass", one_pass),) if protect else ())):
         start = time.perf_counter()
         for i in range(repeats):
             fn(i)
@@ -159,6 +171,7 @@ def balancing_cost(mh: palm.MultiHeadTrainer, repeats: int = 200) -> float:
     model.zero_grad(set_to_none=True)
     if protect:  # every timed step was a conflict, corrected
         print(f"share of corrected steps (the run's and the timed ones): {balancer.stats()['projected_share']}")
+        ONE_PASS.append(timings["one_pass"])
     return max(0.0, min(timings["balanced"], timings["balanced2"]) - min(timings["plain"], timings["plain2"]))
 
 
@@ -210,6 +223,12 @@ def main() -> None:
         result["balancing_share_of_step"] = cost / step
         print(f"balancing adds {cost * 1e3:.3f} ms to a {step * 1e3:.1f} ms step: {100 * cost / step:.2f}% "
               f"(target <= 2%)")
+    if ONE_PASS and "multi" in times:
+        one = statistics.median(ONE_PASS)
+        result["one_update_pass_seconds"] = one
+        result["one_update_pass_share_of_step"] = one / step
+        print(f"one update of the corrected weights along a moment (the least a correction writes): "
+              f"{one * 1e3:.3f} ms, {100 * one / step:.2f}% of the step")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

@@ -8,14 +8,17 @@ tasks count alike. `MultiHeadTrainer(balance=...)` picks one:
 
     protected_moments  ('auto' with one task per step, the default) `task_moments`, and each step's update u of
                  the backbone is corrected where it works against another main task o: <u, m_o> > 0 raises o's
-                 loss to first order (o's first moment m_o standing for its gradient). The correction is the
-                 smallest change to u that takes that away and keeps <u, m_t>, the stepping task's own first-
-                 order progress (`TaskMoments.after_step`): PCGrad's projection (Yu et al. 2020) on the update of
-                 one task per step, with the other task's momentum in place of a gradient it does not compute,
-                 and t's own direction held (the plain projection along m_o also takes from t's progress where
-                 the tasks' gradients point apart, which is where they conflict). No extra backward; about 14
-                 passes per step, with two main tasks, over the backbone's parameters but its token-embedding
-                 table (`corrected_params`).
+                 loss to first order (o's first moment m_o standing for its gradient). The conflicting part is
+                 reflected: the step lowers o's loss, to first order, by as much as it would have raised it, and
+                 keeps <u, m_t>, the stepping task's own first-order progress (`TaskMoments.after_step`). It is
+                 PCGrad's surgery (Yu et al. 2020) on the update of one task per step, with the other task's
+                 momentum in place of a gradient it does not compute, t's own direction held (a plain projection
+                 along m_o also takes from t's progress where the tasks' gradients point apart, which is where
+                 they conflict), and the conflict reflected rather than removed: with one task per step, o
+                 learns nothing from t's step unless t's step pays back what it would have cost o (`reflect`;
+                 measured in examples/multi_task/README.md). No extra backward; about 14 passes per step, with
+                 two main tasks, over the backbone's parameters but its token-embedding table
+                 (`corrected_params`).
     task_moments every task its own optimizer state (Adam's moments and step count) on the parameters it trains:
                  a step of task t moves the backbone and t's head as t's single-task Adam would, whatever the
                  other tasks did before; no factor on the loss (Adam ignores its scale), `loss_weight` scales
@@ -247,15 +250,18 @@ class TaskMoments(Balancer):
         tasks: the task names, in task-id order.
         protect: correct each step's backbone update where it conflicts with another main task's first moment,
             keeping the stepping task's own progress (`after_step`; `ProtectedMoments`).
+        reflect: with `protect`, turn the conflicting part of the update around (<u, m_o> becomes -<u, m_o>)
+            instead of removing it (<u, m_o> becomes 0).
     """
 
     name = "task_moments"
     per_task_state = True
 
-    def __init__(self, tasks: Sequence[str], protect: bool = False):
+    def __init__(self, tasks: Sequence[str], protect: bool = False, reflect: bool = False):
         super().__init__(tasks)
         self.states: dict[str, defaultdict] = {t: defaultdict(dict) for t in self.tasks}
         self.protect = bool(protect)
+        self.reflect = bool(reflect)
         self._task = self._owner = self.tasks[0]
         self._others: list[str] = []
         # steps of each task whose backbone update was projected (`protect`; logged as a share of its steps)
@@ -303,10 +309,10 @@ class TaskMoments(Balancer):
         """With `protect`: corrects the step's update u of the shared parameters where it conflicts with another
         main task o: <u, m_o> > 0 raises o's loss to first order (o's first moment m_o standing for its
         gradient). The correction is the smallest change to u (in span{m_o, m_t}) that leaves <u, m_o> = 0
-        and keeps <u, m_t>, the stepping task's own first-order progress (its first moment m_t): PCGrad's
-        plain projection along m_o also takes away from t's progress wherever the tasks' gradients point
-        apart, which is where the tasks conflict. <u, m_o> is <w_after, m_o> - <w_before, m_o>, so the update
-        needs no copy of the weights."""
+        (with `reflect`: twice that change, <u, m_o> = -<u, m_o> before) and keeps <u, m_t>, the stepping task's
+        own first-order progress (its first moment m_t): PCGrad's plain projection along m_o also takes away
+        from t's progress wherever the tasks' gradients point apart, which is where the tasks conflict.
+        <u, m_o> is <w_after, m_o> - <w_before, m_o>, so the update needs no copy of the weights."""
         base, self._base = self._base, []
         with torch.no_grad():
             own = self.states[self._owner]
@@ -319,11 +325,13 @@ class TaskMoments(Balancer):
                 mt = [own[p].get("exp_avg") if p in own else None for p in params]
                 mm, tt, mo_mt = _dot(m, m), _dot(mt, mt).clamp_min(1e-30), _dot(m, mt)
                 # the part of m_o orthogonal to m_t is d = m_o - (mo_mt / tt) m_t; u - c d with c = <u, m_o> /
-                # <d, m_o> leaves <u, m_o> = 0 and <u, m_t> as it was. <d, m_o> = |m_o|^2 (1 - cos^2): floored
-                # at 1% of |m_o|^2, so that for tasks pulling in nearly opposite directions c is at most 100
-                # times the plain projection's factor and the correction at most 10 times its length (and the
-                # protection only partial)
+                # <d, m_o> leaves <u, m_o> = 0 and <u, m_t> as it was (reflect: u - 2 c d, <u, m_o> negated).
+                # <d, m_o> = |m_o|^2 (1 - cos^2): floored at 1% of |m_o|^2, so that for tasks pulling in nearly
+                # opposite directions c is at most 100 times the plain projection's factor and the correction at
+                # most 10 times its length (and the protection only partial)
                 c = along.clamp(min=0.0) / (mm - mo_mt * mo_mt / tt).clamp_min(0.01 * mm).clamp_min(1e-30)
+                if self.reflect:
+                    c = 2.0 * c
                 k = c * mo_mt / tt
                 for p, x, y in zip(params, m, mt):
                     _axpy(p, x, -c)
@@ -370,13 +378,15 @@ class TaskMoments(Balancer):
 class ProtectedMoments(TaskMoments):
     """`TaskMoments` whose steps do not work against the other main tasks: where a step's update of the backbone
     would raise another main task's loss to first order, it is corrected, the stepping task's own first-order
-    progress kept (`protect`, `after_step`). The log shows, per task, the share of its steps whose update was
-    corrected ("projected", `stats`)."""
+    progress kept (`protect`, `after_step`): by default the conflicting part is reflected, so that the step
+    lowers the other task's loss as much as it would have raised it; `reflect=False` only removes it (the
+    default before; examples/multi_task/README.md compares the two). The log shows, per task, the share of its
+    steps whose update was corrected ("projected", `stats`)."""
 
     name = "protected_moments"
 
-    def __init__(self, tasks: Sequence[str]):
-        super().__init__(tasks, protect=True)
+    def __init__(self, tasks: Sequence[str], reflect: bool = True):
+        super().__init__(tasks, protect=True, reflect=reflect)
 
 
 class PCGrad(Balancer):

@@ -438,10 +438,14 @@ def test_protected_moments_ema_follows_the_projected_weights():
     # no conflict (<u, m_b> < 0): the update stays
     ([-1.0, 1.0, 0.0], [-1.0, 3.0, 2.0], [-1.0, 3.0, 2.0]),
 ])
-def test_protected_moments_correction_formula(m_a, u, expected):
+@pytest.mark.parametrize("reflect", [True, False])
+def test_protected_moments_correction_formula(m_a, u, expected, reflect):
     """a's update u against b's first moment m_b = e_1: u - c (m_b - <m_b, m_a> / |m_a|^2 m_a), c = <u, m_b> /
-    max(<m_b, m_b> - <m_b, m_a>^2 / |m_a|^2, 0.01 |m_b|^2) where <u, m_b> > 0."""
-    balancer = balancing.ProtectedMoments(["a", "b"])
+    max(<m_b, m_b> - <m_b, m_a>^2 / |m_a|^2, 0.01 |m_b|^2) where <u, m_b> > 0; reflected (the default): twice
+    that correction."""
+    if reflect:
+        expected = [x + 2.0 * (e - x) for x, e in zip(u, expected)]
+    balancer = balancing.ProtectedMoments(["a", "b"], reflect=reflect)
     w = nn.Parameter(torch.tensor([0.5, -0.25, 2.0], dtype=torch.float32))
     balancer.states["a"][w] = {"exp_avg": torch.tensor(m_a, dtype=torch.float32)}
     balancer.states["b"][w] = {"exp_avg": torch.tensor([1.0, 0.0, 0.0], dtype=torch.float32)}
@@ -503,11 +507,12 @@ def dot(a, b):
     return sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))
 
 
-def test_task_moments_protect_removes_the_conflicting_part_of_the_update():
+@pytest.mark.parametrize("reflect", [False, True])
+def test_task_moments_protect_removes_the_conflicting_part_of_the_update(reflect):
     """With protect, a step of a moves the backbone by its Adam update u corrected where <u, m_b> > 0 (b's first
-    moment): by the smallest change in span{m_b, m_a} that leaves <update, m_b> = 0 and <update, m_a> = <u, m_a>
-    (a's own first moment, its progress to first order); by u itself otherwise."""
-    loop = toy_loop(balancing.TaskMoments(["a", "b"], protect=True))
+    moment): by the smallest change in span{m_b, m_a} that leaves <update, m_b> = 0 (reflect: -<u, m_b>) and
+    <update, m_a> = <u, m_a> (a's own first moment, its progress to first order); by u itself otherwise."""
+    loop = toy_loop(balancing.TaskMoments(["a", "b"], protect=True, reflect=reflect))
     free = toy_loop(balancing.TaskMoments(["a", "b"]))
     shared = list(loop.model.backbone.parameters())
     conflicts, per_task, steps = 0, {"a": 0, "b": 0}, {"a": 0, "b": 0}
@@ -529,17 +534,20 @@ def test_task_moments_protect_removes_the_conflicting_part_of_the_update():
         if m is None:  # the other task has no moments yet: nothing to protect
             assert all(torch.allclose(g, x, atol=1e-7) for g, x in zip(got, u))
             continue
-        # solve for the correction alpha m_b + beta m_a: <u + corr, m_b> = 0 and <corr, m_a> = 0 (a 2x2 system)
+        # solve for the correction alpha m_b + beta m_a: <u + corr, m_b> = 0 (reflect: -<u, m_b>) and <corr, m_a>
+        # = 0 (a 2x2 system)
         along = dot(u, m)
+        target = -along if reflect else 0.0
         if along > 0:
             gram = torch.tensor([[dot(m, m), dot(mt, m)], [dot(m, mt), dot(mt, mt)]], dtype=torch.float64)
-            alpha, beta = torch.linalg.solve(gram, torch.tensor([-along, 0.0], dtype=torch.float64)).tolist()
+            alpha, beta = torch.linalg.solve(gram, torch.tensor([target - along, 0.0], dtype=torch.float64)).tolist()
         else:
             alpha = beta = 0.0
         expected = [x + alpha * y + beta * z for x, y, z in zip(u, m, mt)]
         assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(got, expected))
         mm = dot(m, m)
-        assert dot(got, m) <= 1e-6 * mm ** 0.5  # no first-order harm to b
+        if along > 0:  # b's first-order change: none (reflect: the conflict turned into as large a gain)
+            assert abs(dot(got, m) - target) <= 1e-6 * mm ** 0.5
         assert dot(got, mt) == pytest.approx(dot(u, mt), rel=1e-4, abs=1e-9)  # a's own progress kept
         conflicts += along > 0
         per_task[task] += along > 0
