@@ -14,8 +14,9 @@ tasks count alike. `MultiHeadTrainer(balance=...)` picks one:
                  PCGrad's surgery (Yu et al. 2020) on the update of one task per step, with the other task's
                  momentum in place of a gradient it does not compute, t's own direction held (a plain projection
                  along m_o also takes from t's progress where the tasks' gradients point apart, which is where
-                 they conflict), and the conflict reflected rather than removed: with one task per step, o
-                 learns nothing from t's step unless t's step pays back what it would have cost o (`reflect`;
+                 they conflict), and the conflict reflected rather than removed: where nearly every step
+                 conflicts, removing it leaves every step neutral for the other tasks and the tasks stop helping
+                 each other; reflecting makes a conflicting step pay back what it would have cost (`reflect`;
                  measured in examples/multi_task/README.md). No extra backward; about 14 passes per step, with
                  two main tasks, over the backbone's parameters but its token-embedding table
                  (`corrected_params`).
