@@ -18,7 +18,7 @@ protected_moments it also times one update of the corrected weights along a task
 moment and the weights, write the weights): the least memory traffic any correction of the update does, whatever
 kernel computes it.
 
-Usage: python benchmarks/multitask_speed.py [--n 480] [--rounds 3] [--threads 1] [--sides single,multi]
+Usage: python benchmarks/multitask_speed.py [--n 480] [--rounds 3] [--threads 1] [--sides single,multi] [--device cuda]
 Results: benchmarks/results/multitask_speed.json
 """
 
@@ -40,6 +40,13 @@ from torchpalm import balancing
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 BATCH = 32
+DEVICE = "cpu"  # --device
+
+
+def sync() -> None:
+    """Waits for the device's queued work (a CUDA timing would otherwise stop before the work is done)."""
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def write_rows(src: str, start: int, stop: int, path: str) -> str:
@@ -62,13 +69,15 @@ def single(files: dict, model: str, config: dict) -> tuple[float, int]:
     reader = reader_for(files["all"], os.path.join(model, "vocab.txt"), 1)
     backbone = palm.backbone.BERT.from_config(config)
     reader.register_with(backbone)
-    trainer = palm.Trainer("sst2", device="cpu")
+    trainer = palm.Trainer("sst2", device=DEVICE)
     loss = trainer.build_forward(backbone, palm.head.Classify(2, config["hidden_size"], 0.1))
     trainer.build_backward(palm.optimizer.Adam(loss, 1e-4, palm.lr_sched.TriangularSchedualer(0.1, None)), 0.01)
     trainer.fit_reader(reader)
     trainer.load_pretrain(model)
+    sync()
     start = time.perf_counter()
     trainer.train(print_steps=0)
+    sync()
     return time.perf_counter() - start, trainer.cur_train_step
 
 
@@ -80,7 +89,7 @@ def multi(files: dict, model: str, config: dict, balance="auto") -> tuple[float,
     trainers = []
     for name, reader in zip(("a", "b"), readers):
         reader.register_with(backbone)
-        trainer = palm.Trainer(name, device="cpu")
+        trainer = palm.Trainer(name, device=DEVICE)
         trainer.build_forward(backbone, palm.head.Classify(2, config["hidden_size"], 0.1))
         trainers.append(trainer)
     mh = palm.MultiHeadTrainer(trainers, balance=balance)
@@ -88,8 +97,10 @@ def multi(files: dict, model: str, config: dict, balance="auto") -> tuple[float,
     mh.build_backward(palm.optimizer.Adam(loss, 1e-4, palm.lr_sched.TriangularSchedualer(0.1, None)), 0.01)
     mh.fit_readers_with_mixratio(readers, "a", num_epochs=1)
     mh.load_pretrain(model)
+    sync()
     start = time.perf_counter()
     mh.train(print_steps=0)
+    sync()
     seconds = time.perf_counter() - start
     if balance is not None:
         BALANCE_COST.append(balancing_cost(mh))
@@ -117,7 +128,7 @@ def balancing_cost(mh: palm.MultiHeadTrainer, repeats: int = 200) -> float:
     names = [t.name for t in mh.trainers]
 
     optimizer = mh.torch_optimizer
-    one = torch.tensor(1.0)
+    one = torch.tensor(1.0, device=DEVICE)
     protect = getattr(balancer, "protect", False)
 
     def conflicting_update(task):
@@ -150,7 +161,7 @@ def balancing_cost(mh: palm.MultiHeadTrainer, repeats: int = 200) -> float:
         shared = torch.nn.utils.get_total_norm([p.grad for p in backbone])
         rest = torch.nn.utils.get_total_norm([p.grad for p in heads])
         norm = torch.nn.utils.get_total_norm([shared, rest])
-        balancer.observe(task, torch.tensor(1.0), shared, factor)
+        balancer.observe(task, one, shared, factor)
         return norm
 
     def one_pass(i):
@@ -164,9 +175,11 @@ def balancing_cost(mh: palm.MultiHeadTrainer, repeats: int = 200) -> float:
     for label, fn in (("plain", lambda i: plain(names[i % 2])), ("balanced", lambda i: balanced(names[i % 2])),
                       ("plain2", lambda i: plain(names[i % 2])), ("balanced2", lambda i: balanced(names[i % 2])),
                       *((("one_pass", one_pass),) if protect else ())):
+        sync()
         start = time.perf_counter()
         for i in range(repeats):
             fn(i)
+        sync()
         timings[label] = (time.perf_counter() - start) / repeats
     model.zero_grad(set_to_none=True)
     if protect:  # every timed step was a conflict, corrected
@@ -180,11 +193,14 @@ def main() -> None:
     p.add_argument("--n", type=int, default=480, help="sentences per task (the single task gets 2N)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where both sides train")
     p.add_argument("--sides", default="single,multi", help="comma-separated: single, multi (balance=--balance), "
                    "multi_plain (balance=None)")
     p.add_argument("--balance", default="auto", help="the balance= of the multi side (default 'auto')")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "multitask_speed.json"))
     args = p.parse_args()
+    global DEVICE
+    DEVICE = args.device
     torch.set_num_threads(args.threads)
     model = minilm_dir()
     with open(os.path.join(model, "config.json")) as f:

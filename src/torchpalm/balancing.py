@@ -338,7 +338,7 @@ class TaskMoments(Balancer):
                     _axpy(p, x, -c)
                     if y is not None:
                         _axpy(p, y, k)
-            if base:  # this step's update was projected off at least one other task's moment
+            if base:  # this step's update was corrected against at least one other task's moment
                 self.projected[self.index[self._task]] += projected
 
     def _moment_of(self, task: str, shared: list[torch.nn.Parameter]) -> tuple[list, list]:
