@@ -356,6 +356,10 @@ def validate(raw: dict, base_dir: str = ".", cwd_keys: set[str] = frozenset(), s
     if tr["epochs"] <= 0 or (tr["max_steps"] is not None and tr["max_steps"] < 1):
         raise ConfigError(f"train.{'epochs' if tr['epochs'] <= 0 else 'max_steps'}: must be > 0, got "
                           f"{tr['epochs'] if tr['epochs'] <= 0 else tr['max_steps']!r}")
+    for key, meaning in (("batch_size", ""), ("save_steps", " (null: only the final checkpoint)"),
+                         ("evaluate_every", " (null: once, at the end)")):
+        if tr[key] is not None and tr[key] < 1:
+            raise ConfigError(f"train.{key}: must be >= 1{meaning}, got {tr[key]!r}")
     if s["warmup"] < 0 or (isinstance(s["warmup"], float) and s["warmup"] >= 1):
         raise ConfigError(f"schedule.warmup: expected a number of steps (integer >= 0) or a fraction of the run "
                           f"(0 <= float < 1), got {s['warmup']!r}")

@@ -295,6 +295,12 @@ BAD = {
     "wrong type task": (lambda r: r["tasks"][1].update(aux="no"), ['tasks[1].aux: expected boolean, got string']),
     "wrong choice": (lambda r: r["schedule"].update(type="cosine"),
                      ["schedule.type: 'cosine' is not one of triangular, warmup, none"]),
+    "no saves as 0": (lambda r: r.setdefault("train", {}).update(save_steps=0),
+                      ["train.save_steps: must be >= 1 (null: only the final checkpoint), got 0"]),
+    "evaluate_every 0": (lambda r: r.setdefault("train", {}).update(evaluate_every=0),
+                         ["train.evaluate_every: must be >= 1 (null: once, at the end), got 0"]),
+    "batch size 0": (lambda r: r.setdefault("train", {}).update(batch_size=0),
+                     ["train.batch_size: must be >= 1, got 0"]),
 }
 
 
