@@ -272,6 +272,16 @@ class TaskMoments(Balancer):
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {**super()._tensors(), **({"projected": self.projected} if self.protect else {})}
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), **({"reflect": self.reflect} if self.protect else {})}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Also takes the checkpoint's `reflect`, so that a run resumes as it was trained: a checkpoint written
+        before reflection existed (no key) resumes removing the conflict, as it was trained to."""
+        super().load_state_dict(state)
+        if self.protect:
+            self.reflect = bool(state.get("reflect", False))
+
     def stats(self) -> dict[str, dict[str, float]]:
         """With `protect`: {"projected_share": {task: share of its steps whose update was projected}}."""
         if not self.protect:
@@ -329,7 +339,7 @@ class TaskMoments(Balancer):
                 # <d, m_o> leaves <u, m_o> = 0 and <u, m_t> as it was (reflect: u - 2 c d, <u, m_o> negated).
                 # <d, m_o> = |m_o|^2 (1 - cos^2): floored at 1% of |m_o|^2, so that for tasks pulling in nearly
                 # opposite directions c is at most 100 times the plain projection's factor and the correction at
-                # most 10 times its length (and the protection only partial)
+                # most 10 times its length (both before reflect's doubling; the protection then only partial)
                 c = along.clamp(min=0.0) / (mm - mo_mt * mo_mt / tt).clamp_min(0.01 * mm).clamp_min(1e-30)
                 if self.reflect:
                     c = 2.0 * c

@@ -129,14 +129,19 @@ def test_task_moments_makes_the_loss_scale_irrelevant_and_loss_weight_scales_the
     assert weighted["a"][0] == pytest.approx(scaled["a"][0], rel=1e-6)
 
 
-@pytest.mark.parametrize("method", ["task_moments", "protected_moments"])
+@pytest.mark.parametrize("method", ["task_moments", "protected_moments", "removal"])
 def test_task_moments_resume_exactly_and_refuse_a_mismatched_optimizer(tmp_path, uncased_vocab, tiny_config,
                                                                         method):
-    """Every task's moments are in optimizer.pt: a resumed run's losses are the straight run's, bit for bit."""
-    straight = Setup(tmp_path, uncased_vocab, tiny_config, balance=method)
+    """Every task's moments are in optimizer.pt: a resumed run's losses are the straight run's, bit for bit
+    (protected_moments without reflection too: the resumed trainer asks for 'auto', which reflects, and
+    continues as the checkpoint was trained)."""
+    def balance():
+        return balancing.ProtectedMoments(["tag", "cls"], reflect=False) if method == "removal" else method
+
+    straight = Setup(tmp_path, uncased_vocab, tiny_config, balance=balance())
     straight.fit()
     expected = straight.losses(12)
-    first = Setup(tmp_path, uncased_vocab, tiny_config, balance=method)
+    first = Setup(tmp_path, uncased_vocab, tiny_config, balance=balance())
     first.fit()
     got = first.losses(5)
     path = first.mh.save(str(tmp_path / "tm"))
@@ -148,10 +153,11 @@ def test_task_moments_resume_exactly_and_refuse_a_mismatched_optimizer(tmp_path,
     resumed = Setup(tmp_path, uncased_vocab, tiny_config, seed=3, balance="auto")  # auto: the checkpoint's method
     resumed.fit()
     resumed.mh.load_ckpt(path)
-    assert resumed.mh.balancer.name == method
+    name = "protected_moments" if method == "removal" else method
+    assert resumed.mh.balancer.name == name
     assert got + resumed.losses(7) == expected
     assert resumed.mh.balancer.stats() == straight.mh.balancer.stats()  # projected shares resume too
-    with pytest.raises(ValueError, match=f"trained with balance='{method}'"):
+    with pytest.raises(ValueError, match=f"trained with balance='{name}'"):
         Setup(tmp_path, uncased_vocab, tiny_config, balance="grad_scale").mh.load_ckpt(path)
 
 
@@ -426,6 +432,20 @@ def test_protected_moments_ema_follows_the_projected_weights():
     assert loop.balancer.stats()["projected_share"]["a"] > 0  # some updates were projected
     live = loop.state()
     assert all(torch.equal(loop.ema[k], live[k]) for k in loop.ema)
+
+
+def test_protected_moments_checkpoint_says_whether_it_reflects():
+    """The saved state carries `reflect`; a state without it (written before reflection existed) resumes
+    removing the conflict, as it was trained."""
+    saved = balancing.ProtectedMoments(["a", "b"]).state_dict()
+    assert saved["reflect"] is True
+    for stored, expected in ((True, True), (False, False), (None, False)):
+        state = dict(saved, reflect=stored) if stored is not None else {k: v for k, v in saved.items()
+                                                                      if k != "reflect"}
+        balancer = balancing.ProtectedMoments(["a", "b"], reflect=not expected)
+        balancer.load_state_dict(state)
+        assert balancer.reflect is expected
+    assert "reflect" not in balancing.TaskMoments(["a", "b"]).state_dict()
 
 
 @pytest.mark.parametrize("m_a, u, expected", [
