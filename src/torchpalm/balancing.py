@@ -268,6 +268,10 @@ class TaskMoments(Balancer):
         # steps of each task whose backbone update was projected (`protect`; logged as a share of its steps)
         self.projected = torch.zeros(len(self.tasks), dtype=torch.float32)
         self._base: list = []
+        # |m|^2 of a task's first moment on the corrected parameters, kept while that moment is unchanged (a step
+        # with the task's state drops it): the other task's |m_o|^2 is then not read again at every step of t.
+        # Recomputing it gives the same bits, so a resumed run needs no copy of it.
+        self._sq_norms: dict[str, tuple[tuple[int, ...], torch.Tensor]] = {}
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {**super()._tensors(), **({"projected": self.projected} if self.protect else {})}
@@ -314,7 +318,7 @@ class TaskMoments(Balancer):
             for other in self._others:
                 params, m = self._moment_of(other, shared)
                 if params:
-                    self._base.append((params, m, _dot(params, m)))
+                    self._base.append((other, params, m, _dot(params, m)))
 
     def after_step(self, shared: list[torch.nn.Parameter]) -> None:
         """With `protect`: corrects the step's update u of the shared parameters where it conflicts with another
@@ -325,16 +329,19 @@ class TaskMoments(Balancer):
         from t's progress wherever the tasks' gradients point apart, which is where the tasks conflict.
         <u, m_o> is <w_after, m_o> - <w_before, m_o>, so the update needs no copy of the weights."""
         base, self._base = self._base, []
+        self._sq_norms.pop(self._owner, None)  # this step moved the owner's moment
         with torch.no_grad():
             own = self.states[self._owner]
             projected = torch.zeros((), device=self.device)
-            for params, m, before in base:
+            for other, params, m, before in base:
                 along = _dot(params, m) - before  # <u, m_o>
                 if self.device.type == "cpu" and not along > 0:  # no conflict (a free read on the CPU): u stays
                     continue
                 projected = torch.maximum(projected, (along > 0).float().to(self.device))
                 mt = [own[p].get("exp_avg") if p in own else None for p in params]
-                mm, tt, mo_mt = _dot(m, m), _dot(mt, mt).clamp_min(1e-30), _dot(m, mt)
+                mm, tt, mo_mt = self._sq_norm(other, params, m), _dot(mt, mt), _dot(m, mt)
+                self._sq_norms[self._owner] = (tuple(id(p) for p, y in zip(params, mt) if y is not None), tt)
+                tt = tt.clamp_min(1e-30)
                 # the part of m_o orthogonal to m_t is d = m_o - (mo_mt / tt) m_t; u - c d with c = <u, m_o> /
                 # <d, m_o> leaves <u, m_o> = 0 and <u, m_t> as it was (reflect: u - 2 c d, <u, m_o> negated).
                 # <d, m_o> = |m_o|^2 (1 - cos^2): floored at 1% of |m_o|^2, so that for tasks pulling in nearly
@@ -350,6 +357,15 @@ class TaskMoments(Balancer):
                         _axpy(p, y, k)
             if base:  # this step's update was corrected against at least one other task's moment
                 self.projected[self.index[self._task]] += projected
+
+    def _sq_norm(self, task: str, params: list[torch.nn.Parameter], m: list[torch.Tensor]) -> torch.Tensor:
+        """|m|^2 of `task`'s first moment `m` on `params`: the kept one if it was taken over the same parameters
+        in the same order (then it has the same bits), else computed and kept."""
+        key = tuple(id(p) for p in params)
+        kept = self._sq_norms.get(task)
+        if kept is None or kept[0] != key:
+            kept = self._sq_norms[task] = (key, _dot(m, m))
+        return kept[1]
 
     def _moment_of(self, task: str, shared: list[torch.nn.Parameter]) -> tuple[list, list]:
         """The shared parameters `task`'s state has a first moment for, and those moments."""
@@ -384,6 +400,7 @@ class TaskMoments(Balancer):
         for task in self.tasks:
             optimizer.load_state_dict({"param_groups": state["param_groups"], "state": state["task_states"][task]})
             self.states[task] = optimizer.state
+        self._sq_norms.clear()
 
 
 class ProtectedMoments(TaskMoments):
