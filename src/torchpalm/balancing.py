@@ -321,42 +321,66 @@ class TaskMoments(Balancer):
                     self._base.append((other, params, m, _dot(params, m)))
 
     def after_step(self, shared: list[torch.nn.Parameter]) -> None:
-        """With `protect`: corrects the step's update u of the shared parameters where it conflicts with another
-        main task o: <u, m_o> > 0 raises o's loss to first order (o's first moment m_o standing for its
-        gradient). The correction is the smallest change to u (in span{m_o, m_t}) that leaves <u, m_o> = 0
-        (with `reflect`: twice that change, <u, m_o> = -<u, m_o> before) and keeps <u, m_t>, the stepping task's
-        own first-order progress (its first moment m_t): PCGrad's plain projection along m_o also takes away
-        from t's progress wherever the tasks' gradients point apart, which is where the tasks conflict.
-        <u, m_o> is <w_after, m_o> - <w_before, m_o>, so the update needs no copy of the weights."""
+        """With `protect`: corrects the step's update u of the shared parameters where it conflicts with the other
+        main tasks: <u, m_o> > 0 raises o's loss to first order (o's first moment m_o standing for its
+        gradient). The correction is the smallest change to u (in the span of the others' moments and m_t) after
+        which <u, m_o> = 0 for every conflicting o (with `reflect`: twice that change, <u, m_o> = -<u, m_o>
+        before) while <u, m_o> of every other o and <u, m_t>, the stepping task's own first-order progress (its
+        first moment m_t), stay as they were: PCGrad's plain projection along m_o also takes away from t's
+        progress wherever the tasks' gradients point apart, which is where the tasks conflict. With three or more
+        main tasks all the conditions are solved together, so that no correction undoes another (PCGrad's
+        one-at-a-time projections can). <u, m_o> is <w_after, m_o> - <w_before, m_o>, so the update needs no
+        copy of the weights."""
         base, self._base = self._base, []
         self._sq_norms.pop(self._owner, None)  # this step moved the owner's moment
+        if not base:
+            return
         with torch.no_grad():
+            along = torch.stack([_dot(params, m) - before for _, params, m, before in base])  # <u, m_o> per o
+            conflicts = (along > 0).any()
+            if self.device.type == "cpu" and not conflicts:  # no conflict (a free read on the CPU): u stays
+                return
+            self.projected[self.index[self._task]] += conflicts.float().to(self.projected.device)
+            # every parameter some other task has a moment on; each other's moments on them (None: none)
+            present = {id(p) for _, params, _, _ in base for p in params}
+            params = [p for p in shared if id(p) in present]
+            others = []
+            for _, own_params, m, _ in base:
+                by_param = dict(zip(map(id, own_params), m))
+                others.append([by_param.get(id(p)) for p in params])
             own = self.states[self._owner]
-            projected = torch.zeros((), device=self.device)
-            for other, params, m, before in base:
-                along = _dot(params, m) - before  # <u, m_o>
-                if self.device.type == "cpu" and not along > 0:  # no conflict (a free read on the CPU): u stays
-                    continue
-                projected = torch.maximum(projected, (along > 0).float().to(self.device))
-                mt = [own[p].get("exp_avg") if p in own else None for p in params]
-                mm, tt, mo_mt = self._sq_norm(other, params, m), _dot(mt, mt), _dot(m, mt)
-                self._sq_norms[self._owner] = (tuple(id(p) for p, y in zip(params, mt) if y is not None), tt)
-                tt = tt.clamp_min(1e-30)
-                # the part of m_o orthogonal to m_t is d = m_o - (mo_mt / tt) m_t; u - c d with c = <u, m_o> /
-                # <d, m_o> leaves <u, m_o> = 0 and <u, m_t> as it was (reflect: u - 2 c d, <u, m_o> negated).
-                # <d, m_o> = |m_o|^2 (1 - cos^2): floored at 1% of |m_o|^2, so that for tasks pulling in nearly
-                # opposite directions c is at most 100 times the plain projection's factor and the correction at
-                # most 10 times its length (both before reflect's doubling; the protection then only partial)
-                c = along.clamp(min=0.0) / (mm - mo_mt * mo_mt / tt).clamp_min(0.01 * mm).clamp_min(1e-30)
-                if self.reflect:
-                    c = 2.0 * c
-                k = c * mo_mt / tt
-                for p, x, y in zip(params, m, mt):
-                    _axpy(p, x, -c)
-                    if y is not None:
-                        _axpy(p, y, k)
-            if base:  # this step's update was corrected against at least one other task's moment
-                self.projected[self.index[self._task]] += projected
+            mt = [own[p].get("exp_avg") if p in own else None for p in params]
+            tt = _dot(mt, mt)
+            self._sq_norms[self._owner] = (tuple(id(p) for p, y in zip(params, mt) if y is not None), tt)
+            tt = tt.clamp_min(1e-30)
+            mo_mt = torch.stack([_dot(m, mt) for m in others])  # <m_o, m_t> per o
+            gram = torch.diag(torch.stack([self._sq_norm(o, ps, m) for o, ps, m, _ in base]))  # <m_o, m_o'>
+            for a in range(len(others)):
+                for b in range(a + 1, len(others)):
+                    gram[a, b] = gram[b, a] = _dot(others[a], others[b])
+            # d_o = m_o - (<m_o, m_t> / |m_t|^2) m_t, the part of m_o orthogonal to m_t; u - sum_o c_o d_o keeps
+            # <u, m_t> and moves <u, m_o'> by -(S c)_o', S_oo' = <d_o, d_o'>; S c = (<u, m_o>)+ (0 for an o
+            # without conflict) leaves the conflicting <u, m_o> = 0 (reflect: 2c, <u, m_o> negated). S's diagonal
+            # <d_o, m_o> = |m_o|^2 (1 - cos^2) is floored at 1% of |m_o|^2, so that for tasks pulling in nearly
+            # opposite directions c is at most 100 times the plain projection's factor and the correction at
+            # most 10 times its length (both before reflect's doubling; the protection then only partial)
+            schur = gram - torch.outer(mo_mt, mo_mt) / tt
+            floor = torch.maximum(torch.diagonal(gram) * 0.01, torch.full_like(tt, 1e-30))
+            schur.diagonal().copy_(torch.maximum(schur.diagonal(), floor))
+            pull = along.clamp(min=0.0)
+            if len(base) == 1:
+                c = pull / torch.diagonal(schur)
+            else:  # the least-norm solution where two others' moments are (nearly) parallel
+                c = (torch.linalg.pinv(schur.double()) @ pull.double()).to(pull.dtype)
+            if self.reflect:
+                c = 2.0 * c
+            k = (c * mo_mt).sum() / tt
+            for i, p in enumerate(params):
+                for moments, c_o in zip(others, c):
+                    if moments[i] is not None:
+                        _axpy(p, moments[i], -c_o)
+                if mt[i] is not None:
+                    _axpy(p, mt[i], k)
 
     def _sq_norm(self, task: str, params: list[torch.nn.Parameter], m: list[torch.Tensor]) -> torch.Tensor:
         """|m|^2 of `task`'s first moment `m` on `params`: the kept one if it was taken over the same parameters

@@ -575,3 +575,94 @@ def test_task_moments_protect_removes_the_conflicting_part_of_the_update(reflect
     # the log's statistic: the share of each task's steps whose update was projected
     assert loop.balancer.stats() == {"projected_share": {t: pytest.approx(per_task[t] / steps[t]) for t in "ab"}}
     assert free.balancer.stats() == {}
+
+
+def three_task_loop(balancer):
+    torch.manual_seed(0)
+    heads = {n: ScaledHead(1.0) for n in "abc"}
+    tasks = {n: Task(n, heads[n]) for n in "abc"}
+    loop = TrainLoop(MultiTaskModel(Shared(), heads), tasks, palm.optimizer.Adam(None, 1e-3), None, False, None,
+                     torch.device("cpu"), "fp32", None)
+    loop.balancer = balancer
+    return loop
+
+
+def three_task_batch(step, task):
+    """a, b and c fit three different functions of x: their gradients on the backbone conflict in turns."""
+    if task != "c":
+        return conflicting_batch(step, task)
+    x = toy_batch(step)["x"]
+    return {"x": x, "y": torch.cos(2 * x[:, 3]) - x[:, 0]}
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_protected_moments_with_three_tasks_in_the_loop(reflect):
+    """With three main tasks a step of t is corrected by the smallest change in span{m_o for both others, m_t}
+    after which every conflicting <update, m_o> is 0 (reflect: -<u, m_o>), every other <update, m_o> is <u, m_o>
+    and <update, m_t> is <u, m_t>: one correction cannot undo another, as PCGrad's one at a time can."""
+    names = "abc"
+    loop = three_task_loop(balancing.ProtectedMoments(list(names), reflect=reflect))
+    free = three_task_loop(balancing.TaskMoments(list(names)))
+    shared = list(loop.model.backbone.parameters())
+    corrected = 0
+    for step, task in enumerate("abcacbbcaabcca" * 2):
+        free.model.load_state_dict(loop.model.state_dict())
+        for t in names:
+            free.balancer.states[t] = balancing.defaultdict(dict, {
+                q: {k: v.clone() for k, v in loop.balancer.states[t][p].items()}
+                for p, q in zip(loop.model.parameters(), free.model.parameters()) if p in loop.balancer.states[t]})
+        before = [p.detach().clone() for p in shared]
+        loop.train_step(task, three_task_batch(step, task))
+        free.train_step(task, three_task_batch(step, task))
+        others = [loop.balancer.states[o] for o in names if o != task]
+        moments = [[o[p]["exp_avg"] for p in shared] for o in others if all(p in o for p in shared)]
+        mt = [loop.balancer.states[task][p]["exp_avg"] for p in shared]
+        u = [q.detach() - b for q, b in zip(free.model.backbone.parameters(), before)]
+        got = [p.detach() - b for p, b in zip(shared, before)]
+        alongs = [dot(u, m) for m in moments]
+        if len(moments) < 2 or not any(a > 0 for a in alongs):
+            continue  # the two-task case and no conflict are checked above
+        # the change to <., m_o> each condition asks for, and none to <., m_t>: a Gram system in float64
+        changes = [(-2.0 * a if reflect else -a) if a > 0 else 0.0 for a in alongs] + [0.0]
+        basis = moments + [mt]
+        gram = torch.tensor([[dot(x, y) for y in basis] for x in basis], dtype=torch.float64)
+        coef = torch.linalg.solve(gram, torch.tensor(changes, dtype=torch.float64)).tolist()
+        expected = [x + sum(c * v[i] for c, v in zip(coef, basis)) for i, x in enumerate(u)]
+        assert all(torch.allclose(g, e, atol=1e-6) for g, e in zip(got, expected))
+        for m, a, change in zip(moments, alongs, changes):
+            assert dot(got, m) == pytest.approx(a + change, abs=1e-6 * dot(m, m) ** 0.5)
+        assert dot(got, mt) == pytest.approx(dot(u, mt), rel=1e-4, abs=1e-9)
+        corrected += 1
+    assert corrected >= 5  # steps that conflicted with one other task and not the other were exercised
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_protected_moments_correction_against_two_conflicting_tasks(reflect):
+    """a's update u = (1, 1, 0, 1) conflicts with b's moment m_b = e_1 and with c's m_c; a's own moment is m_a =
+    (0, 0, 1, 1). Asked together, <u', m_b> = <u', m_c> = 0 (reflect: -<u, m_b>, -<u, m_c>) and <u', m_a> =
+    <u, m_a> = 1 give u' = (0, 0, 0, 1) (reflect: (-1, -1, 0, 1)), for m_c = e_2 and for m_c = (e_1 + e_2) / sqrt(2)
+    alike. One at a time, the tilted m_c would undo part of b's correction (removal: <u', m_b> = -1/2) or find
+    nothing left to reflect (reflect: <u', m_c> = 0)."""
+    balancer = balancing.ProtectedMoments(["a", "b", "c"], reflect=reflect)
+    w = nn.Parameter(torch.zeros(4, dtype=torch.float32))
+    balancer.states["a"][w] = {"exp_avg": torch.tensor([0.0, 0.0, 1.0, 1.0])}
+    balancer.states["b"][w] = {"exp_avg": torch.tensor([1.0, 0.0, 0.0, 0.0])}
+    optimizer = type("Optimizer", (), {"state": None})()
+    expected = [0.0, 0.0, 0.0, 1.0]
+    for m_c in ([0.0, 1.0, 0.0, 0.0], [0.5 ** 0.5, 0.5 ** 0.5, 0.0, 0.0]):
+        balancer.states["c"][w] = {"exp_avg": torch.tensor(m_c)}
+        u = torch.tensor([1.0, 1.0, 0.0, 1.0])
+        with torch.no_grad():
+            w.zero_()
+        balancer.use("a", optimizer)
+        balancer.before_step([w])
+        with torch.no_grad():
+            w += u
+        balancer.after_step([w])
+        got = w.detach().clone()
+        for name in "bc":  # every conflict removed (reflect: turned around) at once
+            m = balancer.states[name][w]["exp_avg"]
+            assert float(got @ m) == pytest.approx(-float(u @ m) if reflect else 0.0, abs=1e-6)
+        assert float(got @ balancer.states["a"][w]["exp_avg"]) == pytest.approx(1.0, abs=1e-6)  # a's progress
+        assert torch.allclose(got, torch.tensor(expected) - (torch.tensor([1.0, 1.0, 0.0, 0.0]) if reflect else 0.0),
+                              atol=1e-6)
