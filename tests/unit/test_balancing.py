@@ -528,7 +528,7 @@ def dot(a, b):
 
 
 @pytest.mark.parametrize("reflect", [False, True])
-def test_task_moments_protect_removes_the_conflicting_part_of_the_update(reflect):
+def test_task_moments_protect_corrects_the_conflicting_part_of_the_update(reflect):
     """With protect, a step of a moves the backbone by its Adam update u corrected where <u, m_b> > 0 (b's first
     moment): by the smallest change in span{m_b, m_a} that leaves <update, m_b> = 0 (reflect: -<u, m_b>) and
     <update, m_a> = <u, m_a> (a's own first moment, its progress to first order); by u itself otherwise."""
