@@ -19,6 +19,7 @@ moment and the weights, write the weights): the least memory traffic any correct
 kernel computes it.
 
 Usage: python benchmarks/multitask_speed.py [--n 480] [--rounds 3] [--threads 1] [--sides single,multi] [--device cuda]
+                                           [--join 1]
 Results: benchmarks/results/multitask_speed.json
 """
 
@@ -49,9 +50,14 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def write_rows(src: str, start: int, stop: int, path: str) -> str:
+def write_rows(src: str, start: int, stop: int, path: str, join: int = 1) -> str:
+    """Rows start..stop-1 of the TSV `src` (sentence, label); with join > 1 each row's sentence is followed by the
+    next join - 1 sentences of the file (longer examples, the row's own label)."""
     with open(src, encoding="utf-8") as f:
         header, *rows = f.read().splitlines()
+    if join > 1:
+        sentences = [r.split("\t")[0].strip() for r in rows]
+        rows = [" ".join(sentences[i:i + join]) + "\t" + r.split("\t")[1] for i, r in enumerate(rows)]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join([header, *rows[start:stop]]) + "\n")
     return path
@@ -198,6 +204,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where both sides train")
     p.add_argument("--sides", default="single,multi", help="comma-separated: single, multi (balance=--balance), "
                    "multi_plain (balance=None)")
+    p.add_argument("--join", type=int, default=1, help="sentences per example: each example followed by the next "
+                   "join - 1 sentences of SST-2 (longer inputs; 1: SST-2 as it is)")
     p.add_argument("--balance", default="auto", help="the balance= of the multi side (default 'auto')")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "multitask_speed.json"))
     args = p.parse_args()
@@ -216,9 +224,9 @@ def main() -> None:
     times: dict[str, list[float]] = {s: [] for s in chosen}
     steps = {}
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"all": write_rows(src, 0, 2 * args.n, os.path.join(tmp, "all.tsv")),
-                 "a": write_rows(src, 0, args.n, os.path.join(tmp, "a.tsv")),
-                 "b": write_rows(src, args.n, 2 * args.n, os.path.join(tmp, "b.tsv"))}
+        files = {"all": write_rows(src, 0, 2 * args.n, os.path.join(tmp, "all.tsv"), args.join),
+                 "a": write_rows(src, 0, args.n, os.path.join(tmp, "a.tsv"), args.join),
+                 "b": write_rows(src, args.n, 2 * args.n, os.path.join(tmp, "b.tsv"), args.join)}
         for r in range(args.rounds):
             for side in chosen if r % 2 == 0 else chosen[::-1]:
                 seconds, steps[side] = sides[side](files, model, config)
