@@ -1,6 +1,7 @@
 """Task balancing (`torchpalm.balancing`): each method's formula, its state in checkpoints, its place in the
 training step and in the logs."""
 
+import copy
 import json
 import math
 
@@ -666,3 +667,25 @@ def test_protected_moments_correction_against_two_conflicting_tasks(reflect):
         assert float(got @ balancer.states["a"][w]["exp_avg"]) == pytest.approx(1.0, abs=1e-6)  # a's progress
         assert torch.allclose(got, torch.tensor(expected) - (torch.tensor([1.0, 1.0, 0.0, 0.0]) if reflect else 0.0),
                               atol=1e-6)
+
+
+def test_protected_moments_forgets_kept_norms_when_the_states_are_loaded():
+    """A loop that has trained, then loads other tasks' states (a checkpoint), corrects its next step as a loop
+    that only loaded them does: no squared norm kept from the moments it had before."""
+    trained = toy_loop(balancing.ProtectedMoments(["a", "b"]))
+    for step, task in enumerate("ababab"):
+        trained.train_step(task, conflicting_batch(step, task))
+    checkpoint = ({k: v.clone() for k, v in trained.model.state_dict().items()},
+                  trained.balancer.optimizer_state_dict(trained.torch_optimizer))
+    loops = []
+    for warm_steps in ("abbab", ""):
+        loop = toy_loop(balancing.ProtectedMoments(["a", "b"]))
+        for step, task in enumerate(warm_steps):  # moments of its own, and norms kept of them
+            loop.train_step(task, conflicting_batch(100 + step, task))
+        loop.model.load_state_dict(checkpoint[0])
+        # a copy, as a file gives: the loaded state would otherwise hold the checkpoint's own tensors
+        loop.balancer.load_optimizer_state_dict(loop.torch_optimizer, copy.deepcopy(checkpoint[1]))
+        loop.train_step("a", conflicting_batch(6, "a"))
+        loops.append(loop)
+    assert loops[0].balancer.stats()["projected_share"]["a"] > 0
+    assert all(torch.equal(x, y) for x, y in zip(loops[0].model.parameters(), loops[1].model.parameters()))
