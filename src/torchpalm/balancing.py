@@ -576,7 +576,8 @@ def make_balancer(balance: str | Balancer | None, tasks: Sequence[str], joint: b
         raise ValueError(f"the balancer was built for tasks {balancer.tasks}, the trainer has {list(tasks)}")
     if balancer.joint_only and not joint:
         raise ValueError(f"balance={balancer.name!r} combines the gradients of every task in a step: use it with "
-                         f"MultiHeadTrainer(sampling='all')")
+                         f"sampling='all' (MultiHeadTrainer(sampling='all'); in a config, multi_task: "
+                         f"{{sampling: all}})")
     if (balancer.needs_shared_norm or balancer.per_task_state) and joint:
         what = ("keeps an optimizer state per task" if balancer.per_task_state
                 else "scales one task's gradient per step")

@@ -381,8 +381,8 @@ def test_joint_step_trains_every_task_and_resumes_exactly(tmp_path, uncased_voca
     resumed.fit()
     resumed.mh.load_ckpt(path)
     assert got + resumed.losses(5) == expected
-    with pytest.raises(ValueError, match="sampling='all'"):
-        Setup(tmp_path, uncased_vocab, tiny_config, balance="pcgrad")
+    with pytest.raises(ValueError, match=r"sampling='all'.*in a config, multi_task: \{sampling: all\}"):
+        Setup(tmp_path, uncased_vocab, tiny_config, balance="pcgrad")  # the API's and the config's words
     with pytest.raises(ValueError, match="one task's gradient per step"):
         Setup(tmp_path, uncased_vocab, tiny_config, sampling="all", balance="grad_scale")
     with pytest.raises(ValueError, match="optimizer state per task"):
