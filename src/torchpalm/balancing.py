@@ -17,7 +17,7 @@ tasks count alike. `MultiHeadTrainer(balance=...)` picks one:
                  they conflict), and the conflict reflected rather than removed: where nearly every step
                  conflicts, removing it leaves every step neutral for the other tasks and the tasks stop helping
                  each other; reflecting makes a conflicting step pay back what it would have cost (`reflect`;
-                 measured in examples/multi_task/README.md). No extra backward; about 14 passes per step, with
+                 measured in examples/multi_task/README.md). No extra backward; about 13 passes per step, with
                  two main tasks, over the backbone's parameters but its token-embedding table
                  (`corrected_params`).
     task_moments every task its own optimizer state (Adam's moments and step count) on the parameters it trains:

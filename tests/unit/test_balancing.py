@@ -528,6 +528,16 @@ def dot(a, b):
     return sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))
 
 
+def mirror(loop, free):
+    """Puts `loop`'s weights and every task's optimizer state (copies) into `free`, a loop of the same model: its
+    next step is the update `loop`'s next step makes before any correction."""
+    free.model.load_state_dict(loop.model.state_dict())
+    for t, states in loop.balancer.states.items():
+        free.balancer.states[t] = balancing.defaultdict(dict, {
+            q: {k: v.clone() for k, v in states[p].items()}
+            for p, q in zip(loop.model.parameters(), free.model.parameters()) if p in states})
+
+
 @pytest.mark.parametrize("reflect", [False, True])
 def test_task_moments_protect_corrects_the_conflicting_part_of_the_update(reflect):
     """With protect, a step of a moves the backbone by its Adam update u corrected where <u, m_b> > 0 (b's first
@@ -538,11 +548,7 @@ def test_task_moments_protect_corrects_the_conflicting_part_of_the_update(reflec
     shared = list(loop.model.backbone.parameters())
     conflicts, per_task, steps = 0, {"a": 0, "b": 0}, {"a": 0, "b": 0}
     for step, task in enumerate("ababbaabab" * 3):
-        free.model.load_state_dict(loop.model.state_dict())
-        for t in "ab":
-            free.balancer.states[t] = balancing.defaultdict(dict, {
-                q: {k: v.clone() for k, v in loop.balancer.states[t][p].items()}
-                for p, q in zip(loop.model.parameters(), free.model.parameters()) if p in loop.balancer.states[t]})
+        mirror(loop, free)
         before = [p.detach().clone() for p in shared]
         loop.train_step(task, conflicting_batch(step, task))
         free.train_step(task, conflicting_batch(step, task))
@@ -607,11 +613,7 @@ def test_protected_moments_with_three_tasks_in_the_loop(reflect):
     shared = list(loop.model.backbone.parameters())
     corrected = 0
     for step, task in enumerate("abcacbbcaabcca" * 2):
-        free.model.load_state_dict(loop.model.state_dict())
-        for t in names:
-            free.balancer.states[t] = balancing.defaultdict(dict, {
-                q: {k: v.clone() for k, v in loop.balancer.states[t][p].items()}
-                for p, q in zip(loop.model.parameters(), free.model.parameters()) if p in loop.balancer.states[t]})
+        mirror(loop, free)
         before = [p.detach().clone() for p in shared]
         loop.train_step(task, three_task_batch(step, task))
         free.train_step(task, three_task_batch(step, task))
